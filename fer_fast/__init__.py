@@ -1,0 +1,9 @@
+"""fer_fast: a custom-kernel training engine for the FER2013 VGG of Khaireddin & Chen (2021)."""
+from . import backends
+from .augment import AugmentParams, augment, sample_params, ten_crop
+from .model import VGG
+from .nn import ConvBNReLU2d, conv_bn_act
+
+__version__ = "0.1.0"
+__all__ = ["backends", "AugmentParams", "augment", "sample_params", "ten_crop", "VGG",
+           "ConvBNReLU2d", "conv_bn_act", "__version__"]

@@ -1,0 +1,67 @@
+"""The one place that chooses an implementation ("backend") per op.
+
+Every op family (``"augment"``, ``"block"``, ...) registers its implementations here with a
+predicate telling on which devices each runs and a priority; callers ask ``resolve(op, backend,
+device)`` with an explicit backend name or ``"auto"`` (the highest-priority backend available
+for the device). The eager PyTorch reference of each op is registered as ``"eager"`` and is
+always available: it is the oracle that every fast backend is tested against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["register", "resolve", "available", "names"]
+
+
+@dataclass(frozen=True)
+class _Backend:
+    fn: Callable
+    supports: Callable[[torch.device], bool]
+    priority: int
+
+
+_REGISTRY: dict[str, dict[str, _Backend]] = {}
+
+
+def register(op: str, name: str, fn: Callable, *, supports: Callable[[torch.device], bool],
+             priority: int = 0) -> None:
+    """Register ``fn`` as backend ``name`` of ``op``; ``supports(device)`` says where it runs."""
+    _REGISTRY.setdefault(op, {})[name] = _Backend(fn, supports, priority)
+
+
+def names(op: str) -> list[str]:
+    """All registered backend names of ``op`` (available or not)."""
+    if op not in _REGISTRY:
+        raise KeyError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
+    return sorted(_REGISTRY[op])
+
+
+def available(op: str, device: torch.device | str) -> list[str]:
+    """Backends of ``op`` that run on ``device``, best first."""
+    device = torch.device(device)
+    impls = _REGISTRY.get(op, {})
+    ok = [(b.priority, n) for n, b in impls.items() if b.supports(device)]
+    return [n for _, n in sorted(ok, reverse=True)]
+
+
+def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
+    """The implementation of ``op`` named ``backend`` ("auto": the best one) for ``device``."""
+    device = torch.device(device)
+    impls = _REGISTRY.get(op)
+    if impls is None:
+        raise KeyError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
+    if backend == "auto":
+        best = available(op, device)
+        if not best:
+            raise RuntimeError(f"no backend of op {op!r} runs on device {device}")
+        return impls[best[0]].fn
+    if backend not in impls:
+        raise ValueError(f"unknown backend {backend!r} for op {op!r}; choose one of "
+                         f"{['auto'] + sorted(impls)}")
+    if not impls[backend].supports(device):
+        raise RuntimeError(f"backend {backend!r} of op {op!r} is not available on device {device}; "
+                           f"available there: {available(op, device)}")
+    return impls[backend].fn

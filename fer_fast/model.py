@@ -1,0 +1,62 @@
+"""The paper's VGG variant, one definition for every block backend.
+
+Parameter names are those of the authors' release (``conv1a .. conv4b``, ``bn1a .. bn4b``,
+``lin1 .. lin3``), so ``model.load_state_dict(torch.load(path)['params'])`` loads a released
+checkpoint. ``width`` scales every channel count and the hidden size of the head (1.0 = the paper).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .nn import RECIPE_ORDER, conv_bn_act
+
+__all__ = ["VGG", "BLOCKS", "NUM_CLASSES", "CLASS_NAMES", "stage_channels"]
+
+NUM_CLASSES = 7
+CLASS_NAMES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+#: (name suffix, stage index, max-pool after the block)
+BLOCKS = (("1a", 0, False), ("1b", 0, True), ("2a", 1, False), ("2b", 1, True),
+          ("3a", 2, False), ("3b", 2, True), ("4a", 3, False), ("4b", 3, True))
+
+
+def stage_channels(width: float) -> tuple[int, int, int, int]:
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    return tuple(max(1, round(c * width)) for c in (64, 128, 256, 512))
+
+
+class VGG(nn.Module):
+    """VGG for 1x40x40 crops: 4 stages of (block, block, max-pool), then a 3-layer MLP head."""
+
+    def __init__(self, recipe: str = "released", *, width: float = 1.0, dropout: float = 0.2,
+                 num_classes: int = NUM_CLASSES, backend: str = "eager"):
+        super().__init__()
+        if recipe not in RECIPE_ORDER:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {tuple(RECIPE_ORDER)}")
+        self.recipe, self.order, self.backend, self.width = recipe, RECIPE_ORDER[recipe], backend, width
+        channels = stage_channels(width)
+        cin = 1
+        for name, stage, _ in BLOCKS:
+            cout = channels[stage]
+            setattr(self, f"conv{name}", nn.Conv2d(cin, cout, 3, padding=1))
+            setattr(self, f"bn{name}", nn.BatchNorm2d(cout))
+            cin = cout
+        hidden = max(1, round(4096 * width))
+        self.lin1 = nn.Linear(channels[3] * 2 * 2, hidden)
+        self.lin2 = nn.Linear(hidden, hidden)
+        self.lin3 = nn.Linear(hidden, num_classes)
+        self.drop = nn.Dropout(dropout)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for name, _, pool in BLOCKS:
+            x = conv_bn_act(x, getattr(self, f"conv{name}"), getattr(self, f"bn{name}"),
+                            order=self.order, pool=pool, backend=self.backend)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).flatten(1)
+        x = F.relu(self.drop(self.lin1(x)))
+        x = F.relu(self.drop(self.lin2(x)))
+        return self.lin3(x)

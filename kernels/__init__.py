@@ -1,0 +1,1 @@
+"""Triton kernels of fer_fast (installed as ``fer_fast.kernels``)."""

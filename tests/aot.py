@@ -1,0 +1,58 @@
+"""Ahead-of-time compilation of Triton kernels for GPUs this machine does not have.
+
+``compile_kernel`` compiles one kernel specialisation with Triton's AOT path
+(``triton.compile(ASTSource(...), target=GPUTarget(...))``) and reads the cubin with the
+``cuobjdump`` / ``nvdisasm`` bundled in the triton wheel: registers, spill bytes (local memory /
+stack) and the SASS. Used by the AOT tests of every kernel module.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+#: (name, capability): sm_90a (Hopper, wgmma) and sm_80 (Ampere).
+TARGETS = (("sm_90a", 90), ("sm_80", 80))
+_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+@dataclass
+class Compiled:
+    registers: int
+    spill_bytes: int  # LOCAL + STACK from cuobjdump -res-usage
+    sass: str
+    ptx: str
+
+    def uses(self, opcode: str) -> bool:
+        return re.search(rf"\b{opcode}\b", self.sass) is not None
+
+
+def compile_kernel(fn, signature: dict, constexprs: dict, capability: int, *,
+                   num_warps: int = 4, num_stages: int = 3) -> Compiled:
+    """Compile ``fn`` (a @triton.jit function, possibly wrapped by autotune/heuristics)."""
+    while hasattr(fn, "fn") and not hasattr(fn, "arg_names"):
+        fn = fn.fn
+    while not isinstance(fn, triton.runtime.jit.JITFunction) and hasattr(fn, "fn"):
+        fn = fn.fn
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "k.cubin")
+        with open(cubin, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        usage = subprocess.run([str(_BIN / "cuobjdump"), "-res-usage", cubin], check=True,
+                               capture_output=True, text=True).stdout
+        sass = subprocess.run([str(_BIN / "nvdisasm"), "-c", cubin], check=True,
+                              capture_output=True, text=True).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    spills = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)",
+                                                                            usage).group(1))
+    return Compiled(regs, spills, sass, kernel.asm["ptx"])
