@@ -56,3 +56,36 @@ def compile_kernel(fn, signature: dict, constexprs: dict, capability: int, *,
     spills = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)",
                                                                             usage).group(1))
     return Compiled(regs, spills, sass, kernel.asm["ptx"])
+
+
+def _specs(module_name: str):
+    import importlib
+    return importlib.import_module(module_name).AOT_SPECS
+
+
+def main(argv=None) -> int:
+    """``python tests/aot.py MODULE``: compile MODULE.AOT_SPECS for every target, print JSON lines.
+
+    Run in a subprocess without TRITON_INTERPRET (interpreted kernels cannot be compiled).
+    Each spec: {"name", "fn", "signature", "constexprs", "num_warps", "num_stages", "hgmma"}.
+    """
+    import json
+    import sys
+    argv = sys.argv[1:] if argv is None else argv
+    for spec in _specs(argv[0]):
+        for target, cap in TARGETS:
+            row = {"name": spec["name"], "target": target}
+            try:
+                k = compile_kernel(spec["fn"], spec["signature"], spec["constexprs"], cap,
+                                   num_warps=spec.get("num_warps", 4),
+                                   num_stages=spec.get("num_stages", 3))
+                row.update(registers=k.registers, spill_bytes=k.spill_bytes,
+                           hgmma=k.uses("HGMMA"), expect_hgmma=bool(spec.get("hgmma")))
+            except Exception as exc:  # reported, the test fails on it
+                row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

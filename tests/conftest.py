@@ -1,0 +1,16 @@
+"""Test set-up: without a GPU, Triton kernels run under the interpreter on CPU tensors.
+
+TRITON_INTERPRET must be set before any kernel module is imported, hence here.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; the CPU counterpart "
+                                   "of this test runs the same kernel under TRITON_INTERPRET=1")
