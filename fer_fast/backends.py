@@ -3,8 +3,9 @@
 Every op family (``"augment"``, ``"block"``, ...) registers its implementations here with a
 predicate telling on which devices each runs and a priority; callers ask ``resolve(op, backend,
 device)`` with an explicit backend name or ``"auto"`` (the highest-priority backend available
-for the device). The eager PyTorch reference of each op is registered as ``"eager"`` and is
-always available: it is the oracle that every fast backend is tested against.
+for the device whose optional ``auto`` predicate allows it: a backend that runs somewhere only
+for testing, such as a Triton kernel under the CPU interpreter, is never chosen by "auto").
+The eager PyTorch reference of each op is registered as ``"eager"`` and is always available: it is the oracle that every fast backend is tested against.
 """
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ class _Backend:
     fn: Callable
     supports: Callable[[torch.device], bool]
     priority: int
+    auto: Callable[[torch.device], bool]
 
 
 _REGISTRY: dict[str, dict[str, _Backend]] = {}
 
 
 def register(op: str, name: str, fn: Callable, *, supports: Callable[[torch.device], bool],
-             priority: int = 0) -> None:
-    """Register ``fn`` as backend ``name`` of ``op``; ``supports(device)`` says where it runs."""
-    _REGISTRY.setdefault(op, {})[name] = _Backend(fn, supports, priority)
+             priority: int = 0, auto: Callable[[torch.device], bool] | None = None) -> None:
+    """Register ``fn`` as backend ``name`` of ``op``; ``supports(device)`` says where it runs,
+    ``auto(device)`` (default: ``supports``) where "auto" may choose it."""
+    _REGISTRY.setdefault(op, {})[name] = _Backend(fn, supports, priority, auto or supports)
 
 
 def names(op: str) -> list[str]:
@@ -54,7 +57,7 @@ def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
     if impls is None:
         raise KeyError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
     if backend == "auto":
-        best = available(op, device)
+        best = [n for n in available(op, device) if impls[n].auto(device)]
         if not best:
             raise RuntimeError(f"no backend of op {op!r} runs on device {device}")
         return impls[best[0]].fn
