@@ -37,7 +37,8 @@ from . import backends
 
 __all__ = [
     "IMAGE_SIZE", "CROP_SIZE", "NUM_CROPS", "CROP_CORNERS", "RECIPES", "AugmentParams",
-    "identity_params", "sample_params", "augment", "augment_ref", "ten_crop", "check_inputs",
+    "identity_params", "sample_params", "released_geometry", "paper_geometry", "augment",
+    "augment_ref", "ten_crop", "check_inputs",
 ]
 
 IMAGE_SIZE = 48
@@ -159,7 +160,48 @@ def _rotation(angle_deg: torch.Tensor) -> torch.Tensor:
     return _affine_rows(cos, -sin, c - cos * c + sin * c, sin, cos, c - sin * c - cos * c)
 
 
-_DRAWS = {"released": 22 + 3 + 1 + 2, "paper": 2 + 3 + 2}
+def _geometry(crop, valid_p1, tx, ty, flip, angle) -> torch.Tensor:
+    """geom [B, 16] from the stage-1 map p1 -> source, its valid p1 box, translation, flip, angle."""
+    one, zero = torch.ones_like(tx), torch.zeros_like(tx)
+    rotation = _rotation(angle)
+    # p3 -> p2 (flip) -> p1 (undo translation): x1 = (47 - x3 or x3) - tx, y1 = y3 - ty
+    unshift = _affine_rows(torch.where(flip, -one, one), zero,
+                           torch.where(flip, IMAGE_SIZE - 1.0, 0.0) - tx, zero, one, -ty)
+    affine = _compose(crop, _compose(unshift, rotation))
+    window = _window(*valid_p1, tx, ty, flip)
+    return torch.cat([affine, rotation, window], dim=-1).to(torch.float32).contiguous()
+
+
+def _as_batch(*values):
+    t = torch.broadcast_tensors(*[torch.as_tensor(v, dtype=torch.float64) for v in values])
+    return [v.reshape(-1) for v in t]
+
+
+def released_geometry(top, left, height, width, tx, ty, flip, angle) -> torch.Tensor:
+    """geom of the released pipeline from explicit choices (tensors [B] or scalars):
+    RandomResizedCrop box (top, left, height, width) resized to 48x48, translation (tx, ty) pixels,
+    horizontal flip (bool), counter-clockwise rotation ``angle`` degrees about the centre."""
+    top, left, h, w, tx, ty, flip, angle = _as_batch(top, left, height, width, tx, ty, flip, angle)
+    zero = torch.zeros_like(tx)
+    sx, sy = w / IMAGE_SIZE, h / IMAGE_SIZE
+    # box resized to 48x48, align_corners=False: s = box_origin + (p + 0.5) * extent/48 - 0.5
+    crop = _affine_rows(sx, zero, left + 0.5 * sx - 0.5, zero, sy, top + 0.5 * sy - 0.5)
+    canvas = (torch.full_like(tx, _LO), torch.full_like(tx, _HI)) * 2
+    return _geometry(crop, canvas, tx, ty, flip.bool(), angle)
+
+
+def paper_geometry(scale, tx, ty, angle) -> torch.Tensor:
+    """geom of the paper's recipe: zoom by ``scale`` about the centre (fill 0 outside the source),
+    translation (tx, ty) pixels, counter-clockwise rotation ``angle`` degrees; no flip."""
+    s, tx, ty, angle = _as_batch(scale, tx, ty, angle)
+    zero, c = torch.zeros_like(tx), _CENTRE
+    crop = _affine_rows(1 / s, zero, c - c / s, zero, 1 / s, c - c / s)
+    half = (IMAGE_SIZE / 2.0) * s  # the source canvas edge seen from p1
+    valid = (torch.clamp(c - half, min=_LO), torch.clamp(c + half, max=_HI)) * 2
+    return _geometry(crop, valid, tx, ty, torch.zeros_like(tx, dtype=torch.bool), angle)
+
+
+_DRAWS = {"released": 28, "paper": 7}
 _ERASE_DRAWS = 23
 
 
@@ -179,8 +221,6 @@ def sample_params(recipe: str, batch: int, generator: torch.Generator | None = N
                    dtype=torch.float64)
     g, ue = u[:, :n], u[:, n:].reshape(batch, NUM_CROPS, _ERASE_DRAWS)
     size = float(IMAGE_SIZE)
-    one, zero = torch.ones(batch, dtype=u.dtype, device=device), torch.zeros(batch, dtype=u.dtype,
-                                                                               device=device)
     if recipe == "released":
         # 1. RandomResizedCrop(48, scale=(0.8, 1.2), ratio=(3/4, 4/3)): 10 tries, else whole image.
         area = size * size * _uniform(g[:, 0:10], 0.8, 1.2)
@@ -192,38 +232,22 @@ def sample_params(recipe: str, batch: int, generator: torch.Generator | None = N
         h = torch.where(found, h.gather(1, idx[:, None])[:, 0], size)
         top = torch.where(found, _randint(g[:, 20], size - h + 1), 0.0)
         left = torch.where(found, _randint(g[:, 21], size - w + 1), 0.0)
-        # crop box resized to 48x48, align_corners=False: s = box_origin + (p + 0.5) * extent/48 - 0.5
-        sx, sy = w / size, h / size
-        crop = _affine_rows(sx, zero, left + 0.5 * sx - 0.5, zero, sy, top + 0.5 * sy - 0.5)
-        valid_p1 = (torch.full_like(one, _LO), torch.full_like(one, _HI)) * 2
         # 2. translate with p=0.5 by round(U(-9.6, 9.6)) pixels (20 % of 48), fill 0.
         shift = g[:, 22] < 0.5
         tx = torch.where(shift, torch.round(_uniform(g[:, 23], -9.6, 9.6)), 0.0)
         ty = torch.where(shift, torch.round(_uniform(g[:, 24], -9.6, 9.6)), 0.0)
-        # 3. horizontal flip with p=0.5.
+        # 3. horizontal flip with p=0.5;  4. rotate with p=0.5 by U(-10, 10) degrees, fill 0.
         flip = g[:, 25] < 0.5
-        # 4. rotate with p=0.5 by U(-10, 10) degrees about the centre, fill 0.
         angle = torch.where(g[:, 26] < 0.5, _uniform(g[:, 27], -10.0, 10.0), 0.0)
+        geom = released_geometry(top, left, h, w, tx, ty, flip, angle)
     else:
         # paper: scale ±20 % about the centre, shift ±20 %, rotate ±10°, each with p=0.5; no flip.
-        s = torch.where(g[:, 0] < 0.5, _uniform(g[:, 1], 0.8, 1.2), 1.0)
-        c = _CENTRE
-        crop = _affine_rows(1 / s, zero, c - c / s, zero, 1 / s, c - c / s)
-        half = (IMAGE_SIZE / 2.0) * s  # source canvas edge seen from p1
-        valid_p1 = (torch.clamp(c - half, min=_LO), torch.clamp(c + half, max=_HI)) * 2
+        scale = torch.where(g[:, 0] < 0.5, _uniform(g[:, 1], 0.8, 1.2), 1.0)
         shift = g[:, 2] < 0.5
         tx = torch.where(shift, torch.round(_uniform(g[:, 3], -9.6, 9.6)), 0.0)
         ty = torch.where(shift, torch.round(_uniform(g[:, 4], -9.6, 9.6)), 0.0)
-        flip = torch.zeros(batch, dtype=torch.bool, device=device)
         angle = torch.where(g[:, 5] < 0.5, _uniform(g[:, 6], -10.0, 10.0), 0.0)
-
-    rotation = _rotation(angle)
-    # p3 -> p2 (flip) -> p1 (undo translation): x1 = (47 - x3 or x3) - tx, y1 = y3 - ty
-    fx = torch.where(flip, -one, one)
-    unshift = _affine_rows(fx, zero, torch.where(flip, size - 1, 0.0) - tx, zero, one, -ty)
-    affine = _compose(crop, _compose(unshift, rotation))
-    window = _window(valid_p1[0], valid_p1[1], valid_p1[2], valid_p1[3], tx, ty, flip)
-    geom = torch.cat([affine, rotation, window], dim=-1).to(torch.float32).contiguous()
+        geom = paper_geometry(scale, tx, ty, angle)
     return AugmentParams(geom, _sample_erase(ue).contiguous())
 
 
