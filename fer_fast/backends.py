@@ -5,7 +5,8 @@ predicate telling on which devices each runs and a priority; callers ask ``resol
 device)`` with an explicit backend name or ``"auto"`` (the highest-priority backend available
 for the device whose optional ``auto`` predicate allows it: a backend that runs somewhere only
 for testing, such as a Triton kernel under the CPU interpreter, is never chosen by "auto").
-The eager PyTorch reference of each op is registered as ``"eager"`` and is always available: it is the oracle that every fast backend is tested against.
+The eager PyTorch reference of each op is registered as ``"eager"`` and is always available:
+it is the oracle that every fast backend is tested against.
 """
 from __future__ import annotations
 
