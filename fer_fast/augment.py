@@ -94,6 +94,15 @@ def check_inputs(images: torch.Tensor, params: AugmentParams) -> None:
         raise ValueError("augment: images must be contiguous")
 
 
+OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_dtype(dtype: torch.dtype) -> None:
+    """Raise a clear error for an output dtype no backend writes."""
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"augment: dtype must be float32, float16 or bfloat16, got {dtype}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Parameter sampling (vectorised over the batch, torchvision semantics per the SPEC)
 # ----------------------------------------------------------------------------------------------
@@ -279,6 +288,7 @@ def augment_ref(images: torch.Tensor, params: AugmentParams,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Eager reference: uint8 [B, 48, 48] + params -> crops [B*10, 1, 40, 40] in ``dtype``."""
     check_inputs(images, params)
+    check_dtype(dtype)
     b = images.shape[0]
     x, y = _crop_grid(images.device)
     g = params.geom[:, :, None, None, None]                           # [B, 16, 1, 1, 1]
@@ -317,17 +327,38 @@ def _is_any(device: torch.device) -> bool:
 backends.register("augment", "eager", augment_ref, supports=_is_any, priority=0)
 
 
+# ----------------------------------------------------------------------------------------------
+# Public op: one torch.library custom op in front of the backend registry
+# ----------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("fer_fast::augment", mutates_args=())
+def _augment_op(images: torch.Tensor, geom: torch.Tensor, erase: torch.Tensor,
+                dtype: torch.dtype, backend: str) -> torch.Tensor:
+    """Opaque to torch.compile: the backend (resolved here, at run time) launches its kernel.
+
+    No autograd formula is registered: the output is a function of uint8 pixels and sampled
+    parameters, never differentiated (autograd raises if a caller tries).
+    """
+    return backends.resolve("augment", backend, images.device)(images, AugmentParams(geom, erase),
+                                                               dtype)
+
+
+@_augment_op.register_fake
+def _augment_fake(images, geom, erase, dtype, backend):
+    return images.new_empty((images.shape[0] * NUM_CROPS, 1, CROP_SIZE, CROP_SIZE), dtype=dtype)
+
+
 def augment(images: torch.Tensor, params: AugmentParams, *, backend: str = "auto",
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Ten augmented crops [B*10, 1, 40, 40] of uint8 ``images`` [B, 48, 48] (crop b*10 + k).
 
     ``backend``: "auto" (fastest available on the images' device) or one of
-    ``fer_fast.backends.names("augment")``.
+    ``fer_fast.backends.names("augment")``. Goes through the custom op ``fer_fast::augment``,
+    so it can be called from ``torch.compile(fullgraph=True)`` code.
     """
     check_inputs(images, params)
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"augment: dtype must be float32, float16 or bfloat16, got {dtype}")
-    return backends.resolve("augment", backend, images.device)(images, params, dtype)
+    check_dtype(dtype)
+    return _augment_op(images, params.geom, params.erase, dtype, backend)
 
 
 def ten_crop(images: torch.Tensor, *, backend: str = "auto",
@@ -335,3 +366,7 @@ def ten_crop(images: torch.Tensor, *, backend: str = "auto",
     """Evaluation input: TenCrop(40) of the unmodified images, /255, no erasing."""
     return augment(images, identity_params(images.shape[0], images.device), backend=backend,
                    dtype=dtype)
+
+
+# The Triton backend registers itself on import (it needs the names above, hence at the end).
+from fer_fast.kernels import augment as _triton_augment  # noqa: E402,F401
