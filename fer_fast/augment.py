@@ -22,6 +22,10 @@ whose p3 falls outside ``window`` is 0.
 ``AugmentParams.erase`` layout, int32 ``[B, 10, 4]``: top, left, height, width of the erased box
 of each crop in crop coordinates; height = width = 0 means no erasing.
 
+``augment`` is the torch.library custom op ``fer_fast::augment`` (callable from
+``torch.compile(fullgraph=True)`` code, not differentiable) in front of the backend registry:
+"eager" (``augment_ref``), "triton" (``fer_fast.kernels.augment``, CUDA; CPU only under
+TRITON_INTERPRET=1 and never chosen by "auto" there) and "native" (``fer_fast._ext``).
 Every fast backend evaluates each output pixel with exactly the arithmetic of
 ``augment_ref`` (see ``csrc/augment_math.h``): p3 = (r0*x + r1*y) + r2, the same for the
 source position, then value = (1-fy)*((1-fx)*p00 + fx*p01) + fy*((1-fx)*p10 + fx*p11), / 255.

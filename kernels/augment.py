@@ -40,18 +40,19 @@ def _augment_kernel(img_ptr, geom_ptr, erase_ptr, out_ptr,
     pid = tl.program_id(0)  # output crop index b * NUM_CROPS + k
     b = pid // NUM_CROPS
     k = pid % NUM_CROPS
-    # torchvision five_crop order: top-left, top-right, bottom-left, bottom-right, centre;
-    # crops 5..9 take the same corners on the horizontally mirrored canvas.
-    corner = k % 5
-    row = tl.where(corner == 4, (IMAGE - CROP) // 2, (corner // 2) * (IMAGE - CROP))
-    col = tl.where(corner == 4, (IMAGE - CROP) // 2, (corner % 2) * (IMAGE - CROP))
+    # CROP_CORNERS (torchvision five_crop order): top-left, top-right, bottom-left, bottom-right,
+    # centre; crops 5..9 take the same corners on the horizontally mirrored canvas.
+    corner = k % (NUM_CROPS // 2)
+    centre = corner == NUM_CROPS // 2 - 1
+    row = tl.where(centre, (IMAGE - CROP) // 2, (corner // 2) * (IMAGE - CROP))
+    col = tl.where(centre, (IMAGE - CROP) // 2, (corner % 2) * (IMAGE - CROP))
 
     i = tl.arange(0, BLOCK)
     valid = i < CROP * CROP
     v = i // CROP
     u = i % CROP
     xi = col + u
-    xi = tl.where(k >= 5, (IMAGE - 1) - xi, xi)
+    xi = tl.where(k >= NUM_CROPS // 2, (IMAGE - 1) - xi, xi)
     x = xi.to(tl.float32)
     y = (row + v).to(tl.float32)
 
