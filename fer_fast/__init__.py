@@ -1,5 +1,6 @@
 """fer_fast: a custom-kernel training engine for the FER2013 VGG of Khaireddin & Chen (2021)."""
 from . import backends
+from . import _ext  # registers the "native" augment backend (fer_fast._C)
 from .augment import AugmentParams, augment, sample_params, ten_crop
 from .model import VGG
 from .nn import ConvBNReLU2d, conv_bn_act

@@ -1,0 +1,158 @@
+// Per-pixel math of the ten-crop augmentation, shared by the CPU (augment_cpu.cpp) and CUDA
+// (augment_cuda.cu) kernels so that both evaluate every output pixel with the same arithmetic
+// as the eager reference fer_fast.augment.augment_ref (layouts: see that module's docstring).
+//
+// Bit-exactness with the reference needs every multiply and add rounded separately: compile
+// users with -ffp-contract=off (host) and -fmad=false (nvcc).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define FER_HD __host__ __device__ __forceinline__
+#else
+#define FER_HD inline
+#endif
+
+namespace fer_fast {
+
+constexpr int kImage = 48;     // source images are kImage x kImage uint8
+constexpr int kCrop = 40;      // output crops are kCrop x kCrop
+constexpr int kNumCrops = 10;  // crops 0..4 at kCorners, 5..9 the same corners on the mirror image
+constexpr int kGeomSize = 16;  // floats per image in params.geom
+constexpr int kEraseSize = 4;  // int32 per crop in params.erase: top, left, height, width
+
+// Output dtype codes shared with fer_fast/_ext.py.
+enum OutDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Top-left corner (row, col) of crop k: (0,0), (0,8), (8,0), (8,8), (4,4), repeated for k >= 5.
+FER_HD int crop_row(int k) { const int j = k % 5; return j == 4 ? 4 : (j >> 1) * 8; }
+FER_HD int crop_col(int k) { const int j = k % 5; return j == 4 ? 4 : (j & 1) * 8; }
+
+// Canvas position (pixel-centre coordinates) of output pixel (u, v) of crop k; crops 5..9 are
+// read from the horizontally mirrored canvas, so their x runs backwards from 47. Written without
+// a branch on u so that the CPU loop over u vectorises.
+FER_HD float canvas_x(int k, int u) {
+  const int mirrored = k >= 5;
+  const int start = mirrored ? (kImage - 1) - crop_col(k) : crop_col(k);
+  return static_cast<float>(start + (1 - 2 * mirrored) * u);
+}
+FER_HD float canvas_y(int k, int v) { return static_cast<float>(crop_row(k) + v); }
+
+// The source image is read from a float "plane": the image surrounded by kPad zero rows and
+// columns, so that each bilinear tap is one unconditional load.
+constexpr int kPad = 2;
+constexpr int kPlane = kImage + 2 * kPad;  // plane row length and height
+
+// Fill plane[kPlane * kPlane] from one uint8 image; `first`/`step` split the work over threads.
+FER_HD void fill_plane(float* plane, const uint8_t* img, int first, int step) {
+  for (int i = first; i < kPlane * kPlane; i += step) {
+    const int y = i / kPlane - kPad, x = i % kPlane - kPad;
+    const bool ok = (x >= 0) & (x < kImage) & (y >= 0) & (y < kImage);
+    plane[i] = ok ? static_cast<float>(img[y * kImage + x]) : 0.0f;
+  }
+}
+
+// floor(f), exact for every float. On the host it avoids floorf, which SSE2 cannot vectorise:
+// adding and subtracting 2^23 rounds |f| < 2^23 to an integer (larger floats, inf and nan are
+// their own floor).
+FER_HD float floor_exact(float f) {
+#if defined(__CUDA_ARCH__)
+  return floorf(f);
+#else
+  const float big = 8388608.0f;
+  const float a = fabsf(f);
+  const float nearest = copysignf((a + big) - big, f);
+  const float fl = nearest > f ? nearest - 1.0f : nearest;
+  return a < big ? fl : f;
+#endif
+}
+
+// An integral source coordinate clamped to [-kPad, kImage]: both taps of a clamped coordinate
+// are zero padding, exactly like those of the unclamped one (which lie outside the image);
+// nan maps to -kPad.
+FER_HD float clamp_to_plane(float f) {
+  const float lo = -static_cast<float>(kPad), hi = static_cast<float>(kImage);
+  const float c = f > lo ? f : lo;
+  return c < hi ? c : hi;
+}
+
+// Plane index of source pixel (y0, x0), both integral floats. Computed in float (exact for these
+// small integers) and converted once: that form lets GCC vectorise the loads as gathers.
+FER_HD int plane_index(float y0, float x0) {
+  const float pad = static_cast<float>(kPad), row = static_cast<float>(kPlane);
+  return static_cast<int>((clamp_to_plane(y0) + pad) * row + (clamp_to_plane(x0) + pad));
+}
+
+// Value in [0, 1] of the augmented image at canvas position (x, y), before erasing.
+// g: the 16 geometry floats of the image (affine p4 -> source, rotation p4 -> p3, window).
+FER_HD float sample_pixel(const float* plane, const float* g, float x, float y) {
+  const float x3 = (g[6] * x + g[7] * y) + g[8];
+  const float y3 = (g[9] * x + g[10] * y) + g[11];
+  const bool inside = (x3 >= g[12]) & (x3 <= g[13]) & (y3 >= g[14]) & (y3 <= g[15]);
+  const float sx = (g[0] * x + g[1] * y) + g[2];
+  const float sy = (g[3] * x + g[4] * y) + g[5];
+  const float x0 = floor_exact(sx), y0 = floor_exact(sy);
+  const float fx = sx - x0, fy = sy - y0;
+  const int i = plane_index(y0, x0);
+  const float top = (1.0f - fx) * plane[i] + fx * plane[i + 1];
+  const float bottom = (1.0f - fx) * plane[i + kPlane] + fx * plane[i + kPlane + 1];
+  const float value = (1.0f - fy) * top + fy * bottom;
+  return inside ? value / 255.0f : 0.0f;
+}
+
+// Whether pixel (u, v) of a crop lies in its erase box (top, left, height, width).
+FER_HD bool erased(const int32_t* box, int u, int v) {
+  return (v >= box[0]) & (v < box[0] + box[2]) & (u >= box[1]) & (u < box[1] + box[3]);
+}
+
+FER_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+#endif
+}
+
+// IEEE binary16 bits of f, round to nearest even (what torch's .to(torch.float16) does).
+// Every case is computed and one selected, in signed ints, so that the CPU loop vectorises.
+FER_HD uint16_t half_bits(float f) {
+  const uint32_t x = float_bits(f);
+  const int32_t ax = static_cast<int32_t>(x & 0x7fffffffu);
+  // normal half: rebias the exponent, round the mantissa from 23 to 10 bits
+  const int32_t normal = (ax - 0x38000000 + 0xfff + ((ax >> 13) & 1)) >> 13;
+  // subnormal half: |f| in units of 2^-24 (exact scaling), rounded to an integer by adding and
+  // subtracting 2^23; |f| is capped at 2^-14 first so that the unused lanes stay finite
+  const float a = fabsf(f) < 6.103515625e-05f ? fabsf(f) : 6.103515625e-05f;
+  const int32_t subnormal = static_cast<int32_t>((a * 16777216.0f + 8388608.0f) - 8388608.0f);
+  const int32_t special = ax > 0x7f800000 ? 0x7e00 : 0x7c00;  // nan; inf and overflow
+  const int32_t h = ax >= 0x477ff000 ? special : (ax >= 0x38800000 ? normal : subnormal);
+  return static_cast<uint16_t>(((x >> 16) & 0x8000u) | static_cast<uint32_t>(h));
+}
+
+// bfloat16 bits of f, round to nearest even, nan kept quiet.
+FER_HD uint16_t bfloat16_bits(float f) {
+  const uint32_t x = float_bits(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
+  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// Output element types: storage type and conversion from the fp32 value.
+struct Float32Out {
+  using type = float;
+  static FER_HD float from(float v) { return v; }
+};
+struct Float16Out {
+  using type = uint16_t;
+  static FER_HD uint16_t from(float v) { return half_bits(v); }
+};
+struct BFloat16Out {
+  using type = uint16_t;
+  static FER_HD uint16_t from(float v) { return bfloat16_bits(v); }
+};
+
+}  // namespace fer_fast
