@@ -1,0 +1,344 @@
+"""Shared pieces of the benchmarks: sizes per device, FLOP counts, timing, the providers.
+
+Imported by the ``test_bench_*.py`` modules (pytest puts this folder on ``sys.path``) and by
+``report.py`` (FLOP counts). Nothing here depends on pytest.
+
+Timing model: pytest-benchmark's wall clock around a callable that ends with
+``torch.cuda.synchronize()`` on a GPU, so every round is the time until the device finished.
+Per-op GPU benchmarks also report the device time of the op alone, from CUDA events, with the
+L2 cache flushed before each repeat (their inputs fit in the 50 MB L2 of an H100).
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import fer_fast
+from fer_fast import backends
+from fer_fast.augment import CROP_SIZE, NUM_CROPS, augment, sample_params
+from fer_fast.model import BLOCKS, stage_channels
+
+#: (name, C_in, C_out, H = W, max-pool after) of the eight conv blocks at width 1.
+VGG_LAYERS = tuple(
+    (name, cin, cout, hw, pool)
+    for (name, _, pool), cin, cout, hw in zip(
+        BLOCKS, (1, 64, 64, 128, 128, 256, 256, 512), (64, 64, 128, 128, 256, 256, 512, 512),
+        (40, 40, 20, 20, 10, 10, 5, 5)))
+IMAGES_PER_STEP = 64
+L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+
+# ----------------------------------------------------------------------------------------------
+# Sizes: real on a GPU, small on a CPU, tiny with --bench-quick (CI run of the device check)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sizes:
+    """Problem sizes and repeat counts of one benchmark session."""
+
+    augment_batch: int      # images per augmentation call
+    augment_rounds: int
+    block_batch: int        # crops per block call
+    block_rounds: int
+    step_images: int        # images per training step (x10 crops)
+    step_width: float       # VGG width of the training step
+    step_rounds: int
+    warmup: int             # warm-up rounds before every timed series
+    events_repeats: int     # CUDA-event repeats of per-op GPU benchmarks
+
+
+def sizes_for(device: torch.device, quick: bool = False) -> Sizes:
+    if quick:
+        return Sizes(augment_batch=8, augment_rounds=2, block_batch=2, block_rounds=1,
+                     step_images=8, step_width=0.0625, step_rounds=1, warmup=0, events_repeats=5)
+    if device.type == "cuda":
+        return Sizes(augment_batch=IMAGES_PER_STEP, augment_rounds=200, block_batch=640,
+                     block_rounds=20, step_images=IMAGES_PER_STEP, step_width=1.0, step_rounds=30,
+                     warmup=10, events_repeats=50)
+    return Sizes(augment_batch=IMAGES_PER_STEP, augment_rounds=5, block_batch=8, block_rounds=3,
+                 step_images=IMAGES_PER_STEP, step_width=0.125, step_rounds=3, warmup=1,
+                 events_repeats=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs (2 per multiply-add; training = 3x forward: forward, data gradient, weight gradient)
+# ----------------------------------------------------------------------------------------------
+
+def conv_flops(batch: int, cin: int, cout: int, hw: int) -> int:
+    """Forward FLOPs of a 3x3, stride-1, padding-1 convolution over ``batch`` hw x hw maps."""
+    return 2 * batch * hw * hw * cin * cout * 9
+
+
+def forward_flops_per_crop(width: float = 1.0) -> int:
+    """Convolutions and linear layers of the VGG for one 40x40 crop (BN, ReLU, pool not counted)."""
+    channels = stage_channels(width)
+    total, cin = 0, 1
+    for (_, _, _, hw, _), (_, stage, _) in zip(VGG_LAYERS, BLOCKS):
+        total += conv_flops(1, cin, channels[stage], hw)
+        cin = channels[stage]
+    hidden = max(1, round(4096 * width))
+    for fin, fout in ((channels[3] * 4, hidden), (hidden, hidden), (hidden, 7)):
+        total += 2 * fin * fout
+    return total
+
+
+def train_flops_per_image(width: float = 1.0) -> int:
+    """SPEC's roofline count: 3x forward, 10 crops per image (about 21 GFLOP at width 1)."""
+    return 3 * NUM_CROPS * forward_flops_per_crop(width)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers
+# ----------------------------------------------------------------------------------------------
+
+def bench_device() -> torch.device:
+    """Where the benchmarks run: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class L2Flusher:
+    """Writes a 256 MB buffer so that the next op's inputs come from device memory, not L2."""
+
+    def __init__(self, device: torch.device):
+        self.buffer = (torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+                       if device.type == "cuda" else None)
+
+    def __call__(self) -> None:
+        if self.buffer is not None:
+            self.buffer.fill_(1)
+
+
+def event_median_ms(fn: Callable[[], object], flush: L2Flusher, repeats: int) -> float:
+    """Median device time of ``fn`` in ms from CUDA events, L2 flushed before every repeat."""
+    times = []
+    for _ in range(repeats):
+        flush()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run the body with ``n`` intra-op CPU threads (None: leave as is)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure_matmul_peak(device: torch.device) -> dict:
+    """Measured matrix-product rate, the roofline's ceiling: fp16 8192^3 on a GPU, fp32 on a CPU."""
+    if device.type == "cuda":
+        n, dtype, repeats = 8192, torch.float16, 20
+    else:
+        n, dtype, repeats = 1024, torch.float32, 5
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    for _ in range(3):
+        torch.mm(a, b)
+    sync(device)
+    if device.type == "cuda":
+        ms = event_median_ms(lambda: torch.mm(a, b), L2Flusher(device), repeats)
+        seconds = ms / 1e3
+    else:
+        import time
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+        seconds = statistics.median(times)
+    return {"flops_per_s": 2 * n ** 3 / seconds, "dtype": str(dtype).replace("torch.", ""),
+            "n": n, "threads": torch.get_num_threads() if device.type == "cpu" else None}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak allocated device memory since the last reset; None on a CPU (no per-op counter)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def record(benchmark, *, items: int, item: str, flops: int | None = None,
+           peak_flops: float | None = None, **extra) -> None:
+    """Put throughput, spread and roofline fraction into the benchmark's extra_info."""
+    info = benchmark.extra_info
+    info.update({k: v for k, v in extra.items() if v is not None})
+    info["items_per_call"], info["item"] = items, item
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:  # --benchmark-disable: nothing was timed
+        return
+    median, iqr = stats.stats.median, stats.stats.iqr
+    info["median_s"], info["iqr_s"] = median, iqr
+    info[f"{item}_per_s"] = items / median
+    if flops is not None:
+        info["flops_per_call"] = flops
+        info["tflops_per_s"] = flops / median / 1e12
+        if peak_flops:
+            info["roofline_frac"] = flops / median / peak_flops
+
+
+# ----------------------------------------------------------------------------------------------
+# The authors' pipeline: torchvision transforms on PIL images in a DataLoader
+# ----------------------------------------------------------------------------------------------
+
+def torchvision_or_none():
+    try:
+        import torchvision  # noqa: F401
+        from torchvision import transforms
+    except Exception:  # absent, or built for another torch
+        return None
+    return transforms
+
+
+def authors_loader(images_u8: torch.Tensor, labels: torch.Tensor, batch: int):
+    """An endless iterator over (crops [B, 10, 1, 40, 40], labels [B]) as the released code makes them.
+
+    As released: images are float64 arrays, ``Image.fromarray`` gives a mode-"F" PIL image,
+    ToTensor per crop, Normalize(mean 0, std 255) per crop (the /255), RandomErasing per crop;
+    a DataLoader with shuffling and 0 workers. Requires torchvision.
+    """
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    T = torchvision_or_none()
+    if T is None:
+        raise RuntimeError("the authors' pipeline needs torchvision")
+    to_tensor, normalize, erase = T.ToTensor(), T.Normalize(mean=(0.0,), std=(255.0,)), T.RandomErasing()
+    transform = T.Compose([
+        T.RandomResizedCrop(48, scale=(0.8, 1.2)),
+        T.RandomApply([T.RandomAffine(0, translate=(0.2, 0.2))], p=0.5),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.RandomRotation(10)], p=0.5),
+        T.TenCrop(CROP_SIZE),
+        T.Lambda(lambda crops: torch.stack([to_tensor(c) for c in crops])),
+        T.Lambda(lambda tensors: torch.stack([normalize(t) for t in tensors])),
+        T.Lambda(lambda tensors: torch.stack([erase(t) for t in tensors])),
+    ])
+
+    class ReleasedDataset(Dataset):
+        def __init__(self):
+            self.images = images_u8.cpu().numpy().astype(np.float64)
+            self.labels = labels.cpu().numpy()
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+    loader = DataLoader(ReleasedDataset(), batch_size=batch, shuffle=True, num_workers=0,
+                        drop_last=True)
+    while True:
+        yield from loader
+
+
+# ----------------------------------------------------------------------------------------------
+# Training-step providers
+# ----------------------------------------------------------------------------------------------
+
+def best_augment(device: torch.device) -> str:
+    """The augmentation backend "auto" picks on ``device``."""
+    return backends.available("augment", device)[0]
+
+
+def step_providers(device: torch.device) -> list[str]:
+    """Provider ids "<model>+<augmentation>": the authors' pipeline, eager with the eager and the
+    best augmentation, torch.compile, and every other registered block backend."""
+    aug = best_augment(device)
+    models = ["eager", "compile"] + [b for b in backends.available("block", device) if b != "eager"]
+    providers = ["authors", "eager+eager"]
+    providers += [f"{m}+{aug}" for m in models if f"{m}+{aug}" not in providers]
+    return providers
+
+
+def synthetic_u8(n: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random uint8 images [n, 48, 48] and labels [n] on ``device`` (benchmark input only)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 48, 48), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 7, (n,), generator=gen)
+    return images.to(device), labels.to(device)
+
+
+def make_train_step(provider: str, device: torch.device, sizes: Sizes,
+                    compile_mode: str | None = None) -> Callable[[], None]:
+    """One training step of ``provider``: data -> augmentation -> forward -> loss -> backward ->
+    SGD-Nesterov step; fp16 autocast with a GradScaler on a GPU, fp32 on a CPU."""
+    model_name, _, aug = provider.partition("+")
+    cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = True
+    block_backend = "eager" if model_name in ("authors", "compile") else model_name
+    model = fer_fast.VGG("released", width=sizes.step_width, backend=block_backend).to(device)
+    if model_name != "authors":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                          weight_decay=1e-4)
+    forward = torch.compile(model, mode=compile_mode) if model_name == "compile" else model
+    scaler = torch.amp.GradScaler("cuda") if cuda else None
+    crop_dtype = torch.float16 if cuda else torch.float32
+    b = sizes.step_images
+    images, labels = synthetic_u8(max(8 * b, 512), device)
+
+    if model_name == "authors":
+        batches = authors_loader(images, labels, b)
+
+        def next_batch():
+            crops, y = next(batches)
+            x = crops.reshape(b * NUM_CROPS, 1, CROP_SIZE, CROP_SIZE).to(device, non_blocking=True)
+            return x, y.to(device, non_blocking=True).repeat_interleave(NUM_CROPS)
+    else:
+        gen = torch.Generator(device=device).manual_seed(0)
+
+        def next_batch():
+            idx = torch.randint(0, images.shape[0], (b,), device=device, generator=gen)
+            params = sample_params("released", b, generator=gen)
+            x = augment(images[idx], params, backend=aug, dtype=crop_dtype)
+            return x.contiguous(memory_format=torch.channels_last), \
+                labels[idx].repeat_interleave(NUM_CROPS)
+
+    def step() -> None:
+        x, y = next_batch()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        sync(device)
+
+    return step
