@@ -108,6 +108,9 @@ def augment_triton(images: torch.Tensor, params: AugmentParams,
         raise RuntimeError(f"augment_triton: images are on {images.device}; the Triton kernel "
                            f"runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1)")
     b = images.shape[0]
+    if b * NUM_CROPS * CROP_SIZE * CROP_SIZE >= 2**31:
+        raise ValueError(f"augment_triton: {b} images exceed the kernel's int32 offsets; "
+                         f"split the batch (at most {(2**31 - 1) // (NUM_CROPS * CROP_SIZE**2)})")
     out = torch.empty(b * NUM_CROPS, 1, CROP_SIZE, CROP_SIZE, dtype=dtype, device=images.device)
     if b == 0:
         return out
@@ -120,12 +123,14 @@ def augment_triton(images: torch.Tensor, params: AugmentParams,
 
 def _supports(device: torch.device) -> bool:
     """CUDA devices with the compiled kernel, or the CPU with the interpreted one."""
-    return device.type == ("cpu" if INTERPRETED else "cuda")
+    if INTERPRETED:
+        return device.type == "cpu"
+    return device.type == "cuda" and torch.cuda.is_available()
 
 
 def _auto(device: torch.device) -> bool:
     """"auto" never picks the interpreter: it is a test vehicle, far slower than native/eager."""
-    return not INTERPRETED and device.type == "cuda"
+    return not INTERPRETED and _supports(device)
 
 
 backends.register("augment", "triton", augment_triton, supports=_supports, auto=_auto, priority=20)
