@@ -372,5 +372,6 @@ def ten_crop(images: torch.Tensor, *, backend: str = "auto",
                    dtype=dtype)
 
 
-# The Triton backend registers itself on import (it needs the names above, hence at the end).
+# The Triton backend registers itself on import; it uses the names above, hence at the end.
+# (The native backend is registered by fer_fast._ext, which the package imports.)
 from fer_fast.kernels import augment as _triton_augment  # noqa: E402,F401

@@ -26,9 +26,11 @@ def test_augment_auto_matches_reference(dtype):
 
 def test_auto_on_cpu_never_picks_the_interpreter():
     """Under TRITON_INTERPRET=1 "triton" runs on CPU when named, but "auto" must not choose it."""
-    from fer_fast.kernels.augment import INTERPRETED, augment_triton
-    assert backends.resolve("augment", "auto", "cpu") is not augment_triton
-    assert ("triton" in backends.available("augment", "cpu")) == INTERPRETED
+    from fer_fast.kernels.augment import INTERPRETED
+    cpu = backends.available("augment", "cpu")
+    assert ("triton" in cpu) == INTERPRETED
+    best = "native" if "native" in cpu else "eager"
+    assert backends.resolve("augment", "auto", "cpu") is backends.resolve("augment", best, "cpu")
 
 
 def test_op_is_registered_with_fake_impl():
