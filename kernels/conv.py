@@ -1,0 +1,464 @@
+"""Conv3x3 (stride 1, padding 1) as an implicit GEMM over NHWC activations, with the VGG block's
+BatchNorm / ReLU / max-pool fused into its loads and stores.
+
+GEMM view (forward): M = N*H*W output pixels, N = C_out, K = 9*C_in with k = (kh*3 + kw)*C_in + ci.
+The weight is packed K-major as ``[9*C_in, C_out]`` (``pack_weight``), so the B tile of ``tl.dot``
+is a row-major [BK, BN] block (contiguous along C_out) and the A tile a [BM, BK] block gathered
+from NHWC rows (contiguous along C: 16-byte loads).
+
+* ``conv3x3_kernel`` — forward and data gradient (the data gradient is the same implicit GEMM of
+  dy with the flipped, channel-transposed weight ``pack_weight_dgrad``).
+  Prologue on the A loads (``PRO``): per-input-channel affine (scale, shift) and ReLU in either
+  order, and (``POOL``) the 2x2 max-pool of the stored previous-stage output, taken AFTER the
+  affine/ReLU so that a negative scale stays correct. Taps outside the image contribute 0 in the
+  normalised space (zero padding of what the conv sees, not of the stored tensor).
+  Epilogue: bias, optional ReLU, store in the activation dtype, and (``STATS``) per-tile,
+  per-channel mean and M2 = sum((y - tile mean)^2) of the STORED (rounded) values; tiles are
+  merged with Chan's formula in ``combine_stats`` — stable, and deterministic (no atomics, so a
+  re-run, e.g. by the tuner, overwrites rather than accumulates).
+* ``conv3x3_wgrad_kernel`` — weight (and bias) gradient: dW^T[k, co] = sum_m A[m, k] dy[m, co],
+  split over M into fp32 partials that are summed afterwards; A is the same prologue-applied
+  gather as the forward, so the normalised input is recomputed from the stored conv output and
+  the saved statistics instead of being kept.
+
+``K_ALIGNED`` (C_in a multiple of BK) makes every K step one tap with contiguous channels; the
+generic path (C_in = 1 on the first layer, channel counts that are not multiples of 16) decodes
+(tap, channel) per element and masks K up to the tl.dot minimum.
+
+Block-size choice is per shape (``_tuned``): on a GPU each candidate config is timed once per
+shape key and the fastest kept; under ``TRITON_INTERPRET=1`` a single small config is used.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["PRO_NONE", "PRO_AFFINE", "PRO_AFFINE_RELU", "PRO_RELU_AFFINE", "pack_weight",
+           "pack_weight_dgrad", "unpack_weight_grad", "conv3x3", "conv3x3_dgrad", "conv3x3_wgrad",
+           "combine_stats", "AOT_SPECS"]
+
+#: prologue on the loaded input: none, x*scale+shift, relu(x*scale+shift), relu(x)*scale+shift
+PRO_NONE, PRO_AFFINE, PRO_AFFINE_RELU, PRO_RELU_AFFINE = 0, 1, 2, 3
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _prologue(v, scale, shift, PRO: tl.constexpr):
+    if PRO == 1:
+        v = v * scale + shift
+    elif PRO == 2:
+        v = tl.maximum(v * scale + shift, 0.0)
+    elif PRO == 3:
+        v = tl.maximum(v, 0.0) * scale + shift
+    return v
+
+
+@triton.jit
+def _load_a(x_ptr, scale_ptr, shift_ptr, n, ih, iw, c, m_ok, k_ok, H, W, sxn, sxh, sxw, sxc,
+            PRO: tl.constexpr, POOL: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """The conv's input tile at (n, ih, iw, c) (broadcastable index tensors; c and k_ok [1, BK]),
+    0 where m_ok & k_ok is false or the tap is outside the image; ``POOL`` reads the 2x2 window
+    at (2*ih, 2*iw)."""
+    inside = m_ok & k_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    if PRO == 0 and not POOL:
+        v = tl.load(x_ptr + n * sxn + ih * sxh + iw * sxw + c * sxc, mask=inside, other=0.0)
+        return v.to(OUT_DTYPE)
+    scale = 1.0
+    shift = 0.0
+    if PRO != 0:
+        scale = tl.load(scale_ptr + c, mask=k_ok, other=0.0)
+        shift = tl.load(shift_ptr + c, mask=k_ok, other=0.0)
+    if POOL:
+        base = x_ptr + n * sxn + (2 * ih) * sxh + (2 * iw) * sxw + c * sxc
+        v00 = _prologue(tl.load(base, mask=inside, other=0.0).to(tl.float32), scale, shift, PRO)
+        v01 = _prologue(tl.load(base + sxw, mask=inside, other=0.0).to(tl.float32), scale, shift, PRO)
+        v10 = _prologue(tl.load(base + sxh, mask=inside, other=0.0).to(tl.float32), scale, shift, PRO)
+        v11 = _prologue(tl.load(base + sxh + sxw, mask=inside, other=0.0).to(tl.float32), scale,
+                        shift, PRO)
+        v = tl.maximum(tl.maximum(v00, v01), tl.maximum(v10, v11))
+    else:
+        v = tl.load(x_ptr + n * sxn + ih * sxh + iw * sxw + c * sxc, mask=inside, other=0.0)
+        v = _prologue(v.to(tl.float32), scale, shift, PRO)
+    return tl.where(inside, v, 0.0).to(OUT_DTYPE)
+
+
+@triton.jit
+def _a_indices(k0, rk, h, w, C_in, K_total, K_ALIGNED: tl.constexpr):
+    """(ih, iw, c, k_ok) of the K block starting at k0 for output pixels (h, w) [BM]."""
+    if K_ALIGNED:  # the whole block is one tap: scalar tap, contiguous channels
+        tap = k0 // C_in
+        c = (k0 - tap * C_in) + rk
+        kh = tap // 3
+        kw = tap - kh * 3
+        ih = (h + kh - 1)[:, None]
+        iw = (w + kw - 1)[:, None]
+        return ih, iw, c[None, :], (rk >= 0)[None, :]
+    else:
+        k = k0 + rk
+        tap = k // C_in
+        c = k - tap * C_in
+        kh = tap // 3
+        kw = tap - kh * 3
+        ih = h[:, None] + kh[None, :] - 1
+        iw = w[:, None] + kw[None, :] - 1
+        return ih, iw, c[None, :], (k < K_total)[None, :]
+
+
+@triton.jit
+def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, mean_ptr, m2_ptr,
+                   M, H, W, C_in, C_out, sxn, sxh, sxw, sxc,
+                   PRO: tl.constexpr, POOL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   RELU_OUT: tl.constexpr, STATS: tl.constexpr, K_ALIGNED: tl.constexpr,
+                   DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """y[m, co] = epilogue(sum_k prologue(x)[m, k] * w[k, co]); grid (C_out tiles, M tiles)."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    m_ok = rm < M
+    n_ok = rn < C_out
+    w_ = rm % W
+    t = rm // W
+    h = t % H
+    n = t // H
+    K_total = 9 * C_in
+    dtype = w_ptr.dtype.element_ty
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K_total, BK):
+        ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED)
+        a = _load_a(x_ptr, scale_ptr, shift_ptr, n[:, None], ih, iw, c, m_ok[:, None], k_ok,
+                    H, W, sxn, sxh, sxw, sxc, PRO, POOL, dtype)
+        kk = k0 + rk
+        b = tl.load(w_ptr + kk[:, None] * C_out + rn[None, :],
+                    mask=(kk < K_total)[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if RELU_OUT:
+        acc = tl.maximum(acc, 0.0)
+    out = acc.to(y_ptr.dtype.element_ty)
+    mask = m_ok[:, None] & n_ok[None, :]
+    tl.store(y_ptr + rm[:, None] * C_out + rn[None, :], out, mask=mask)
+    if STATS:  # per-tile mean and M2 of the stored values, merged by combine_stats
+        v = tl.where(mask, out.to(tl.float32), 0.0)
+        cnt = tl.minimum(M - pid_m * BM, BM).to(tl.float32)
+        mean = tl.sum(v, axis=0) / cnt
+        d = tl.where(mask, v - mean[None, :], 0.0)
+        m2 = tl.sum(d * d, axis=0)
+        tl.store(mean_ptr + pid_m * C_out + rn, mean, mask=n_ok)
+        tl.store(m2_ptr + pid_m * C_out + rn, m2, mask=n_ok)
+
+
+@triton.jit
+def conv3x3_wgrad_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dw_ptr, db_ptr,
+                         M, H, W, C_in, C_out, sxn, sxh, sxw, sxc, m_per_split,
+                         PRO: tl.constexpr, POOL: tl.constexpr, HAS_DB: tl.constexpr,
+                         K_ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """dw[s, k, co] = sum over split s of M of A[m, k] * dy[m, co]; db[s, co] = sum dy (pid_k 0).
+
+    Grid (K tiles, C_out tiles, splits); A is the forward's prologue-applied input gather."""
+    pid_k = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    rb = tl.arange(0, BM)
+    n_ok = rn < C_out
+    K_total = 9 * C_in
+    k0 = pid_k * BK
+    dtype = dy_ptr.dtype.element_ty
+    acc = tl.zeros((BK, BN), dtype=tl.float32)
+    dbias = tl.zeros((BN,), dtype=tl.float32)
+    m_start = pid_s * m_per_split
+    m_end = tl.minimum(m_start + m_per_split, M)
+    for m0 in range(m_start, m_end, BM):
+        rm = m0 + rb
+        m_ok = rm < m_end
+        w_ = rm % W
+        t = rm // W
+        h = t % H
+        n = t // H
+        ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED)
+        a = _load_a(x_ptr, scale_ptr, shift_ptr, n[:, None], ih, iw, c, m_ok[:, None], k_ok,
+                    H, W, sxn, sxh, sxw, sxc, PRO, POOL, dtype)
+        g = tl.load(dy_ptr + rm[:, None] * C_out + rn[None, :],
+                    mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(tl.trans(a), g, acc, input_precision=DOT_PREC)
+        if HAS_DB:
+            dbias += tl.sum(g.to(tl.float32), axis=0)
+    kk = k0 + rk
+    tl.store(dw_ptr + (pid_s * K_total + kk[:, None]) * C_out + rn[None, :], acc,
+             mask=(kk < K_total)[:, None] & n_ok[None, :])
+    if HAS_DB:
+        if pid_k == 0:
+            tl.store(db_ptr + pid_s * C_out + rn, dbias, mask=n_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: weight packing, per-shape config choice, launchers.
+
+def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[C_out, C_in, 3, 3] -> the forward's B matrix [9*C_in, C_out], k = (kh*3 + kw)*C_in + ci."""
+    c_out, c_in = weight.shape[:2]
+    return weight.permute(2, 3, 1, 0).reshape(9 * c_in, c_out).to(dtype).contiguous()
+
+
+def pack_weight_dgrad(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[C_out, C_in, 3, 3] -> the data gradient's B matrix [9*C_out, C_in]: flipped taps,
+    channels transposed, so that dx = conv3x3(dy) with the forward's kernel."""
+    c_out, c_in = weight.shape[:2]
+    return weight.flip(2, 3).permute(2, 3, 0, 1).reshape(9 * c_out, c_in).to(dtype).contiguous()
+
+
+def unpack_weight_grad(dw: torch.Tensor, c_in: int) -> torch.Tensor:
+    """Inverse of ``pack_weight``'s layout: [9*C_in, C_out] -> [C_out, C_in, 3, 3]."""
+    return dw.reshape(3, 3, c_in, dw.shape[1]).permute(3, 2, 0, 1).contiguous()
+
+
+def _cfg(bm, bn, bk, warps, stages):
+    return dict(BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+
+
+#: GPU candidates per kernel, all in AOT_SPECS and spill-free there. The AOT compile sees no
+#: pointer-alignment hints (scalar 2-byte loads, register-staged pipelining), the worst case; the
+#: 2x2-pool prologue (4 loads per element) needs the smaller K step. BK is the K step of the
+#: forward and the K rows of the weight-gradient tile; a config applies when C_in % BK == 0.
+FWD_CONFIGS = (_cfg(128, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
+FWD_POOL_CONFIGS = (_cfg(128, 64, 16, 8, 2), _cfg(64, 128, 16, 4, 2))
+WGRAD_CONFIGS = (_cfg(32, 64, 64, 4, 2), _cfg(16, 64, 64, 4, 2))
+#: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
+SMALL_K_CONFIGS = (_cfg(128, 64, 16, 4, 3),)
+_INTERPRET_CONFIG = _cfg(32, 32, 16, 4, 1)
+_TUNED: dict = {}
+
+
+def _candidates(table, c_in: int, c_out: int):
+    """Configs valid for this shape: K-aligned ones when C_in is a multiple of their BK."""
+    if _INTERPRET:
+        cfg = dict(_INTERPRET_CONFIG)
+        cfg["BN"] = 16 if c_out <= 16 else 32
+        return [cfg]
+    ok = [c for c in table if c_in % c["BK"] == 0]
+    return ok or list(SMALL_K_CONFIGS)
+
+
+def _tuned(key, candidates, launch):
+    """Run ``launch(cfg)`` with the fastest candidate for ``key``, timing each once per key.
+
+    ``launch`` must be idempotent (every output overwritten, nothing accumulated), so that the
+    timing runs leave no trace; running statistics are updated by callers, after the launch."""
+    cfg = _TUNED.get(key)
+    if cfg is None:
+        if len(candidates) == 1:
+            cfg = candidates[0]
+        else:
+            times = [triton.testing.do_bench(lambda c=c: launch(c), warmup=5, rep=20)
+                     for c in candidates]
+            cfg = candidates[min(range(len(times)), key=times.__getitem__)]
+        _TUNED[key] = cfg
+    return launch(cfg)
+
+
+def _dot_precision(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _check(name, t, *, dtype=None, device=None, shape=None, contiguous=False):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name} has dtype {t.dtype}, expected {dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def _check_input(x, wp, rows_per_cin, pro, scale, shift, pool):
+    """Validate the NHWC input / packed weight / prologue and return (N, H, W, C_in, C_out)."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be NHWC [N, H, W, C], got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"x has dtype {x.dtype}; supported: float16, bfloat16, float32")
+    nb, hx, wx, c_in = x.shape
+    if x.numel() >= 2 ** 31:
+        raise ValueError(f"x has {x.numel()} elements; int32 indexing supports < 2**31")
+    _check("packed weight", wp, dtype=x.dtype, device=x.device, contiguous=True)
+    if wp.dim() != 2 or wp.shape[0] != rows_per_cin * c_in:
+        raise ValueError(f"packed weight has shape {tuple(wp.shape)}, expected "
+                         f"[{rows_per_cin * c_in}, C] for an input with C_in = {c_in}")
+    if pro not in (PRO_NONE, PRO_AFFINE, PRO_AFFINE_RELU, PRO_RELU_AFFINE):
+        raise ValueError(f"unknown prologue {pro!r}")
+    if pro != PRO_NONE:
+        for nm, t in (("scale", scale), ("shift", shift)):
+            _check(nm, t, dtype=torch.float32, device=x.device, shape=(c_in,), contiguous=True)
+    h, w = (hx // 2, wx // 2) if pool else (hx, wx)
+    if h < 1 or w < 1:
+        raise ValueError(f"input spatial size {hx}x{wx} is empty after the 2x2 pool")
+    return nb, h, w, c_in
+
+
+def combine_stats(mean_p: torch.Tensor, m2_p: torch.Tensor, m: int, bm: int):
+    """Chan's merge of per-tile (mean, M2) [T, C] over tiles of ``bm`` rows (last one partial):
+    the batch mean and the biased variance, fp32."""
+    t = mean_p.shape[0]
+    counts = torch.full((t, 1), float(bm), device=mean_p.device)
+    counts[-1] = m - bm * (t - 1)
+    mean = (counts * mean_p).sum(0) / m
+    m2 = m2_p.sum(0) + (counts * (mean_p - mean) ** 2).sum(0)
+    return mean, m2 / m
+
+
+def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=False,
+            relu=False, stats=False):
+    """Fused 3x3 conv over NHWC ``x`` with packed weight ``wp`` [9*C_in, C_out] (``pack_weight``).
+
+    Input seen by the conv: ``pool2x2(prologue(x))`` (pool optional; see PRO_*), zero padded.
+    Returns y [N, H, W, C_out] (x's dtype, contiguous) = relu?(conv + bias), and with ``stats``
+    also the (mean, biased var) fp32 [C_out] of y as stored."""
+    nb, h, w, c_in = _check_input(x, wp, 9, pro, scale, shift, pool)
+    c_out = wp.shape[1]
+    if bias is not None:
+        _check("bias", bias, device=x.device, shape=(c_out,), contiguous=True)
+    m = nb * h * w
+    y = torch.empty((nb, h, w, c_out), device=x.device, dtype=x.dtype)
+    dummy = y
+    key = ("fwd", m, h, w, c_in, c_out, x.dtype, x.stride(), pro, pool, bias is not None, relu,
+           stats)
+
+    def launch(cfg):
+        tiles_m = triton.cdiv(m, cfg["BM"])
+        mean_p = m2_p = dummy
+        if stats:
+            mean_p = torch.empty((tiles_m, c_out), device=x.device, dtype=torch.float32)
+            m2_p = torch.empty_like(mean_p)
+        grid = (triton.cdiv(c_out, cfg["BN"]), tiles_m)
+        conv3x3_kernel[grid](
+            x, wp, bias if bias is not None else dummy, scale if pro else dummy,
+            shift if pro else dummy, y, mean_p, m2_p, m, h, w, c_in, c_out, *x.stride(),
+            PRO=pro, POOL=pool, HAS_BIAS=bias is not None, RELU_OUT=relu, STATS=stats,
+            K_ALIGNED=c_in % cfg["BK"] == 0, DOT_PREC=_dot_precision(x.dtype),
+            BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
+        return cfg, mean_p, m2_p
+
+    table = FWD_POOL_CONFIGS if pool else FWD_CONFIGS
+    cfg, mean_p, m2_p = _tuned(key, _candidates(table, c_in, c_out), launch)
+    if not stats:
+        return y
+    return y, combine_stats(mean_p, m2_p, m, cfg["BM"])
+
+
+def conv3x3_dgrad(dy, wd):
+    """Gradient of a 3x3/pad-1 conv w.r.t. its (conv-visible) input: dy NHWC [N, H, W, C_out],
+    ``wd`` = ``pack_weight_dgrad(weight)`` [9*C_out, C_in]; returns [N, H, W, C_in]."""
+    return conv3x3(dy, wd)
+
+
+def _num_sms(device):
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bias_grad=True):
+    """Weight (and bias) gradient of ``conv3x3`` with the same input / prologue arguments.
+
+    Returns (dw packed [9*C_in, C_out] fp32 — see ``unpack_weight_grad`` — , db [C_out] fp32
+    or None). The sum over N*H*W is split so that the grid fills the GPU; fp32 partials."""
+    if dy.dim() != 4:
+        raise ValueError(f"dy must be NHWC [N, H, W, C_out], got shape {tuple(dy.shape)}")
+    _check("dy", dy, dtype=x.dtype, device=x.device, contiguous=True)
+    placeholder = torch.empty((9 * x.shape[3], dy.shape[3]), device=x.device, dtype=x.dtype)
+    nb, h, w, c_in = _check_input(x, placeholder, 9, pro, scale, shift, pool)
+    c_out = dy.shape[3]
+    if tuple(dy.shape[:3]) != (nb, h, w):
+        raise ValueError(f"dy has shape {tuple(dy.shape)}, expected [{nb}, {h}, {w}, C_out] "
+                         f"for input {tuple(x.shape)} (pool={pool})")
+    m = nb * h * w
+    k_total = 9 * c_in
+    key = ("wgrad", m, h, w, c_in, c_out, x.dtype, x.stride(), pro, pool, bias_grad)
+    target = 2 if _INTERPRET else 2 * _num_sms(x.device)
+
+    def launch(cfg):
+        tiles = triton.cdiv(k_total, cfg["BK"]) * triton.cdiv(c_out, cfg["BN"])
+        chunks = triton.cdiv(m, cfg["BM"])
+        splits = max(1, min(chunks, triton.cdiv(target, tiles)))
+        per_split = triton.cdiv(chunks, splits) * cfg["BM"]
+        splits = triton.cdiv(m, per_split)
+        dw_p = torch.empty((splits, k_total, c_out), device=x.device, dtype=torch.float32)
+        db_p = torch.empty((splits, c_out), device=x.device, dtype=torch.float32)
+        grid = (triton.cdiv(k_total, cfg["BK"]), triton.cdiv(c_out, cfg["BN"]), splits)
+        conv3x3_wgrad_kernel[grid](
+            x, dy, scale if pro else db_p, shift if pro else db_p, dw_p, db_p,
+            m, h, w, c_in, c_out, *x.stride(), per_split,
+            PRO=pro, POOL=pool, HAS_DB=bias_grad, K_ALIGNED=c_in % cfg["BK"] == 0,
+            DOT_PREC=_dot_precision(x.dtype), BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return dw_p, db_p
+
+    dw_p, db_p = _tuned(key, _candidates(WGRAD_CONFIGS, c_in, c_out), launch)
+    return dw_p.sum(0), (db_p.sum(0) if bias_grad else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs (tests/aot.py): every config, with the heaviest fusion variant.
+
+def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
+    pointers = {"x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr"}
+    fp32_pointers = {"scale_ptr", "shift_ptr", "mean_ptr", "m2_ptr", "dw_ptr", "db_ptr"}
+    constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"])
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg in pointers:
+            signature[arg] = f"*{dtype}"
+        elif arg in fp32_pointers:
+            signature[arg] = "*fp32"
+        else:
+            signature[arg] = "i32"
+    return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "hgmma": True}
+
+
+def _cfg_name(cfg):
+    return f"BM{cfg['BM']}_BN{cfg['BN']}_BK{cfg['BK']}_w{cfg['num_warps']}_s{cfg['num_stages']}"
+
+
+_FWD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, HAS_BIAS=True, RELU_OUT=False, STATS=True,
+                  K_ALIGNED=True, DOT_PREC="tf32")
+_WGRAD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, HAS_DB=True, K_ALIGNED=True, DOT_PREC="tf32")
+AOT_SPECS = (
+    [_aot_spec(f"fwd_fused_pool_{_cfg_name(c)}", conv3x3_kernel, _FWD_FUSED, c)
+     for c in FWD_POOL_CONFIGS]
+    + [_aot_spec(f"fwd_fused_{_cfg_name(c)}", conv3x3_kernel, dict(_FWD_FUSED, POOL=False), c)
+       for c in FWD_CONFIGS]
+    + [_aot_spec(f"fwd_paper_{_cfg_name(c)}", conv3x3_kernel,
+                 dict(_FWD_FUSED, PRO=PRO_AFFINE, POOL=False, RELU_OUT=True), c)
+       for c in FWD_CONFIGS]
+    + [_aot_spec(f"fwd_relu_affine_pool_{_cfg_name(c)}", conv3x3_kernel,
+                 dict(_FWD_FUSED, PRO=PRO_RELU_AFFINE), c) for c in FWD_POOL_CONFIGS]
+    + [_aot_spec(f"dgrad_{dt}_{_cfg_name(c)}", conv3x3_kernel,
+                 dict(_FWD_FUSED, PRO=PRO_NONE, POOL=False, HAS_BIAS=False, STATS=False), c,
+                 dtype=dt) for c in FWD_CONFIGS for dt in ("fp16", "bf16")]
+    + [_aot_spec(f"fwd_first_layer_{_cfg_name(c)}", conv3x3_kernel,
+                 dict(_FWD_FUSED, PRO=PRO_NONE, POOL=False, K_ALIGNED=False), c)
+       for c in SMALL_K_CONFIGS]
+    + [_aot_spec(f"wgrad_fused_pool_{_cfg_name(c)}", conv3x3_wgrad_kernel, _WGRAD_FUSED, c)
+       for c in WGRAD_CONFIGS]
+    + [_aot_spec(f"wgrad_fused_{_cfg_name(c)}", conv3x3_wgrad_kernel,
+                 dict(_WGRAD_FUSED, POOL=False), c) for c in WGRAD_CONFIGS]
+    # first layer: 9 rows of K (one dot row block of 16), too small for a wgmma tile (64 rows)
+    + [dict(_aot_spec(f"wgrad_first_layer_{_cfg_name(c)}", conv3x3_wgrad_kernel,
+                      dict(_WGRAD_FUSED, PRO=PRO_NONE, POOL=False, K_ALIGNED=False), c),
+            hgmma=False) for c in SMALL_K_CONFIGS]
+)

@@ -1,0 +1,197 @@
+"""Parity of the implicit-GEMM conv3x3 kernels (kernels/conv.py) with PyTorch's convolution and an
+eager composition of the fused prologue / epilogue: forward, data gradient, weight and bias
+gradient, fp32 and fp16, odd shapes (batch 1, spatial 1..5, C_in = 1, channels not multiples of
+16). On CPU the kernels run under TRITON_INTERPRET=1 at tiny sizes; the real VGG shapes at batch
+640 run on a GPU when present."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import requires_cuda
+from tolerances import tolerance
+
+from fer_fast.kernels import conv as K
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16]
+#: (batch, C_in, C_out, H, W): C_in = 1, C not multiple of 16, K-aligned 32, spatial 1..5
+SHAPES = [(2, 1, 5, 5, 4), (1, 3, 7, 1, 1), (2, 20, 17, 3, 5), (1, 32, 16, 2, 3)]
+
+
+def _nhwc(t, dtype):
+    return t.permute(0, 2, 3, 1).to(dtype).contiguous()
+
+
+def _nchw(t):
+    return t.permute(0, 3, 1, 2).float()
+
+
+def _prologue_ref(x, scale, shift, pro, pool):
+    """Eager composition of what the conv sees: pool2x2(prologue(x)), fp32, NCHW."""
+    s, b = scale[None, :, None, None], shift[None, :, None, None]
+    if pro == K.PRO_AFFINE:
+        x = x * s + b
+    elif pro == K.PRO_AFFINE_RELU:
+        x = F.relu(x * s + b)
+    elif pro == K.PRO_RELU_AFFINE:
+        x = F.relu(x) * s + b
+    return F.max_pool2d(x, 2, 2) if pool else x
+
+
+def _make(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    nb, cin, cout, h, w = shape
+    x = torch.randn(nb, cin, h, w, generator=g)
+    weight = torch.randn(cout, cin, 3, 3, generator=g) / (3 * cin ** 0.5)
+    bias = torch.randn(cout, generator=g)
+    # round operands to dtype once: the reference then sees exactly the kernel's inputs
+    x, weight, bias = (t.to(dtype).float().to(DEVICE) for t in (x, weight, bias))
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_matches_conv2d(shape, dtype):
+    x, weight, bias = _make(shape, dtype)
+    y = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.to(dtype))
+    assert y.dtype == dtype and y.shape == (shape[0], shape[3], shape[4], shape[2])
+    torch.testing.assert_close(_nchw(y), F.conv2d(x, weight, bias, padding=1),
+                               **tolerance("conv3x3", dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_data_and_weight_gradients(shape, dtype):
+    x, weight, _ = _make(shape, dtype)
+    nb, cin, cout, h, w = shape
+    dy = torch.randn(nb, cout, h, w, generator=torch.Generator().manual_seed(1))
+    dy = dy.to(dtype).float().to(DEVICE)
+    dx = K.conv3x3_dgrad(_nhwc(dy, dtype), K.pack_weight_dgrad(weight, dtype))
+    torch.testing.assert_close(_nchw(dx), torch.nn.grad.conv2d_input(x.shape, weight, dy, padding=1),
+                               **tolerance("conv3x3", dtype))
+    dw, db = K.conv3x3_wgrad(_nhwc(x, dtype), _nhwc(dy, dtype))
+    assert dw.dtype == torch.float32 and dw.shape == (9 * cin, cout)
+    torch.testing.assert_close(K.unpack_weight_grad(dw, cin),
+                               torch.nn.grad.conv2d_weight(x, weight.shape, dy, padding=1),
+                               **tolerance("conv3x3", dtype))
+    torch.testing.assert_close(db, dy.sum((0, 2, 3)), **tolerance("conv3x3", dtype))
+
+
+def test_weight_gradient_split_over_many_tiles():
+    """M spans several BM chunks and several splits: partial sums must add up exactly once."""
+    x, weight, _ = _make((3, 4, 6, 5, 5), torch.float32)
+    dy = torch.randn(3, 6, 5, 5, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    dw, db = K.conv3x3_wgrad(_nhwc(x, torch.float32), _nhwc(dy, torch.float32))
+    torch.testing.assert_close(K.unpack_weight_grad(dw, 4),
+                               torch.nn.grad.conv2d_weight(x, weight.shape, dy, padding=1),
+                               **tolerance("conv3x3", torch.float32))
+    torch.testing.assert_close(db, dy.sum((0, 2, 3)), **tolerance("conv3x3", torch.float32))
+
+
+FUSIONS = [(K.PRO_AFFINE_RELU, False, False), (K.PRO_AFFINE_RELU, True, False),
+           (K.PRO_RELU_AFFINE, True, True), (K.PRO_AFFINE, False, True), (K.PRO_NONE, True, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pro,pool,relu", FUSIONS)
+def test_fused_forward_matches_eager_composition(pro, pool, relu, dtype):
+    """prologue (affine/ReLU either order, negative scales included) + pool + zero padding in the
+    normalised space; epilogue bias, ReLU and the batch statistics of the stored output."""
+    nb, cin, cout, hin, win = 2, 20, 17, 7, 9  # pooled: 3x4; odd sizes drop the last row/col
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(nb, cin, hin, win, generator=g).to(dtype).float().to(DEVICE)
+    weight = (torch.randn(cout, cin, 3, 3, generator=g) / 12).to(dtype).float().to(DEVICE)
+    bias = torch.randn(cout, generator=g).to(dtype).float().to(DEVICE)
+    scale = (torch.randn(cin, generator=g) * 1.5).to(DEVICE)
+    shift = torch.randn(cin, generator=g).to(DEVICE)
+    y, (mean, var) = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.to(dtype),
+                               scale=scale, shift=shift, pro=pro, pool=pool, relu=relu,
+                               stats=True)
+    ref = F.conv2d(_prologue_ref(x, scale, shift, pro, pool), weight, bias, padding=1)
+    if relu:
+        ref = F.relu(ref)
+    tol = tolerance("conv3x3", dtype)
+    torch.testing.assert_close(_nchw(y), ref, **tol)
+    stored = _nchw(y)  # statistics are those of the values as stored
+    torch.testing.assert_close(mean, stored.mean((0, 2, 3)), **tolerance("running_stats", dtype))
+    torch.testing.assert_close(var, stored.var((0, 2, 3), unbiased=False),
+                               **tolerance("running_stats", dtype))
+
+
+def test_statistics_are_stable_for_a_large_offset():
+    """Chan's merge of per-tile (mean, M2): no cancellation when |mean| >> std."""
+    nb, cin, cout, h, w = 2, 4, 3, 5, 5
+    x = torch.randn(nb, cin, h, w).to(DEVICE) * 1e-3
+    weight = torch.zeros(cout, cin, 3, 3, device=DEVICE)
+    weight[:, :, 1, 1] = 1.0
+    bias = torch.full((cout,), 1000.0, device=DEVICE)
+    y, (mean, var) = K.conv3x3(_nhwc(x, torch.float32), K.pack_weight(weight, torch.float32), bias,
+                               stats=True)
+    ref = _nchw(y).double()
+    torch.testing.assert_close(var.double(), ref.var((0, 2, 3), unbiased=False), rtol=1e-3,
+                               atol=0)
+
+
+@pytest.mark.parametrize("pro,pool", [(K.PRO_AFFINE_RELU, True), (K.PRO_RELU_AFFINE, False)])
+def test_weight_gradient_recomputes_the_normalised_input(pro, pool):
+    nb, cin, cout, hin, win = 2, 20, 6, 6, 5
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(nb, cin, hin, win, generator=g).to(DEVICE)
+    scale, shift = torch.randn(cin, generator=g).to(DEVICE), torch.randn(cin, generator=g).to(DEVICE)
+    z = _prologue_ref(x, scale, shift, pro, pool)
+    dy = torch.randn(nb, cout, *z.shape[2:], generator=g).to(DEVICE)
+    dw, db = K.conv3x3_wgrad(_nhwc(x, torch.float32), _nhwc(dy, torch.float32), scale=scale,
+                             shift=shift, pro=pro, pool=pool)
+    torch.testing.assert_close(K.unpack_weight_grad(dw, cin),
+                               torch.nn.grad.conv2d_weight(z, (cout, cin, 3, 3), dy, padding=1),
+                               **tolerance("conv3x3", torch.float32))
+    torch.testing.assert_close(db, dy.sum((0, 2, 3)), **tolerance("conv3x3", torch.float32))
+
+
+def test_bad_inputs_are_rejected_with_a_clear_error():
+    x = torch.randn(1, 4, 4, 3, device=DEVICE)
+    wp = K.pack_weight(torch.randn(5, 3, 3, 3, device=DEVICE), torch.float32)
+    with pytest.raises(ValueError, match="NHWC"):
+        K.conv3x3(x[0], wp)
+    with pytest.raises(ValueError, match="packed weight has dtype"):
+        K.conv3x3(x, wp.half())
+    with pytest.raises(ValueError, match=r"packed weight has shape"):
+        K.conv3x3(x, K.pack_weight(torch.randn(5, 4, 3, 3, device=DEVICE), torch.float32))
+    with pytest.raises(ValueError, match="scale has dtype"):
+        K.conv3x3(x, wp, scale=torch.ones(3, dtype=torch.float16, device=DEVICE),
+                  shift=torch.zeros(3, device=DEVICE), pro=K.PRO_AFFINE)
+    with pytest.raises(ValueError, match="dy has shape"):
+        K.conv3x3_wgrad(x, torch.randn(1, 4, 3, 5, device=DEVICE))
+
+
+#: the eight VGG conv layers at batch 640: (C_in, C_out, H of the conv, pool on the input)
+VGG_LAYERS = [(1, 64, 40, False), (64, 64, 40, False), (64, 128, 20, True), (128, 128, 20, False),
+              (128, 256, 10, True), (256, 256, 10, False), (256, 512, 5, True),
+              (512, 512, 5, False)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("cin,cout,h,pool", VGG_LAYERS)
+def test_vgg_shapes_on_gpu(cin, cout, h, pool):
+    dtype, nb = torch.float16, 640
+    hin = 2 * h if pool else h
+    x = torch.randn(nb, cin, hin, hin, device="cuda").half().float()
+    weight = (torch.randn(cout, cin, 3, 3, device="cuda") / (3 * cin ** 0.5)).half().float()
+    bias = torch.randn(cout, device="cuda").half().float()
+    scale, shift = torch.rand(cin, device="cuda") + 0.5, torch.randn(cin, device="cuda")
+    pro = K.PRO_AFFINE_RELU if cin > 1 else K.PRO_NONE
+    y, (mean, var) = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.half(),
+                               scale=scale, shift=shift, pro=pro, pool=pool, stats=True)
+    z = _prologue_ref(x, scale, shift, pro, pool)
+    ref = F.conv2d(z, weight, bias, padding=1)
+    torch.testing.assert_close(_nchw(y), ref, **tolerance("conv3x3", dtype))
+    torch.testing.assert_close(var, _nchw(y).var((0, 2, 3), unbiased=False), rtol=1e-3, atol=1e-3)
+    dy = torch.randn_like(ref).half()
+    dx = K.conv3x3_dgrad(_nhwc(dy, dtype), K.pack_weight_dgrad(weight, dtype))
+    torch.testing.assert_close(_nchw(dx), torch.nn.grad.conv2d_input(z.shape, weight, dy.float(),
+                                                                     padding=1),
+                               **tolerance("conv3x3", dtype))
+    dw, _ = K.conv3x3_wgrad(_nhwc(x, dtype), _nhwc(dy, dtype), scale=scale, shift=shift, pro=pro,
+                            pool=pool)
+    ref_dw = torch.nn.grad.conv2d_weight(z.half().float(), weight.shape, dy.float(), padding=1)
+    torch.testing.assert_close(K.unpack_weight_grad(dw, cin), ref_dw, atol=5e-1, rtol=5e-2)
