@@ -21,7 +21,8 @@ def test_augment_auto_matches_reference(dtype):
     images, params = _batch(5, 21)
     out = augment(images, params, dtype=dtype)
     assert out.shape == (5 * NUM_CROPS, 1, CROP_SIZE, CROP_SIZE) and out.dtype == dtype
-    torch.testing.assert_close(out, augment_ref(images, params, dtype), **tolerance("augment", dtype))
+    torch.testing.assert_close(out, augment_ref(images, params, dtype),
+                               **tolerance("augment", dtype))
 
 
 def test_auto_on_cpu_never_picks_the_interpreter():
