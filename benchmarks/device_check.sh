@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The one command for a GPU machine: build, test, benchmark, train side by side, report.
+#
+#   benchmarks/device_check.sh [--cpu] [--quick] [--parts LIST]
+#
+# Parts, in order, each under its own time limit (a failing or timed-out part is reported and
+# the rest still runs; the whole run stays under DC_TOTAL_S, default 470 s):
+#   env            machine, versions, commit
+#   install        pip install --no-deps --no-build-isolation -e .  (builds fer_fast._C, CUDA too)
+#   tests          pytest tests/ (GPU tests run on a GPU)
+#   bench          pytest benchmarks/ except the torch.compile provider
+#   train          python -m fer_fast.train: the eager reference and each fast block backend,
+#                  same synthetic data and seed, a few epochs each
+#   bench_compile  the torch.compile (max-autotune) provider, last: its autotuning is the slowest
+# Then one JSON and one markdown table land in $OUT (default ./device_out): device_check.json,
+# device_check.md, device_check.log and the raw pytest-benchmark JSON; the table is printed last.
+#
+# --cpu     CPU mode (automatic without a CUDA GPU): CPU sizes, the Triton interpreter for tests.
+# --quick   smoke sizes (the CI test of this script): tiny benchmarks, one short epoch.
+# --parts   comma-separated subset of the parts above (default: all).
+# Environment: PYTHON (default python3), OUT, DC_TOTAL_S, DC_TESTS (pytest targets of the tests
+# part, default tests/), DC_BENCH_FILTER (a pytest -k expression selecting benchmarks).
+set -u
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+MODE=""
+QUICK=0
+PARTS="env,install,tests,bench,train,bench_compile"
+COMMAND="benchmarks/device_check.sh $*"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu) MODE=cpu ;;
+    --quick) QUICK=1 ;;
+    --parts) PARTS="$2"; shift ;;
+    --parts=*) PARTS="${1#--parts=}" ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "device_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+for part in ${PARTS//,/ }; do
+  case "$part" in
+    env|install|tests|bench|train|bench_compile) ;;
+    *) echo "device_check.sh: unknown part '$part' (parts: env, install, tests, bench, train," \
+         "bench_compile)" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$MODE" ]; then
+  if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    MODE=gpu
+  else
+    MODE=cpu
+  fi
+fi
+
+OUT=${OUT:-./device_out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")
+LOG="$OUT/device_check.log"
+: > "$LOG"
+: > "$WORK/parts.tsv"
+: > "$WORK/train_runs.tsv"
+: > "$WORK/train_configs.txt"
+START=$(date +%s)
+DEADLINE=$((START + ${DC_TOTAL_S:-470}))
+REPORT_RESERVE=15   # seconds kept for the report at the end
+
+# Time budgets (seconds) per part and mode.
+if [ "$MODE" = gpu ]; then
+  B_INSTALL=120; B_TESTS=100; B_BENCH=100; B_TRAIN=45; B_COMPILE=150
+  TRAIN_ARGS="--epochs 3 --width 1 --synthetic-sizes 2560,512,512"
+elif [ "$QUICK" = 1 ]; then
+  B_INSTALL=300; B_TESTS=300; B_BENCH=120; B_TRAIN=60; B_COMPILE=60
+  TRAIN_ARGS="--epochs 1 --width 0.0625 --synthetic-sizes 64,32,32 --eval-batch-size 32"
+else
+  B_INSTALL=300; B_TESTS=600; B_BENCH=300; B_TRAIN=120; B_COMPILE=60
+  TRAIN_ARGS="--epochs 2 --width 0.125 --synthetic-sizes 512,128,128"
+fi
+BENCH_ARGS=()
+[ "$QUICK" = 1 ] && BENCH_ARGS+=(--bench-quick)
+
+wants() { case ",$PARTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# run_part NAME BUDGET CMD...: run CMD under min(BUDGET, time left), log it, record the outcome.
+run_part() {
+  local name=$1 budget=$2; shift 2
+  local left=$((DEADLINE - $(date +%s) - REPORT_RESERVE))
+  local limit=$((budget < left ? budget : left))
+  if [ "$limit" -lt 5 ]; then
+    printf '%s\t-2\t0\t%s\n' "$name" "$limit" >> "$WORK/parts.tsv"
+    echo "=== $name: no time left" | tee -a "$LOG"
+    return
+  fi
+  echo "=== $name (limit ${limit} s)" | tee -a "$LOG"
+  local t0 rc
+  t0=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
+  rc=$?
+  cat "$WORK/$name.log" >> "$LOG"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - t0))" "$limit" >> "$WORK/parts.tsv"
+  echo "=== $name: rc $rc after $(($(date +%s) - t0)) s" | tee -a "$LOG"
+}
+
+skip_part() { printf '%s\t-1\t0\t0\n' "$1" >> "$WORK/parts.tsv"; }
+
+# The benchmarks never run Triton's interpreter; the tests choose it themselves (tests/conftest.py).
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+
+if wants env; then
+  run_part env 30 bash -c "\"$PY\" benchmarks/report.py env > \"$WORK/env.json\"; nvidia-smi || true"
+else skip_part env; fi
+
+if wants install; then
+  run_part install "$B_INSTALL" "$PY" -m pip install --no-deps --no-build-isolation -e .
+else skip_part install; fi
+
+if wants tests; then
+  # shellcheck disable=SC2086
+  run_part tests "$B_TESTS" "$PY" -m pytest ${DC_TESTS:-tests/} -q -p no:cacheprovider \
+    --ignore=tests/test_device_check.py --junitxml="$WORK/tests.xml"
+else skip_part tests; fi
+
+if wants bench; then
+  run_part bench "$B_BENCH" "$PY" -m pytest benchmarks/ -q -p no:cacheprovider -rs \
+    -k "not compile${DC_BENCH_FILTER:+ and ($DC_BENCH_FILTER)}" "${BENCH_ARGS[@]}" --benchmark-json="$WORK/bench.json" \
+    --junitxml="$WORK/bench.xml"
+else skip_part bench; fi
+
+if wants train; then
+  run_part train-configs 60 bash -c \
+    "\"$PY\" benchmarks/report.py train-configs --mode $MODE > \"$WORK/train_configs.txt\""
+  while read -r name flags; do
+    [ -n "$name" ] || continue
+    printf '%s\t%s\n' "$name" "$flags" >> "$WORK/train_runs.tsv"
+    # shellcheck disable=SC2086
+    run_part "train-$name" "$B_TRAIN" "$PY" -m fer_fast.train $TRAIN_ARGS $flags --seed 0 \
+      --no-progress --out "$WORK/train-$name"
+  done < "$WORK/train_configs.txt"
+else skip_part train; fi
+
+if wants bench_compile; then
+  run_part bench_compile "$B_COMPILE" "$PY" -m pytest benchmarks/test_bench_step.py -q \
+    -p no:cacheprovider -rs -k compile "${BENCH_ARGS[@]}" \
+    --benchmark-json="$WORK/bench_compile.json" --junitxml="$WORK/bench_compile.xml"
+else skip_part bench_compile; fi
+
+for f in bench.json bench_compile.json; do
+  [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
+done
+QUICK_FLAG=()
+[ "$QUICK" = 1 ] && QUICK_FLAG=(--quick)
+"$PY" benchmarks/report.py summarize --work "$WORK" --out "$OUT" --mode "$MODE" \
+  "${QUICK_FLAG[@]}" --command "$COMMAND" 2>> "$LOG"
+rc=$?
+rm -rf "$WORK"
+exit $rc
