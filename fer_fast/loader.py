@@ -1,0 +1,111 @@
+"""Device-resident data: a whole split lives on the training device as one uint8 tensor.
+
+Per training step the loader gathers a batch of images by index, samples the augmentation
+parameters with a seeded generator on that device, and launches ``fer_fast.augment``; nothing
+is copied between host and device and nothing waits for the device (no ``.item()``/``.cpu()``).
+
+Randomness: one ``torch.Generator`` on the device drives both the epoch permutation
+(``torch.randperm``) and the augmentation parameters, in that order, so its state at an epoch
+boundary (``state_dict``) fixes everything the following epochs draw: restoring it restarts
+the next epoch exactly as an uninterrupted run would have.
+
+The last, partial batch of an epoch is kept (as torch's DataLoader does by default, and as
+the released code trains): every image is seen once per epoch.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .augment import NUM_CROPS, RECIPES, augment, sample_params, ten_crop
+from .data import Split
+
+__all__ = ["DeviceLoader", "TenCropBatches"]
+
+
+def _to_device(split: Split, device: torch.device, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = split.images, split.labels
+    if images.dtype != torch.uint8 or images.dim() != 3:
+        raise ValueError(f"{what}: images must be uint8 [N, 48, 48], got {images.dtype} "
+                         f"{list(images.shape)}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"{what}: labels must have shape [{images.shape[0]}], got "
+                         f"{list(labels.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{what}: the split is empty")
+    return (images.to(device).contiguous(), labels.to(device, torch.int64).contiguous())
+
+
+class DeviceLoader:
+    """Training batches ``(crops [b*10, 1, 40, 40], labels [b*10])`` of a device-resident split.
+
+    Crop ``i*10 + k`` is the k-th crop of the i-th image of the batch, so the labels are the
+    image labels ``repeat_interleave(10)``. ``augment_backend``: "auto" or a name of
+    ``fer_fast.backends.names("augment")`` ("eager" = the reference path).
+    """
+
+    def __init__(self, split: Split, *, batch_size: int, device: torch.device | str,
+                 recipe: str = "released", seed: int = 0, augment_backend: str = "auto",
+                 dtype: torch.dtype = torch.float32):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+        self.device = torch.device(device)
+        self.images, self.labels = _to_device(split, self.device, "DeviceLoader")
+        self.batch_size, self.recipe = batch_size, recipe
+        self.augment_backend, self.dtype = augment_backend, dtype
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        """Steps per epoch (the partial last batch counts)."""
+        return -(-self.images.shape[0] // self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        return self.images.shape[0]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, g = self.images.shape[0], self.generator
+        order = torch.randperm(n, generator=g, device=self.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            images = self.images.index_select(0, idx)
+            params = sample_params(self.recipe, idx.shape[0], g)
+            crops = augment(images, params, backend=self.augment_backend, dtype=self.dtype)
+            yield crops, self.labels.index_select(0, idx).repeat_interleave(NUM_CROPS)
+
+    def state_dict(self) -> dict:
+        """Generator state; valid for exact resume when taken at an epoch boundary."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].cpu())
+
+
+class TenCropBatches:
+    """Evaluation batches ``(crops [b*10, 1, 40, 40], labels [b])`` in split order: TenCrop(40)
+    of the unmodified images, /255, no erasing. Average the logits of each image's 10 crops."""
+
+    def __init__(self, split: Split, *, batch_size: int, device: torch.device | str,
+                 augment_backend: str = "auto"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.images, self.labels = _to_device(split, self.device, "TenCropBatches")
+        self.batch_size, self.augment_backend = batch_size, augment_backend
+
+    def __len__(self) -> int:
+        return -(-self.images.shape[0] // self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        return self.images.shape[0]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, self.images.shape[0], self.batch_size):
+            images = self.images[start:start + self.batch_size]
+            yield ten_crop(images, backend=self.augment_backend), \
+                self.labels[start:start + self.batch_size]
