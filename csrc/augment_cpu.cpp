@@ -18,7 +18,7 @@ namespace fer_fast {
 namespace {
 
 // The per-thread loop is compiled twice, for AVX2 (8 lanes, hardware gathers for the bilinear
-// taps) and for the x86-64 baseline (SSE2), and the loader picks one per CPU: the build stays
+// loads) and for the x86-64 baseline (SSE2), and the loader picks one per CPU: the build stays
 // portable across x86-64 machines.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FER_CPU_CLONES __attribute__((target_clones("avx2", "default")))
@@ -30,11 +30,11 @@ namespace {
 // from u: GCC does not turn loads whose index derives from the loop counter through float math
 // into gathers. Restrict pointers: the output never overlaps the inputs.
 template <class Out>
-inline void augment_row(const float* __restrict plane, const float* __restrict g,
+inline void augment_row(const uint32_t* __restrict quads, const float* __restrict g,
                  const int32_t* __restrict box, const float* __restrict xs, float y, int v,
                  typename Out::type* __restrict row) {
   for (int u = 0; u < kCrop; ++u) {
-    const float value = sample_pixel(plane, g, xs[u], y);
+    const float value = sample_pixel(quads, g, xs[u], y);
     row[u] = Out::from(erased(box, u, v) ? 0.0f : value);
   }
 }
@@ -43,19 +43,19 @@ inline void augment_row(const float* __restrict plane, const float* __restrict g
 template <class Out>
 FER_CPU_CLONES void augment_range(const uint8_t* images, const float* geom, const int32_t* erase,
                    typename Out::type* out, int64_t first, int64_t last) {
-  float plane[kPlane * kPlane];
-  int64_t plane_image = -1;
+  uint32_t quads[kQuad * kQuad];
+  int64_t quads_image = -1;
   float xs[kCrop];
   for (int64_t c = first; c < last; ++c) {
     const int64_t b = c / kNumCrops;
-    if (b != plane_image) {
-      fill_plane(plane, images + b * kImage * kImage, 0, 1);
-      plane_image = b;
+    if (b != quads_image) {
+      fill_quads(quads, images + b * kImage * kImage, 0, 1);
+      quads_image = b;
     }
     const int k = static_cast<int>(c % kNumCrops);
     for (int u = 0; u < kCrop; ++u) xs[u] = canvas_x(k, u);
     for (int v = 0; v < kCrop; ++v) {
-      augment_row<Out>(plane, geom + b * kGeomSize, erase + c * kEraseSize, xs, canvas_y(k, v), v,
+      augment_row<Out>(quads, geom + b * kGeomSize, erase + c * kEraseSize, xs, canvas_y(k, v), v,
                        out + (c * kCrop + v) * kCrop);
     }
   }

@@ -1,5 +1,5 @@
-// CUDA ten-crop augmentation: one block per (image, crop); the block stages the zero-padded
-// image plane and the image's geometry in shared memory, then each thread writes a few output
+// CUDA ten-crop augmentation: one block per (image, crop); the block stages the image's quad
+// plane (augment_math.h) and geometry in shared memory, then each thread writes a few output
 // pixels with the per-pixel math of augment_math.h (compiled with -fmad=false so that every
 // multiply and add is rounded separately, as in the eager reference).
 #include <cuda_runtime.h>
@@ -19,12 +19,12 @@ template <class Out>
 __global__ void __launch_bounds__(kThreads)
     augment_kernel(const uint8_t* __restrict__ images, const float* __restrict__ geom,
                    const int32_t* __restrict__ erase, typename Out::type* __restrict__ out) {
-  __shared__ float plane[kPlane * kPlane];
+  __shared__ uint32_t quads[kQuad * kQuad];
   __shared__ float g[kGeomSize];
   const int64_t c = blockIdx.x;  // crop index = image * 10 + k
   const int64_t b = c / kNumCrops;
   const int k = static_cast<int>(c % kNumCrops);
-  fill_plane(plane, images + b * kImage * kImage, threadIdx.x, kThreads);
+  fill_quads(quads, images + b * kImage * kImage, threadIdx.x, kThreads);
   if (threadIdx.x < kGeomSize) g[threadIdx.x] = geom[b * kGeomSize + threadIdx.x];
   int32_t box[kEraseSize];
   for (int i = 0; i < kEraseSize; ++i) box[i] = erase[c * kEraseSize + i];
@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kThreads)
   typename Out::type* dst = out + c * kCrop * kCrop;
   for (int p = threadIdx.x; p < kCrop * kCrop; p += kThreads) {
     const int v = p / kCrop, u = p % kCrop;
-    const float value = sample_pixel(plane, g, canvas_x(k, u), canvas_y(k, v));
+    const float value = sample_pixel(quads, g, canvas_x(k, u), canvas_y(k, v));
     dst[p] = Out::from(erased(box, u, v) ? 0.0f : value);
   }
 }

@@ -41,17 +41,24 @@ FER_HD float canvas_x(int k, int u) {
 }
 FER_HD float canvas_y(int k, int v) { return static_cast<float>(crop_row(k) + v); }
 
-// The source image is read from a float "plane": the image surrounded by kPad zero rows and
-// columns, so that each bilinear tap is one unconditional load.
+// The source image is read through a "quad plane": entry (y0, x0), for -kPad <= y0, x0 <= kImage,
+// packs the four bilinear taps (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1) as bytes,
+// zero outside the image. One unconditional 32-bit load (a gather on the CPU, a shared-memory
+// read on the GPU) then yields all four taps of a pixel.
 constexpr int kPad = 2;
-constexpr int kPlane = kImage + 2 * kPad;  // plane row length and height
+constexpr int kQuad = kImage + kPad + 1;  // quad plane row length and height: y0, x0 = -2 .. 48
 
-// Fill plane[kPlane * kPlane] from one uint8 image; `first`/`step` split the work over threads.
-FER_HD void fill_plane(float* plane, const uint8_t* img, int first, int step) {
-  for (int i = first; i < kPlane * kPlane; i += step) {
-    const int y = i / kPlane - kPad, x = i % kPlane - kPad;
-    const bool ok = (x >= 0) & (x < kImage) & (y >= 0) & (y < kImage);
-    plane[i] = ok ? static_cast<float>(img[y * kImage + x]) : 0.0f;
+FER_HD uint32_t image_byte(const uint8_t* img, int y, int x) {
+  const bool ok = (x >= 0) & (x < kImage) & (y >= 0) & (y < kImage);
+  return ok ? img[y * kImage + x] : 0u;
+}
+
+// Fill quads[kQuad * kQuad] from one uint8 image; `first`/`step` split the work over threads.
+FER_HD void fill_quads(uint32_t* quads, const uint8_t* img, int first, int step) {
+  for (int i = first; i < kQuad * kQuad; i += step) {
+    const int y = i / kQuad - kPad, x = i % kQuad - kPad;
+    quads[i] = image_byte(img, y, x) | image_byte(img, y, x + 1) << 8 |
+               image_byte(img, y + 1, x) << 16 | image_byte(img, y + 1, x + 1) << 24;
   }
 }
 
@@ -71,24 +78,24 @@ FER_HD float floor_exact(float f) {
 }
 
 // An integral source coordinate clamped to [-kPad, kImage]: both taps of a clamped coordinate
-// are zero padding, exactly like those of the unclamped one (which lie outside the image);
-// nan maps to -kPad.
+// are zero, exactly like those of the unclamped one (which lie outside the image); nan maps
+// to -kPad.
 FER_HD float clamp_to_plane(float f) {
   const float lo = -static_cast<float>(kPad), hi = static_cast<float>(kImage);
   const float c = f > lo ? f : lo;
   return c < hi ? c : hi;
 }
 
-// Plane index of source pixel (y0, x0), both integral floats. Computed in float (exact for these
-// small integers) and converted once: that form lets GCC vectorise the loads as gathers.
-FER_HD int plane_index(float y0, float x0) {
-  const float pad = static_cast<float>(kPad), row = static_cast<float>(kPlane);
+// Quad-plane index of source pixel (y0, x0), both integral floats. Computed in float (exact for
+// these small integers) and converted once: that form lets GCC vectorise the loads as gathers.
+FER_HD int quad_index(float y0, float x0) {
+  const float pad = static_cast<float>(kPad), row = static_cast<float>(kQuad);
   return static_cast<int>((clamp_to_plane(y0) + pad) * row + (clamp_to_plane(x0) + pad));
 }
 
 // Value in [0, 1] of the augmented image at canvas position (x, y), before erasing.
 // g: the 16 geometry floats of the image (affine p4 -> source, rotation p4 -> p3, window).
-FER_HD float sample_pixel(const float* plane, const float* g, float x, float y) {
+FER_HD float sample_pixel(const uint32_t* quads, const float* g, float x, float y) {
   const float x3 = (g[6] * x + g[7] * y) + g[8];
   const float y3 = (g[9] * x + g[10] * y) + g[11];
   const bool inside = (x3 >= g[12]) & (x3 <= g[13]) & (y3 >= g[14]) & (y3 <= g[15]);
@@ -96,9 +103,13 @@ FER_HD float sample_pixel(const float* plane, const float* g, float x, float y) 
   const float sy = (g[3] * x + g[4] * y) + g[5];
   const float x0 = floor_exact(sx), y0 = floor_exact(sy);
   const float fx = sx - x0, fy = sy - y0;
-  const int i = plane_index(y0, x0);
-  const float top = (1.0f - fx) * plane[i] + fx * plane[i + 1];
-  const float bottom = (1.0f - fx) * plane[i + kPlane] + fx * plane[i + kPlane + 1];
+  const uint32_t q = quads[quad_index(y0, x0)];
+  const float p00 = static_cast<float>(static_cast<int>(q & 0xffu));
+  const float p01 = static_cast<float>(static_cast<int>((q >> 8) & 0xffu));
+  const float p10 = static_cast<float>(static_cast<int>((q >> 16) & 0xffu));
+  const float p11 = static_cast<float>(static_cast<int>(q >> 24));
+  const float top = (1.0f - fx) * p00 + fx * p01;
+  const float bottom = (1.0f - fx) * p10 + fx * p11;
   const float value = (1.0f - fy) * top + fy * bottom;
   return inside ? value / 255.0f : 0.0f;
 }
