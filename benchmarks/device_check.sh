@@ -118,9 +118,12 @@ if wants install; then
 else skip_part install; fi
 
 if wants tests; then
+  # On the GPU machine's 16 cores the tests' Triton compiles run in parallel (pytest-xdist).
+  XDIST=()
+  if [ "$MODE" = gpu ] && "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n 8); fi
   # shellcheck disable=SC2086
   run_part tests "$B_TESTS" "$PY" -m pytest ${DC_TESTS:-tests/} -q -p no:cacheprovider \
-    --ignore=tests/test_device_check.py --junitxml="$WORK/tests.xml"
+    "${XDIST[@]}" --ignore=tests/test_device_check.py --junitxml="$WORK/tests.xml"
 else skip_part tests; fi
 
 if wants bench; then

@@ -48,7 +48,7 @@ def test_block(benchmark, layer, name, device, quick, flusher, matmul_peak):
         with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
             y = fn(x, weight, bias, gamma, beta, running_mean, running_var, training=True,
                    momentum=0.1, eps=1e-5, order=RECIPE_ORDER["released"], pool=pool)
-        return y, torch.autograd.grad(y, inputs, grad_out)
+        return y, torch.autograd.grad(y, inputs, grad_out.to(y.dtype))
 
     def fwd_bwd():
         result = work()
