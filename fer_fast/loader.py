@@ -19,9 +19,17 @@ from typing import Iterator
 import torch
 
 from .augment import NUM_CROPS, RECIPES, augment, sample_params, ten_crop
-from .data import Split
+from .data import FERData, Split, load_data
+from .synthetic import SyntheticSpec
 
-__all__ = ["DeviceLoader", "TenCropBatches"]
+__all__ = ["DeviceLoader", "TenCropBatches", "load_run_data"]
+
+
+def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None) -> FERData:
+    """The data of a run: ``path`` (FER2013 CSV or image folder), or the synthetic dataset of
+    ``seed`` with ``synthetic_sizes`` = (train, val, test) (None: SyntheticSpec's defaults)."""
+    spec = None if synthetic_sizes is None else SyntheticSpec(*synthetic_sizes)
+    return load_data(path, seed=seed, synthetic=spec)
 
 
 def _to_device(split: Split, device: torch.device, what: str) -> tuple[torch.Tensor, torch.Tensor]:

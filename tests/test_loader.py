@@ -19,7 +19,7 @@ def _epoch(loader):
 
 def test_shapes_labels_and_partial_last_batch():
     split = _split(23)
-    loader = DeviceLoader(split, batch_size=8, device="cpu", seed=3, augment_backend="eager")
+    loader = DeviceLoader(split, batch_size=8, device="cpu", seed=3)
     batches = _epoch(loader)
     assert len(loader) == len(batches) == 3
     assert [y.numel() for _, y in batches] == [80, 80, 70]  # the partial batch is kept
@@ -48,9 +48,9 @@ def test_batch_is_augment_of_permuted_images():
 
 def test_deterministic_per_seed_and_generator_state_restore():
     split = _split(20, seed=2)
-    a = DeviceLoader(split, batch_size=6, device="cpu", seed=5, augment_backend="eager")
-    b = DeviceLoader(split, batch_size=6, device="cpu", seed=5, augment_backend="eager")
-    c = DeviceLoader(split, batch_size=6, device="cpu", seed=6, augment_backend="eager")
+    a = DeviceLoader(split, batch_size=6, device="cpu", seed=5)
+    b = DeviceLoader(split, batch_size=6, device="cpu", seed=5)
+    c = DeviceLoader(split, batch_size=6, device="cpu", seed=6)
     first_a, first_b, first_c = _epoch(a), _epoch(b), _epoch(c)
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
                for p, q in zip(first_a, first_b))
@@ -58,7 +58,7 @@ def test_deterministic_per_seed_and_generator_state_restore():
     state = a.state_dict()  # epoch boundary
     second_a = _epoch(a)
     assert not torch.equal(second_a[0][0], first_a[0][0])  # a new permutation and new params
-    fresh = DeviceLoader(split, batch_size=6, device="cpu", seed=0, augment_backend="eager")
+    fresh = DeviceLoader(split, batch_size=6, device="cpu", seed=0)
     fresh.load_state_dict(state)
     replay = _epoch(fresh)
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
