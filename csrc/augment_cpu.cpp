@@ -17,11 +17,11 @@
 namespace fer_fast {
 namespace {
 
-// The per-thread loop is compiled twice, for AVX2 (8 lanes, hardware gathers for the bilinear
-// loads) and for the x86-64 baseline (SSE2), and the loader picks one per CPU: the build stays
-// portable across x86-64 machines.
+// The per-thread loop is compiled for AVX2 (8 lanes), for SSE4.1 (4 lanes; the first x86 level
+// with a vector floor) and for the x86-64 baseline (SSE2, scalar floor), and the loader picks
+// one per CPU: the build stays portable across x86-64 machines.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FER_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define FER_CPU_CLONES __attribute__((target_clones("avx2", "sse4.1", "default")))
 #else
 #define FER_CPU_CLONES
 #endif

@@ -62,21 +62,6 @@ FER_HD void fill_quads(uint32_t* quads, const uint8_t* img, int first, int step)
   }
 }
 
-// floor(f), exact for every float. On the host it avoids floorf, which SSE2 cannot vectorise:
-// adding and subtracting 2^23 rounds |f| < 2^23 to an integer (larger floats, inf and nan are
-// their own floor).
-FER_HD float floor_exact(float f) {
-#if defined(__CUDA_ARCH__)
-  return floorf(f);
-#else
-  const float big = 8388608.0f;
-  const float a = fabsf(f);
-  const float nearest = copysignf((a + big) - big, f);
-  const float fl = nearest > f ? nearest - 1.0f : nearest;
-  return a < big ? fl : f;
-#endif
-}
-
 // An integral source coordinate clamped to [-kPad, kImage]: both taps of a clamped coordinate
 // are zero, exactly like those of the unclamped one (which lie outside the image); nan maps
 // to -kPad.
@@ -101,7 +86,7 @@ FER_HD float sample_pixel(const uint32_t* quads, const float* g, float x, float 
   const bool inside = (x3 >= g[12]) & (x3 <= g[13]) & (y3 >= g[14]) & (y3 <= g[15]);
   const float sx = (g[0] * x + g[1] * y) + g[2];
   const float sy = (g[3] * x + g[4] * y) + g[5];
-  const float x0 = floor_exact(sx), y0 = floor_exact(sy);
+  const float x0 = floorf(sx), y0 = floorf(sy);
   const float fx = sx - x0, fy = sy - y0;
   const uint32_t q = quads[quad_index(y0, x0)];
   const float p00 = static_cast<float>(static_cast<int>(q & 0xffu));
