@@ -25,8 +25,8 @@ requires_native = pytest.mark.skipif(not _ext.native_available(),
                                      reason="fer_fast._C is not built (pip install -e .)")
 requires_native_cuda = pytest.mark.skipif(
     not (HAS_CUDA and _ext.cuda_available()),
-    reason="needs a CUDA GPU and _C built with CUDA; the CPU kernel (same per-pixel math) "
-           "is tested against the reference on CPU")
+    reason="needs a CUDA GPU that _C's CUDA runtime can use (_ext.cuda_available()); the CPU "
+           "kernel (same per-pixel math) is tested against the reference on CPU")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -157,10 +157,12 @@ def test_native_is_the_cpu_default_and_eager_stays_selectable():
 
 
 def test_native_cuda_only_where_a_gpu_is_usable():
-    expected = _ext.native_available() and _ext._C.has_cuda() and HAS_CUDA
-    assert ("native" in backends.available("augment", "cuda")) == expected
-    if HAS_CUDA and expected:  # on a GPU the Triton backend is preferred
-        assert backends.available("augment", "cuda").index("native") > 0
+    on_cuda = backends.available("augment", "cuda")
+    assert ("native" in on_cuda) == _ext.cuda_available()
+    if not HAS_CUDA:
+        assert not _ext.cuda_available()
+    if _ext.cuda_available() and "triton" in on_cuda:  # on a GPU the Triton backend is preferred
+        assert on_cuda.index("triton") < on_cuda.index("native")
 
 
 @requires_native
@@ -215,8 +217,8 @@ def test_cuda_kernels_are_built_when_nvcc_is_present():
         pytest.skip("FER_FAST_CPU_ONLY is set: the extension is built CPU-only")
     assert _ext.native_available(), "fer_fast._C is not built"
     assert _ext._C.has_cuda(), "nvcc is present but fer_fast._C was built without CUDA"
-    count = _ext._C.cuda_device_count()  # static CUDA runtime: defined even without a driver
-    assert count >= 0 and (count > 0 or not HAS_CUDA)
+    # static CUDA runtime: the query works (0) even without a driver
+    assert _ext._C.cuda_device_count() >= 0
 
 
 # ---- without the extension ---------------------------------------------------------------------
