@@ -1,0 +1,174 @@
+"""The ``"fused"`` block backend: library convolution + fused BatchNorm/ReLU/max-pool kernels.
+
+The convolution stays ``F.conv2d`` (cuDNN on a GPU; autograd gives dx, dW, db). Around it, the
+Triton kernels of :mod:`fer_fast.kernels.bn_act` compute the batch statistics, apply BN and ReLU
+in the recipe's order and the 2x2 max-pool in one pass that writes only the block output, and in
+the backward recompute x_hat, the ReLU mask and the pool argmax from the saved conv output.
+
+Devices: on CUDA the Triton kernels run. On a CPU device the same math runs through eager
+PyTorch ops (``_forward_eager`` / ``_backward_eager``), unless Triton was imported with
+``TRITON_INTERPRET=1``, in which case the Triton kernels run on the CPU tensors (how the CPU
+tests check them).
+
+The two halves are ``torch.library`` custom ops, ``fer_fast::bn_act_fwd`` (mutates the running
+statistics) and ``fer_fast::bn_act_bwd``, tied together by :class:`BNActFunction`, so that
+``torch.compile(..., fullgraph=True)`` traces a model using the block without graph breaks.
+
+Usage: ``fer_fast.nn.ConvBNReLU2d(cin, cout, order="bn_relu", pool=True, backend="fused")`` or
+``fer_fast.VGG(backend="fused")``; the state_dict is that of the eager block.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import backends
+from .kernels import bn_act
+
+__all__ = ["conv_bn_act_fused", "BNActFunction", "supports"]
+
+_CL = torch.channels_last
+
+
+# ----------------------------------------------------------------------------------------------
+# Eager math (CPU without the Triton interpreter): the kernels' arithmetic in torch ops
+# ----------------------------------------------------------------------------------------------
+def _act(x, scale, shift, order):
+    return F.relu(x * scale + shift) if order == "bn_relu" else F.relu(x) * scale + shift
+
+
+def _forward_eager(y, gamma, beta, running_mean, running_var, *, training, momentum, eps, order,
+                   pool):
+    bn_act.check_forward_inputs(y, gamma, beta, running_mean, running_var, training=training,
+                                order=order, pool=pool)
+    x = y.float()
+    bn_in = x if order == "bn_relu" else F.relu(x)
+    if training:
+        var, mean = torch.var_mean(bn_in, dim=(0, 2, 3), correction=0)
+        if running_mean is not None:
+            count = bn_in.numel() // bn_in.shape[1]
+            running_mean.copy_((1 - momentum) * running_mean.float() + momentum * mean)
+            running_var.copy_((1 - momentum) * running_var.float()
+                              + momentum * var * (count / (count - 1)))
+    else:
+        mean, var = running_mean.float(), running_var.float()
+    rstd = torch.rsqrt(var + eps)
+    scale = gamma.float() * rstd
+    coef = torch.stack([mean, rstd, scale, beta.float() - mean * scale])
+    c = coef.view(4, 1, -1, 1, 1)
+    out = _act(x, c[2], c[3], order).to(y.dtype)
+    if pool:
+        out = F.max_pool2d(out, 2, 2)
+    return out.contiguous(memory_format=_CL), coef
+
+
+def _backward_eager(dout, y, coef, *, training, order, pool):
+    bn_act.check_backward_inputs(dout, y, coef, order=order, pool=pool)
+    x = y.float()
+    mean, rstd, scale, shift = coef.view(4, 1, -1, 1, 1)
+    z = _act(x, scale, shift, order).to(y.dtype)  # the stored block output, for the pool argmax
+    if pool:
+        _, idx = F.max_pool2d(z, 2, 2, return_indices=True)
+        g = F.max_unpool2d(dout.float(), idx, 2, 2, output_size=y.shape[2:])
+    else:
+        g = dout.float()
+    bn_in = x if order == "bn_relu" else F.relu(x)
+    x_hat = (bn_in - mean) * rstd
+    dz = torch.where(z > 0, g, 0.0) if order == "bn_relu" else g
+    sums = torch.stack([dz.sum(dim=(0, 2, 3)), (dz * x_hat).sum(dim=(0, 2, 3))])
+    if training:
+        count = x.numel() // x.shape[1]
+        s = (sums / count).view(2, 1, -1, 1, 1)
+        dy = scale * (dz - s[0] - x_hat * s[1])
+    else:
+        dy = scale * dz
+    if order == "relu_bn":
+        dy = torch.where(x > 0, dy, 0.0)
+    return dy.to(y.dtype).contiguous(memory_format=_CL), sums
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("fer_fast::bn_act_fwd", mutates_args=("running_mean", "running_var"))
+def _bn_act_fwd(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                training: bool, momentum: float, eps: float, order: str,
+                pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(block output, fp32 coefficients [mean, rstd, scale, shift]) of conv output ``y``."""
+    impl = bn_act.forward if bn_act.runs_on(y.device) else _forward_eager
+    return impl(y, gamma, beta, running_mean, running_var, training=training, momentum=momentum,
+                eps=eps, order=order, pool=pool)
+
+
+@_bn_act_fwd.register_fake
+def _(y, gamma, beta, running_mean, running_var, training, momentum, eps, order, pool):
+    n, c, h, w = y.shape
+    if pool:
+        h, w = h // 2, w // 2
+    out = torch.empty((n, c, h, w), dtype=y.dtype, device=y.device, memory_format=_CL)
+    return out, y.new_empty((len(bn_act.COEF_ROWS), c), dtype=torch.float32)
+
+
+@torch.library.custom_op("fer_fast::bn_act_bwd", mutates_args=())
+def _bn_act_bwd(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, training: bool,
+                order: str, pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient w.r.t. ``y``, fp32 [sum(dz), sum(dz * x_hat)] = [dbeta, dgamma])."""
+    impl = bn_act.backward if bn_act.runs_on(y.device) else _backward_eager
+    return impl(dout, y, coef, training=training, order=order, pool=pool)
+
+
+@_bn_act_bwd.register_fake
+def _(dout, y, coef, training, order, pool):
+    return (torch.empty_like(y, memory_format=_CL),
+            coef.new_empty((2, y.shape[1]), dtype=torch.float32))
+
+
+class BNActFunction(torch.autograd.Function):
+    """BatchNorm + ReLU (+ 2x2 max-pool) of a conv output, with the recomputing backward.
+
+    ``apply(y, gamma, beta, running_mean, running_var, training, momentum, eps, order, pool)``;
+    ``y`` must be channels_last; running_mean/var are updated in place when training.
+    """
+
+    @staticmethod
+    def forward(ctx, y, gamma, beta, running_mean, running_var, training, momentum, eps, order,
+                pool):
+        out, coef = torch.ops.fer_fast.bn_act_fwd(y, gamma, beta, running_mean, running_var,
+                                                  training, momentum, eps, order, pool)
+        ctx.save_for_backward(y, coef)
+        ctx.training, ctx.order, ctx.pool = training, order, pool
+        ctx.gamma_dtype, ctx.beta_dtype = gamma.dtype, beta.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y, coef = ctx.saved_tensors
+        dy, sums = torch.ops.fer_fast.bn_act_bwd(dout.contiguous(memory_format=_CL), y, coef,
+                                                 ctx.training, ctx.order, ctx.pool)
+        return (dy, sums[1].to(ctx.gamma_dtype), sums[0].to(ctx.beta_dtype),
+                None, None, None, None, None, None, None)
+
+
+def conv_bn_act_fused(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, *,
+                      training: bool, momentum: float, eps: float, order: str, pool: bool):
+    """Fused block with the signature of :func:`fer_fast.nn.conv_bn_act_ref`: conv3x3 (padding
+    1) by ``F.conv2d`` on channels_last activations, then :class:`BNActFunction`. Returns a
+    channels_last tensor. CPU: eager math unless TRITON_INTERPRET=1 (see module docstring)."""
+    y = F.conv2d(x.contiguous(memory_format=_CL), weight, bias, padding=1)
+    y = y.contiguous(memory_format=_CL)
+    c = y.shape[1]
+    if bn_weight is None:  # BatchNorm2d(affine=False)
+        bn_weight = torch.ones(c, device=y.device, dtype=torch.float32)
+    if bn_bias is None:
+        bn_bias = torch.zeros(c, device=y.device, dtype=torch.float32)
+    return BNActFunction.apply(y, bn_weight, bn_bias, running_mean, running_var, training,
+                               momentum, eps, order, pool)
+
+
+def supports(device: torch.device) -> bool:
+    """CUDA (Triton kernels) or CPU (eager math, or Triton under TRITON_INTERPRET=1)."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
+backends.register("block", "fused", conv_bn_act_fused, supports=supports, priority=10)

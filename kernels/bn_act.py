@@ -1,0 +1,575 @@
+"""Triton kernels for BatchNorm + ReLU (+ 2x2 max-pool) around a library convolution.
+
+Activations are NHWC (``torch.channels_last``): the conv output ``y`` of shape [N, C, H, W] is a
+row-major [M = N*H*W, C] matrix, so every tile is a block of rows x a block of channels and loads
+are contiguous along C. Arithmetic is fp32; storage is the activation dtype (fp16, bf16, fp32).
+
+Orders: ``"bn_relu"`` (z = relu(bn(y)), released code) and ``"relu_bn"`` (z = bn(relu(y)),
+paper); with ``pool`` the block output is the 2x2/stride-2 max of z (floor: an odd last row or
+column is dropped). BN uses per-channel ``scale = gamma * rstd`` and ``shift = beta - mean *
+scale`` so that the forward pass costs one FMA per element.
+
+Forward (training): ``_stats_kernel`` (split reduction: each program reduces a strip of rows
+of one channel block to a partial (mean, M2), shifted by the strip's first row for stability)
+-> ``_finalize_kernel`` (Chan's parallel combine of the partials, running-stat update exactly as
+``nn.BatchNorm2d``, the coefficient vector [mean, rstd, scale, shift]) -> ``_apply_kernel``
+(affine + ReLU (+ pool), writes only the block output). Eval: ``_finalize_kernel`` reads the
+running statistics, then ``_apply_kernel``.
+
+Backward recomputes instead of storing: from the saved conv output ``y`` and the coefficients it
+recomputes x_hat, the ReLU mask and the pool argmax (first maximum in window order, compared
+after rounding to the activation dtype, as ``F.max_pool2d`` sees the BN output).
+``_bwd_reduce_kernel`` reduces per channel sum(dz) and sum(dz * x_hat), dz being the gradient
+w.r.t. the BN output; ``_bwd_dy_kernel`` writes the gradient w.r.t. the conv output (BN backward
+in training mode, or the fixed affine in eval mode, times the ReLU mask for ``relu_bn``).
+
+Nothing here clamps or filters inf/NaN: they propagate (GradScaler relies on it); ReLU is written
+``where(x < 0, 0, x)`` and the pool compare takes NaN, like PyTorch. No kernel is autotuned, so no
+launch is ever repeated and the running statistics are updated exactly once per forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["ORDERS", "COEF_ROWS", "GPU_TILES", "INTERPRETER_TILES", "runs_on",
+           "check_forward_inputs", "check_backward_inputs", "forward", "backward", "AOT_SPECS"]
+
+#: block orders: "bn_relu" = relu(bn(y)), "relu_bn" = bn(relu(y)) (kernel flag relu_first)
+ORDERS = ("bn_relu", "relu_bn")
+#: rows of the fp32 coefficient tensor [4, C] returned by ``forward`` and taken by ``backward``
+COEF_ROWS = ("mean", "rstd", "scale", "shift")
+
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Block sizes of the launches."""
+
+    c: int        # channels per tile
+    rows: int     # rows (sites) per tile without pool
+    windows: int  # 2x2 windows per tile with pool (4 loads each)
+    partials: int  # partials combined per step of the finalize loop
+    warps: int
+
+
+#: GPU: a row of 64 channels is 128 B (fp16) contiguous; tiles of 4096 elements per 8 warps.
+GPU_TILES = Tiles(c=64, rows=64, windows=32, partials=32, warps=8)
+#: Interpreter: every Triton op costs ~0.1 ms of Python whatever its size, so few big tiles.
+INTERPRETER_TILES = Tiles(c=32, rows=1024, windows=512, partials=32, warps=1)
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels. The order ("relu_first": ReLU before BN) and training flags are runtime scalars, so each
+# kernel compiles once per dtype (and pool); they select with `where`, which keeps NaN.
+# Helper calls are avoided on purpose: each one is costly under the interpreter.
+# ----------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["relu_first"])
+def _stats_kernel(y_ptr, part_ptr, M, C, CHUNKS_PER_PROG, relu_first,
+                  BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Partial (mean, M2) of the BN input over rows [pid*CHUNKS*BLOCK_M, ...) of a channel block."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    row0 = pid_m.to(tl.int64) * CHUNKS_PER_PROG * BLOCK_M  # int64 indices: no int32 overflow
+    # shifted sums: subtracting a sample of the strip keeps sum(d^2) free of cancellation
+    ref = tl.load(y_ptr + row0 * C + cols, mask=cmask, other=0.0).to(tl.float32)
+    ref = tl.where((ref < 0) & (relu_first != 0), 0.0, ref)
+    s1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for k in range(CHUNKS_PER_PROG):
+        rows = row0 + k * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask = (rows < M)[:, None] & cmask[None, :]
+        x = tl.load(y_ptr + rows[:, None] * C + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        x = tl.where((x < 0) & (relu_first != 0), 0.0, x)
+        d = tl.where(mask, x - ref[None, :], 0.0)
+        s1 += d
+        s2 += d * d
+    count = tl.minimum(CHUNKS_PER_PROG * BLOCK_M, M - row0).to(tl.float32)
+    sum1 = tl.sum(s1, axis=0)
+    sum2 = tl.sum(s2, axis=0)
+    mean = ref + sum1 / count
+    m2 = sum2 - sum1 * (sum1 / count)
+    m2 = tl.where(m2 < 0, 0.0, m2)  # rounding only; NaN passes
+    base = part_ptr + pid_m.to(tl.int64) * 2 * C
+    tl.store(base + cols, mean, mask=cmask)
+    tl.store(base + C + cols, m2, mask=cmask)
+
+
+@triton.jit(do_not_specialize=["training", "update_running"])
+def _finalize_kernel(part_ptr, P, ROWS_PER_PROG, M, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr,
+                     coef_ptr, C, eps, momentum, training, update_running,
+                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-channel [mean, rstd, scale, shift]; training: Chan's combine of the P partials and
+    (if update_running) the running-stat update with the unbiased variance; eval: the running
+    statistics. gamma, beta and the running statistics share one dtype."""
+    pid_c = tl.program_id(0)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    if training != 0:
+        n_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+        mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+        m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            pmask = ps < P
+            mask = pmask[:, None] & cmask[None, :]
+            n_p = tl.where(pmask, tl.minimum(ROWS_PER_PROG, M - ps * ROWS_PER_PROG), 0)
+            n_p = n_p.to(tl.float32)[:, None]
+            offs = ps.to(tl.int64)[:, None] * 2 * C + cols[None, :]
+            mean_p = tl.load(part_ptr + offs, mask=mask, other=0.0)
+            m2_p = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
+            n_b = tl.sum(n_p, axis=0)
+            mean_b = tl.sum(n_p * mean_p, axis=0) / n_b
+            dev = tl.where(mask, mean_p - mean_b[None, :], 0.0)
+            m2_b = tl.sum(m2_p + n_p * dev * dev, axis=0)
+            n_new = n_acc + n_b
+            delta = mean_b - mean
+            mean = mean + delta * (n_b / n_new)
+            m2 = m2 + m2_b + delta * delta * (n_acc * (n_b / n_new))
+            n_acc = n_new
+        var = m2 / M
+        if update_running != 0:
+            rmean = tl.load(rmean_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            rvar = tl.load(rvar_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            rmean = (1.0 - momentum) * rmean + momentum * mean
+            rvar = (1.0 - momentum) * rvar + momentum * (m2 / (M - 1))
+            tl.store(rmean_ptr + cols, rmean.to(rmean_ptr.dtype.element_ty), mask=cmask)
+            tl.store(rvar_ptr + cols, rvar.to(rvar_ptr.dtype.element_ty), mask=cmask)
+    else:
+        mean = tl.load(rmean_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        var = tl.load(rvar_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt_rn(var + eps)
+    gamma = tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    scale = gamma * rstd
+    tl.store(coef_ptr + cols, mean, mask=cmask)
+    tl.store(coef_ptr + C + cols, rstd, mask=cmask)
+    tl.store(coef_ptr + 2 * C + cols, scale, mask=cmask)
+    tl.store(coef_ptr + 3 * C + cols, beta - mean * scale, mask=cmask)
+
+
+@triton.jit(do_not_specialize=["relu_first"])
+def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, relu_first,
+                  POOL: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Block output of a tile of sites: rows (act(y)), or with POOL 2x2 windows: the first
+    maximum (NaN wins, as in F.max_pool2d) of act(y) rounded to the output dtype."""
+    pid_s = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    sites = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    mask = (sites < n_sites)[:, None] & cmask[None, :]
+    scale = tl.load(coef_ptr + 2 * C + cols, mask=cmask, other=0.0)[None, :]
+    shift = tl.load(coef_ptr + 3 * C + cols, mask=cmask, other=0.0)[None, :]
+    dtype = out_ptr.dtype.element_ty
+    relu_last = relu_first == 0
+    if POOL:
+        j = sites % WO
+        t = sites // WO
+        i = t % HO
+        ptrs = y_ptr + (((t // HO) * H + 2 * i) * W + 2 * j)[:, None] * C + cols[None, :]
+        step_w = C.to(tl.int64)
+        step_h = W * step_w
+        best = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+        for k in tl.static_range(4):
+            y = tl.load(ptrs + (k // 2) * step_h + (k % 2) * step_w, mask=mask,
+                        other=0.0).to(tl.float32)
+            z = tl.where((y < 0) & (relu_first != 0), 0.0, y) * scale + shift
+            z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+            if k == 0:
+                best = z
+            else:
+                best = tl.where((z > best) | (z != z), z, best)
+        out = best
+    else:
+        y = tl.load(y_ptr + sites[:, None] * C + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        out = tl.where((y < 0) & (relu_first != 0), 0.0, y) * scale + shift
+        out = tl.where((out < 0) & relu_last, 0.0, out)
+    tl.store(out_ptr + sites[:, None] * C + cols[None, :], out.to(dtype), mask=mask)
+
+
+@triton.jit(do_not_specialize=["relu_first"])
+def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_sites,
+                       CHUNKS_PER_PROG, relu_first, POOL: tl.constexpr,
+                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Partial per-channel sum(dz) and sum(dz * x_hat) over a strip of sites (rows or 2x2
+    windows), dz being the gradient w.r.t. the BN output: dout routed to the window's argmax
+    (recomputed like the forward), times the ReLU mask when ReLU follows BN."""
+    pid_s = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    mean = tl.load(coef_ptr + cols, mask=cmask, other=0.0)[None, :]
+    rstd = tl.load(coef_ptr + C + cols, mask=cmask, other=0.0)[None, :]
+    scale = tl.load(coef_ptr + 2 * C + cols, mask=cmask, other=0.0)[None, :]
+    shift = tl.load(coef_ptr + 3 * C + cols, mask=cmask, other=0.0)[None, :]
+    dtype = y_ptr.dtype.element_ty
+    relu_last = relu_first == 0
+    acc_dz = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    acc_dzx = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    site0 = pid_s.to(tl.int64) * CHUNKS_PER_PROG * BLOCK_S
+    step_w = C.to(tl.int64)
+    step_h = W * step_w
+    for kk in range(CHUNKS_PER_PROG):
+        sites = site0 + kk * BLOCK_S + tl.arange(0, BLOCK_S)
+        mask = (sites < n_sites)[:, None] & cmask[None, :]
+        out_offs = sites[:, None] * C + cols[None, :]
+        g = tl.load(dout_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
+        if POOL:  # the BN input (x) and block output (z) at the window's argmax
+            j = sites % WO
+            t = sites // WO
+            i = t % HO
+            ptrs = y_ptr + (((t // HO) * H + 2 * i) * W + 2 * j)[:, None] * C + cols[None, :]
+            x = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+            z = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+            for k in tl.static_range(4):
+                y = tl.load(ptrs + (k // 2) * step_h + (k % 2) * step_w, mask=mask, other=0.0)
+                xk = tl.where((y < 0) & (relu_first != 0), 0.0, y.to(tl.float32))
+                zk = xk * scale + shift
+                zk = tl.where((zk < 0) & relu_last, 0.0, zk).to(dtype).to(tl.float32)
+                if k == 0:
+                    x = xk
+                    z = zk
+                else:
+                    take = (zk > z) | (zk != zk)
+                    x = tl.where(take, xk, x)
+                    z = tl.where(take, zk, z)
+        else:
+            y = tl.load(y_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
+            x = tl.where((y < 0) & (relu_first != 0), 0.0, y)
+            z = x * scale + shift
+            z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+        dz = tl.where(relu_last & ~(z > 0), 0.0, g)
+        acc_dz += dz
+        acc_dzx += dz * ((x - mean) * rstd)
+    base_p = part_ptr + pid_s.to(tl.int64) * 2 * C
+    tl.store(base_p + cols, tl.sum(acc_dz, axis=0), mask=cmask)
+    tl.store(base_p + C + cols, tl.sum(acc_dzx, axis=0), mask=cmask)
+
+
+@triton.jit(do_not_specialize=["relu_first", "training"])
+def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO, HC, WC,
+                   n_sites, inv_count, relu_first, training, POOL: tl.constexpr,
+                   BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dL/dy for a tile of sites: rows, or with POOL every 2x2 window of a ceil(H/2) x ceil(W/2)
+    grid, so that the odd row/column the pool dropped is written too (in training it still gets
+    the BN mean terms). Training: scale * (dz - mean(dz) - x_hat * mean(dz * x_hat)); eval:
+    scale * dz; times the ReLU mask (y > 0) when ReLU comes first."""
+    pid_s = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    sites = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    smask = sites < n_sites
+    mean = tl.load(coef_ptr + cols, mask=cmask, other=0.0)[None, :]
+    rstd = tl.load(coef_ptr + C + cols, mask=cmask, other=0.0)[None, :]
+    scale = tl.load(coef_ptr + 2 * C + cols, mask=cmask, other=0.0)[None, :]
+    shift = tl.load(coef_ptr + 3 * C + cols, mask=cmask, other=0.0)[None, :]
+    mean_dz = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+    mean_dzx = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+    if training != 0:
+        mean_dz = (tl.load(sums_ptr + cols, mask=cmask, other=0.0) * inv_count)[None, :]
+        mean_dzx = (tl.load(sums_ptr + C + cols, mask=cmask, other=0.0) * inv_count)[None, :]
+    dtype = y_ptr.dtype.element_ty
+    relu_last = relu_first == 0
+    if POOL:
+        j = sites % WC
+        t = sites // WC
+        i = t % HC
+        n = t // HC
+        ptrs = ((n * H + 2 * i) * W + 2 * j)[:, None] * C + cols[None, :]
+        step_w = C.to(tl.int64)
+        step_h = W * step_w
+        has_below = 2 * i + 1 < H
+        has_right = 2 * j + 1 < W
+        pooled = smask & (i < HO) & (j < WO)  # windows the forward pooled
+        g = tl.load(dout_ptr + ((n * HO + i) * WO + j)[:, None] * C + cols[None, :],
+                    mask=pooled[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        # pass 1: argmax of the window as the forward chose it
+        arg = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.int32)
+        best = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+        for k in tl.static_range(4):
+            inside = smask
+            if k // 2 == 1:
+                inside = inside & has_below
+            if k % 2 == 1:
+                inside = inside & has_right
+            mk = inside[:, None] & cmask[None, :]
+            y = tl.load(y_ptr + ptrs + (k // 2) * step_h + (k % 2) * step_w, mask=mk, other=0.0)
+            x = tl.where((y < 0) & (relu_first != 0), 0.0, y.to(tl.float32))
+            z = x * scale + shift
+            z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+            if k == 0:
+                best = z
+            else:
+                take = (z > best) | (z != z)
+                best = tl.where(take, z, best)
+                arg = tl.where(take, k, arg)
+        # pass 2: the gradient at each of the four positions (reloads hit the cache)
+        for k in tl.static_range(4):
+            inside = smask
+            if k // 2 == 1:
+                inside = inside & has_below
+            if k % 2 == 1:
+                inside = inside & has_right
+            mk = inside[:, None] & cmask[None, :]
+            offs = ptrs + (k // 2) * step_h + (k % 2) * step_w
+            y = tl.load(y_ptr + offs, mask=mk, other=0.0).to(tl.float32)
+            x = tl.where((y < 0) & (relu_first != 0), 0.0, y)
+            z = x * scale + shift
+            z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+            dz = tl.where((arg == k) & ~(relu_last & ~(z > 0)), g, 0.0)
+            dy = scale * (dz - mean_dz - (x - mean) * rstd * mean_dzx)
+            dy = tl.where((relu_first != 0) & ~(y > 0), 0.0, dy)
+            tl.store(dy_ptr + offs, dy.to(dtype), mask=mk)
+    else:
+        mask = smask[:, None] & cmask[None, :]
+        offs = sites[:, None] * C + cols[None, :]
+        y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.where((y < 0) & (relu_first != 0), 0.0, y)
+        z = x * scale + shift
+        z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+        dz = tl.where(relu_last & ~(z > 0), 0.0, g)
+        dy = scale * (dz - mean_dz - (x - mean) * rstd * mean_dzx)
+        dy = tl.where((relu_first != 0) & ~(y > 0), 0.0, dy)
+        tl.store(dy_ptr + offs, dy.to(dtype), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+def runs_on(device: torch.device) -> bool:
+    """Whether these kernels run on ``device``: CUDA, or CPU tensors when Triton was imported
+    with TRITON_INTERPRET=1 (the interpreter is chosen when a kernel is defined)."""
+    interpreted = not isinstance(_apply_kernel, triton.runtime.jit.JITFunction)
+    return device.type == ("cpu" if interpreted else "cuda")
+
+
+def _tiles(device: torch.device) -> Tiles:
+    return GPU_TILES if device.type == "cuda" else INTERPRETER_TILES
+
+
+def _split(n_blocks: int, n_cblocks: int, device: torch.device) -> tuple[int, int]:
+    """(programs, blocks per program) of a split reduction over ``n_blocks`` row blocks: about
+    4 programs per SM on a GPU (all channel blocks together), 3 under the interpreter."""
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 3
+    programs = max(1, min(n_blocks, triton.cdiv(target, n_cblocks)))
+    per_prog = triton.cdiv(n_blocks, programs)
+    return triton.cdiv(n_blocks, per_prog), per_prog
+
+
+def _check_y(y: torch.Tensor, what: str) -> None:
+    if y.dim() != 4:
+        raise ValueError(f"bn_act {what}: expected a 4-D [N, C, H, W] tensor, got shape "
+                         f"{tuple(y.shape)}")
+    if y.dtype not in _DTYPES:
+        raise TypeError(f"bn_act {what}: dtype {y.dtype} not supported; use one of {_DTYPES}")
+    if not y.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"bn_act {what}: tensor of shape {tuple(y.shape)} and strides "
+                         f"{y.stride()} is not channels_last (NHWC) contiguous")
+    if y.numel() == 0:
+        raise ValueError(f"bn_act {what}: empty tensor of shape {tuple(y.shape)}")
+
+
+def _check_vector(t: torch.Tensor, name: str, c: int, device: torch.device) -> None:
+    if t.shape != (c,) or not t.is_contiguous():
+        raise ValueError(f"bn_act: {name} must be a contiguous vector of {c} channels, got "
+                         f"shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"bn_act: {name} is on {t.device} but the activations are on {device}")
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"bn_act: {name} has dtype {t.dtype}; use one of {_DTYPES}")
+
+
+def _relu_first(order: str) -> int:
+    if order not in ORDERS:
+        raise ValueError(f"bn_act: unknown order {order!r}; choose one of {ORDERS}")
+    return int(order == "relu_bn")
+
+
+def _pooled_size(h: int, w: int, pool: bool) -> tuple[int, int]:
+    if not pool:
+        return h, w
+    if h < 2 or w < 2:
+        raise ValueError(f"bn_act: a 2x2 max-pool needs H, W >= 2, got {h}x{w}")
+    return h // 2, w // 2
+
+
+def check_forward_inputs(y, gamma, beta, running_mean, running_var, *, training: bool,
+                         order: str, pool: bool) -> None:
+    """Raise a clear error for anything ``forward`` cannot take (also used by the eager path)."""
+    _check_y(y, "forward input")
+    _relu_first(order)
+    n, c, h, w = y.shape
+    _pooled_size(h, w, pool)
+    for t, name in ((gamma, "weight (gamma)"), (beta, "bias (beta)")):
+        _check_vector(t, name, c, y.device)
+    track = running_mean is not None
+    if track != (running_var is not None):
+        raise ValueError("bn_act: give both running_mean and running_var, or neither")
+    if track:
+        _check_vector(running_mean, "running_mean", c, y.device)
+        _check_vector(running_var, "running_var", c, y.device)
+    dtypes = {t.dtype for t in (gamma, beta, running_mean, running_var) if t is not None}
+    if len(dtypes) != 1:
+        raise TypeError(f"bn_act: weight, bias, running_mean and running_var must share a "
+                        f"dtype, got {sorted(map(str, dtypes))}")
+    if not training and not track:
+        raise ValueError("bn_act: eval mode needs running_mean and running_var")
+    if training and n * h * w < 2:
+        raise ValueError(f"bn_act: expected more than 1 value per channel when training, got "
+                         f"input of shape {tuple(y.shape)}")
+
+
+def check_backward_inputs(dout, y, coef, *, order: str, pool: bool) -> None:
+    """Raise a clear error for anything ``backward`` cannot take (also used by the eager path)."""
+    _check_y(y, "saved conv output")
+    _check_y(dout, "output gradient")
+    _relu_first(order)
+    n, c, h, w = y.shape
+    ho, wo = _pooled_size(h, w, pool)
+    if dout.shape != (n, c, ho, wo) or dout.dtype != y.dtype or dout.device != y.device:
+        raise ValueError(f"bn_act backward: output gradient {tuple(dout.shape)} {dout.dtype} on "
+                         f"{dout.device} does not match the block output {(n, c, ho, wo)} "
+                         f"{y.dtype} on {y.device}")
+    if (coef.shape != (len(COEF_ROWS), c) or coef.dtype != torch.float32
+            or not coef.is_contiguous() or coef.device != y.device):
+        raise ValueError(f"bn_act backward: coefficients must be contiguous fp32 "
+                         f"[{len(COEF_ROWS)}, {c}] on {y.device}, got {tuple(coef.shape)} "
+                         f"{coef.dtype} on {coef.device}")
+
+
+def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+            running_mean: torch.Tensor | None, running_var: torch.Tensor | None, *,
+            training: bool, momentum: float, eps: float, order: str, pool: bool):
+    """Block output of conv output ``y`` (NHWC) and the fp32 coefficients [4, C] (``COEF_ROWS``)
+    that ``backward`` needs. Training normalises with the batch statistics and updates the
+    running ones in place (when given); eval uses the running statistics."""
+    check_forward_inputs(y, gamma, beta, running_mean, running_var, training=training,
+                         order=order, pool=pool)
+    relu_first = _relu_first(order)
+    track = running_mean is not None
+    n, c, h, w = y.shape
+    m = n * h * w
+    ho, wo = _pooled_size(h, w, pool)
+    tiles = _tiles(y.device)
+    n_cblocks = triton.cdiv(c, tiles.c)
+    coef = torch.empty((len(COEF_ROWS), c), device=y.device, dtype=torch.float32)
+    programs, chunks, part = 0, 0, coef  # eval: no partials
+    if training:
+        programs, chunks = _split(triton.cdiv(m, tiles.rows), n_cblocks, y.device)
+        part = torch.empty((programs, 2, c), device=y.device, dtype=torch.float32)
+        _stats_kernel[(programs, n_cblocks)](y, part, m, c, chunks, relu_first,
+                                             BLOCK_M=tiles.rows, BLOCK_C=tiles.c,
+                                             num_warps=tiles.warps)
+    rmean = running_mean if track else gamma  # not touched without running statistics
+    rvar = running_var if track else gamma
+    _finalize_kernel[(n_cblocks,)](part, programs, chunks * tiles.rows, m, gamma, beta, rmean,
+                                   rvar, coef, c, eps, momentum, int(training),
+                                   int(training and track), BLOCK_P=tiles.partials,
+                                   BLOCK_C=tiles.c, num_warps=tiles.warps)
+    out = torch.empty((n, c, ho, wo), device=y.device, dtype=y.dtype,
+                      memory_format=torch.channels_last)
+    sites, block = (n * ho * wo, tiles.windows) if pool else (m, tiles.rows)
+    _apply_kernel[(triton.cdiv(sites, block), n_cblocks)](
+        y, coef, out, h, w, c, ho, wo, sites, relu_first, POOL=pool, BLOCK_S=block,
+        BLOCK_C=tiles.c, num_warps=tiles.warps)
+    return out, coef
+
+
+def backward(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, *, training: bool,
+             order: str, pool: bool):
+    """Gradient w.r.t. the conv output ``y`` and the fp32 sums [sum(dz), sum(dz * x_hat)] per
+    channel (= dbeta, dgamma), given the gradient ``dout`` of the block output (NHWC)."""
+    check_backward_inputs(dout, y, coef, order=order, pool=pool)
+    relu_first = _relu_first(order)
+    n, c, h, w = y.shape
+    ho, wo = _pooled_size(h, w, pool)
+    tiles = _tiles(y.device)
+    n_cblocks = triton.cdiv(c, tiles.c)
+    block = tiles.windows if pool else tiles.rows
+    sites = n * ho * wo
+    programs, chunks = _split(triton.cdiv(sites, block), n_cblocks, y.device)
+    part = torch.empty((programs, 2, c), device=y.device, dtype=torch.float32)
+    _bwd_reduce_kernel[(programs, n_cblocks)](
+        y, dout, coef, part, h, w, c, ho, wo, sites, chunks, relu_first, POOL=pool,
+        BLOCK_S=block, BLOCK_C=tiles.c, num_warps=tiles.warps)
+    sums = part.sum(dim=0)
+    dy = torch.empty_like(y, memory_format=torch.channels_last)
+    hc, wc = (triton.cdiv(h, 2), triton.cdiv(w, 2)) if pool else (h, w)
+    sites = n * hc * wc
+    _bwd_dy_kernel[(triton.cdiv(sites, block), n_cblocks)](
+        y, dout, coef, sums, dy, h, w, c, ho, wo, hc, wc, sites, 1.0 / (n * h * w),
+        relu_first, int(training), POOL=pool, BLOCK_S=block, BLOCK_C=tiles.c,
+        num_warps=tiles.warps)
+    return dy, sums
+
+
+# ----------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs (tests/aot.py): every kernel at the GPU tiles, every dtype and pool
+# ----------------------------------------------------------------------------------------------
+def _aot_specs() -> list[dict]:
+    t = GPU_TILES
+    specs = []
+    for name, dt in (("fp16", "*fp16"), ("bf16", "*bf16"), ("fp32", "*fp32")):
+        specs.append(dict(
+            name=f"_stats_kernel[{name}]", fn=_stats_kernel,
+            signature={"y_ptr": dt, "part_ptr": "*fp32", "M": "i32", "C": "i32",
+                       "CHUNKS_PER_PROG": "i32", "relu_first": "i32",
+                       "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
+            constexprs={"BLOCK_M": t.rows, "BLOCK_C": t.c}, num_warps=t.warps))
+        specs.append(dict(  # dtype here is that of gamma, beta and the running statistics
+            name=f"_finalize_kernel[{name}]", fn=_finalize_kernel,
+            signature={"part_ptr": "*fp32", "P": "i32", "ROWS_PER_PROG": "i32", "M": "i32",
+                       "gamma_ptr": dt, "beta_ptr": dt, "rmean_ptr": dt, "rvar_ptr": dt,
+                       "coef_ptr": "*fp32", "C": "i32", "eps": "fp32", "momentum": "fp32",
+                       "training": "i32", "update_running": "i32",
+                       "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
+            constexprs={"BLOCK_P": t.partials, "BLOCK_C": t.c}, num_warps=t.warps))
+        for pool in (False, True):
+            block = t.windows if pool else t.rows
+            tag = f"[{name}, pool={pool}]"
+            specs.append(dict(
+                name=f"_apply_kernel{tag}", fn=_apply_kernel,
+                signature={"y_ptr": dt, "coef_ptr": "*fp32", "out_ptr": dt, "H": "i32",
+                           "W": "i32", "C": "i32", "HO": "i32", "WO": "i32", "n_sites": "i32",
+                           "relu_first": "i32", "POOL": "constexpr", "BLOCK_S": "constexpr",
+                           "BLOCK_C": "constexpr"},
+                constexprs={"POOL": pool, "BLOCK_S": block, "BLOCK_C": t.c},
+                num_warps=t.warps))
+            specs.append(dict(
+                name=f"_bwd_reduce_kernel{tag}", fn=_bwd_reduce_kernel,
+                signature={"y_ptr": dt, "dout_ptr": dt, "coef_ptr": "*fp32",
+                           "part_ptr": "*fp32", "H": "i32", "W": "i32", "C": "i32", "HO": "i32",
+                           "WO": "i32", "n_sites": "i32", "CHUNKS_PER_PROG": "i32",
+                           "relu_first": "i32", "POOL": "constexpr", "BLOCK_S": "constexpr",
+                           "BLOCK_C": "constexpr"},
+                constexprs={"POOL": pool, "BLOCK_S": block, "BLOCK_C": t.c},
+                num_warps=t.warps))
+            specs.append(dict(
+                name=f"_bwd_dy_kernel{tag}", fn=_bwd_dy_kernel,
+                signature={"y_ptr": dt, "dout_ptr": dt, "coef_ptr": "*fp32",
+                           "sums_ptr": "*fp32", "dy_ptr": dt, "H": "i32", "W": "i32",
+                           "C": "i32", "HO": "i32", "WO": "i32", "HC": "i32", "WC": "i32",
+                           "n_sites": "i32", "inv_count": "fp32", "relu_first": "i32",
+                           "training": "i32", "POOL": "constexpr", "BLOCK_S": "constexpr",
+                           "BLOCK_C": "constexpr"},
+                constexprs={"POOL": pool, "BLOCK_S": block, "BLOCK_C": t.c},
+                num_warps=t.warps))
+    return specs
+
+
+AOT_SPECS = _aot_specs()
