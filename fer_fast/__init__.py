@@ -4,6 +4,7 @@ from . import _ext  # registers the "native" augment backend (fer_fast._C)
 from .augment import AugmentParams, augment, sample_params, ten_crop
 from .model import VGG
 from .nn import ConvBNReLU2d, conv_bn_act
+from . import triton_backend  # registers the "triton" features backend
 from . import fused  # registers the "fused" block backend
 
 __version__ = "0.1.0"

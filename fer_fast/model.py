@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import backends
 from .nn import RECIPE_ORDER, conv_bn_act
 
 __all__ = ["VGG", "BLOCKS", "NUM_CLASSES", "CLASS_NAMES", "stage_channels"]
@@ -50,6 +51,11 @@ class VGG(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend in backends.available("features", x.device):  # whole-stack backend
+            fn = backends.resolve("features", self.backend, x.device)
+            return fn(x, [getattr(self, f"conv{name}") for name, _, _ in BLOCKS],
+                      [getattr(self, f"bn{name}") for name, _, _ in BLOCKS],
+                      [pool for _, _, pool in BLOCKS], order=self.order)
         for name, _, pool in BLOCKS:
             x = conv_bn_act(x, getattr(self, f"conv{name}"), getattr(self, f"bn{name}"),
                             order=self.order, pool=pool, backend=self.backend)

@@ -51,9 +51,9 @@ def _prologue(v, scale, shift, PRO: tl.constexpr):
     if PRO == 1:
         v = v * scale + shift
     elif PRO == 2:
-        v = tl.maximum(v * scale + shift, 0.0)
+        v = tl.maximum(v * scale + shift, 0.0, propagate_nan=tl.PropagateNan.ALL)
     elif PRO == 3:
-        v = tl.maximum(v, 0.0) * scale + shift
+        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL) * scale + shift
     return v
 
 
@@ -79,7 +79,9 @@ def _load_a(x_ptr, scale_ptr, shift_ptr, n, ih, iw, c, m_ok, k_ok, H, W, sxn, sx
         v10 = _prologue(tl.load(base + sxh, mask=inside, other=0.0).to(tl.float32), scale, shift, PRO)
         v11 = _prologue(tl.load(base + sxh + sxw, mask=inside, other=0.0).to(tl.float32), scale,
                         shift, PRO)
-        v = tl.maximum(tl.maximum(v00, v01), tl.maximum(v10, v11))
+        nan = tl.PropagateNan.ALL
+        v = tl.maximum(tl.maximum(v00, v01, propagate_nan=nan),
+                       tl.maximum(v10, v11, propagate_nan=nan), propagate_nan=nan)
     else:
         v = tl.load(x_ptr + n * sxn + ih * sxh + iw * sxw + c * sxc, mask=inside, other=0.0)
         v = _prologue(v.to(tl.float32), scale, shift, PRO)
@@ -140,7 +142,7 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, mean_ptr, m
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if RELU_OUT:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     out = acc.to(y_ptr.dtype.element_ty)
     mask = m_ok[:, None] & n_ok[None, :]
     tl.store(y_ptr + rm[:, None] * C_out + rn[None, :], out, mask=mask)
@@ -234,7 +236,7 @@ FWD_POOL_CONFIGS = (_cfg(128, 64, 16, 8, 2), _cfg(64, 128, 16, 4, 2))
 WGRAD_CONFIGS = (_cfg(32, 64, 64, 4, 2), _cfg(16, 64, 64, 4, 2))
 #: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
 SMALL_K_CONFIGS = (_cfg(128, 64, 16, 4, 3),)
-_INTERPRET_CONFIG = _cfg(32, 32, 16, 4, 1)
+_INTERPRET_CONFIG = _cfg(64, 32, 16, 4, 1)
 _TUNED: dict = {}
 
 

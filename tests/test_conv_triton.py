@@ -119,7 +119,9 @@ def test_fused_forward_matches_eager_composition(pro, pool, relu, dtype):
 
 
 def test_statistics_are_stable_for_a_large_offset():
-    """Chan's merge of per-tile (mean, M2): no cancellation when |mean| >> std."""
+    """Chan's merge of per-tile (mean, M2): mean/std = 5e5, where the fp32 E[x^2] - E[x]^2
+    formula loses every digit (its error ~ 1e6 * 2^-24 >> var = 4e-6); only the rounding of the
+    fp32 tile means (ulp 6e-5 at 1000) remains."""
     nb, cin, cout, h, w = 2, 4, 3, 5, 5
     x = torch.randn(nb, cin, h, w).to(DEVICE) * 1e-3
     weight = torch.zeros(cout, cin, 3, 3, device=DEVICE)
@@ -128,7 +130,7 @@ def test_statistics_are_stable_for_a_large_offset():
     y, (mean, var) = K.conv3x3(_nhwc(x, torch.float32), K.pack_weight(weight, torch.float32), bias,
                                stats=True)
     ref = _nchw(y).double()
-    torch.testing.assert_close(var.double(), ref.var((0, 2, 3), unbiased=False), rtol=1e-3,
+    torch.testing.assert_close(var.double(), ref.var((0, 2, 3), unbiased=False), rtol=5e-2,
                                atol=0)
 
 
@@ -195,3 +197,79 @@ def test_vgg_shapes_on_gpu(cin, cout, h, pool):
                             pool=pool)
     ref_dw = torch.nn.grad.conv2d_weight(z.half().float(), weight.shape, dy.float(), padding=1)
     torch.testing.assert_close(K.unpack_weight_grad(dw, cin), ref_dw, atol=5e-1, rtol=5e-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Integration: fer_fast.VGG(backend="triton") (op "features") against the eager VGG.
+import copy  # noqa: E402
+
+import fer_fast  # noqa: E402
+
+
+def _vgg_pair(recipe, seed=0):
+    torch.manual_seed(seed)
+    ref = fer_fast.VGG(recipe, width=1 / 16, dropout=0.0).to(DEVICE)
+    fast = copy.deepcopy(ref)
+    fast.backend = "triton"
+    return ref, fast
+
+
+def _crops(batch, seed, size=32):
+    return torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+
+
+@pytest.mark.parametrize("recipe", ["released", "paper"])
+def test_features_forward_backward_and_running_stats(recipe):
+    ref, fast = _vgg_pair(recipe)
+    x = _crops(4, 5, size=16).requires_grad_()  # features only: 16 -> 8 -> 4 -> 2 -> 1
+    xf = x.detach().clone().requires_grad_()
+    out_ref, out = ref.features(x), fast.features(xf)
+    tol_f, tol_b = tolerance("block_forward", torch.float32), tolerance("block_backward", torch.float32)
+    torch.testing.assert_close(out, out_ref, **tol_f)
+    g = torch.randn_like(out_ref)
+    out_ref.backward(g)
+    out.backward(g)
+    torch.testing.assert_close(xf.grad, x.grad, **tol_b)
+    for (name, p_ref), p in zip(ref.named_parameters(), fast.parameters()):
+        if recipe == "released" and name.startswith("conv") and name.endswith("bias"):
+            # conv -> training-mode BN: the conv bias has gradient exactly 0; both are rounding
+            # noise of sums whose terms are ~|dW|, so compare against that scale
+            scale = getattr(ref, name.split(".")[0]).weight.grad.abs().max()
+            assert p.grad.abs().max() <= 1e-5 * scale, name
+        elif name.startswith(("conv", "bn")):
+            torch.testing.assert_close(p.grad, p_ref.grad, **tol_b, msg=name)
+    for (name, b_ref), b in zip(ref.named_buffers(), fast.buffers()):
+        torch.testing.assert_close(b, b_ref, **tolerance("running_stats", torch.float32), msg=name)
+    ref.eval(), fast.eval()  # eval: running statistics, none updated
+    x_eval = _crops(1, 6, size=16)
+    torch.testing.assert_close(fast.features(x_eval), ref.features(x_eval), **tol_f)
+
+
+def test_features_fp16_autocast_propagates_inf():
+    _, fast = _vgg_pair("released")
+    x = _crops(1, 7, size=16)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        assert fast.features(x).dtype == torch.float16
+        x[0, 0, 3, 4] = float("inf")
+        out = fast.features(x)
+    assert not torch.isfinite(out).all(), "an inf input must not vanish (GradScaler must skip)"
+
+
+def test_convergence_against_eager():
+    """Same init and data, several SGD-Nesterov steps: losses and parameters stay close."""
+    ref, fast = _vgg_pair("released", seed=1)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                            weight_decay=1e-4) for m in (ref, fast)]
+    labels = torch.tensor([3, 5], device=DEVICE)
+    for step in range(2):
+        x = _crops(2, 10 + step)
+        losses = []
+        for model, opt in zip((ref, fast), opts):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), labels)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert abs(losses[0] - losses[1]) < 1e-3, (step, losses)
+    for (name, p_ref), p in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(p, p_ref, atol=1e-4, rtol=1e-3, msg=name)
