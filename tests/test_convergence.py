@@ -1,0 +1,65 @@
+"""Training with the fused block backend follows training with the eager reference: same init,
+same data, same dropout masks, several SGD-Nesterov steps; losses, parameters and BatchNorm
+running statistics stay within tolerance ("convergence" in tests/tolerances.py).
+
+CPU: a tiny VGG (width 1/16) with the Triton kernels under the interpreter (TRITON_INTERPRET=1,
+set by conftest), fp32. GPU: the full-size VGG on one step's 640 crops, fp16 autocast with
+GradScaler, channels_last, as in training.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import requires_cuda
+from fer_fast import VGG
+from fer_fast.kernels import bn_act
+from tolerances import tolerance
+
+
+def _train(model, images, labels, steps, *, amp):
+    """Loss per step of the released recipe's optimiser (SGD 0.01, Nesterov 0.9, wd 1e-4)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                          weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    losses = []
+    for step in range(steps):
+        torch.manual_seed(100 + step)  # same dropout masks for both backends
+        with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+            loss = F.cross_entropy(model(images[step]), labels[step])
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.detach().float())
+    return torch.stack(losses)
+
+
+def _compare(width, batch, steps, device, *, amp):
+    torch.manual_seed(0)
+    fused = VGG(width=width, backend="fused").to(device)
+    eager = VGG(width=width, backend="eager").to(device)
+    eager.load_state_dict(fused.state_dict())
+    if device == "cuda":
+        fused, eager = (m.to(memory_format=torch.channels_last) for m in (fused, eager))
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(steps, batch, 1, 40, 40, generator=gen).to(device)
+    labels = torch.randint(0, 7, (steps, batch), generator=gen).to(device)
+    got = _train(fused, images, labels, steps, amp=amp)
+    want = _train(eager, images, labels, steps, amp=amp)
+    tol = tolerance("convergence", torch.float16 if amp else torch.float32)
+    assert torch.isfinite(want).all()
+    torch.testing.assert_close(got, want, **tol)
+    assert not torch.allclose(want[0], want[-1]), "the reference did not train"
+    for (name, a), (_, b) in zip(fused.state_dict().items(), eager.state_dict().items()):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_tiny_vgg_trains_like_eager_cpu():
+    if not bn_act.runs_on(torch.device("cpu")):
+        pytest.skip("needs TRITON_INTERPRET=1 (the CPU path would be eager math, not Triton)")
+    _compare(1 / 16, batch=4, steps=4, device="cpu", amp=False)
+
+
+@requires_cuda
+def test_full_vgg_trains_like_eager_gpu():
+    _compare(1.0, batch=640, steps=6, device="cuda", amp=True)
