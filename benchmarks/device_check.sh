@@ -76,7 +76,7 @@ elif [ "$QUICK" = 1 ]; then
   TRAIN_ARGS="--epochs 1 --width 0.0625 --synthetic-sizes 64,32,32 --eval-batch-size 32"
 else
   B_INSTALL=300; B_TESTS=600; B_BENCH=300; B_TRAIN=120; B_COMPILE=60
-  TRAIN_ARGS="--epochs 2 --width 0.125 --synthetic-sizes 512,128,128"
+  TRAIN_ARGS="--epochs 2 --width 0.125 --synthetic-sizes 256,64,64"
 fi
 BENCH_ARGS=()
 [ "$QUICK" = 1 ] && BENCH_ARGS+=(--bench-quick)

@@ -190,10 +190,15 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def record(benchmark, *, items: int, item: str, flops: int | None = None,
-           peak_flops: float | None = None, **extra) -> None:
-    """Put throughput, spread and roofline fraction into the benchmark's extra_info."""
+           peak_flops: float | None = None, device_ms: float | None = None, **extra) -> None:
+    """Put throughput, spread and roofline fraction into the benchmark's extra_info.
+
+    ``<item>_per_s`` comes from the wall-clock median; TFLOP/s and the roofline fraction from
+    the CUDA-event ``device_ms`` when given (the kernels' own time), else from that median."""
     info = benchmark.extra_info
     info.update({k: v for k, v in extra.items() if v is not None})
+    if device_ms is not None:
+        info["device_ms"] = device_ms
     info["items_per_call"], info["item"] = items, item
     stats = getattr(benchmark, "stats", None)
     if stats is None:  # --benchmark-disable: nothing was timed
@@ -202,10 +207,11 @@ def record(benchmark, *, items: int, item: str, flops: int | None = None,
     info["median_s"], info["iqr_s"] = median, iqr
     info[f"{item}_per_s"] = items / median
     if flops is not None:
+        seconds = device_ms / 1e3 if device_ms is not None else median
         info["flops_per_call"] = flops
-        info["tflops_per_s"] = flops / median / 1e12
+        info["tflops_per_s"] = flops / seconds / 1e12
         if peak_flops:
-            info["roofline_frac"] = flops / median / peak_flops
+            info["roofline_frac"] = flops / seconds / peak_flops
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,11 +279,18 @@ def best_augment(device: torch.device) -> str:
     return backends.available("augment", device)[0]
 
 
+def model_backends(device: torch.device) -> list[str]:
+    """Backends ``VGG(backend=...)`` takes on ``device``: those of op "block" (one block per call)
+    and of op "features" (the whole conv stack per call), best first, "eager" included."""
+    names = backends.available("features", device) + backends.available("block", device)
+    return list(dict.fromkeys(names))
+
+
 def step_providers(device: torch.device) -> list[str]:
     """Provider ids "<model>+<augmentation>": the authors' pipeline, eager with the eager and the
-    best augmentation, torch.compile, and every other registered block backend."""
+    best augmentation, torch.compile, and every other registered model backend."""
     aug = best_augment(device)
-    models = ["eager", "compile"] + [b for b in backends.available("block", device) if b != "eager"]
+    models = ["eager", "compile"] + [b for b in model_backends(device) if b != "eager"]
     providers = ["authors", "eager+eager"]
     providers += [f"{m}+{aug}" for m in models if f"{m}+{aug}" not in providers]
     return providers

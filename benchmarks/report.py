@@ -91,11 +91,12 @@ def train_configs(mode: str) -> list[tuple[str, list[str]]]:
     """The device check's training runs: the eager reference and each fast block backend with the
     best augmentation backend, all on the same synthetic data and seed."""
     import torch
-    from fer_fast import backends
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from harness import best_augment, model_backends
     device = torch.device("cuda" if mode == "gpu" else "cpu")
-    aug = backends.available("augment", device)[0]
+    aug = best_augment(device)
     runs = [("reference", "eager", "eager")]
-    runs += [(f"fer_fast-{b}", b, aug) for b in backends.available("block", device) if b != "eager"]
+    runs += [(f"fer_fast-{b}", b, aug) for b in model_backends(device) if b != "eager"]
     return [(name, ["--block-backend", block, "--augment-backend", a]) for name, block, a in runs]
 
 
@@ -312,17 +313,22 @@ def _augment(result: dict) -> str:
     if not rows:
         return ""
     authors = next((r.get("images_per_s") for r in rows if r.get("backend") == "authors"), None)
+    fastest_step = min((r["median_s"] for r in _by_group(result, "train-step")), default=None)
+    step_device = "cuda" if result["mode"] == "gpu" else "cpu"
     out = []
     for r in rows:
         ratio = authors and r.get("images_per_s") and r.get("device") == "cpu" \
             and r.get("threads") == 1 and r["backend"] != "authors" and r["images_per_s"] / authors
+        seconds = r["device_ms"] / 1e3 if r.get("device_ms") else r["median_s"]
+        share = fastest_step and r.get("device") == step_device and seconds / fastest_step
         out.append([r.get("device", ""), f"`{r['backend']}`", _f(r.get("threads"), "{}"),
                     _f(r.get("images_per_s"), "{:,.0f}"), _f(r["median_s"] * 1e6, "{:,.1f}"),
                     _f(r.get("device_ms") and r["device_ms"] * 1e3, "{:,.1f}"),
-                    _f(ratio or None, "{:.1f}×")])
-    text = f"**Augmentation** ({rows[0]['items_per_call']} images → 10 crops each per call):\n\n"
+                    _f(ratio or None, "{:.1f}×"), _f(share and 100 * share, "{:.2g} %")])
+    text = (f"**Augmentation** ({rows[0]['items_per_call']} images → 10 crops each per call; "
+            f"share = time per call ÷ the fastest training step of as many images):\n\n")
     return text + _table(["device", "backend", "threads", "images/s", "µs per call (wall)",
-                          "µs (CUDA events)", "× authors, 1 thread"], out)
+                          "µs (CUDA events)", "× authors, 1 thread", "share of step"], out)
 
 
 def _blocks(result: dict) -> str:
@@ -345,6 +351,28 @@ def _blocks(result: dict) -> str:
     text = ("**Block forward + backward** per VGG layer: median ms (conv TFLOP/s); "
             "batch × C_in → C_out × H²:\n\n")
     return text + _table(["layer", "shape"] + [f"`{n}`" for n in names], out)
+
+
+def _convs(result: dict) -> str:
+    rows = _by_group(result, "conv-")
+    if not rows:
+        return ""
+    columns = sorted({(r["conv_pass"], r["backend"]) for r in rows},
+                     key=lambda c: (("fwd", "dgrad", "wgrad").index(c[0]), c[1] != "torch", c[1]))
+    out = []
+    for layer in sorted({r["layer"] for r in rows}):
+        cells = {(r["conv_pass"], r["backend"]): r for r in rows if r["layer"] == layer}
+        n, cin, cout, hw = next(iter(cells.values()))["shape"]
+        line = [layer, f"{n}×{cin}→{cout}×{hw}²"]
+        for col in columns:
+            r = cells.get(col)
+            line.append("–" if r is None else
+                        f"{_f(r.get('tflops_per_s'), '{:.3g}')} "
+                        f"({_f(r.get('roofline_frac') and 100 * r['roofline_frac'], '{:.0f} %')})")
+        out.append(line)
+    text = ("**Convolution alone** per layer and pass: TFLOP/s (% of the matmul peak); `torch` = "
+            "cuDNN (GPU) / oneDNN (CPU):\n\n")
+    return text + _table(["layer", "shape"] + [f"{p} `{b}`" for p, b in columns], out)
 
 
 def _training(result: dict) -> str:
@@ -382,7 +410,8 @@ def render(result: dict, level: int = 2) -> str:
     """Markdown of one result: header, parts, training step, augmentation, blocks, training."""
     h = "#" * level
     sections = [f"{h} {result_title(result)}\n", _header(result), _parts(result),
-                _train_step(result), _augment(result), _blocks(result), _training(result),
+                _train_step(result), _augment(result), _blocks(result), _convs(result),
+                _training(result),
                 _skips(result)]
     return "\n".join(s for s in sections if s)
 
