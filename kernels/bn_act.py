@@ -26,6 +26,9 @@ in training mode, or the fixed affine in eval mode, times the ReLU mask for ``re
 Nothing here clamps or filters inf/NaN: they propagate (GradScaler relies on it); ReLU is written
 ``where(x < 0, 0, x)`` and the pool compare takes NaN, like PyTorch. No kernel is autotuned, so no
 launch is ever repeated and the running statistics are updated exactly once per forward.
+
+Tiles: ``GPU_TILES`` on CUDA (the configurations in ``AOT_SPECS``); under the interpreter
+``INTERPRETER_TILES``, larger, since there each Triton op costs Python time whatever its size.
 """
 from __future__ import annotations
 
@@ -42,7 +45,6 @@ __all__ = ["ORDERS", "COEF_ROWS", "GPU_TILES", "INTERPRETER_TILES", "runs_on",
 ORDERS = ("bn_relu", "relu_bn")
 #: rows of the fp32 coefficient tensor [4, C] returned by ``forward`` and taken by ``backward``
 COEF_ROWS = ("mean", "rstd", "scale", "shift")
-
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def _inputs(n, cin, cout, h, w, dtype, device, seed):
     x = x.to(device, dtype).contiguous(memory_format=torch.channels_last)
     params = [weight.to(device, dtype), bias.to(device, dtype), gamma.to(device),
               beta.to(device)]
-    return x, params, (running_mean.to(device), running_var.to(device)), gen
+    return x, params, (running_mean.to(device), running_var.to(device))
 
 
 def _run(fn, x, params, stats, *, training, order, pool, grad_seed):
@@ -95,7 +95,7 @@ def test_triton_matches_reference(order, pool, training, dtype, shape):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not bn_act.runs_on(torch.device(device)):
         pytest.skip("Triton kernels do not run here (CPU without TRITON_INTERPRET=1)")
-    x, params, stats, _ = _inputs(*shape, dtype, device, seed=sum(shape))
+    x, params, stats = _inputs(*shape, dtype, device, seed=sum(shape))
     _check(x, params, stats, training=training, order=order, pool=pool, seed=7)
 
 
@@ -106,13 +106,13 @@ def test_eager_math_path_matches_reference(order, pool, dtype, monkeypatch):
     """The CPU path without the interpreter (eager ops) against the reference, train and eval."""
     monkeypatch.setattr(bn_act, "runs_on", lambda device: False)
     for training, shape in ((True, (2, 3, 17, 5, 7)), (False, (1, 4, 3, 4, 5))):
-        x, params, stats, _ = _inputs(*shape, dtype, "cpu", seed=3)
+        x, params, stats = _inputs(*shape, dtype, "cpu", seed=3)
         _check(x, params, stats, training=training, order=order, pool=pool, seed=5)
 
 
 def test_spatial_one_without_pool():
     """1x1 images: statistics over the batch only; eval with batch 1 too."""
-    x, params, stats, _ = _inputs(5, 3, 17, 1, 1, F32, "cpu", seed=11)
+    x, params, stats = _inputs(5, 3, 17, 1, 1, F32, "cpu", seed=11)
     for order in ORDERS:
         _check(x, params, stats, training=True, order=order, pool=False, seed=1)
         _check(x[:1], params, stats, training=False, order=order, pool=False, seed=1)
@@ -144,7 +144,7 @@ def test_split_reduction_over_many_chunks_is_stable():
 def test_nonfinite_values_propagate(order):
     """An inf in the conv output poisons its channel (NaN), in forward and backward, so that
     GradScaler sees it and skips the step; other channels stay finite."""
-    x, params, stats, _ = _inputs(2, 3, 4, 4, 4, F16, "cpu", seed=2)
+    x, params, stats = _inputs(2, 3, 4, 4, 4, F16, "cpu", seed=2)
     y = torch.nn.functional.conv2d(x, params[0], params[1], padding=1)
     y = y.contiguous(memory_format=torch.channels_last)
     y[1, 2, 3, 1] = float("inf")
@@ -203,7 +203,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_ops_registered_with_fake_impls():
-    x, params, stats, _ = _inputs(2, 3, 4, 4, 4, F32, "cpu", seed=9)
+    x, params, stats = _inputs(2, 3, 4, 4, 4, F32, "cpu", seed=9)
     y = torch.nn.functional.conv2d(x, params[0], params[1], padding=1).contiguous(
         memory_format=torch.channels_last)
     args = (y, params[2], params[3], stats[0].clone(), stats[1].clone(), True, 0.1, 1e-5,
@@ -243,7 +243,7 @@ VGG_SHAPES = [("1a", 1, 64, 40, False), ("1b", 64, 64, 40, True), ("2a", 64, 128
 @pytest.mark.parametrize("name, cin, cout, hw, pool", VGG_SHAPES, ids=[s[0] for s in VGG_SHAPES])
 @pytest.mark.parametrize("dtype", (F32, F16, torch.bfloat16))
 def test_gpu_real_shapes(name, cin, cout, hw, pool, order, dtype):
-    x, params, stats, _ = _inputs(640, cin, cout, hw, hw, dtype, "cuda", seed=cout + hw)
+    x, params, stats = _inputs(640, cin, cout, hw, hw, dtype, "cuda", seed=cout + hw)
     ties = 1e-5 if pool and dtype != F32 else 0.0
     for training in (True, False):
         _check(x, params, stats, training=training, order=order, pool=pool, seed=3,
