@@ -79,9 +79,9 @@ def _load_a(x_ptr, scale_ptr, shift_ptr, n, ih, iw, c, m_ok, k_ok, H, W, sxn, sx
         v10 = _prologue(tl.load(base + sxh, mask=inside, other=0.0).to(tl.float32), scale, shift, PRO)
         v11 = _prologue(tl.load(base + sxh + sxw, mask=inside, other=0.0).to(tl.float32), scale,
                         shift, PRO)
-        nan = tl.PropagateNan.ALL
-        v = tl.maximum(tl.maximum(v00, v01, propagate_nan=nan),
-                       tl.maximum(v10, v11, propagate_nan=nan), propagate_nan=nan)
+        v = tl.maximum(tl.maximum(v00, v01, propagate_nan=tl.PropagateNan.ALL),
+                       tl.maximum(v10, v11, propagate_nan=tl.PropagateNan.ALL),
+                       propagate_nan=tl.PropagateNan.ALL)
     else:
         v = tl.load(x_ptr + n * sxn + ih * sxh + iw * sxw + c * sxc, mask=inside, other=0.0)
         v = _prologue(v.to(tl.float32), scale, shift, PRO)
