@@ -90,7 +90,7 @@ class Config:
 
 #: preset -> overrides of Config's defaults (which are the released recipe)
 PRESETS = {
-    "full": dict(save_every=25),
+    "full": dict(save_every=50),
     "quick": dict(width=0.125, epochs=6, synthetic_sizes=(1536, 256, 512)),
 }
 
@@ -171,7 +171,7 @@ def parse_args(argv=None) -> tuple[Config, Path | None]:
             p.error(f"--resume {path}: the checkpoint lacks the resume state {lacking} (not "
                     f"written by fer_fast.train); use --init to start from its weights")
         saved = ckpt["config"]
-        fixed = sorted(set(given) - RESUMABLE - {"preset"})
+        fixed = sorted(set(given) - RESUMABLE)
         if fixed:
             p.error(f"--resume continues a run with its saved configuration; these flags cannot "
                     f"change: {', '.join('--' + k.replace('_', '-') for k in fixed)}")

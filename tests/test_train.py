@@ -238,3 +238,11 @@ def test_telemetry_columns_in_metrics(tmp_path, easy, monkeypatch):
         assert float(row["gpu_util_pct"]) == 87 and float(row["gpu_mem_peak_mib"]) == 3072
         assert float(row["gpu_power_w"]) == 412.5 and float(row["gpu_sm_clock_mhz"]) == 1755
         assert float(row["gpu_energy_j"]) == 5.0
+
+
+def test_package_entry_point_dispatches(capsys):
+    from fer_fast.__main__ import main
+    assert main([]) == 2 and "train" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0 and "--block-backend" in capsys.readouterr().out
