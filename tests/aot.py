@@ -35,13 +35,17 @@ class Compiled:
 
 
 def compile_kernel(fn, signature: dict, constexprs: dict, capability: int, *,
-                   num_warps: int = 4, num_stages: int = 3) -> Compiled:
-    """Compile ``fn`` (a @triton.jit function, possibly wrapped by autotune/heuristics)."""
-    while hasattr(fn, "fn") and not hasattr(fn, "arg_names"):
-        fn = fn.fn
+                   num_warps: int = 4, num_stages: int = 3, divisible: tuple = ()) -> Compiled:
+    """Compile ``fn`` (a @triton.jit function, possibly wrapped by autotune/heuristics).
+
+    Like the JIT's specialisation for torch allocations, every pointer argument is taken to be
+    16-byte aligned; integer arguments named in ``divisible`` are taken to be multiples of 16.
+    """
     while not isinstance(fn, triton.runtime.jit.JITFunction) and hasattr(fn, "fn"):
         fn = fn.fn
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if name in divisible or str(signature.get(name, "")).startswith("*")}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": num_warps, "num_stages": num_stages}
     kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +71,8 @@ def main(argv=None) -> int:
     """``python tests/aot.py MODULE``: compile MODULE.AOT_SPECS for every target, print JSON lines.
 
     Run in a subprocess without TRITON_INTERPRET (interpreted kernels cannot be compiled).
-    Each spec: {"name", "fn", "signature", "constexprs", "num_warps", "num_stages", "hgmma"}.
+    Each spec: {"name", "fn", "signature", "constexprs", "num_warps", "num_stages", "hgmma",
+    "divisible" (optional: integer arguments that are multiples of 16)}.
     """
     import json
     import sys
@@ -78,7 +83,8 @@ def main(argv=None) -> int:
             try:
                 k = compile_kernel(spec["fn"], spec["signature"], spec["constexprs"], cap,
                                    num_warps=spec.get("num_warps", 4),
-                                   num_stages=spec.get("num_stages", 3))
+                                   num_stages=spec.get("num_stages", 3),
+                                   divisible=tuple(spec.get("divisible", ())))
                 row.update(registers=k.registers, spill_bytes=k.spill_bytes,
                            hgmma=k.uses("HGMMA"), expect_hgmma=bool(spec.get("hgmma")))
             except Exception as exc:  # reported, the test fails on it
