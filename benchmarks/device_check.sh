@@ -8,12 +8,15 @@
 #   env            machine, versions, commit
 #   install        pip install --no-deps --no-build-isolation -e .  (builds fer_fast._C, CUDA too)
 #   tests          pytest tests/ (GPU tests run on a GPU)
-#   bench          pytest benchmarks/ except the torch.compile provider
-#   train          python -m fer_fast.train: the eager reference and each fast block backend,
+#   bench          pytest-benchmark, one timed part per file, most important first:
+#                  bench_step (training step), bench_augment, bench_block, bench_conv
+#   train          python -m fer_fast.train: the eager reference and each fast model backend,
 #                  same synthetic data and seed, a few epochs each
-#   bench_compile  the torch.compile (max-autotune) provider, last: its autotuning is the slowest
-# Then one JSON and one markdown table land in $OUT (default ./device_out): device_check.json,
-# device_check.md, device_check.log and the raw pytest-benchmark JSON; the table is printed last.
+#   bench_compile  the torch.compile (max-autotune) step provider, last: its autotuning is the
+#                  slowest part and the one most likely to run out of time
+# Then device_check.json (everything), device_check.md (the tables), device_check.log and
+# benchmarks_raw.json (pytest-benchmark's own JSON per file) land in $OUT (default
+# ./device_out); the table is printed last.
 #
 # --cpu     CPU mode (automatic without a CUDA GPU): CPU sizes, the Triton interpreter for tests.
 # --quick   smoke sizes (the CI test of this script): tiny benchmarks, one short epoch.
@@ -69,13 +72,16 @@ REPORT_RESERVE=15   # seconds kept for the report at the end
 
 # Time budgets (seconds) per part and mode.
 if [ "$MODE" = gpu ]; then
-  B_INSTALL=120; B_TESTS=100; B_BENCH=100; B_TRAIN=45; B_COMPILE=150
-  TRAIN_ARGS="--epochs 3 --width 1 --synthetic-sizes 2560,512,512"
+  B_INSTALL=90; B_TESTS=90; B_STEP=60; B_AUGMENT=25; B_BLOCK=40; B_CONV=50; B_TRAIN=35
+  B_COMPILE=150
+  TRAIN_ARGS="--epochs 3 --width 1 --synthetic-sizes 1920,512,512"
 elif [ "$QUICK" = 1 ]; then
-  B_INSTALL=300; B_TESTS=300; B_BENCH=120; B_TRAIN=60; B_COMPILE=60
+  B_INSTALL=300; B_TESTS=300; B_STEP=60; B_AUGMENT=60; B_BLOCK=60; B_CONV=60; B_TRAIN=60
+  B_COMPILE=60
   TRAIN_ARGS="--epochs 1 --width 0.0625 --synthetic-sizes 64,32,32 --eval-batch-size 32"
 else
-  B_INSTALL=300; B_TESTS=600; B_BENCH=300; B_TRAIN=120; B_COMPILE=60
+  B_INSTALL=300; B_TESTS=600; B_STEP=120; B_AUGMENT=60; B_BLOCK=120; B_CONV=120; B_TRAIN=120
+  B_COMPILE=60
   TRAIN_ARGS="--epochs 2 --width 0.125 --synthetic-sizes 256,64,64"
 fi
 BENCH_ARGS=()
@@ -126,10 +132,21 @@ if wants tests; then
     "${XDIST[@]}" --ignore=tests/test_device_check.py --junitxml="$WORK/tests.xml"
 else skip_part tests; fi
 
+# bench_part NAME FILE BUDGET [pytest args]: benchmarks/test_bench_FILE.py as a timed part.
+bench_part() {
+  local name=$1 file=$2 budget=$3; shift 3
+  run_part "$name" "$budget" "$PY" -m pytest "benchmarks/test_bench_$file.py" -q \
+    -p no:cacheprovider -rs "${BENCH_ARGS[@]}" "$@" \
+    --benchmark-json="$WORK/$name.json" --junitxml="$WORK/$name.xml"
+}
+K_ARGS=()
+[ -n "${DC_BENCH_FILTER:-}" ] && K_ARGS=(-k "$DC_BENCH_FILTER")
+
 if wants bench; then
-  run_part bench "$B_BENCH" "$PY" -m pytest benchmarks/ -q -p no:cacheprovider -rs \
-    -k "not compile${DC_BENCH_FILTER:+ and ($DC_BENCH_FILTER)}" "${BENCH_ARGS[@]}" --benchmark-json="$WORK/bench.json" \
-    --junitxml="$WORK/bench.xml"
+  bench_part bench_step step "$B_STEP" -k "not compile${DC_BENCH_FILTER:+ and ($DC_BENCH_FILTER)}"
+  bench_part bench_augment augment "$B_AUGMENT" "${K_ARGS[@]}"
+  bench_part bench_block block "$B_BLOCK" "${K_ARGS[@]}"
+  bench_part bench_conv conv "$B_CONV" "${K_ARGS[@]}"
 else skip_part bench; fi
 
 if wants train; then
@@ -145,14 +162,9 @@ if wants train; then
 else skip_part train; fi
 
 if wants bench_compile; then
-  run_part bench_compile "$B_COMPILE" "$PY" -m pytest benchmarks/test_bench_step.py -q \
-    -p no:cacheprovider -rs -k compile "${BENCH_ARGS[@]}" \
-    --benchmark-json="$WORK/bench_compile.json" --junitxml="$WORK/bench_compile.xml"
+  bench_part bench_compile step "$B_COMPILE" -k compile
 else skip_part bench_compile; fi
 
-for f in bench.json bench_compile.json; do
-  [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
-done
 QUICK_FLAG=()
 [ "$QUICK" = 1 ] && QUICK_FLAG=(--quick)
 "$PY" benchmarks/report.py summarize --work "$WORK" --out "$OUT" --mode "$MODE" \

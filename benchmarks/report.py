@@ -205,15 +205,14 @@ def _number(text: str):
 
 
 def summarize(work: Path, out: Path, mode: str, quick: bool, command: str) -> dict:
-    benchmarks, meta = [], {}
-    skipped = {}
-    for stem in ("bench", "bench_compile"):
-        rows, m = read_benchmarks(work / f"{stem}.json")
+    benchmarks, meta, skipped, raw = [], {}, {}, {}
+    for path in sorted(work.glob("bench*.json")):
+        rows, m = read_benchmarks(path)
         benchmarks += rows
-        meta = meta or m
-        junit = read_junit(work / f"{stem}.xml")
-        if junit:
-            skipped.update(junit["skips"])
+        meta.update({k: v for k, v in m.items() if v is not None})
+        raw[path.stem] = _read_json(path)
+    for path in sorted(work.glob("bench*.xml")):
+        skipped.update((read_junit(path) or {"skips": {}})["skips"])
     tests = read_junit(work / "tests.xml")
     result = {
         "schema": SCHEMA, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -227,6 +226,8 @@ def summarize(work: Path, out: Path, mode: str, quick: bool, command: str) -> di
     out.mkdir(parents=True, exist_ok=True)
     (out / "device_check.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "device_check.md").write_text(render(result, level=2))
+    if raw:
+        (out / "benchmarks_raw.json").write_text(json.dumps(raw) + "\n")
     return result
 
 
