@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["register", "resolve", "available", "names"]
+__all__ = ["register", "resolve", "available", "auto_choice", "names"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,14 @@ def available(op: str, device: torch.device | str) -> list[str]:
     return [n for _, n in sorted(ok, reverse=True)]
 
 
+def auto_choice(op: str, device: torch.device | str) -> str | None:
+    """The backend "auto" takes for ``op`` on ``device`` (None when none may be chosen)."""
+    device = torch.device(device)
+    impls = _REGISTRY.get(op, {})
+    best = [n for n in available(op, device) if impls[n].auto(device)]
+    return best[0] if best else None
+
+
 def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
     """The implementation of ``op`` named ``backend`` ("auto": the best one) for ``device``."""
     device = torch.device(device)
@@ -58,10 +66,10 @@ def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
     if impls is None:
         raise KeyError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
     if backend == "auto":
-        best = [n for n in available(op, device) if impls[n].auto(device)]
-        if not best:
+        best = auto_choice(op, device)
+        if best is None:
             raise RuntimeError(f"no backend of op {op!r} runs on device {device}")
-        return impls[best[0]].fn
+        return impls[best].fn
     if backend not in impls:
         raise ValueError(f"unknown backend {backend!r} for op {op!r}; choose one of "
                          f"{['auto'] + sorted(impls)}")

@@ -171,4 +171,6 @@ def supports(device: torch.device) -> bool:
     return torch.device(device).type in ("cuda", "cpu")
 
 
-backends.register("block", "fused", conv_bn_act_fused, supports=supports, priority=10)
+# "auto" takes it on CUDA only: on CPU it would run the eager math (or the slow interpreter).
+backends.register("block", "fused", conv_bn_act_fused, supports=supports, priority=10,
+                  auto=lambda device: torch.device(device).type == "cuda")

@@ -51,14 +51,21 @@ class VGG(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend in backends.available("features", x.device):  # whole-stack backend
-            fn = backends.resolve("features", self.backend, x.device)
-            return fn(x, [getattr(self, f"conv{name}") for name, _, _ in BLOCKS],
-                      [getattr(self, f"bn{name}") for name, _, _ in BLOCKS],
-                      [pool for _, _, pool in BLOCKS], order=self.order)
-        for name, _, pool in BLOCKS:
-            x = conv_bn_act(x, getattr(self, f"conv{name}"), getattr(self, f"bn{name}"),
-                            order=self.order, pool=pool, backend=self.backend)
+        """The conv stack: one whole-stack ("features") backend, or one block backend per block.
+
+        ``backend``: "auto" (a whole-stack backend when "auto" may choose one for the device,
+        else the best block backend), a name of op "features" (e.g. "triton") or of op "block"
+        (e.g. "eager", "fused")."""
+        convs = [getattr(self, f"conv{name}") for name, _, _ in BLOCKS]
+        bns = [getattr(self, f"bn{name}") for name, _, _ in BLOCKS]
+        stack = self.backend
+        if stack == "auto":
+            stack = backends.auto_choice("features", x.device)
+        if stack is not None and stack in backends.names("features"):
+            fn = backends.resolve("features", stack, x.device)
+            return fn(x, convs, bns, [pool for _, _, pool in BLOCKS], order=self.order)
+        for conv, bn, (_, _, pool) in zip(convs, bns, BLOCKS):
+            x = conv_bn_act(x, conv, bn, order=self.order, pool=pool, backend=self.backend)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -152,4 +152,6 @@ def features_triton(x, convs, bns, pools, *, order):
         return FeaturesFunction.apply(x, stack, *params)
 
 
-backends.register("features", "triton", features_triton, supports=supports, priority=20)
+# Not chosen by "auto" until a GPU run has measured it against the "fused" blocks; ask for it by name.
+backends.register("features", "triton", features_triton, supports=supports, priority=20,
+                  auto=lambda device: False)

@@ -109,3 +109,14 @@ def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="backend"):
         conv_bn_act(torch.rand(1, 1, 4, 4), nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2),
                     order="bn_relu", pool=False, backend="nope")
+
+
+def test_auto_backend_on_cpu_runs_the_eager_blocks():
+    from fer_fast import backends
+    assert backends.auto_choice("block", "cpu") == "eager"  # "fused" on CPU is eager math
+    assert backends.auto_choice("features", "cpu") is None  # Triton only by name on CPU
+    torch.manual_seed(0)
+    auto, eager = VGG(width=0.0625, backend="auto"), VGG(width=0.0625, backend="eager")
+    eager.load_state_dict(auto.state_dict())
+    x = torch.rand(4, 1, 40, 40)
+    torch.testing.assert_close(auto.eval()(x), eager.eval()(x), rtol=0, atol=0)
