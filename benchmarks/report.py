@@ -294,19 +294,21 @@ def _train_step(result: dict) -> str:
     rows = _by_group(result, "train-step")
     if not rows:
         return ""
-    base = next((r["median_s"] for r in rows if r.get("provider") == "eager+eager"), None)
+    # baselines: eager (with eager and with the best augmentation) and torch.compile
+    bases = {r["provider"]: r["median_s"] for r in rows
+             if r["provider"].split("+")[0] in ("eager", "compile")}
     out = []
     for r in sorted(rows, key=lambda r: r["median_s"]):
         out.append([f"`{r['provider']}`", _f(r.get("images_per_s"), "{:,.0f}"),
                     _f(r["median_s"] * 1e3, "{:.2f}"), _f(r["iqr_s"] * 1e3, "{:.2f}"),
                     _f(r.get("peak_mem_mb"), "{:,.0f}"),
-                    _f(r.get("roofline_frac") and 100 * r["roofline_frac"], "{:.1f} %"),
-                    _f(base and base / r["median_s"], "{:.2f}×")])
+                    _f(r.get("roofline_frac") and 100 * r["roofline_frac"], "{:.1f} %")]
+                   + [f"{base / r['median_s']:.2f}×" for base in bases.values()])
     first = rows[0]
     text = (f"**Training step** ({first['items_per_call']} images × 10 crops, width "
             f"{first.get('width')}; augmentation → forward → loss → backward → SGD step):\n\n")
     return text + _table(["provider (model+augmentation)", "images/s", "median ms", "IQR ms",
-                          "peak MB", "% of matmul peak", "speed-up vs eager+eager"], out)
+                          "peak MB", "% of matmul peak"] + [f"× `{b}`" for b in bases], out)
 
 
 def _augment(result: dict) -> str:
@@ -328,6 +330,12 @@ def _augment(result: dict) -> str:
                     _f(ratio or None, "{:.1f}×"), _f(share and 100 * share, "{:.2g} %")])
     text = (f"**Augmentation** ({rows[0]['items_per_call']} images → 10 crops each per call; "
             f"share = time per call ÷ the fastest training step of as many images):\n\n")
+    native = next((r for r in rows if r.get("backend") == "native" and r.get("device") == "cpu"
+                   and r.get("threads") == 1 and r.get("images_per_s")), None)
+    if authors and native:
+        text += (f"Native CPU kernel on one thread: **{native['images_per_s'] / authors:.1f}×** "
+                 f"the authors' torchvision pipeline on one thread "
+                 f"({native['images_per_s']:,.0f} vs {authors:,.0f} images/s).\n\n")
     return text + _table(["device", "backend", "threads", "images/s", "µs per call (wall)",
                           "µs (CUDA events)", "× authors, 1 thread", "share of step"], out)
 
@@ -407,10 +415,26 @@ def _skips(result: dict) -> str:
     return "Skipped: " + "; ".join(f"`{k}`: {v}" for k, v in sorted(skips.items())) + ".\n"
 
 
-def render(result: dict, level: int = 2) -> str:
-    """Markdown of one result: header, parts, training step, augmentation, blocks, training."""
+def _parts_line(result: dict) -> str:
+    """The parts table in one line (README)."""
+    bits = []
+    for p in result.get("parts", []):
+        if p["status"] == "skipped":
+            continue
+        bit = f"{p['name']} {p['status']} ({p['seconds']} s"
+        if p["name"] == "tests" and result.get("tests"):
+            t = result["tests"]
+            bit += f": {t['passed']} passed, {t['failed']} failed, {t['errors']} errors"
+        bits.append(bit + ")")
+    return ("Parts: " + ", ".join(bits) + ".\n") if bits else ""
+
+
+def render(result: dict, level: int = 2, compact: bool = False) -> str:
+    """Markdown of one result: header, parts, training step, augmentation, blocks, convs,
+    training runs; ``compact`` gives the parts as one line (the README)."""
     h = "#" * level
-    sections = [f"{h} {result_title(result)}\n", _header(result), _parts(result),
+    sections = [f"{h} {result_title(result)}\n", _header(result),
+                _parts_line(result) if compact else _parts(result),
                 _train_step(result), _augment(result), _blocks(result), _convs(result),
                 _training(result),
                 _skips(result)]
@@ -481,7 +505,8 @@ def perf_section(results: Path, root: Path) -> str:
         if mode in found:
             path, result = found[mode]
             rel = path.relative_to(root) if path.is_relative_to(root) else path
-            parts.append(render(result, level=3) + f"\nFull result: [`{rel}`]({rel}).\n")
+            parts.append(render(result, level=3, compact=True)
+                         + f"\nFull result: [`{rel}`]({rel}).\n")
     return "\n".join(parts)
 
 
