@@ -11,7 +11,9 @@ L2 cache flushed before each repeat (their inputs fit in the 50 MB L2 of an H100
 from __future__ import annotations
 
 import contextlib
+import platform
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -152,14 +154,13 @@ def measure_matmul_peak(device: torch.device) -> dict:
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    for _ in range(3):
+    for _ in range(10):  # warm-up: library heuristics, clocks
         torch.mm(a, b)
     sync(device)
     if device.type == "cuda":
         ms = event_median_ms(lambda: torch.mm(a, b), L2Flusher(device), repeats)
         seconds = ms / 1e3
     else:
-        import time
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -173,7 +174,6 @@ def measure_matmul_peak(device: torch.device) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
     return platform.processor() or platform.machine()
 
 
