@@ -61,12 +61,12 @@ _CUES = ("eye_open", "brow_raise", "brow_inner_up", "smile", "mouth_open", "mout
          "lip_lift", "wrinkle")
 _NEUTRAL = np.array([1.00, 0.00, 0.00, 0.00, 0.00, 0.21, 0.00, 0.0], np.float32)
 _TARGET = np.array([
-    [0.65, -0.05, -0.07, -0.03, 0.02, 0.20, 0.00, 0.0],   # Angry
-    [0.65, -0.03, -0.03, -0.04, 0.03, 0.21, 0.08, 1.0],   # Disgust
-    [1.40, 0.05, 0.05, -0.04, 0.08, 0.28, 0.00, 0.0],     # Fear
-    [0.75, 0.01, 0.00, 0.10, 0.04, 0.29, 0.00, 0.0],      # Happy
-    [0.80, -0.01, 0.06, -0.08, 0.00, 0.20, 0.00, 0.0],    # Sad
-    [1.55, 0.08, 0.01, 0.00, 0.20, 0.13, 0.00, 0.0],      # Surprise
+    [0.45, -0.10, -0.16, -0.06, 0.04, 0.19, 0.00, 0.0],   # Angry
+    [0.45, -0.06, -0.07, -0.08, 0.05, 0.21, 0.20, 1.0],   # Disgust
+    [1.90, 0.10, 0.12, -0.08, 0.20, 0.33, 0.00, 0.0],     # Fear
+    [0.60, 0.02, 0.00, 0.28, 0.08, 0.35, 0.00, 0.0],      # Happy
+    [0.70, -0.02, 0.15, -0.22, 0.00, 0.19, 0.00, 0.0],    # Sad
+    [2.20, 0.16, 0.02, 0.00, 0.38, 0.08, 0.00, 0.0],      # Surprise
     _NEUTRAL,                                             # Neutral
 ], np.float32)
 #: Identity jitter (standard deviation) of each cue, independent of the class.
@@ -133,9 +133,9 @@ def _sample(rng: np.random.Generator, labels: np.ndarray) -> dict[str, np.ndarra
     sometimes_open = np.isin(labels, (0, 3))
     cues[:, 4] *= ~sometimes_open | (rng.uniform(size=n) < 0.6)
     p = {name: cues[:, i] for i, name in enumerate(_CUES)}
-    p["eye_open"] = np.clip(p["eye_open"], 0.25, 2.0)
+    p["eye_open"] = np.clip(p["eye_open"], 0.25, 2.4)
     p["mouth_open"] = np.maximum(p["mouth_open"], 0.0)
-    p["mouth_width"] = np.clip(p["mouth_width"], 0.09, 0.36)
+    p["mouth_width"] = np.clip(p["mouth_width"], 0.07, 0.4)
     p["lip_lift"] = np.abs(p["lip_lift"])
     p["wrinkle"] = np.clip(p["wrinkle"], 0.0, 1.0)
     p["lift_side"] = np.where(rng.uniform(size=n) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -145,11 +145,11 @@ def _sample(rng: np.random.Generator, labels: np.ndarray) -> dict[str, np.ndarra
         face_a=u(0.56, 0.68), face_b=u(0.74, 0.86), skin=u(0.45, 0.85),
         hair=u(0.0, 0.5), hairline=u(-0.55, -0.38), bg=u(0.05, 0.95),
         eye_x=u(0.22, 0.28), eye_y=u(-0.16, -0.08), eye_w=u(0.1, 0.13),
-        brow_gap=u(0.1, 0.14), brow_r=u(0.018, 0.035), brow_tone=u(0.05, 0.3),
+        brow_gap=u(0.1, 0.14), brow_r=u(0.022, 0.04), brow_tone=u(0.05, 0.3),
         mouth_y=u(0.38, 0.46), lip_tone=u(0.1, 0.35), nose_y=u(0.17, 0.23),
         light_dir=u(0.0, 2 * np.pi), light=u(0.0, 0.5), contrast=u(0.6, 1.25),
         brightness=u(-0.15, 0.15), noise=u(0.0, 0.035),
-        occlude=(rng.uniform(size=n) < 0.3).astype(np.float32), occ_x=u(-0.75, 0.75),
+        occlude=(rng.uniform(size=n) < 0.2).astype(np.float32), occ_x=u(-0.75, 0.75),
         occ_y=u(-0.75, 0.75), occ_w=u(0.1, 0.3), occ_h=u(0.1, 0.3), occ_tone=u(0.0, 1.0),
     )
     return {k: v.reshape(n, 1, 1) for k, v in p.items()}
