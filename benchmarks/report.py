@@ -267,8 +267,8 @@ def _header(result: dict) -> str:
              f"Command: `{result['command']}`" + (" (quick sizes: a smoke run, not a measurement)"
                                                   if result.get("quick") else "") + "."]
     if peak:
-        lines.append(f"Measured matmul peak (roofline ceiling): {peak['flops_per_s'] / 1e12:.3g} "
-                     f"TFLOP/s ({peak['dtype']}, {peak['n']}³).")
+        lines.append(f"Measured matmul peak (roofline ceiling, best of repeats): "
+                     f"{peak['flops_per_s'] / 1e12:.3g} TFLOP/s ({peak['dtype']}, {peak['n']}³).")
     return "\n".join(lines) + "\n"
 
 
@@ -409,10 +409,16 @@ def _training(result: dict) -> str:
 
 
 def _skips(result: dict) -> str:
-    skips = result.get("skipped_benchmarks") or {}
-    if not skips:
-        return ""
-    return "Skipped: " + "; ".join(f"`{k}`: {v}" for k, v in sorted(skips.items())) + ".\n"
+    """Skipped benchmarks grouped by reason."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in sorted((result.get("skipped_benchmarks") or {}).items()):
+        by_reason.setdefault(reason, []).append(name)
+    lines = []
+    for reason, names in by_reason.items():
+        shown = ", ".join(f"`{n}`" for n in names[:3]) + (f" and {len(names) - 3} more"
+                                                          if len(names) > 3 else "")
+        lines.append(f"- {shown}: {reason}")
+    return ("Skipped:\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def _parts_line(result: dict) -> str:

@@ -35,7 +35,7 @@ def _result(out):
 def test_cpu_smoke_run_produces_json_and_table(tmp_path):
     proc, out = _run(tmp_path, "--quick", "--parts", "env,tests,bench,train,bench_compile",
                      DC_TESTS="tests/test_report.py::test_flops_match_spec_figures",
-                     DC_BENCH_FILTER="cpu-native-t1 or 4b or eager+eager")
+                     DC_BENCH_FILTER="t1 or 4b or eager+eager")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result, md = _result(out)
     assert result["mode"] == "cpu" and result["quick"] is True
