@@ -98,8 +98,9 @@ def _parse_pixel_rows(fields: list[bytes]) -> tuple[np.ndarray, int | None]:
     2304 tokens of at most 3 digits with values <= 255. Per-token work happens only at the
     last digit of each token (one index array), which keeps the whole file to a few seconds.
     """
-    buf = np.frombuffer(b" " + b" ".join(fields) + b" ", dtype=np.uint8)
-    row_ends = np.cumsum([len(f) + 1 for f in fields])  # exclusive end of row r in buf
+    # Three leading spaces keep ends - 3 inside the buffer; the trailing one ends the last token.
+    buf = np.frombuffer(b"   " + b" ".join(fields) + b" ", dtype=np.uint8)
+    row_ends = 2 + np.cumsum([len(f) + 1 for f in fields])  # exclusive end of row r in buf
     digit_value = buf - np.uint8(ord("0"))  # wraps: non-digits become >= 10
     digit = digit_value < 10
     bad_rows = []
@@ -113,7 +114,6 @@ def _parse_pixel_rows(fields: list[bytes]) -> tuple[np.ndarray, int | None]:
         bad_rows.append(int(wrong_count[0]))
     if bad_rows:
         return np.empty((0, NUM_PIXELS), np.uint8), min(bad_rows)
-    # buf[0] is a space, so ends - k >= 0 for every digit a token can have.
     tens, hundreds, more = digit[ends - 1], digit[ends - 2] & digit[ends - 1], digit[ends - 3]
     value = digit_value[ends].astype(np.int16)
     value += tens * digit_value[ends - 1].astype(np.int16) * 10

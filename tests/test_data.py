@@ -47,6 +47,24 @@ def test_read_csv_both_spellings(tmp_path, icml, newline):
     assert d.source == str(tmp_path / "f.csv")
 
 
+def test_csv_token_edges(tmp_path):
+    """1-, 2- and 3-digit values at both ends of rows, extra spaces, quoted fields."""
+    rng = np.random.default_rng(17)
+    rows = _rows(rng, (3, 1, 1))
+    for i, first in enumerate((255, 7, 10)):
+        pixels = rows[i][1].copy()
+        pixels[0], pixels[1], pixels[-1] = first, 0, (100, 9, 99)[i]
+        rows[i] = (rows[i][0], pixels, rows[i][2])
+    path = _write_csv(tmp_path / "f.csv", rows)
+    text = path.read_text().splitlines()
+    label, pixels, usage = text[1].split(",")
+    text[1] = f'{label},"  {pixels.replace(" ", "  ")} ",{usage}'
+    path.write_text("\n".join(text) + "\n")
+    d = read_fer_csv(path)
+    for usage, split in data.USAGE_TO_SPLIT.items():
+        np.testing.assert_array_equal(d.split(split).images.numpy(), _expected(rows, usage)[0])
+
+
 def test_csv_split_mapping():
     assert data.USAGE_TO_SPLIT == {"Training": "train", "PrivateTest": "val", "PublicTest": "test"}
 

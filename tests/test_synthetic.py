@@ -89,4 +89,4 @@ def test_learnable_above_chance_but_not_trivially(faces):
     weights = np.linalg.solve(gram, features.T @ targets)
     test_features = np.hstack([_pooled(test_x), np.ones((len(test_x), 1), np.float32)])
     accuracy = ((test_features @ weights).argmax(1) == test_y).mean()
-    assert 0.25 < accuracy < 0.9, accuracy
+    assert 0.3 < accuracy < 0.9, accuracy
