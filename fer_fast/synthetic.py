@@ -23,8 +23,14 @@ yaw, face and hair shape, skin and background tone, a lighting gradient, contras
 pixel noise and random occluding patches. Classes are balanced by default (exact counts, then
 shuffled); ``class_weights`` can give other proportions, e.g. :data:`FER2013_TRAIN_COUNTS`.
 
+Calibration (the cue magnitudes in ``_TARGET``): ``VGG(width=0.125)`` trained with the released
+augmentation, SGD-Nesterov lr 0.01, batch 64, on 3000 images for 3 epochs (141 steps) reaches
+about 58 % ten-crop test accuracy (chance 14 %); loss stays near ln 7 for the first ~50 steps.
+Ridge regression on 12x12-pooled pixels reaches about 49 %.
+
 Deterministic per ``(seed, stream)``: all random draws come from one numpy ``PCG64`` stream and
-the rendering is element-wise float32 numpy, so the same arguments give identical bytes.
+the rendering is element-wise float32 numpy, so the same arguments give identical bytes (on one
+machine and numpy build: SIMD sin/cos/sqrt may round differently elsewhere).
 """
 from __future__ import annotations
 
@@ -131,7 +137,7 @@ def _sample(rng: np.random.Generator, labels: np.ndarray) -> dict[str, np.ndarra
     cues += rng.standard_normal((n, len(_CUES))).astype(np.float32) * _JITTER
     # Happy and Angry mouths are open only some of the time (open smile / snarl).
     sometimes_open = np.isin(labels, (0, 3))
-    cues[:, 4] *= ~sometimes_open | (rng.uniform(size=n) < 0.6)
+    cues[:, _CUES.index("mouth_open")] *= ~sometimes_open | (rng.uniform(size=n) < 0.6)
     p = {name: cues[:, i] for i, name in enumerate(_CUES)}
     p["eye_open"] = np.clip(p["eye_open"], 0.25, 2.4)
     p["mouth_open"] = np.maximum(p["mouth_open"], 0.0)
