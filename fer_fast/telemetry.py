@@ -44,7 +44,11 @@ def _nvml_handle(nvml, device: torch.device):
     index = device.index if device.index is not None else torch.cuda.current_device()
     uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
     if uuid is not None:
-        return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+        text = str(uuid)
+        try:
+            return nvml.nvmlDeviceGetHandleByUUID(text if text.startswith("GPU-") else f"GPU-{text}")
+        except nvml.NVMLError:
+            pass  # e.g. a MIG or differently spelled UUID: fall back to the index
     return nvml.nvmlDeviceGetHandleByIndex(index)
 
 

@@ -369,7 +369,7 @@ def train(config: Config, resume: Path | None = None) -> dict:
     best = {"val_acc": -1.0, "epoch": 0}
     start_epoch = 0
     if resume is not None:
-        ckpt = load_checkpoint(resume, map_location=device)
+        ckpt = load_checkpoint(resume)  # on the CPU: RNG states must stay CPU tensors
         load_params(model, ckpt["params"], resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
