@@ -10,7 +10,6 @@ width 0.125, fp32, few rounds.
 from __future__ import annotations
 
 import pytest
-import torch
 
 import harness
 
