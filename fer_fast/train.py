@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-period", type=int, help="CosineAnnealingWarmRestarts T_0 (epochs)")
     p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data)")
     p.add_argument("--synthetic-sizes", type=sizes_arg, metavar="TRAIN,VAL,TEST")
-    p.add_argument("--train-on", choices=TRAIN_ON)
+    p.add_argument("--train-on", choices=TRAIN_ON, help="train+val: the fine-tuning stage on "
+                   "the combined data (validation accuracy then no longer measures generalisation)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--block-backend", choices=("auto",) + tuple(backends.names("block")))
@@ -378,6 +379,9 @@ def train(config: Config, resume: Path | None = None) -> dict:
         history, best, start_epoch = list(ckpt["logs"]["history"]), dict(ckpt["best"]), \
             ckpt["epoch"]
     run_dir = _run_dir(config)
+    if resume is None and (run_dir / "last.pt").exists():
+        raise CheckpointError(f"{run_dir}: already holds a run (last.pt); continue it with "
+                              f"--resume {run_dir} or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     config.out = str(run_dir)
     resolved = {"device": str(device), "block_backend": block_backend, "precision": precision,

@@ -207,6 +207,16 @@ def test_resume_is_bit_identical(tmp_path, easy):
         json.loads((part / "summary.json").read_text())["test_acc_last"]
 
 
+def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
+    assert T.main(["--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r")]) == 2
+    assert "missing.csv: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes: easy_data())
+    save_atomic({"params": {}}, tmp_path / "last.pt")
+    assert T.main(TINY + ["--out", str(tmp_path)]) == 2  # would overwrite another run
+    assert "already holds a run" in capsys.readouterr().err
+
+
 def test_save_atomic_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "last.pt"
     save_atomic({"params": {"w": torch.ones(2)}}, path)
