@@ -346,6 +346,10 @@ def train(config: Config, resume: Path | None = None) -> dict:
     dtype = _DTYPES[precision]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    run_dir = _run_dir(config)
+    if resume is None and (run_dir / "last.pt").exists():
+        raise CheckpointError(f"{run_dir}: already holds a run (last.pt); continue it with "
+                              f"--resume {run_dir} or choose another --out")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
@@ -378,10 +382,6 @@ def train(config: Config, resume: Path | None = None) -> dict:
         _set_rng_state(ckpt["rng"], loader)
         history, best, start_epoch = list(ckpt["logs"]["history"]), dict(ckpt["best"]), \
             ckpt["epoch"]
-    run_dir = _run_dir(config)
-    if resume is None and (run_dir / "last.pt").exists():
-        raise CheckpointError(f"{run_dir}: already holds a run (last.pt); continue it with "
-                              f"--resume {run_dir} or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     config.out = str(run_dir)
     resolved = {"device": str(device), "block_backend": block_backend, "precision": precision,
@@ -444,8 +444,10 @@ def train(config: Config, resume: Path | None = None) -> dict:
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}")
             val_acc, _ = evaluate_split(model, val)
-            if sched_unit == "epoch":
-                scheduler.step(val_acc) if config.scheduler == "plateau" else scheduler.step()
+            if config.scheduler == "plateau":
+                scheduler.step(val_acc)
+            elif sched_unit == "epoch":
+                scheduler.step()
             test_acc = None
             if config.test_every and epoch % config.test_every == 0:
                 test_acc, _ = evaluate_split(model, test)
