@@ -9,7 +9,6 @@ no output, and the same (empty) columns in the metrics.
 from __future__ import annotations
 
 import threading
-import time
 
 import torch
 
