@@ -45,7 +45,7 @@ from .checkpoint import (CheckpointError, infer_architecture, load_checkpoint, l
 from .data import DataError, FERData, Split
 from .evaluate import sizes_arg, evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, load_run_data
-from .model import CLASS_NAMES, VGG
+from .model import CLASS_NAMES, VGG, model_backends, resolve_backend
 
 __all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "parse_args", "train",
            "main"]
@@ -142,7 +142,9 @@ def _parser() -> argparse.ArgumentParser:
                    "the combined data (validation accuracy then no longer measures generalisation)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--block-backend", choices=("auto",) + tuple(backends.names("block")))
+    p.add_argument("--block-backend", choices=tuple(model_backends()),
+                   help="model backend: auto (fused blocks on GPU, eager on CPU), a block backend "
+                        "(eager, fused) or a whole-stack one (triton)")
     p.add_argument("--augment-backend", choices=("auto",) + tuple(backends.names("augment")))
     p.add_argument("--precision", choices=PRECISIONS,
                    help="auto: fp16 autocast + GradScaler on CUDA, fp32 on CPU")
@@ -221,16 +223,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
     return device
-
-
-def resolve_block_backend(name: str, device: torch.device) -> str:
-    """"auto": the fused block on a GPU when it is registered and runs there, else eager.
-    (On a CPU the fused block runs its eager-op fallback, which measured slower than eager.)"""
-    if name != "auto":
-        backends.resolve("block", name, device)  # clear error if it does not run here
-        return name
-    fused = device.type == "cuda" and "fused" in backends.available("block", device)
-    return "fused" if fused else "eager"
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -341,7 +333,7 @@ def _fmt_postfix(values: dict) -> dict:
 def train(config: Config, resume: Path | None = None) -> dict:
     """Run (or continue) a training run; returns the final summary (also in ``summary.json``)."""
     device = resolve_device(config.device)
-    block_backend = resolve_block_backend(config.block_backend, device)
+    block_backend = resolve_backend(config.block_backend, device)
     precision = resolve_precision(config.precision, device)
     dtype = _DTYPES[precision]
     if device.type == "cuda":

@@ -4,7 +4,9 @@ TRITON_INTERPRET must be set before any kernel module is imported, hence here.
 """
 import os
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see fer_fast/__init__)
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
