@@ -276,7 +276,7 @@ def identity_params(batch: int, device: torch.device | str = "cpu") -> AugmentPa
 # The eager reference (the oracle of every fast backend)
 # ----------------------------------------------------------------------------------------------
 
-def _crop_grid(device) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_grid(device) -> tuple[torch.Tensor, torch.Tensor]:
     """Canvas position p4 (x, y) of every output pixel, each [10, 40, 40] float32 (k, v, u)."""
     r = torch.arange(CROP_SIZE, device=device, dtype=torch.float32)
     rows = torch.tensor([rc[0] for rc in CROP_CORNERS] * 2, device=device, dtype=torch.float32)
@@ -294,7 +294,7 @@ def augment_ref(images: torch.Tensor, params: AugmentParams,
     check_inputs(images, params)
     check_dtype(dtype)
     b = images.shape[0]
-    x, y = _crop_grid(images.device)
+    x, y = crop_grid(images.device)
     g = params.geom[:, :, None, None, None]                           # [B, 16, 1, 1, 1]
     x3 = (g[:, 6] * x + g[:, 7] * y) + g[:, 8]
     y3 = (g[:, 9] * x + g[:, 10] * y) + g[:, 11]
@@ -370,8 +370,3 @@ def ten_crop(images: torch.Tensor, *, backend: str = "auto",
     """Evaluation input: TenCrop(40) of the unmodified images, /255, no erasing."""
     return augment(images, identity_params(images.shape[0], images.device), backend=backend,
                    dtype=dtype)
-
-
-# The Triton backend registers itself on import; it uses the names above, hence at the end.
-# (The native backend is registered by fer_fast._ext, which the package imports.)
-from fer_fast.kernels import augment as _triton_augment  # noqa: E402,F401

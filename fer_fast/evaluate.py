@@ -77,12 +77,12 @@ def sizes_arg(text: str) -> tuple[int, int, int]:
     return sizes
 
 
-def _default_device() -> str:
+def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_fast.evaluate", description=__doc__.split("\n")[0])
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """The arguments shared by the commands that load a trained model and its data."""
     p.add_argument("checkpoint", help="a .pt file written by fer_fast.train, or the authors' "
                    "{'params': state_dict} file")
     p.add_argument("--data", default=None, help="fer2013.csv or image-folder root "
@@ -92,23 +92,34 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic-sizes", type=sizes_arg, default=None, metavar="TRAIN,VAL,TEST",
                    help="synthetic dataset sizes (default: the checkpoint's run, else the "
                         "SyntheticSpec defaults)")
-    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits to evaluate")
-    p.add_argument("--device", default=_default_device())
-    p.add_argument("--batch-size", type=int, default=256, help="images per evaluation batch")
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch")
     p.add_argument("--block-backend", default="eager")
     p.add_argument("--augment-backend", default="auto")
+
+
+def load_model_and_data(args: argparse.Namespace):
+    """(model, FERData) for parsed ``add_checkpoint_args`` arguments; the synthetic dataset is
+    rebuilt with the checkpoint run's seed and sizes unless the arguments say otherwise."""
+    model, ckpt = model_from_checkpoint(args.checkpoint, device=args.device,
+                                        backend=args.block_backend)
+    config = ckpt.get("config") or {}
+    seed = args.seed if args.seed is not None else config.get("seed", 0)
+    sizes = args.synthetic_sizes or config.get("synthetic_sizes")
+    return model, load_run_data(args.data, seed=seed, synthetic_sizes=sizes)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fer_fast.evaluate", description=__doc__.split("\n")[0])
+    add_checkpoint_args(p)
+    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits to evaluate")
     args = p.parse_args(argv)
     splits = [s for s in args.splits.split(",") if s]
     for s in splits:
         if s not in SPLITS:
             p.error(f"--splits: unknown split {s!r}; choose from {SPLITS}")
     try:
-        model, ckpt = model_from_checkpoint(args.checkpoint, device=args.device,
-                                            backend=args.block_backend)
-        config = ckpt.get("config") or {}
-        seed = args.seed if args.seed is not None else config.get("seed", 0)
-        sizes = args.synthetic_sizes or config.get("synthetic_sizes")
-        data = load_run_data(args.data, seed=seed, synthetic_sizes=sizes)
+        model, data = load_model_and_data(args)
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

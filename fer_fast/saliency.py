@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE, NUM_CROPS, _crop_grid, ten_crop
-from .checkpoint import CheckpointError, model_from_checkpoint
+from .augment import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE, NUM_CROPS, crop_grid, ten_crop
+from .checkpoint import CheckpointError
 from .data import SPLITS, DataError
-from .evaluate import _default_device, predict, sizes_arg
-from .loader import TenCropBatches, load_run_data
+from .evaluate import add_checkpoint_args, load_model_and_data, predict
+from .loader import TenCropBatches
 from .model import CLASS_NAMES, NUM_CLASSES
 
 __all__ = ["CROP_SETS", "canvas_index", "saliency_map", "pick_examples", "save_figure", "main"]
@@ -38,7 +38,7 @@ CROP_SETS = {"ten": tuple(range(NUM_CROPS)), "centre": (len(CROP_CORNERS) - 1,)}
 
 def canvas_index(device=None) -> torch.Tensor:
     """int64 [10, 40, 40]: the flat 48x48 canvas index (row * 48 + col) each crop pixel copies."""
-    x, y = _crop_grid(device)
+    x, y = crop_grid(device)
     return (y * IMAGE_SIZE + x).long()
 
 
@@ -138,35 +138,18 @@ def save_figure(path: Path, images: np.ndarray, maps: np.ndarray, labels: np.nda
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fer_fast.saliency",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("checkpoint", help="a .pt file written by fer_fast.train, or the authors' "
-                   "{'params': state_dict} file")
-    p.add_argument("--data", default=None, help="fer2013.csv or image-folder root "
-                   "(default: the synthetic dataset)")
+    add_checkpoint_args(p)
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--out", default=None,
                    help="folder for saliency.png and saliency.npz (default: the checkpoint's)")
     p.add_argument("--per-class", type=int, default=1, help="examples per class")
     p.add_argument("--crops", default="ten", choices=tuple(CROP_SETS),
                    help="crops whose averaged logits define the loss")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of the synthetic dataset (default: the checkpoint's, else 0)")
-    p.add_argument("--synthetic-sizes", type=sizes_arg, default=None, metavar="TRAIN,VAL,TEST",
-                   help="synthetic dataset sizes (default: the checkpoint's run, else the "
-                        "SyntheticSpec defaults)")
-    p.add_argument("--device", default=_default_device())
-    p.add_argument("--batch-size", type=int, default=256, help="images per prediction batch")
-    p.add_argument("--block-backend", default="eager")
-    p.add_argument("--augment-backend", default="auto")
     args = p.parse_args(argv)
     if args.per_class < 1:
         p.error(f"--per-class must be >= 1, got {args.per_class}")
     try:
-        model, ckpt = model_from_checkpoint(args.checkpoint, device=args.device,
-                                            backend=args.block_backend)
-        config = ckpt.get("config") or {}
-        seed = args.seed if args.seed is not None else config.get("seed", 0)
-        sizes = args.synthetic_sizes or config.get("synthetic_sizes")
-        data = load_run_data(args.data, seed=seed, synthetic_sizes=sizes)
+        model, data = load_model_and_data(args)
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

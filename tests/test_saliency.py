@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fer_fast import VGG, ten_crop
-from fer_fast.augment import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE, NUM_CROPS
+from fer_fast.augment import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE
 from fer_fast.checkpoint import model_from_checkpoint, save_atomic
 from fer_fast.loader import load_run_data
 from fer_fast.model import NUM_CLASSES
