@@ -27,6 +27,9 @@ generic path (C_in = 1 on the first layer, channel counts that are not multiples
 
 Block-size choice is per shape (``_tuned``): on a GPU each candidate config is timed once per
 shape key and the fastest kept; under ``TRITON_INTERPRET=1`` a single small config is used.
+K-aligned configs are offered only to contiguous NHWC inputs with C_in % BK == 0 and C_in, C_out
+multiples of 16 (``_aligned``), which is what their AOT specs state through divisibility hints:
+the A gathers then compile to 16-byte cp.async (LDGSTS.128) and the stores to STG.128.
 """
 from __future__ import annotations
 
@@ -89,11 +92,11 @@ def _load_a(x_ptr, scale_ptr, shift_ptr, n, ih, iw, c, m_ok, k_ok, H, W, sxn, sx
 
 
 @triton.jit
-def _a_indices(k0, rk, h, w, C_in, K_total, K_ALIGNED: tl.constexpr):
+def _a_indices(k0, rk, h, w, C_in, K_total, K_ALIGNED: tl.constexpr, BK: tl.constexpr):
     """(ih, iw, c, k_ok) of the K block starting at k0 for output pixels (h, w) [BM]."""
     if K_ALIGNED:  # the whole block is one tap: scalar tap, contiguous channels
         tap = k0 // C_in
-        c = (k0 - tap * C_in) + rk
+        c = tl.multiple_of(k0 - tap * C_in, BK) + rk  # BK | C_in: 16-byte vector loads
         kh = tap // 3
         kw = tap - kh * 3
         ih = (h + kh - 1)[:, None]
@@ -132,7 +135,7 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, mean_ptr, m
     dtype = w_ptr.dtype.element_ty
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K_total, BK):
-        ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED)
+        ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED, BK)
         a = _load_a(x_ptr, scale_ptr, shift_ptr, n[:, None], ih, iw, c, m_ok[:, None], k_ok,
                     H, W, sxn, sxh, sxw, sxc, PRO, POOL, dtype)
         kk = k0 + rk
@@ -186,7 +189,7 @@ def conv3x3_wgrad_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dw_ptr, db_ptr,
         t = rm // W
         h = t % H
         n = t // H
-        ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED)
+        ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED, BK)
         a = _load_a(x_ptr, scale_ptr, shift_ptr, n[:, None], ih, iw, c, m_ok[:, None], k_ok,
                     H, W, sxn, sxh, sxw, sxc, PRO, POOL, dtype)
         g = tl.load(dy_ptr + rm[:, None] * C_out + rn[None, :],
@@ -227,27 +230,38 @@ def _cfg(bm, bn, bk, warps, stages):
     return dict(BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
 
 
-#: GPU candidates per kernel, all in AOT_SPECS and spill-free there. The AOT compile sees no
-#: pointer-alignment hints (scalar 2-byte loads, register-staged pipelining), the worst case; the
-#: 2x2-pool prologue (4 loads per element) needs the smaller K step. BK is the K step of the
-#: forward and the K rows of the weight-gradient tile; a config applies when C_in % BK == 0.
-FWD_CONFIGS = (_cfg(128, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
-FWD_POOL_CONFIGS = (_cfg(128, 64, 16, 8, 2), _cfg(64, 128, 16, 4, 2))
-WGRAD_CONFIGS = (_cfg(32, 64, 64, 4, 2), _cfg(16, 64, 64, 4, 2))
+#: GPU candidates per kernel, all in AOT_SPECS (spill-free, HGMMA on sm_90a). The K-aligned
+#: ones (every table but SMALL_K_CONFIGS) are offered only when ``_aligned`` holds, which is what
+#: the AOT specs assume through their divisibility hints; BK is the forward's K step and the
+#: K rows of the weight-gradient tile (whose reduction step over N*H*W is BM).
+FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 64, 8, 3),
+               _cfg(256, 128, 32, 8, 3), _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
+FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 32, 8, 3),
+                    _cfg(128, 64, 32, 4, 3))
+WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3), _cfg(64, 128, 64, 4, 3), _cfg(64, 64, 128, 4, 3),
+                 _cfg(64, 64, 64, 4, 3))
 #: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
 SMALL_K_CONFIGS = (_cfg(128, 64, 16, 4, 3),)
 _INTERPRET_CONFIG = _cfg(64, 32, 16, 4, 1)
 _TUNED: dict = {}
 
 
-def _candidates(table, c_in: int, c_out: int):
-    """Configs valid for this shape: K-aligned ones when C_in is a multiple of their BK."""
+def _candidates(table, x: torch.Tensor, c_out: int):
+    """Configs for this shape: the table's K-aligned ones when ``_aligned`` holds for their BK,
+    else the generic small-K one."""
     if _INTERPRET:
         cfg = dict(_INTERPRET_CONFIG)
         cfg["BN"] = 16 if c_out <= 16 else 32
         return [cfg]
-    ok = [c for c in table if c_in % c["BK"] == 0]
+    ok = [c for c in table if _aligned(x, c_out, c["BK"])]
     return ok or list(SMALL_K_CONFIGS)
+
+
+def _aligned(x: torch.Tensor, c_out: int, bk: int) -> bool:
+    """What the K-aligned AOT specs assume (``_ALIGNED_ARGS``): every K step is one tap of BK
+    contiguous channels, and C_in, C_out and the NHWC strides are multiples of 16."""
+    c_in = x.shape[3]
+    return x.is_contiguous() and c_in % bk == 0 and c_in % 16 == 0 and c_out % 16 == 0
 
 
 def _tuned(key, candidates, launch):
@@ -353,7 +367,7 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
         return cfg, mean_p, m2_p
 
     table = FWD_POOL_CONFIGS if pool else FWD_CONFIGS
-    cfg, mean_p, m2_p = _tuned(key, _candidates(table, c_in, c_out), launch)
+    cfg, mean_p, m2_p = _tuned(key, _candidates(table, x, c_out), launch)
     if not stats:
         return y
     return y, combine_stats(mean_p, m2_p, m, cfg["BM"])
@@ -407,17 +421,23 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return dw_p, db_p
 
-    dw_p, db_p = _tuned(key, _candidates(WGRAD_CONFIGS, c_in, c_out), launch)
+    dw_p, db_p = _tuned(key, _candidates(WGRAD_CONFIGS, x, c_out), launch)
     return dw_p.sum(0), (db_p.sum(0) if bias_grad else None)
 
 
 # ----------------------------------------------------------------------------------------------
 # Ahead-of-time compile specs (tests/aot.py): every config, with the heaviest fusion variant.
 
+#: integer arguments that are multiples of 16 whenever a K-aligned config is launched
+#: (``_aligned``: C_in % BK == 0, C_out % 16 == 0, contiguous NHWC, so every stride too)
+_ALIGNED_ARGS = ("C_in", "C_out", "sxn", "sxh", "sxw")
+
+
 def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
     pointers = {"x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr"}
     fp32_pointers = {"scale_ptr", "shift_ptr", "mean_ptr", "m2_ptr", "dw_ptr", "db_ptr"}
-    constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"])
+    # as the JIT specialises a contiguous NHWC input: unit channel stride
+    constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], sxc=1)
     signature = {}
     for arg in fn.arg_names:
         if arg in constexprs:
@@ -428,8 +448,10 @@ def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
             signature[arg] = "*fp32"
         else:
             signature[arg] = "i32"
+    aligned = constexprs["K_ALIGNED"]
     return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
-            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "hgmma": True}
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "hgmma": True,
+            "divisible": _ALIGNED_ARGS if aligned else ()}
 
 
 def _cfg_name(cfg):
@@ -438,6 +460,7 @@ def _cfg_name(cfg):
 
 _FWD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, HAS_BIAS=True, RELU_OUT=False, STATS=True,
                   K_ALIGNED=True, DOT_PREC="tf32")
+_DGRAD = dict(_FWD_FUSED, PRO=PRO_NONE, POOL=False, HAS_BIAS=False, STATS=False)
 _WGRAD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, HAS_DB=True, K_ALIGNED=True, DOT_PREC="tf32")
 AOT_SPECS = (
     [_aot_spec(f"fwd_fused_pool_{_cfg_name(c)}", conv3x3_kernel, _FWD_FUSED, c)
@@ -447,11 +470,12 @@ AOT_SPECS = (
     + [_aot_spec(f"fwd_paper_{_cfg_name(c)}", conv3x3_kernel,
                  dict(_FWD_FUSED, PRO=PRO_AFFINE, POOL=False, RELU_OUT=True), c)
        for c in FWD_CONFIGS]
-    + [_aot_spec(f"fwd_relu_affine_pool_{_cfg_name(c)}", conv3x3_kernel,
-                 dict(_FWD_FUSED, PRO=PRO_RELU_AFFINE), c) for c in FWD_POOL_CONFIGS]
-    + [_aot_spec(f"dgrad_{dt}_{_cfg_name(c)}", conv3x3_kernel,
-                 dict(_FWD_FUSED, PRO=PRO_NONE, POOL=False, HAS_BIAS=False, STATS=False), c,
-                 dtype=dt) for c in FWD_CONFIGS for dt in ("fp16", "bf16")]
+    + [_aot_spec(f"fwd_paper_pool_{_cfg_name(c)}", conv3x3_kernel,
+                 dict(_FWD_FUSED, PRO=PRO_AFFINE, RELU_OUT=True), c) for c in FWD_POOL_CONFIGS]
+    + [_aot_spec(f"dgrad_fp16_{_cfg_name(c)}", conv3x3_kernel, _DGRAD, c) for c in FWD_CONFIGS]
+    # bf16 compiles to the same code with other HGMMA operand types
+    + [_aot_spec(f"dgrad_bf16_{_cfg_name(FWD_CONFIGS[0])}", conv3x3_kernel, _DGRAD,
+                 FWD_CONFIGS[0], dtype="bf16")]
     + [_aot_spec(f"fwd_first_layer_{_cfg_name(c)}", conv3x3_kernel,
                  dict(_FWD_FUSED, PRO=PRO_NONE, POOL=False, K_ALIGNED=False), c)
        for c in SMALL_K_CONFIGS]

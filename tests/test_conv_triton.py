@@ -166,6 +166,24 @@ def test_bad_inputs_are_rejected_with_a_clear_error():
         K.conv3x3_wgrad(x, torch.randn(1, 4, 3, 5, device=DEVICE))
 
 
+def test_gpu_configs_are_compiled_ahead_of_time_and_offered_only_when_aligned():
+    """Every GPU config is an AOT spec (spill / HGMMA checked by test_aot), and the K-aligned
+    ones, whose specs assume 16-divisible channels and strides, only serve shapes that are."""
+    names = {s["name"] for s in K.AOT_SPECS}
+    for table, prefix in ((K.FWD_CONFIGS, "fwd_fused_"), (K.FWD_CONFIGS, "dgrad_fp16_"),
+                          (K.FWD_POOL_CONFIGS, "fwd_fused_pool_"),
+                          (K.WGRAD_CONFIGS, "wgrad_fused_pool_"),
+                          (K.SMALL_K_CONFIGS, "fwd_first_layer_")):
+        for cfg in table:
+            assert prefix + K._cfg_name(cfg) in names
+    x = torch.empty(2, 5, 5, 64)
+    assert K._aligned(x, 128, 64) and K._aligned(x, 64, 32)
+    assert not K._aligned(x, 100, 64)  # C_out not a multiple of 16
+    assert not K._aligned(x, 128, 128)  # C_in not a multiple of BK
+    assert not K._aligned(torch.empty(2, 5, 5, 24), 128, 8)  # C_in not a multiple of 16
+    assert not K._aligned(x.permute(0, 2, 1, 3), 128, 64)  # not contiguous NHWC
+
+
 #: the eight VGG conv layers at batch 640: (C_in, C_out, H of the conv, pool on the input)
 VGG_LAYERS = [(1, 64, 40, False), (64, 64, 40, False), (64, 128, 20, True), (128, 128, 20, False),
               (128, 256, 10, True), (256, 256, 10, False), (256, 512, 5, True),
