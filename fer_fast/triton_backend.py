@@ -9,10 +9,13 @@ activations are never written; the last block's normalise + pool is a small torc
 Running statistics are updated like ``nn.BatchNorm2d`` (momentum, unbiased running variance);
 eval mode normalises with the running statistics.
 
-Backward, per block in reverse: the BatchNorm / ReLU / pool backward of the element-wise part is
-recomputed with torch autograd from the stored conv output (not yet fused into the kernels);
-the weight gradient kernel recomputes the normalised input on the fly from the previous stored
-conv output and saved scale/shift; the data gradient is the implicit GEMM with flipped weights.
+Backward, per block in reverse: ``bn_act.backward`` (issue 5's fused kernels) turns the gradient
+of the block output into the gradient of the stored conv output (pool argmax, ReLU mask and BN
+backward recomputed from the stored y and the block's coefficients [mean, rstd, scale, shift]),
+and gives dgamma, dbeta; the weight-gradient kernel recomputes the normalised input on the fly
+from the previous block's stored output and coefficients; the data gradient is the implicit GEMM
+with flipped weights. Saved per block: the conv output (compute dtype) and the [4, C] fp32
+coefficients; plus the input crops in the compute dtype.
 
 Compute dtype: the autocast dtype when autocast is on for the device, else the input's dtype.
 Runs on CUDA, and on CPU tensors when Triton runs under ``TRITON_INTERPRET=1`` (the CPU tests).
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backends
+from .kernels import bn_act
 from .kernels import conv as K
 
 __all__ = ["features_triton", "supports"]
@@ -36,14 +40,10 @@ def supports(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _elementwise(y, gamma, beta, mean, var, *, eps, order, pool, training):
-    """What the next conv sees of the stored NHWC conv output y: pool?(act(BN(y))), NHWC fp32.
-    In training the batch statistics are recomputed from y so that autograd differentiates
-    through them (the values equal the kernel's ``mean``/``var`` up to summation order)."""
-    yf = y.float()
-    if training:
-        var, mean = torch.var_mean(yf, dim=(0, 1, 2), correction=0)
-    z = (yf - mean) * torch.rsqrt(var + eps) * gamma + beta
+def _normalise(y, coef, *, order, pool):
+    """The last block's output from its stored NHWC conv output y: pool?(act(y*scale + shift)),
+    NHWC fp32 (no conv follows whose prologue could take it)."""
+    z = y.float() * coef[2] + coef[3]
     if order == "bn_relu":
         z = F.relu(z)
     if pool:
@@ -58,18 +58,25 @@ class _Stack:
         self.bns, self.pools, self.order, self.training, self.dtype = bns, pools, order, training, dtype
 
 
+def _prologue(coef, order):
+    """Conv-kernel prologue arguments that apply a block's BN (+ ReLU) to its stored output."""
+    if coef is None:
+        return dict(pro=K.PRO_NONE, scale=None, shift=None)
+    pro = K.PRO_AFFINE_RELU if order == "bn_relu" else K.PRO_AFFINE
+    return dict(pro=pro, scale=coef[2], shift=coef[3])
+
+
 class FeaturesFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, stack, *params):
         dtype, order, training = stack.dtype, stack.order, stack.training
-        h = x.permute(0, 2, 3, 1).to(dtype).contiguous()
-        pro, scale, shift, pool_in = K.PRO_NONE, None, None, False
-        saved, coefs = [], []
+        x_nhwc = x.permute(0, 2, 3, 1).to(dtype).contiguous()
+        h, coef, pool_in = x_nhwc, None, False
+        ys, coefs = [], []
         for i, bn in enumerate(stack.bns):
-            weight, bias, gamma, beta = params[4 * i: 4 * i + 4]
-            out = K.conv3x3(h, K.pack_weight(weight, dtype), bias.to(dtype), scale=scale,
-                            shift=shift, pro=pro, pool=pool_in, relu=order == "relu_bn",
-                            stats=training)
+            weight, bias = params[4 * i: 4 * i + 2]
+            out = K.conv3x3(h, K.pack_weight(weight, dtype), bias.to(dtype), pool=pool_in,
+                            relu=order == "relu_bn", stats=training, **_prologue(coef, order))
             y = out[0] if training else out
             if training:
                 mean, var = out[1]
@@ -81,51 +88,46 @@ class FeaturesFunction(torch.autograd.Function):
                     bn.num_batches_tracked.add_(1)
             else:
                 mean, var = bn.running_mean.float(), bn.running_var.float()
-            saved += [h, y]
-            coefs.append((scale, shift, pro, pool_in, mean, var, bn.eps))
+            gamma, beta = params[4 * i + 2].float(), params[4 * i + 3].float()
             rstd = torch.rsqrt(var + bn.eps)
-            scale = (gamma.float() * rstd).contiguous()
-            shift = (beta.float() - mean * scale).contiguous()
-            pro = K.PRO_AFFINE_RELU if order == "bn_relu" else K.PRO_AFFINE
+            scale = gamma * rstd
+            coef = torch.stack([mean, rstd, scale, beta - mean * scale]).contiguous()
+            ys.append(y)
+            coefs.append(coef)
             pool_in = stack.pools[i]
             h = y
-        z = _elementwise(h, params[-2].float(), params[-1].float(), coefs[-1][4], coefs[-1][5],
-                         eps=coefs[-1][6], order=order, pool=pool_in, training=False)
-        ctx.stack, ctx.coefs = stack, coefs
-        ctx.save_for_backward(*saved, *params)
+        z = _normalise(h, coef, order=order, pool=pool_in)
+        ctx.stack, ctx.x_dtype = stack, x.dtype
+        ctx.save_for_backward(x_nhwc, *ys, *coefs, *params)
         return z.to(dtype).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad_out):
-        stack, coefs = ctx.stack, ctx.coefs
+        """Per block in reverse: dL/dy (conv output) by bn_act's fused BN / ReLU / pool backward
+        from the stored y and its coefficients, then the weight gradient (the kernel recomputes
+        the normalised input from the previous stored y) and the data gradient."""
+        stack = ctx.stack
         nblocks = len(stack.bns)
-        tensors = ctx.saved_tensors
-        acts, params = tensors[:2 * nblocks], tensors[2 * nblocks:]
+        x_nhwc, *tensors = ctx.saved_tensors
+        ys, coefs, params = tensors[:nblocks], tensors[nblocks:2 * nblocks], tensors[2 * nblocks:]
         dtype, order = stack.dtype, stack.order
         grads = [None] * len(params)
-        g = grad_out.permute(0, 2, 3, 1).float()
+        g = grad_out.permute(0, 2, 3, 1).to(dtype).contiguous()  # dL/d(block output), NHWC
         for i in reversed(range(nblocks)):
-            h, y = acts[2 * i], acts[2 * i + 1]
             weight, gamma, beta = params[4 * i], params[4 * i + 2], params[4 * i + 3]
-            _, _, _, _, mean, var, eps = coefs[i]
-            with torch.enable_grad():
-                yv = y.detach().float().requires_grad_()
-                gv = gamma.detach().float().requires_grad_()
-                bv = beta.detach().float().requires_grad_()
-                z = _elementwise(yv, gv, bv, mean, var, eps=eps, order=order,
-                                 pool=stack.pools[i], training=stack.training)
-                dy, dgamma, dbeta = torch.autograd.grad(z, (yv, gv, bv), g)
-            if order == "relu_bn":  # the epilogue's ReLU
-                dy = torch.where(y > 0, dy, 0.0)
-            dy = dy.to(dtype).contiguous()
-            scale, shift, pro, pool_in, _, _, _ = coefs[i]
-            dw, db = K.conv3x3_wgrad(h, dy, scale=scale, shift=shift, pro=pro, pool=pool_in)
+            dy, sums = bn_act.backward(g.permute(0, 3, 1, 2), ys[i].permute(0, 3, 1, 2),
+                                       coefs[i], training=stack.training, order=order,
+                                       pool=stack.pools[i])
+            dy = dy.permute(0, 2, 3, 1)  # channels_last NCHW -> contiguous NHWC
+            h = ys[i - 1] if i > 0 else x_nhwc
+            prologue = _prologue(coefs[i - 1] if i > 0 else None, order)
+            dw, db = K.conv3x3_wgrad(h, dy, pool=i > 0 and stack.pools[i - 1], **prologue)
             grads[4 * i: 4 * i + 4] = [K.unpack_weight_grad(dw, h.shape[3]).to(weight.dtype),
-                                       db.to(weight.dtype), dgamma.to(gamma.dtype),
-                                       dbeta.to(beta.dtype)]
+                                       db.to(weight.dtype), sums[1].to(gamma.dtype),
+                                       sums[0].to(beta.dtype)]
             if i > 0 or ctx.needs_input_grad[0]:
-                g = K.conv3x3_dgrad(dy, K.pack_weight_dgrad(weight, dtype)).float()
-        dx = g.permute(0, 3, 1, 2).to(grad_out.dtype) if ctx.needs_input_grad[0] else None
+                g = K.conv3x3_dgrad(dy, K.pack_weight_dgrad(weight, dtype))
+        dx = g.permute(0, 3, 1, 2).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         return (dx, None, *grads)
 
 
