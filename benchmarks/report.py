@@ -267,8 +267,10 @@ def _header(result: dict) -> str:
              f"Command: `{result['command']}`" + (" (quick sizes: a smoke run, not a measurement)"
                                                   if result.get("quick") else "") + "."]
     if peak:
+        what = (f"{peak['dtype']} {peak['n']}³ matmul" if result["mode"] != "cpu" else
+                f"better of a {peak['dtype']} {peak['n']}³ matmul and a 3×3 convolution")
         lines.append(f"Measured matmul peak (roofline ceiling, best of repeats): "
-                     f"{peak['flops_per_s'] / 1e12:.3g} TFLOP/s ({peak['dtype']}, {peak['n']}³).")
+                     f"{peak['flops_per_s'] / 1e12:.3g} TFLOP/s ({what}).")
     return "\n".join(lines) + "\n"
 
 
