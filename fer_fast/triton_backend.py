@@ -77,21 +77,18 @@ class FeaturesFunction(torch.autograd.Function):
             weight, bias = params[4 * i: 4 * i + 2]
             out = K.conv3x3(h, K.pack_weight(weight, dtype), bias.to(dtype), pool=pool_in,
                             relu=order == "relu_bn", stats=training, **_prologue(coef, order))
-            y = out[0] if training else out
-            if training:
-                mean, var = out[1]
-                if bn.track_running_stats:
-                    count = y.numel() // y.shape[3]
-                    momentum = 0.1 if bn.momentum is None else bn.momentum
-                    bn.running_mean.mul_(1 - momentum).add_(momentum * mean)
-                    bn.running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
-                    bn.num_batches_tracked.add_(1)
-            else:
-                mean, var = bn.running_mean.float(), bn.running_var.float()
-            gamma, beta = params[4 * i + 2].float(), params[4 * i + 3].float()
-            rstd = torch.rsqrt(var + bn.eps)
-            scale = gamma * rstd
-            coef = torch.stack([mean, rstd, scale, beta - mean * scale]).contiguous()
+            y, part, rows = out if training else (out, None, 0)
+            track = bn.track_running_stats
+            momentum = bn.momentum
+            if training and track:
+                bn.num_batches_tracked.add_(1)
+                if momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+                    momentum = 1.0 / float(bn.num_batches_tracked)
+            coef = K.bn_coefficients(part, rows, y.numel() // y.shape[3],
+                                     params[4 * i + 2].detach(), params[4 * i + 3].detach(),
+                                     bn.running_mean if track else None,
+                                     bn.running_var if track else None, training=training,
+                                     momentum=momentum or 0.0, eps=bn.eps)
             ys.append(y)
             coefs.append(coef)
             pool_in = stack.pools[i]

@@ -14,8 +14,9 @@ from NHWC rows (contiguous along C: 16-byte loads).
   normalised space (zero padding of what the conv sees, not of the stored tensor).
   Epilogue: bias, optional ReLU, store in the activation dtype, and (``STATS``) per-tile,
   per-channel mean and M2 = sum((y - tile mean)^2) of the STORED (rounded) values; tiles are
-  merged with Chan's formula in ``combine_stats`` — stable, and deterministic (no atomics, so a
-  re-run, e.g. by the tuner, overwrites rather than accumulates).
+  merged with Chan's formula by ``bn_coefficients`` (bn_act's finalize kernel, one launch that
+  also updates the running statistics) — stable, and deterministic (no atomics, so a re-run,
+  e.g. by the tuner, overwrites rather than accumulates).
 * ``conv3x3_wgrad_kernel`` — weight (and bias) gradient: dW^T[k, co] = sum_m A[m, k] dy[m, co],
   split over M into fp32 partials that are summed afterwards; A is the same prologue-applied
   gather as the forward, so the normalised input is recomputed from the stored conv output and
@@ -39,9 +40,11 @@ import torch
 import triton
 import triton.language as tl
 
+from . import bn_act
+
 __all__ = ["PRO_NONE", "PRO_AFFINE", "PRO_AFFINE_RELU", "PRO_RELU_AFFINE", "pack_weight",
            "pack_weight_dgrad", "unpack_weight_grad", "conv3x3", "conv3x3_dgrad", "conv3x3_wgrad",
-           "combine_stats", "AOT_SPECS"]
+           "bn_coefficients", "AOT_SPECS"]
 
 #: prologue on the loaded input: none, x*scale+shift, relu(x*scale+shift), relu(x)*scale+shift
 PRO_NONE, PRO_AFFINE, PRO_AFFINE_RELU, PRO_RELU_AFFINE = 0, 1, 2, 3
@@ -114,7 +117,7 @@ def _a_indices(k0, rk, h, w, C_in, K_total, K_ALIGNED: tl.constexpr, BK: tl.cons
 
 
 @triton.jit
-def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, mean_ptr, m2_ptr,
+def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr,
                    M, H, W, C_in, C_out, sxn, sxh, sxw, sxc,
                    PRO: tl.constexpr, POOL: tl.constexpr, HAS_BIAS: tl.constexpr,
                    RELU_OUT: tl.constexpr, STATS: tl.constexpr, K_ALIGNED: tl.constexpr,
@@ -149,14 +152,14 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, mean_ptr, m
     out = acc.to(y_ptr.dtype.element_ty)
     mask = m_ok[:, None] & n_ok[None, :]
     tl.store(y_ptr + rm[:, None] * C_out + rn[None, :], out, mask=mask)
-    if STATS:  # per-tile mean and M2 of the stored values, merged by combine_stats
+    if STATS:  # per-tile (mean, M2) of the stored values: part[pid_m] = [2, C_out]
         v = tl.where(mask, out.to(tl.float32), 0.0)
         cnt = tl.minimum(M - pid_m * BM, BM).to(tl.float32)
         mean = tl.sum(v, axis=0) / cnt
         d = tl.where(mask, v - mean[None, :], 0.0)
         m2 = tl.sum(d * d, axis=0)
-        tl.store(mean_ptr + pid_m * C_out + rn, mean, mask=n_ok)
-        tl.store(m2_ptr + pid_m * C_out + rn, m2, mask=n_ok)
+        tl.store(part_ptr + 2 * pid_m * C_out + rn, mean, mask=n_ok)
+        tl.store(part_ptr + (2 * pid_m + 1) * C_out + rn, m2, mask=n_ok)
 
 
 @triton.jit
@@ -322,15 +325,32 @@ def _check_input(x, wp, rows_per_cin, pro, scale, shift, pool):
     return nb, h, w, c_in
 
 
-def combine_stats(mean_p: torch.Tensor, m2_p: torch.Tensor, m: int, bm: int):
-    """Chan's merge of per-tile (mean, M2) [T, C] over tiles of ``bm`` rows (last one partial):
-    the batch mean and the biased variance, fp32."""
-    t = mean_p.shape[0]
-    counts = torch.full((t, 1), float(bm), device=mean_p.device)
-    counts[-1] = m - bm * (t - 1)
-    mean = (counts * mean_p).sum(0) / m
-    m2 = m2_p.sum(0) + (counts * (mean_p - mean) ** 2).sum(0)
-    return mean, m2 / m
+def bn_coefficients(part, rows, m, gamma, beta, running_mean=None, running_var=None, *,
+                    training: bool, momentum: float = 0.1, eps: float = 1e-5):
+    """The BatchNorm coefficients [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] fp32 [4, C]
+    (``bn_act.COEF_ROWS``) of a conv output, in ONE launch of bn_act's finalize kernel.
+
+    Training: Chan's combine of the conv epilogue's partials ``part`` [T, 2, C] ((mean, M2) over
+    ``rows`` rows each, the last one partial; ``m`` rows in all), and, given running statistics,
+    their update exactly as ``nn.BatchNorm2d`` (unbiased variance). Eval: from the running
+    statistics (``part`` unused). Called once per forward, after any tuning re-launches."""
+    c = gamma.shape[0]
+    track = running_mean is not None
+    if not training and not track:
+        raise ValueError("bn_coefficients: eval mode needs running_mean and running_var")
+    if training:
+        _check("partials", part, dtype=torch.float32, device=gamma.device, contiguous=True)
+        if part.dim() != 3 or part.shape[1:] != (2, c) or part.shape[0] != triton.cdiv(m, rows):
+            raise ValueError(f"partials have shape {tuple(part.shape)}, expected "
+                             f"[{triton.cdiv(m, rows)}, 2, {c}] for {m} rows in tiles of {rows}")
+    tiles = bn_act.GPU_TILES if gamma.device.type == "cuda" else bn_act.INTERPRETER_TILES
+    coef = torch.empty((4, c), device=gamma.device, dtype=torch.float32)
+    bn_act._finalize_kernel[(triton.cdiv(c, tiles.c),)](
+        part if training else coef, part.shape[0] if training else 0, rows, m, gamma, beta,
+        running_mean if track else gamma, running_var if track else gamma, coef, c, eps,
+        momentum, int(training), int(training and track), BLOCK_P=tiles.partials,
+        BLOCK_C=tiles.c, num_warps=tiles.warps)
+    return coef
 
 
 def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=False,
@@ -339,7 +359,8 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
 
     Input seen by the conv: ``pool2x2(prologue(x))`` (pool optional; see PRO_*), zero padded.
     Returns y [N, H, W, C_out] (x's dtype, contiguous) = relu?(conv + bias), and with ``stats``
-    also the (mean, biased var) fp32 [C_out] of y as stored."""
+    (y, part, rows): the per-tile (mean, M2) fp32 [T, 2, C_out] of y as stored, over ``rows``
+    rows each, for ``bn_coefficients``."""
     nb, h, w, c_in = _check_input(x, wp, 9, pro, scale, shift, pool)
     c_out = wp.shape[1]
     if bias is not None:
@@ -352,25 +373,22 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
 
     def launch(cfg):
         tiles_m = triton.cdiv(m, cfg["BM"])
-        mean_p = m2_p = dummy
+        part = dummy
         if stats:
-            mean_p = torch.empty((tiles_m, c_out), device=x.device, dtype=torch.float32)
-            m2_p = torch.empty_like(mean_p)
+            part = torch.empty((tiles_m, 2, c_out), device=x.device, dtype=torch.float32)
         grid = (triton.cdiv(c_out, cfg["BN"]), tiles_m)
         conv3x3_kernel[grid](
             x, wp, bias if bias is not None else dummy, scale if pro else dummy,
-            shift if pro else dummy, y, mean_p, m2_p, m, h, w, c_in, c_out, *x.stride(),
+            shift if pro else dummy, y, part, m, h, w, c_in, c_out, *x.stride(),
             PRO=pro, POOL=pool, HAS_BIAS=bias is not None, RELU_OUT=relu, STATS=stats,
             K_ALIGNED=c_in % cfg["BK"] == 0, DOT_PREC=_dot_precision(x.dtype),
             BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"])
-        return cfg, mean_p, m2_p
+        return part, cfg["BM"]
 
     table = FWD_POOL_CONFIGS if pool else FWD_CONFIGS
-    cfg, mean_p, m2_p = _tuned(key, _candidates(table, x, c_out), launch)
-    if not stats:
-        return y
-    return y, combine_stats(mean_p, m2_p, m, cfg["BM"])
+    part, rows = _tuned(key, _candidates(table, x, c_out), launch)
+    return (y, part, rows) if stats else y
 
 
 def conv3x3_dgrad(dy, wd):
@@ -435,7 +453,7 @@ _ALIGNED_ARGS = ("C_in", "C_out", "sxn", "sxh", "sxw")
 
 def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
     pointers = {"x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr"}
-    fp32_pointers = {"scale_ptr", "shift_ptr", "mean_ptr", "m2_ptr", "dw_ptr", "db_ptr"}
+    fp32_pointers = {"scale_ptr", "shift_ptr", "part_ptr", "dw_ptr", "db_ptr"}
     # as the JIT specialises a contiguous NHWC input: unit channel stride
     constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], sxc=1)
     signature = {}

@@ -88,6 +88,16 @@ def test_weight_gradient_split_over_many_tiles():
     torch.testing.assert_close(db, dy.sum((0, 2, 3)), **tolerance("conv3x3", torch.float32))
 
 
+def _batch_stats(part, rows, y):
+    """(mean, biased var) of y's channels from the conv epilogue's partials, through
+    ``bn_coefficients`` (gamma = 1, beta = 0, eps = 0: rstd = var^-1/2)."""
+    c = y.shape[3]
+    ones = torch.ones(c, device=y.device)
+    coef = K.bn_coefficients(part, rows, y.numel() // c, ones, torch.zeros_like(ones),
+                             training=True, eps=0.0)
+    return coef[0], coef[1] ** -2
+
+
 FUSIONS = [(K.PRO_AFFINE_RELU, False, False), (K.PRO_AFFINE_RELU, True, False),
            (K.PRO_RELU_AFFINE, True, True), (K.PRO_AFFINE, False, True), (K.PRO_NONE, True, False)]
 
@@ -104,9 +114,10 @@ def test_fused_forward_matches_eager_composition(pro, pool, relu, dtype):
     bias = torch.randn(cout, generator=g).to(dtype).float().to(DEVICE)
     scale = (torch.randn(cin, generator=g) * 1.5).to(DEVICE)
     shift = torch.randn(cin, generator=g).to(DEVICE)
-    y, (mean, var) = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.to(dtype),
-                               scale=scale, shift=shift, pro=pro, pool=pool, relu=relu,
-                               stats=True)
+    y, part, rows = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.to(dtype),
+                              scale=scale, shift=shift, pro=pro, pool=pool, relu=relu,
+                              stats=True)
+    mean, var = _batch_stats(part, rows, y)
     ref = F.conv2d(_prologue_ref(x, scale, shift, pro, pool), weight, bias, padding=1)
     if relu:
         ref = F.relu(ref)
@@ -122,13 +133,15 @@ def test_statistics_are_stable_for_a_large_offset():
     """Chan's merge of per-tile (mean, M2): mean/std = 5e5, where the fp32 E[x^2] - E[x]^2
     formula loses every digit (its error ~ 1e6 * 2^-24 >> var = 4e-6); only the rounding of the
     fp32 tile means (ulp 6e-5 at 1000) remains."""
-    nb, cin, cout, h, w = 2, 4, 3, 5, 5
+    nb, cin, cout, h, w = 3, 4, 3, 5, 5  # 75 rows: several tiles
     x = torch.randn(nb, cin, h, w).to(DEVICE) * 1e-3
     weight = torch.zeros(cout, cin, 3, 3, device=DEVICE)
     weight[:, :, 1, 1] = 1.0
     bias = torch.full((cout,), 1000.0, device=DEVICE)
-    y, (mean, var) = K.conv3x3(_nhwc(x, torch.float32), K.pack_weight(weight, torch.float32), bias,
-                               stats=True)
+    y, part, rows = K.conv3x3(_nhwc(x, torch.float32), K.pack_weight(weight, torch.float32),
+                              bias, stats=True)
+    assert part.shape[0] > 1, "the merge must combine several tiles"
+    _, var = _batch_stats(part, rows, y)
     ref = _nchw(y).double()
     torch.testing.assert_close(var.double(), ref.var((0, 2, 3), unbiased=False), rtol=5e-2,
                                atol=0)
@@ -164,6 +177,11 @@ def test_bad_inputs_are_rejected_with_a_clear_error():
                   shift=torch.zeros(3, device=DEVICE), pro=K.PRO_AFFINE)
     with pytest.raises(ValueError, match="dy has shape"):
         K.conv3x3_wgrad(x, torch.randn(1, 4, 3, 5, device=DEVICE))
+    ones = torch.ones(5, device=DEVICE)
+    with pytest.raises(ValueError, match="partials have shape"):
+        K.bn_coefficients(torch.zeros(2, 2, 4, device=DEVICE), 64, 100, ones, ones, training=True)
+    with pytest.raises(ValueError, match="eval mode needs running_mean"):
+        K.bn_coefficients(None, 0, 100, ones, ones, training=False)
 
 
 def test_gpu_configs_are_compiled_ahead_of_time_and_offered_only_when_aligned():
@@ -200,8 +218,9 @@ def test_vgg_shapes_on_gpu(cin, cout, h, pool):
     bias = torch.randn(cout, device="cuda").half().float()
     scale, shift = torch.rand(cin, device="cuda") + 0.5, torch.randn(cin, device="cuda")
     pro = K.PRO_AFFINE_RELU if cin > 1 else K.PRO_NONE
-    y, (mean, var) = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.half(),
-                               scale=scale, shift=shift, pro=pro, pool=pool, stats=True)
+    y, part, rows = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.half(),
+                              scale=scale, shift=shift, pro=pro, pool=pool, stats=True)
+    _, var = _batch_stats(part, rows, y)
     z = _prologue_ref(x, scale, shift, pro, pool)
     ref = F.conv2d(z, weight, bias, padding=1)
     torch.testing.assert_close(_nchw(y), ref, **tolerance("conv3x3", dtype))
