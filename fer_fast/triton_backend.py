@@ -1,11 +1,20 @@
 """The ``"triton"`` backend of op ``"features"``: the VGG's whole conv stack (crops -> stage-4
 output) as one autograd Function over the implicit-GEMM kernels of :mod:`fer_fast.kernels.conv`.
 
-Forward: ONE conv kernel per block. Each kernel reads the previous block's stored conv output
-and applies that block's BatchNorm affine, ReLU and (at a stage end) the 2x2 max-pool while
-loading; its epilogue adds the bias (paper order: and the ReLU), stores the conv output in the
-compute dtype and reduces the per-channel statistics for its own BatchNorm. Normalised
-activations are never written; the last block's normalise + pool is a small torch op.
+Forward: ONE conv kernel per block, plus one finalize launch (``conv.bn_coefficients``). Each
+conv kernel reads the previous block's stored conv output and applies that block's BatchNorm
+affine, ReLU and (at a stage end) the 2x2 max-pool while loading; its epilogue adds the bias
+(paper order: and the ReLU), stores the conv output in the compute dtype and reduces the
+per-channel statistics for its own BatchNorm. Normalised activations are never written; the last
+block's normalise + pool is a small torch op. Per-step weight-sized work besides: packing each
+weight to [9*C_in, C_out] in the compute dtype (one copy), the bias cast, and
+``num_batches_tracked += 1``.
+The finalize merges the epilogue's per-tile (mean, M2) partials into the coefficients
+[mean, rstd, scale, shift] that the next kernel's prologue applies. It stays a separate launch:
+the partials number cdiv(640*H*W, BM) per channel at batch 640 — 8000 / 2000 / 500 / 125 for
+stages 1-4 with BM = 128 (half with BM = 256) — so a redundant merge in every program of the
+next conv would re-read up to 8000 x 2 x 64 fp32 (4 MB) per program, and even stage 4
+(125 x 2 x 512) would move 0.5 MB per program, far more than its input tile.
 Running statistics are updated like ``nn.BatchNorm2d`` (momentum, unbiased running variance);
 eval mode normalises with the running statistics.
 

@@ -318,6 +318,37 @@ def test_features_forward_backward_and_running_stats(recipe, dtype, training):
         torch.testing.assert_close(b, b_ref, **tolerance("running_stats", dtype), msg=name)
 
 
+class _LaunchCounter:
+    """Stands in for a Triton kernel and counts ``kernel[grid](...)`` launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_features_forward_launches_one_conv_and_one_finalize_per_block(training, monkeypatch):
+    """Crops -> features: per block one conv kernel (normalise / ReLU / pool of the previous
+    block in its prologue, statistics in its epilogue) and one finalize launch (partials ->
+    coefficients + running statistics); no separate statistics or normalisation pass."""
+    from fer_fast.kernels import bn_act
+    counters = {}
+    for module, name in ((K, "conv3x3_kernel"), (bn_act, "_finalize_kernel"),
+                         (bn_act, "_stats_kernel"), (bn_act, "_apply_kernel")):
+        counters[name] = _LaunchCounter(getattr(module, name))
+        monkeypatch.setattr(module, name, counters[name])
+    _, fast = _vgg_pair("released")
+    fast.train(training)
+    with torch.no_grad():
+        fast.features(_crops(2, 8, size=16))
+    launches = {name: c.launches for name, c in counters.items()}
+    assert launches == {"conv3x3_kernel": 8, "_finalize_kernel": 8, "_stats_kernel": 0,
+                        "_apply_kernel": 0}
+
+
 def test_features_fp16_autocast_propagates_inf():
     _, fast = _vgg_pair("released")
     x = _crops(1, 7, size=16)
