@@ -1,7 +1,10 @@
 """The 3x3 convolution alone, per VGG layer shape and pass (forward, data gradient, weight gradient):
 the library convolution (``torch``: cuDNN on a GPU with channels_last fp16 and cudnn.benchmark,
 oneDNN on a CPU in fp32) against the implicit-GEMM Triton kernels of ``fer_fast.kernels.conv``
-(GPU only). extra_info: TFLOP/s and the fraction of the measured matmul peak.
+(GPU only): ``triton`` the bare conv, ``triton_fused`` as the "triton" features backend runs it
+(previous block's BN affine + ReLU, and at a stage start its 2x2 max-pool, applied while loading;
+forward statistics partials in the epilogue). extra_info: TFLOP/s and the fraction of the
+measured matmul peak.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch.nn.functional as F
 import harness
 
 PASSES = ("fwd", "dgrad", "wgrad")
-PROVIDERS = ("torch", "triton")
+PROVIDERS = ("torch", "triton", "triton_fused")
 
 
 def _torch_pass(name, x, w, b, dy):
@@ -23,7 +26,7 @@ def _torch_pass(name, x, w, b, dy):
         dy, x, w, [w.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
 
 
-def _triton_pass(name, x, w, b, dy):
+def _triton_pass(name, x, w, b, dy, fused=False, pool=False):
     try:
         from fer_fast.kernels import conv as K
         fwd, dgrad, wgrad = K.conv3x3, K.conv3x3_dgrad, K.conv3x3_wgrad
@@ -31,22 +34,32 @@ def _triton_pass(name, x, w, b, dy):
     except (ImportError, AttributeError) as err:
         pytest.skip(f"fer_fast.kernels.conv does not provide the implicit-GEMM conv ({err})")
     x_nhwc, dy_nhwc = x.permute(0, 2, 3, 1), dy.permute(0, 2, 3, 1)  # channels_last: contiguous
+    fusion = {}
+    if fused:
+        cin = x.shape[1]
+        fusion = dict(pool=pool, pro=K.PRO_AFFINE_RELU if cin > 1 else K.PRO_NONE,
+                      scale=torch.rand(cin, device=x.device) + 0.5,
+                      shift=torch.randn(cin, device=x.device))
     if name == "fwd":
         wp = pack(w, x.dtype)
-        return lambda: fwd(x_nhwc, wp, b)
+        return lambda: fwd(x_nhwc, wp, b, stats=fused, **fusion)
     if name == "dgrad":
         wd = pack_dgrad(w, x.dtype)
         return lambda: dgrad(dy_nhwc, wd)
-    return lambda: wgrad(x_nhwc, dy_nhwc)
+    return lambda: wgrad(x_nhwc, dy_nhwc, **fusion)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("pass_", PASSES)
 @pytest.mark.parametrize("layer", harness.VGG_LAYERS, ids=[l[0] for l in harness.VGG_LAYERS])
 def test_conv(benchmark, layer, pass_, provider, device, quick, flusher, matmul_peak):
-    if provider == "triton" and device.type != "cuda":
+    if provider != "torch" and device.type != "cuda":
         pytest.skip("Triton conv kernels: GPU only here (the interpreter measures Python)")
+    if provider == "triton_fused" and pass_ == "dgrad":
+        pytest.skip("the data gradient has no fusion: same kernel as provider triton")
     label, cin, cout, hw, _ = layer
+    index = harness.VGG_LAYERS.index(layer)
+    pool_in = provider == "triton_fused" and index > 0 and harness.VGG_LAYERS[index - 1][4]
     sizes = harness.sizes_for(device, quick)
     n, cuda = sizes.block_batch, device.type == "cuda"
     dtype = torch.float16 if cuda else torch.float32
@@ -57,10 +70,13 @@ def test_conv(benchmark, layer, pass_, provider, device, quick, flusher, matmul_
         return t.to(dtype).contiguous(memory_format=torch.channels_last) if len(shape) == 4 \
             else t.to(dtype)
 
-    x, dy = randn(n, cin, hw, hw), randn(n, cout, hw, hw)
+    x, dy = randn(n, cin, *(2 * [2 * hw if pool_in else hw])), randn(n, cout, hw, hw)
     w, b = randn(cout, cin, 3, 3, scale=(cin * 9) ** -0.5), randn(cout, scale=0.1)
     torch.backends.cudnn.benchmark = True
-    op = (_torch_pass if provider == "torch" else _triton_pass)(pass_, x, w, b, dy)
+    if provider == "torch":
+        op = _torch_pass(pass_, x, w, b, dy)
+    else:
+        op = _triton_pass(pass_, x, w, b, dy, fused=provider == "triton_fused", pool=pool_in)
 
     def run():
         out = op()
@@ -69,7 +85,7 @@ def test_conv(benchmark, layer, pass_, provider, device, quick, flusher, matmul_
 
     outs = run()
     outs = outs if isinstance(outs, tuple) else (outs,)
-    assert all(torch.isfinite(t).all() for t in outs if t is not None)
+    assert all(torch.isfinite(t).all() for t in outs if isinstance(t, torch.Tensor))
     benchmark.group = f"conv-{label}-{pass_}"
     benchmark.pedantic(run, setup=flusher if cuda else None, rounds=sizes.block_rounds,
                        warmup_rounds=sizes.warmup)
