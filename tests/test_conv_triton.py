@@ -243,9 +243,9 @@ import copy  # noqa: E402
 import fer_fast  # noqa: E402
 
 
-def _vgg_pair(recipe, seed=0):
+def _vgg_pair(recipe, seed=0, width=1 / 16):
     torch.manual_seed(seed)
-    ref = fer_fast.VGG(recipe, width=1 / 16, dropout=0.0).to(DEVICE)
+    ref = fer_fast.VGG(recipe, width=width, dropout=0.0).to(DEVICE)
     fast = copy.deepcopy(ref)
     fast.backend = "triton"
     return ref, fast
@@ -276,21 +276,33 @@ def _check(actual, expected, tol, eager_amp=None, msg=""):
 
 @pytest.mark.parametrize("recipe,dtype,training", FEATURE_CASES)
 def test_features_forward_backward_and_running_stats(recipe, dtype, training):
+    _features_parity(recipe, dtype, training, batch=4, size=16, width=1 / 16)
+
+
+@requires_cuda
+@pytest.mark.parametrize("recipe", ["released", "paper"])
+def test_features_full_width_on_gpu(recipe):
+    """The real channel counts (64..512, K-aligned configs, tuning) and crop size (40x40)."""
+    _features_parity(recipe, torch.float16, True, batch=64, size=40, width=1.0)
+
+
+def _features_parity(recipe, dtype, training, *, batch, size, width):
     """Whole conv stack (crops -> stage 4) against the eager fp32 VGG: output, input gradient,
     every conv / BN parameter gradient, running statistics; fp16 (autocast) also against eager
     autocast (see ``_check``). Eval mode runs after one training forward, so the running
     statistics it uses are not the initial (0, 1)."""
     half = dtype == torch.float16
-    ref, fast = _vgg_pair(recipe)
+    ref, fast = _vgg_pair(recipe, width=width)
     models = [ref, fast] + ([copy.deepcopy(ref)] if half else [])
     if not training:
-        warm = _crops(4, 4, size=16)
+        warm = _crops(batch, 4, size=size)
         with torch.no_grad():
             for model in models:
                 model.features(warm)
                 model.eval()
-    x = _crops(4, 5, size=16)  # 16 -> 8 -> 4 -> 2 -> 1
-    g = torch.randn(4, ref.conv4b.out_channels, 1, 1, generator=torch.Generator().manual_seed(6))
+    x = _crops(batch, 5, size=size)  # e.g. 16 -> 8 -> 4 -> 2 -> 1
+    out_shape = (batch, ref.conv4b.out_channels, size // 16, size // 16)
+    g = torch.randn(*out_shape, generator=torch.Generator().manual_seed(6))
     outs, dxs = [], []
     for model, amp in zip(models, (False, half, half)):
         xi = x.clone().requires_grad_()
