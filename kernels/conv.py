@@ -237,6 +237,9 @@ def _cfg(bm, bn, bk, warps, stages):
 #: ones (every table but SMALL_K_CONFIGS) are offered only when ``_aligned`` holds, which is what
 #: the AOT specs assume through their divisibility hints; BK is the forward's K step and the
 #: K rows of the weight-gradient tile (whose reduction step over N*H*W is BM).
+#: Registers on sm_90a (AOT, fp16): fused forward 128x128x64 169 (with pool 205), 128x256x64 240,
+#: 256x128x32 228, 128x64x64 132; data gradient 80-210; weight gradient 141-252. Larger tiles
+#: (256x128x64, 128x256x64 with pool, 128x64x64 on 4 warps) spilled and are left out.
 FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 64, 8, 3),
                _cfg(256, 128, 32, 8, 3), _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
 FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 32, 8, 3),
