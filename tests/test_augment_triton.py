@@ -146,6 +146,6 @@ def test_triton_cuda_matches_eager_and_native(recipe, dtype):
     out = augment_triton(images, params, dtype)
     _assert_matches(out, augment_ref(images, params, dtype), params, dtype)
     if "native" not in backends.available("augment", "cuda"):
-        pytest.skip("native CUDA backend not built (fer_fast._ext reports it unavailable)")
+        pytest.skip(reason="native CUDA backend not built (fer_fast._ext reports it unavailable)")
     native = backends.resolve("augment", "native", "cuda")(images, params, dtype)
     _assert_matches(out, native, params, dtype)

@@ -94,7 +94,7 @@ def test_triton_matches_reference(order, pool, training, dtype, shape):
     """Triton kernels (interpreter on CPU) against the eager reference."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not bn_act.runs_on(torch.device(device)):
-        pytest.skip("Triton kernels do not run here (CPU without TRITON_INTERPRET=1)")
+        pytest.skip(reason="Triton kernels do not run here (CPU without TRITON_INTERPRET=1)")
     x, params, stats = _inputs(*shape, dtype, device, seed=sum(shape))
     _check(x, params, stats, training=training, order=order, pool=pool, seed=7)
 
@@ -122,7 +122,7 @@ def test_split_reduction_over_many_chunks_is_stable():
     """Several programs x several chunks each (Chan's combine), channels with a large mean
     (1e3 x their std): the variance must not cancel."""
     if not bn_act.runs_on(torch.device("cpu")):
-        pytest.skip("needs TRITON_INTERPRET=1")
+        pytest.skip(reason="needs TRITON_INTERPRET=1")
     gen = torch.Generator().manual_seed(4)
     rows = 5 * bn_act.INTERPRETER_TILES.rows + 17  # 6 row blocks -> 3 programs x 2 chunks
     y = (1000.0 + torch.randn(rows, 5, 1, 1, generator=gen)).contiguous(

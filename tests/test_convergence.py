@@ -56,7 +56,7 @@ def _compare(width, batch, steps, device, *, amp):
 
 def test_tiny_vgg_trains_like_eager_cpu():
     if not bn_act.runs_on(torch.device("cpu")):
-        pytest.skip("needs TRITON_INTERPRET=1 (the CPU path would be eager math, not Triton)")
+        pytest.skip(reason="needs TRITON_INTERPRET=1 (the CPU path would be eager math, not Triton)")
     _compare(1 / 16, batch=4, steps=4, device="cpu", amp=False)
 
 

@@ -212,9 +212,9 @@ def test_extension_checks_its_own_arguments():
 def test_cuda_kernels_are_built_when_nvcc_is_present():
     """CI compiles the CUDA kernels (nvcc is on the machine) unless FER_FAST_CPU_ONLY asks not to."""
     if shutil.which("nvcc") is None:
-        pytest.skip("nvcc is not on PATH: the extension is built CPU-only here")
+        pytest.skip(reason="nvcc is not on PATH: the extension is built CPU-only here")
     if os.environ.get("FER_FAST_CPU_ONLY", "0") not in ("", "0"):
-        pytest.skip("FER_FAST_CPU_ONLY is set: the extension is built CPU-only")
+        pytest.skip(reason="FER_FAST_CPU_ONLY is set: the extension is built CPU-only")
     assert _ext.native_available(), "fer_fast._C is not built"
     assert _ext._C.has_cuda(), "nvcc is present but fer_fast._C was built without CUDA"
     # static CUDA runtime: the query works (0) even without a driver
