@@ -102,7 +102,8 @@ run_part() {
   echo "=== $name (limit ${limit} s)" | tee -a "$LOG"
   local t0 rc
   t0=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
+  # SIGINT first: pytest then still writes its junit XML and benchmark JSON
+  timeout -s INT --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
   rc=$?
   cat "$WORK/$name.log" >> "$LOG"
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - t0))" "$limit" >> "$WORK/parts.tsv"

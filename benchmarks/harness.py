@@ -332,10 +332,11 @@ def make_train_step(provider: str, device: torch.device, sizes: Sizes,
     model = fer_fast.VGG("released", width=sizes.step_width, backend=block_backend).to(device)
     if model_name != "authors":
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
-                          weight_decay=1e-4)
-    forward = torch.compile(model, mode=compile_mode) if model_name == "compile" else model
     scaler = torch.amp.GradScaler("cuda") if cuda else None
+    # as fer_fast.train: fused SGD on CUDA takes the scaler's inf check without a host sync
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                          weight_decay=1e-4, fused=cuda or None)
+    forward = torch.compile(model, mode=compile_mode) if model_name == "compile" else model
     crop_dtype = torch.float16 if cuda else torch.float32
     b = sizes.step_images
     images, labels = synthetic_u8(max(8 * b, 512), device)

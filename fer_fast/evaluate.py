@@ -23,9 +23,12 @@ __all__ = ["predict", "confusion_matrix", "evaluate_split", "format_confusion", 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: TenCropBatches) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted classes, true labels) of every image of ``batches``, on the device."""
+    """(predicted classes, true labels) of every image of ``batches``, on the device.
+    Evaluation is fp32 (SPEC): TF32 convolutions and matmuls are off while it runs."""
     was_training = model.training
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     model.eval()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     preds, labels = [], []
     try:
         for crops, y in batches:
@@ -34,6 +37,7 @@ def predict(model: torch.nn.Module, batches: TenCropBatches) -> tuple[torch.Tens
             labels.append(y)
     finally:
         model.train(was_training)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     return torch.cat(preds), torch.cat(labels)
 
 

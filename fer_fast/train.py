@@ -232,15 +232,18 @@ def resolve_precision(name: str, device: torch.device) -> str:
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def make_optimizer(config: Config, params) -> torch.optim.Optimizer:
+def make_optimizer(config: Config, params, *, fused: bool = False) -> torch.optim.Optimizer:
+    """``fused`` (CUDA): SGD and Adam run as one kernel and take GradScaler's inf check on the
+    device, so a scaled step needs no host synchronisation."""
     lr, wd, name = config.lr, config.weight_decay, config.optimizer
     if name in ("sgd", "nesterov"):
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd,
-                               nesterov=name == "nesterov")
+                               nesterov=name == "nesterov", fused=fused or None)
     if name == "asgd":
         return torch.optim.ASGD(params, lr=lr, weight_decay=wd)
     if name in ("adam", "amsgrad"):
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd, amsgrad=name == "amsgrad")
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, amsgrad=name == "amsgrad",
+                                fused=fused or None)
     if name == "adadelta":
         return torch.optim.Adadelta(params, lr=lr, weight_decay=wd)
     if name == "adagrad":
@@ -276,20 +279,20 @@ def _train_split(data: FERData, train_on: str) -> Split:
                  torch.cat([data.train.labels, data.val.labels]))
 
 
-def _rng_state(loader: DeviceLoader) -> dict:
+def _rng_state(loader: DeviceLoader, device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "loader": loader.state_dict()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # dropout draws on the training device
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict, loader: DeviceLoader) -> None:
+def _set_rng_state(state: dict, loader: DeviceLoader, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     loader.load_state_dict(state["loader"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc",
@@ -337,6 +340,7 @@ def train(config: Config, resume: Path | None = None) -> dict:
     precision = resolve_precision(config.precision, device)
     dtype = _DTYPES[precision]
     if device.type == "cuda":
+        torch.cuda.set_device(device)  # Triton launches on the current device
         torch.backends.cudnn.benchmark = True
     run_dir = _run_dir(config)
     if resume is None and (run_dir / "last.pt").exists():
@@ -348,6 +352,8 @@ def train(config: Config, resume: Path | None = None) -> dict:
     data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes)
     model = VGG(config.recipe, width=config.width, dropout=config.dropout,
                 backend=block_backend).to(device)
+    if device.type == "cuda":  # NHWC activations: what cuDNN's fp16 kernels and the fused blocks want
+        model = model.to(memory_format=torch.channels_last)
     if config.init and resume is None:
         load_params(model, load_checkpoint(config.init)["params"], config.init)
     loader = DeviceLoader(_train_split(data, config.train_on), batch_size=config.batch_size,
@@ -357,7 +363,7 @@ def train(config: Config, resume: Path | None = None) -> dict:
                          augment_backend=config.augment_backend)
     test = TenCropBatches(data.test, batch_size=config.eval_batch_size, device=device,
                           augment_backend=config.augment_backend)
-    optimizer = make_optimizer(config, model.parameters())
+    optimizer = make_optimizer(config, model.parameters(), fused=device.type == "cuda")
     scheduler, sched_unit = make_scheduler(config, optimizer, len(loader))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = precision != "fp32"
@@ -367,11 +373,18 @@ def train(config: Config, resume: Path | None = None) -> dict:
     start_epoch = 0
     if resume is not None:
         ckpt = load_checkpoint(resume)  # on the CPU: RNG states must stay CPU tensors
+        saved = ckpt.get("resolved", {})
+        here = {"device_type": device.type, "precision": precision}
+        if saved and saved != here:
+            raise CheckpointError(f"{resume}: written by a run on {saved['device_type']} in "
+                                  f"{saved['precision']}, but this machine resolves to "
+                                  f"{device.type} in {precision}; resume it on the same kind of "
+                                  f"device")
         load_params(model, ckpt["params"], resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], loader)
+        _set_rng_state(ckpt["rng"], loader, device)
         history, best, start_epoch = list(ckpt["logs"]["history"]), dict(ckpt["best"]), \
             ckpt["epoch"]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -395,7 +408,8 @@ def train(config: Config, resume: Path | None = None) -> dict:
                          "best_epoch": best["epoch"]},
                 "config": dataclasses.asdict(config), "epoch": epoch,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(loader), "best": best}
+                "scaler": scaler.state_dict(), "rng": _rng_state(loader, device), "best": best,
+                "resolved": {"device_type": device.type, "precision": precision}}
 
     show = config.progress and sys.stderr.isatty()
     meter = telemetry.start(device)

@@ -12,7 +12,8 @@ from fer_fast.checkpoint import load_checkpoint, save_atomic
 from fer_fast.data import FERData, Split
 from fer_fast.model import VGG
 
-TINY = ["--width", "0.0625", "--batch-size", "16", "--eval-batch-size", "32", "--no-progress"]
+TINY = ["--width", "0.0625", "--batch-size", "16", "--eval-batch-size", "32", "--no-progress",
+        "--device", "cpu"]
 
 
 def easy_data(n_train=64, n_val=24, n_test=24, seed=0) -> FERData:
@@ -205,6 +206,17 @@ def test_resume_is_bit_identical(tmp_path, easy):
     assert [[r[k] for k in TIMELESS] for r in ha] == [[r[k] for k in TIMELESS] for r in hb]
     assert json.loads((full / "summary.json").read_text())["test_acc_last"] == \
         json.loads((part / "summary.json").read_text())["test_acc_last"]
+
+
+def test_resume_on_another_kind_of_device_is_refused(tmp_path, easy):
+    out = tmp_path / "run"
+    run(TINY + ["--epochs", "1", "--out", str(out)])
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["resolved"] == {"device_type": "cpu", "precision": "fp32"}
+    ckpt["resolved"] = {"device_type": "cuda", "precision": "fp16"}
+    save_atomic(ckpt, out / "last.pt")
+    with pytest.raises(T.CheckpointError, match="on cuda in fp16.*resolves to cpu in fp32"):
+        run(["--resume", str(out)])
 
 
 def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
