@@ -39,6 +39,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from . import bn_act
 
@@ -229,8 +230,13 @@ def unpack_weight_grad(dw: torch.Tensor, c_in: int) -> torch.Tensor:
     return dw.reshape(3, 3, c_in, dw.shape[1]).permute(3, 2, 0, 1).contiguous()
 
 
-def _cfg(bm, bn, bk, warps, stages):
-    return dict(BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+#: AOT targets (tests/aot.py) and the devices they stand for (``_target``)
+_BOTH = ("sm_90a", "sm_80")
+
+
+def _cfg(bm, bn, bk, warps, stages, targets=_BOTH):
+    """A launch config; ``targets``: where its shared memory fits (checked by the AOT test)."""
+    return dict(BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages, targets=targets)
 
 
 #: GPU candidates per kernel, all in AOT_SPECS (spill-free, HGMMA on sm_90a). The K-aligned
@@ -240,26 +246,43 @@ def _cfg(bm, bn, bk, warps, stages):
 #: Registers on sm_90a (AOT, fp16): fused forward 128x128x64 169 (with pool 205), 128x256x64 240,
 #: 256x128x32 228, 128x64x64 132; data gradient 80-210; weight gradient 141-252. Larger tiles
 #: (256x128x64, 128x256x64 with pool, 128x64x64 on 4 warps) spilled and are left out.
+#: Shared memory (per block: 232,448 bytes on sm_90, 166,912 on sm_80): the pool prologue
+#: pipelines its four loads, so 128x128x64 with pool needs 197,632 bytes on sm_90a (181,248 on
+#: sm_80: sm_90 only) and 280,064 with 4 stages (left out); wgrad 64x128x128 needs 182,272 on
+#: sm_80 (sm_90 only). Tables for fp16 / bf16 (2-byte operands, HGMMA on sm_90a).
 FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 64, 8, 3),
                _cfg(256, 128, 32, 8, 3), _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
-FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 32, 8, 3),
+FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3, ("sm_90a",)), _cfg(128, 256, 32, 8, 3),
                     _cfg(128, 64, 32, 4, 3))
-WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3), _cfg(64, 128, 64, 4, 3), _cfg(64, 64, 128, 4, 3),
-                 _cfg(64, 64, 64, 4, 3))
+WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, ("sm_90a",)), _cfg(64, 128, 64, 4, 3),
+                 _cfg(64, 64, 128, 4, 3), _cfg(64, 64, 64, 4, 3))
+#: fp32 (exact "ieee" FMA dot, 4-byte tiles): the fp16 tiles need up to 526 KB of shared memory
+#: and spill, so smaller ones: at most 164,352 bytes, no spills, on both targets.
+FWD_CONFIGS_FP32 = (_cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 128, 32, 8, 3),
+                    _cfg(128, 128, 32, 8, 2))
+FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
+WGRAD_CONFIGS_FP32 = (_cfg(16, 64, 64, 4, 3),)
 #: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
 SMALL_K_CONFIGS = (_cfg(128, 64, 16, 4, 3),)
 _INTERPRET_CONFIG = _cfg(64, 32, 16, 4, 1)
 _TUNED: dict = {}
 
 
+def _target(device) -> str:
+    """The AOT target whose shared-memory budget this GPU has: sm_90a from Hopper on, else sm_80
+    (a smaller GPU may still reject some; ``_tuned`` skips those)."""
+    return "sm_90a" if torch.cuda.get_device_capability(device)[0] >= 9 else "sm_80"
+
+
 def _candidates(table, x: torch.Tensor, c_out: int):
-    """Configs for this shape: the table's K-aligned ones when ``_aligned`` holds for their BK,
-    else the generic small-K one."""
+    """Configs for this shape and GPU: the table's K-aligned ones that fit the device's target
+    when ``_aligned`` holds for their BK, else the generic small-K one."""
     if _INTERPRET:
         cfg = dict(_INTERPRET_CONFIG)
         cfg["BN"] = 16 if c_out <= 16 else 32
         return [cfg]
-    ok = [c for c in table if _aligned(x, c_out, c["BK"])]
+    target = _target(x.device)
+    ok = [c for c in table if target in c["targets"] and _aligned(x, c_out, c["BK"])]
     return ok or list(SMALL_K_CONFIGS)
 
 
@@ -274,17 +297,33 @@ def _tuned(key, candidates, launch):
     """Run ``launch(cfg)`` with the fastest candidate for ``key``, timing each once per key.
 
     ``launch`` must be idempotent (every output overwritten, nothing accumulated), so that the
-    timing runs leave no trace; running statistics are updated by callers, after the launch."""
+    timing runs leave no trace; running statistics are updated by callers, after the launch.
+    A candidate the GPU rejects (OutOfResources: shared memory, registers) is skipped; only when
+    none fits is it an error."""
     cfg = _TUNED.get(key)
-    if cfg is None:
-        if len(candidates) == 1:
-            cfg = candidates[0]
-        else:
-            times = [triton.testing.do_bench(lambda c=c: launch(c), warmup=5, rep=20)
-                     for c in candidates]
-            cfg = candidates[min(range(len(times)), key=times.__getitem__)]
-        _TUNED[key] = cfg
-    return launch(cfg)
+    if cfg is not None:
+        return launch(cfg)
+    times, rejected = {}, []
+    for i, c in enumerate(candidates):
+        try:
+            times[i] = (triton.testing.do_bench(lambda c=c: launch(c), warmup=5, rep=20)
+                        if len(candidates) > 1 else 0.0)
+        except OutOfResources as exc:
+            rejected.append(f"{_cfg_name(c)}: {exc}")
+    if not times:
+        raise _no_config_fits(key, rejected)
+    cfg = candidates[min(times, key=times.__getitem__)]
+    try:
+        out = launch(cfg)
+    except OutOfResources as exc:
+        raise _no_config_fits(key, rejected + [f"{_cfg_name(cfg)}: {exc}"]) from exc
+    _TUNED[key] = cfg
+    return out
+
+
+def _no_config_fits(key, rejected):
+    return RuntimeError(f"conv3x3 ({key[0]}, shape key {key[1:]}): no config fits this GPU: "
+                        + "; ".join(rejected))
 
 
 def _dot_precision(dtype):
@@ -389,7 +428,10 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
             num_stages=cfg["num_stages"])
         return part, cfg["BM"]
 
-    table = FWD_POOL_CONFIGS if pool else FWD_CONFIGS
+    if x.dtype == torch.float32:
+        table = FWD_POOL_CONFIGS_FP32 if pool else FWD_CONFIGS_FP32
+    else:
+        table = FWD_POOL_CONFIGS if pool else FWD_CONFIGS
     part, rows = _tuned(key, _candidates(table, x, c_out), launch)
     return (y, part, rows) if stats else y
 
@@ -442,7 +484,8 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return dw_p, db_p
 
-    dw_p, db_p = _tuned(key, _candidates(WGRAD_CONFIGS, x, c_out), launch)
+    table = WGRAD_CONFIGS_FP32 if x.dtype == torch.float32 else WGRAD_CONFIGS
+    dw_p, db_p = _tuned(key, _candidates(table, x, c_out), launch)
     return dw_p.sum(0), (db_p.sum(0) if bias_grad else None)
 
 
@@ -455,10 +498,14 @@ _ALIGNED_ARGS = ("C_in", "C_out", "sxn", "sxh", "sxw")
 
 
 def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
+    """fp32 specs get the launcher's exact dot (no HGMMA); each spec is checked on the targets
+    its config is offered on."""
     pointers = {"x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr"}
     fp32_pointers = {"scale_ptr", "shift_ptr", "part_ptr", "dw_ptr", "db_ptr"}
     # as the JIT specialises a contiguous NHWC input: unit channel stride
     constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], sxc=1)
+    if dtype == "fp32":
+        constexprs["DOT_PREC"] = "ieee"
     signature = {}
     for arg in fn.arg_names:
         if arg in constexprs:
@@ -471,8 +518,9 @@ def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
             signature[arg] = "i32"
     aligned = constexprs["K_ALIGNED"]
     return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
-            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "hgmma": True,
-            "divisible": _ALIGNED_ARGS if aligned else ()}
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            "hgmma": dtype != "fp32", "divisible": _ALIGNED_ARGS if aligned else (),
+            "targets": cfg["targets"]}
 
 
 def _cfg_name(cfg):
@@ -497,6 +545,18 @@ AOT_SPECS = (
     # bf16 compiles to the same code with other HGMMA operand types
     + [_aot_spec(f"dgrad_bf16_{_cfg_name(FWD_CONFIGS[0])}", conv3x3_kernel, _DGRAD,
                  FWD_CONFIGS[0], dtype="bf16")]
+    + [_aot_spec(f"fwd_fused_pool_fp32_{_cfg_name(c)}", conv3x3_kernel, _FWD_FUSED, c, "fp32")
+       for c in FWD_POOL_CONFIGS_FP32]
+    + [_aot_spec(f"fwd_fused_fp32_{_cfg_name(c)}", conv3x3_kernel, dict(_FWD_FUSED, POOL=False), c,
+                 "fp32") for c in FWD_CONFIGS_FP32]
+    + [_aot_spec(f"fwd_paper_fp32_{_cfg_name(c)}", conv3x3_kernel,
+                 dict(_FWD_FUSED, PRO=PRO_AFFINE, POOL=False, RELU_OUT=True), c, "fp32")
+       for c in FWD_CONFIGS_FP32]
+    + [_aot_spec(f"fwd_paper_pool_fp32_{_cfg_name(c)}", conv3x3_kernel,
+                 dict(_FWD_FUSED, PRO=PRO_AFFINE, RELU_OUT=True), c, "fp32")
+       for c in FWD_POOL_CONFIGS_FP32]
+    + [_aot_spec(f"dgrad_fp32_{_cfg_name(c)}", conv3x3_kernel, _DGRAD, c, "fp32")
+       for c in FWD_CONFIGS_FP32]
     + [_aot_spec(f"fwd_first_layer_{_cfg_name(c)}", conv3x3_kernel,
                  dict(_FWD_FUSED, PRO=PRO_NONE, POOL=False, K_ALIGNED=False), c)
        for c in SMALL_K_CONFIGS]
@@ -504,6 +564,10 @@ AOT_SPECS = (
        for c in WGRAD_CONFIGS]
     + [_aot_spec(f"wgrad_fused_{_cfg_name(c)}", conv3x3_wgrad_kernel,
                  dict(_WGRAD_FUSED, POOL=False), c) for c in WGRAD_CONFIGS]
+    + [_aot_spec(f"wgrad_fused_pool_fp32_{_cfg_name(c)}", conv3x3_wgrad_kernel, _WGRAD_FUSED, c,
+                 "fp32") for c in WGRAD_CONFIGS_FP32]
+    + [_aot_spec(f"wgrad_fused_fp32_{_cfg_name(c)}", conv3x3_wgrad_kernel,
+                 dict(_WGRAD_FUSED, POOL=False), c, "fp32") for c in WGRAD_CONFIGS_FP32]
     # first layer: 9 rows of K (one dot row block of 16), too small for a wgmma tile (64 rows)
     + [dict(_aot_spec(f"wgrad_first_layer_{_cfg_name(c)}", conv3x3_wgrad_kernel,
                       dict(_WGRAD_FUSED, PRO=PRO_NONE, POOL=False, K_ALIGNED=False), c),

@@ -1,5 +1,6 @@
 """Every Triton kernel of the project, with every autotune config, compiles ahead of time for
-sm_90a and sm_80 with no register spills; GEMM kernels use HGMMA on sm_90a.
+sm_90a and sm_80 (each spec on the targets it is offered on) with no register spills and within
+the target's shared memory per block; GEMM kernels use HGMMA on sm_90a.
 
 Kernel modules list their specialisations in ``AOT_SPECS`` (see tests/aot.py). Compilation runs
 in a subprocess without TRITON_INTERPRET, since interpreted kernels cannot be compiled.
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import fer_fast.kernels
+from aot import SHARED_LIMIT
 
 MODULES = sorted(f"fer_fast.kernels.{m.name}" for m in pkgutil.iter_modules(fer_fast.kernels.__path__))
 
@@ -41,5 +43,8 @@ def test_aot_compiles_without_spills(module):
         where = f"{module}:{row['name']} on {row['target']}"
         assert "error" not in row, f"{where} failed to compile: {row.get('error')}"
         assert row["spill_bytes"] == 0, f"{where} spills {row['spill_bytes']} bytes"
+        limit = SHARED_LIMIT[row["target"]]
+        assert row["shared"] <= limit, (f"{where} needs {row['shared']} bytes of shared memory, "
+                                        f"more than the {limit} a block may use")
         if row["expect_hgmma"] and row["target"] == "sm_90a":
             assert row["hgmma"], f"{where} does not use HGMMA (wgmma) on sm_90a"
