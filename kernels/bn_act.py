@@ -158,6 +158,32 @@ def _finalize_kernel(part_ptr, P, ROWS_PER_PROG, M, gamma_ptr, beta_ptr, rmean_p
     tl.store(coef_ptr + 3 * C + cols, beta - mean * scale, mask=cmask)
 
 
+@triton.jit
+def _normalise(y, scale, shift, relu_first, dtype: tl.constexpr):
+    """(x, z): the BN input (ReLU'd first in the paper order) and the block output as the forward
+    stored it (rounded to ``dtype``), recomputed from the conv output ``y`` (fp32)."""
+    x = tl.where((y < 0) & (relu_first != 0), 0.0, y)
+    z = x * scale + shift
+    z = tl.where((z < 0) & (relu_first == 0), 0.0, z).to(dtype).to(tl.float32)
+    return x, z
+
+
+@triton.jit
+def _window_tap(y_ptr, ptrs, k: tl.constexpr, step_h, step_w, smask, cmask, has_below,
+                has_right, scale, shift, relu_first):
+    """Tap k (row-major) of each 2x2 pooling window: offsets, mask, y, and _normalise's (x, z)."""
+    inside = smask
+    if k // 2 == 1:
+        inside = inside & has_below
+    if k % 2 == 1:
+        inside = inside & has_right
+    mk = inside[:, None] & cmask[None, :]
+    offs = ptrs + (k // 2) * step_h + (k % 2) * step_w
+    y = tl.load(y_ptr + offs, mask=mk, other=0.0).to(tl.float32)
+    x, z = _normalise(y, scale, shift, relu_first, y_ptr.dtype.element_ty)
+    return offs, mk, y, x, z
+
+
 @triton.jit(do_not_specialize=["relu_first"])
 def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, relu_first,
                   POOL: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -184,8 +210,7 @@ def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, relu_first
         for k in tl.static_range(4):
             y = tl.load(ptrs + (k // 2) * step_h + (k % 2) * step_w, mask=mask,
                         other=0.0).to(tl.float32)
-            z = tl.where((y < 0) & (relu_first != 0), 0.0, y) * scale + shift
-            z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+            _, z = _normalise(y, scale, shift, relu_first, dtype)
             if k == 0:
                 best = z
             else:
@@ -234,10 +259,9 @@ def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_s
             x = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
             z = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
             for k in tl.static_range(4):
-                y = tl.load(ptrs + (k // 2) * step_h + (k % 2) * step_w, mask=mask, other=0.0)
-                xk = tl.where((y < 0) & (relu_first != 0), 0.0, y.to(tl.float32))
-                zk = xk * scale + shift
-                zk = tl.where((zk < 0) & relu_last, 0.0, zk).to(dtype).to(tl.float32)
+                y = tl.load(ptrs + (k // 2) * step_h + (k % 2) * step_w, mask=mask,
+                            other=0.0).to(tl.float32)
+                xk, zk = _normalise(y, scale, shift, relu_first, dtype)
                 if k == 0:
                     x = xk
                     z = zk
@@ -247,9 +271,7 @@ def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_s
                     z = tl.where(take, zk, z)
         else:
             y = tl.load(y_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
-            x = tl.where((y < 0) & (relu_first != 0), 0.0, y)
-            z = x * scale + shift
-            z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+            x, z = _normalise(y, scale, shift, relu_first, dtype)
         dz = tl.where(relu_last & ~(z > 0), 0.0, g)
         acc_dz += dz
         acc_dzx += dz * ((x - mean) * rstd)
@@ -300,16 +322,8 @@ def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO,
         arg = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.int32)
         best = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
         for k in tl.static_range(4):
-            inside = smask
-            if k // 2 == 1:
-                inside = inside & has_below
-            if k % 2 == 1:
-                inside = inside & has_right
-            mk = inside[:, None] & cmask[None, :]
-            y = tl.load(y_ptr + ptrs + (k // 2) * step_h + (k % 2) * step_w, mask=mk, other=0.0)
-            x = tl.where((y < 0) & (relu_first != 0), 0.0, y.to(tl.float32))
-            z = x * scale + shift
-            z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+            _, _, _, _, z = _window_tap(y_ptr, ptrs, k, step_h, step_w, smask, cmask, has_below,
+                                        has_right, scale, shift, relu_first)
             if k == 0:
                 best = z
             else:
@@ -318,17 +332,8 @@ def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO,
                 arg = tl.where(take, k, arg)
         # pass 2: the gradient at each of the four positions (reloads hit the cache)
         for k in tl.static_range(4):
-            inside = smask
-            if k // 2 == 1:
-                inside = inside & has_below
-            if k % 2 == 1:
-                inside = inside & has_right
-            mk = inside[:, None] & cmask[None, :]
-            offs = ptrs + (k // 2) * step_h + (k % 2) * step_w
-            y = tl.load(y_ptr + offs, mask=mk, other=0.0).to(tl.float32)
-            x = tl.where((y < 0) & (relu_first != 0), 0.0, y)
-            z = x * scale + shift
-            z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+            offs, mk, y, x, z = _window_tap(y_ptr, ptrs, k, step_h, step_w, smask, cmask,
+                                            has_below, has_right, scale, shift, relu_first)
             dz = tl.where((arg == k) & ~(relu_last & ~(z > 0)), g, 0.0)
             dy = scale * (dz - mean_dz - (x - mean) * rstd * mean_dzx)
             dy = tl.where((relu_first != 0) & ~(y > 0), 0.0, dy)
@@ -338,9 +343,7 @@ def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO,
         offs = sites[:, None] * C + cols[None, :]
         y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        x = tl.where((y < 0) & (relu_first != 0), 0.0, y)
-        z = x * scale + shift
-        z = tl.where((z < 0) & relu_last, 0.0, z).to(dtype).to(tl.float32)
+        x, z = _normalise(y, scale, shift, relu_first, dtype)
         dz = tl.where(relu_last & ~(z > 0), 0.0, g)
         dy = scale * (dz - mean_dz - (x - mean) * rstd * mean_dzx)
         dy = tl.where((relu_first != 0) & ~(y > 0), 0.0, dy)
