@@ -32,20 +32,38 @@ def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None) -> FERData:
     return load_data(path, seed=seed, synthetic=spec)
 
 
-def _to_device(split: Split, device: torch.device, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = split.images, split.labels
-    if images.dtype != torch.uint8 or images.dim() != 3:
-        raise ValueError(f"{what}: images must be uint8 [N, 48, 48], got {images.dtype} "
-                         f"{list(images.shape)}")
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"{what}: labels must have shape [{images.shape[0]}], got "
-                         f"{list(labels.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{what}: the split is empty")
-    return (images.to(device).contiguous(), labels.to(device, torch.int64).contiguous())
+class _DeviceSplit:
+    """A split held on ``device`` as one uint8 image tensor and one int64 label tensor, served
+    in batches of ``batch_size`` images (the partial last batch counts)."""
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device | str):
+        what = type(self).__name__
+        if batch_size < 1:
+            raise ValueError(f"{what}: batch_size must be >= 1, got {batch_size}")
+        images, labels = split.images, split.labels
+        if images.dtype != torch.uint8 or images.dim() != 3:
+            raise ValueError(f"{what}: images must be uint8 [N, 48, 48], got {images.dtype} "
+                             f"{list(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"{what}: labels must have shape [{images.shape[0]}], got "
+                             f"{list(labels.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError(f"{what}: the split is empty")
+        self.device = torch.device(device)
+        self.images = images.to(self.device).contiguous()
+        self.labels = labels.to(self.device, torch.int64).contiguous()
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        """Batches per pass."""
+        return -(-self.images.shape[0] // self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        return self.images.shape[0]
 
 
-class DeviceLoader:
+class DeviceLoader(_DeviceSplit):
     """Training batches ``(crops [b*10, 1, 40, 40], labels [b*10])`` of a device-resident split.
 
     Crop ``i*10 + k`` is the k-th crop of the i-th image of the batch, so the labels are the
@@ -56,24 +74,12 @@ class DeviceLoader:
     def __init__(self, split: Split, *, batch_size: int, device: torch.device | str,
                  recipe: str = "released", seed: int = 0, augment_backend: str = "auto",
                  dtype: torch.dtype = torch.float32):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if recipe not in RECIPES:
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
-        self.device = torch.device(device)
-        self.images, self.labels = _to_device(split, self.device, "DeviceLoader")
-        self.batch_size, self.recipe = batch_size, recipe
-        self.augment_backend, self.dtype = augment_backend, dtype
+        super().__init__(split, batch_size, device)
+        self.recipe, self.augment_backend, self.dtype = recipe, augment_backend, dtype
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
-
-    def __len__(self) -> int:
-        """Steps per epoch (the partial last batch counts)."""
-        return -(-self.images.shape[0] // self.batch_size)
-
-    @property
-    def num_images(self) -> int:
-        return self.images.shape[0]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, g = self.images.shape[0], self.generator
@@ -93,24 +99,14 @@ class DeviceLoader:
         self.generator.set_state(state["generator"].cpu())
 
 
-class TenCropBatches:
+class TenCropBatches(_DeviceSplit):
     """Evaluation batches ``(crops [b*10, 1, 40, 40], labels [b])`` in split order: TenCrop(40)
     of the unmodified images, /255, no erasing. Average the logits of each image's 10 crops."""
 
     def __init__(self, split: Split, *, batch_size: int, device: torch.device | str,
                  augment_backend: str = "auto"):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.images, self.labels = _to_device(split, self.device, "TenCropBatches")
-        self.batch_size, self.augment_backend = batch_size, augment_backend
-
-    def __len__(self) -> int:
-        return -(-self.images.shape[0] // self.batch_size)
-
-    @property
-    def num_images(self) -> int:
-        return self.images.shape[0]
+        super().__init__(split, batch_size, device)
+        self.augment_backend = augment_backend
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.images.shape[0], self.batch_size):
