@@ -2,8 +2,10 @@
 the library convolution (``torch``: cuDNN on a GPU with channels_last fp16 and cudnn.benchmark,
 oneDNN on a CPU in fp32) against the implicit-GEMM Triton kernels of ``fer_fast.kernels.conv``
 (GPU only): ``triton`` the bare conv, ``triton_fused`` as the "triton" features backend runs it
-(previous block's BN affine + ReLU, and at a stage start its 2x2 max-pool, applied while loading;
-forward statistics partials in the epilogue). extra_info: TFLOP/s and the fraction of the
+(forward: previous block's BN affine + ReLU, and at a stage start its 2x2 max-pool, applied while
+loading, statistics partials in the epilogue; data gradient: this block's BN backward while
+loading, the previous block's pool / ReLU backward and BN-gradient partials in the epilogue;
+weight gradient: both prologues). extra_info: TFLOP/s and the fraction of the
 measured matmul peak.
 """
 from __future__ import annotations
@@ -34,19 +36,24 @@ def _triton_pass(name, x, w, b, dy, fused=False, pool=False):
     except (ImportError, AttributeError) as err:
         pytest.skip(f"fer_fast.kernels.conv does not provide the implicit-GEMM conv ({err})")
     x_nhwc, dy_nhwc = x.permute(0, 2, 3, 1), dy.permute(0, 2, 3, 1)  # channels_last: contiguous
-    fusion = {}
+    fusion, grad_fusion, boundary = {}, {}, {}
     if fused:
-        cin = x.shape[1]
-        fusion = dict(pool=pool, pro=K.PRO_AFFINE_RELU if cin > 1 else K.PRO_NONE,
-                      scale=torch.rand(cin, device=x.device) + 0.5,
-                      shift=torch.randn(cin, device=x.device))
+        cin, cout, dev = x.shape[1], dy.shape[1], x.device
+        scale, shift = torch.rand(cin, device=dev) + 0.5, torch.randn(cin, device=dev)
+        fusion = dict(pool=pool, pro=K.PRO_AFFINE_RELU if cin > 1 else K.PRO_NONE, scale=scale,
+                      shift=shift)
+        # this block's BN backward formed while loading dy (from dz and the stored conv output)
+        grad_fusion = dict(bn=(torch.randn_like(dy_nhwc), torch.randn(4, cout, device=dev)))
+        if cin > 1:  # and the previous block's pool / ReLU / BN partials in the epilogue
+            coef = torch.stack([torch.randn(cin, device=dev), scale, scale, shift])
+            boundary = dict(prev=(x_nhwc, coef), pool=pool)
     if name == "fwd":
         wp = pack(w, x.dtype)
         return lambda: fwd(x_nhwc, wp, b, stats=fused, **fusion)
     if name == "dgrad":
         wd = pack_dgrad(w, x.dtype)
-        return lambda: dgrad(dy_nhwc, wd)
-    return lambda: wgrad(x_nhwc, dy_nhwc, **fusion)
+        return lambda: dgrad(dy_nhwc, wd, **grad_fusion, **boundary)
+    return lambda: wgrad(x_nhwc, dy_nhwc, **fusion, **grad_fusion)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -55,8 +62,6 @@ def _triton_pass(name, x, w, b, dy, fused=False, pool=False):
 def test_conv(benchmark, layer, pass_, provider, device, quick, flusher, matmul_peak):
     if provider != "torch" and device.type != "cuda":
         pytest.skip("Triton conv kernels: GPU only here (the interpreter measures Python)")
-    if provider == "triton_fused" and pass_ == "dgrad":
-        pytest.skip("the data gradient has no fusion: same kernel as provider triton")
     label, cin, cout, hw, _ = layer
     index = harness.VGG_LAYERS.index(layer)
     pool_in = provider == "triton_fused" and index > 0 and harness.VGG_LAYERS[index - 1][4]

@@ -18,13 +18,17 @@ next conv would re-read up to 8000 x 2 x 64 fp32 (4 MB) per program, and even st
 Running statistics are updated like ``nn.BatchNorm2d`` (momentum, unbiased running variance);
 eval mode normalises with the running statistics.
 
-Backward, per block in reverse: ``bn_act.backward`` (issue 5's fused kernels) turns the gradient
-of the block output into the gradient of the stored conv output (pool argmax, ReLU mask and BN
-backward recomputed from the stored y and the block's coefficients [mean, rstd, scale, shift]),
-and gives dgamma, dbeta; the weight-gradient kernel recomputes the normalised input on the fly
-from the previous block's stored output and coefficients; the data gradient is the implicit GEMM
-with flipped weights. Saved per block: the conv output (compute dtype) and the [4, C] fp32
-coefficients; plus the input crops in the compute dtype.
+Backward, per block in reverse. The last block: ``bn_act.backward`` (issue 5's fused kernels)
+turns the gradient of the block output into the gradient dy of its stored conv output. Then per
+block the weight-gradient kernel (the normalised input recomputed on the fly from the previous
+block's stored output and coefficients) and, at each block boundary, ONE data-gradient kernel
+with both BatchNorm backwards fused: its prologue forms this block's dy from the stored gradient
+dz of its BN output and its stored conv output (BN backward, ReLU mask in the paper order), its
+epilogue routes the result through the previous block's pool (argmax recomputed) and ReLU and
+stores that block's dz with per-tile partials of sum(dz), sum(dz * x_hat); one small launch
+(``conv.bn_grad_coefficients``) reduces them to dgamma, dbeta and the coefficients of the next
+prologues. The conv-output gradients dy are never written. Saved per block: the conv output
+(compute dtype) and the [4, C] fp32 coefficients; plus the input crops in the compute dtype.
 
 Compute dtype: the autocast dtype when autocast is on for the device, else the input's dtype.
 Runs on CUDA, and on CPU tensors when Triton runs under ``TRITON_INTERPRET=1`` (the CPU tests).
@@ -109,31 +113,46 @@ class FeaturesFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        """Per block in reverse: dL/dy (conv output) by bn_act's fused BN / ReLU / pool backward
-        from the stored y and its coefficients, then the weight gradient (the kernel recomputes
-        the normalised input from the previous stored y) and the data gradient."""
+        """Per block in reverse. The last block: bn_act's fused BN / ReLU / pool backward turns
+        the output gradient into its conv-output gradient dy. Every other block's dy is never
+        written: the data gradient of the block after it stores dz (the gradient of this
+        block's BN output, through its pool and ReLU) with per-tile partials, one small launch
+        reduces them to dgamma, dbeta and the BN-backward coefficients, and the weight and data
+        gradients of this block form dy from dz and the stored conv output while loading."""
         stack = ctx.stack
         nblocks = len(stack.bns)
         x_nhwc, *tensors = ctx.saved_tensors
         ys, coefs, params = tensors[:nblocks], tensors[nblocks:2 * nblocks], tensors[2 * nblocks:]
         dtype, order = stack.dtype, stack.order
+        relu_first = order == "relu_bn"
         grads = [None] * len(params)
-        g = grad_out.permute(0, 2, 3, 1).to(dtype).contiguous()  # dL/d(block output), NHWC
+        last = nblocks - 1
+        dy, sums = bn_act.backward(grad_out.permute(0, 2, 3, 1).to(dtype).contiguous()
+                                   .permute(0, 3, 1, 2), ys[last].permute(0, 3, 1, 2),
+                                   coefs[last], training=stack.training, order=order,
+                                   pool=stack.pools[last])
+        dz, bn = dy.permute(0, 2, 3, 1), None  # channels_last NCHW -> contiguous NHWC
+        dx = None
         for i in reversed(range(nblocks)):
             weight, gamma, beta = params[4 * i], params[4 * i + 2], params[4 * i + 3]
-            dy, sums = bn_act.backward(g.permute(0, 3, 1, 2), ys[i].permute(0, 3, 1, 2),
-                                       coefs[i], training=stack.training, order=order,
-                                       pool=stack.pools[i])
-            dy = dy.permute(0, 2, 3, 1)  # channels_last NCHW -> contiguous NHWC
             h = ys[i - 1] if i > 0 else x_nhwc
-            prologue = _prologue(coefs[i - 1] if i > 0 else None, order)
-            dw, db = K.conv3x3_wgrad(h, dy, pool=i > 0 and stack.pools[i - 1], **prologue)
+            pool_in = i > 0 and stack.pools[i - 1]
+            dw, db = K.conv3x3_wgrad(h, dz, pool=pool_in, bn=bn, relu_first=relu_first,
+                                     **_prologue(coefs[i - 1] if i > 0 else None, order))
             grads[4 * i: 4 * i + 4] = [K.unpack_weight_grad(dw, h.shape[3]).to(weight.dtype),
                                        db.to(weight.dtype), sums[1].to(gamma.dtype),
                                        sums[0].to(beta.dtype)]
-            if i > 0 or ctx.needs_input_grad[0]:
-                g = K.conv3x3_dgrad(dy, K.pack_weight_dgrad(weight, dtype))
-        dx = g.permute(0, 3, 1, 2).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+            wd = K.pack_weight_dgrad(weight, dtype)
+            if i > 0:
+                dz, part = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first,
+                                           prev=(ys[i - 1], coefs[i - 1]), pool=pool_in)
+                sums, gcoef = K.bn_grad_coefficients(part, coefs[i - 1],
+                                                     ys[i - 1].numel() // ys[i - 1].shape[3],
+                                                     training=stack.training)
+                bn = (ys[i - 1], gcoef)
+            elif ctx.needs_input_grad[0]:
+                g = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first)
+                dx = g.permute(0, 3, 1, 2).to(ctx.x_dtype)
         return (dx, None, *grads)
 
 

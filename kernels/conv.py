@@ -6,8 +6,7 @@ The weight is packed K-major as ``[9*C_in, C_out]`` (``pack_weight``), so the B 
 is a row-major [BK, BN] block (contiguous along C_out) and the A tile a [BM, BK] block gathered
 from NHWC rows (contiguous along C: 16-byte loads).
 
-* ``conv3x3_kernel`` — forward and data gradient (the data gradient is the same implicit GEMM of
-  dy with the flipped, channel-transposed weight ``pack_weight_dgrad``).
+* ``conv3x3_kernel`` — forward.
   Prologue on the A loads (``PRO``): per-input-channel affine (scale, shift) and ReLU in either
   order, and (``POOL``) the 2x2 max-pool of the stored previous-stage output, taken AFTER the
   affine/ReLU so that a negative scale stays correct. Taps outside the image contribute 0 in the
@@ -21,6 +20,12 @@ from NHWC rows (contiguous along C: 16-byte loads).
   split over M into fp32 partials that are summed afterwards; A is the same prologue-applied
   gather as the forward, so the normalised input is recomputed from the stored conv output and
   the saved statistics instead of being kept.
+* ``conv3x3_dgrad_kernel`` — data gradient across a block boundary with both BatchNorm
+  backwards fused: the prologue forms dy = dL/d(conv output) from the stored gradient dz of the
+  block's BN output and its stored conv output (``_load_grad``, coefficients from
+  ``bn_grad_coefficients``; the weight gradient reads dy the same way), the epilogue goes back
+  through the previous block's pool (argmax recomputed) and ReLU, stores that block's dz and
+  per-tile partials sum(dz), sum(dz * x_hat) — so no conv-output gradient is ever written.
 
 ``K_ALIGNED`` (C_in a multiple of BK) makes every K step one tap with contiguous channels; the
 generic path (C_in = 1 on the first layer, channel counts that are not multiples of 16) decodes
@@ -43,12 +48,16 @@ from triton.runtime.errors import OutOfResources
 
 from . import bn_act
 
-__all__ = ["PRO_NONE", "PRO_AFFINE", "PRO_AFFINE_RELU", "PRO_RELU_AFFINE", "pack_weight",
-           "pack_weight_dgrad", "unpack_weight_grad", "conv3x3", "conv3x3_dgrad", "conv3x3_wgrad",
-           "bn_coefficients", "AOT_SPECS"]
+__all__ = ["PRO_NONE", "PRO_AFFINE", "PRO_AFFINE_RELU", "PRO_RELU_AFFINE", "G_DENSE", "G_BN",
+           "G_BN_RELU_FIRST", "pack_weight", "pack_weight_dgrad", "unpack_weight_grad", "conv3x3",
+           "conv3x3_dgrad", "conv3x3_wgrad", "bn_coefficients", "bn_grad_coefficients",
+           "AOT_SPECS"]
 
 #: prologue on the loaded input: none, x*scale+shift, relu(x*scale+shift), relu(x)*scale+shift
 PRO_NONE, PRO_AFFINE, PRO_AFFINE_RELU, PRO_RELU_AFFINE = 0, 1, 2, 3
+#: how the gradient kernels read a conv-output gradient (``_load_grad``): as stored, or formed
+#: from the stored gradient of the block's BN output (BN backward; ReLU-before-BN mask)
+G_DENSE, G_BN, G_BN_RELU_FIRST = 0, 1, 2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -164,14 +173,37 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr,
 
 
 @triton.jit
-def conv3x3_wgrad_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dw_ptr, db_ptr,
+def _load_grad(dz_ptr, gy_ptr, gcoef_ptr, offs, mask, c, c_ok, C, G: tl.constexpr,
+               OUT_DTYPE: tl.constexpr):
+    """dL/dy of a conv output at ``offs`` (0 where not ``mask``): the stored tensor itself
+    (``G_DENSE``), or formed from the stored gradient dz of the block's BN output and the stored
+    conv output y with ``bn_grad_coefficients``' [c1, c2, c3, mean]:
+    dL/dy = c1*dz + c2*(x - mean) + c3, x = y (G_BN); times the ReLU mask y > 0 (G_BN_RELU_FIRST)."""
+    v = tl.load(dz_ptr + offs, mask=mask, other=0.0)
+    if G != 0:
+        y = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        c1 = tl.load(gcoef_ptr + c, mask=c_ok, other=0.0)
+        c2 = tl.load(gcoef_ptr + C + c, mask=c_ok, other=0.0)
+        c3 = tl.load(gcoef_ptr + 2 * C + c, mask=c_ok, other=0.0)
+        mean = tl.load(gcoef_ptr + 3 * C + c, mask=c_ok, other=0.0)
+        v = c1 * v.to(tl.float32) + c2 * (y - mean) + c3
+        if G == 2:
+            v = tl.where(y > 0, v, 0.0)
+        v = tl.where(mask, v, 0.0)
+    return v.to(OUT_DTYPE)
+
+
+@triton.jit
+def conv3x3_wgrad_kernel(x_ptr, dy_ptr, gy_ptr, gcoef_ptr, scale_ptr, shift_ptr, dw_ptr, db_ptr,
                          M, H, W, C_in, C_out, sxn, sxh, sxw, sxc, m_per_split,
-                         PRO: tl.constexpr, POOL: tl.constexpr, HAS_DB: tl.constexpr,
-                         K_ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr,
+                         PRO: tl.constexpr, POOL: tl.constexpr, G: tl.constexpr,
+                         HAS_DB: tl.constexpr, K_ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """dw[s, k, co] = sum over split s of M of A[m, k] * dy[m, co]; db[s, co] = sum dy (pid_k 0).
 
-    Grid (K tiles, C_out tiles, splits); A is the forward's prologue-applied input gather."""
+    Grid (K tiles, C_out tiles, splits); A is the forward's prologue-applied input gather, dy
+    the conv-output gradient formed by ``_load_grad`` (prologue G: the block's BN / ReLU
+    backward from the stored BN-output gradient)."""
     pid_k = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -196,8 +228,8 @@ def conv3x3_wgrad_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dw_ptr, db_ptr,
         ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED, BK)
         a = _load_a(x_ptr, scale_ptr, shift_ptr, n[:, None], ih, iw, c, m_ok[:, None], k_ok,
                     H, W, sxn, sxh, sxw, sxc, PRO, POOL, dtype)
-        g = tl.load(dy_ptr + rm[:, None] * C_out + rn[None, :],
-                    mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+        g = _load_grad(dy_ptr, gy_ptr, gcoef_ptr, rm[:, None] * C_out + rn[None, :],
+                       m_ok[:, None] & n_ok[None, :], rn, n_ok, C_out, G, dtype)
         acc = tl.dot(tl.trans(a), g, acc, input_precision=DOT_PREC)
         if HAS_DB:
             dbias += tl.sum(g.to(tl.float32), axis=0)
@@ -207,6 +239,147 @@ def conv3x3_wgrad_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, dw_ptr, db_ptr,
     if HAS_DB:
         if pid_k == 0:
             tl.store(db_ptr + pid_s * C_out + rn, dbias, mask=n_ok)
+
+
+@triton.jit
+def _block_output(y, mean, rstd, scale, shift, RELU_FIRST: tl.constexpr):
+    """(x_hat, z) of a block from its stored conv output y (fp32): the normalised BN input and
+    the block output before the pool, in fp32 as the next conv's prologue computed it (its pool
+    compares fp32 values, so the argmax recomputed here is the one the forward took)."""
+    x = y
+    if RELU_FIRST:
+        x = tl.where(y < 0, 0.0, y)
+    z = x * scale + shift
+    if not RELU_FIRST:
+        z = tl.where(z < 0, 0.0, z)
+    return (x - mean) * rstd, z
+
+
+@triton.jit
+def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, out_ptr, part_ptr,
+                         M, H, W, C_dy, C_dx, EH, EW,
+                         G: tl.constexpr, EPI: tl.constexpr, RELU_FIRST: tl.constexpr,
+                         K_ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Data gradient through a block boundary; grid (C_dx tiles, M tiles), M = N*H*W.
+
+    GEMM: g[m, cx] = sum_k dy[m, k] * wd[k, cx] (flipped weights), the A tile formed by
+    ``_load_grad`` (prologue G: this block's BN / ReLU backward). g is the gradient of the conv's
+    input. Epilogue ``EPI``: 0 stores g; 1 / 2 (2: through the 2x2 max-pool) treat the input as
+    the previous block's output pool?(z), z = act(bn(y_prev)) of its stored conv output
+    ``ey_ptr`` [N, EH, EW, C_dx] with its forward coefficients ``ecoef_ptr`` [mean, rstd, scale,
+    shift]: route g to the window's argmax (first maximum, NaN wins, of z as stored), apply the
+    ReLU mask when ReLU follows BN, store dz (the gradient of the previous BN's output, full
+    resolution) and per-tile partials part[pid_m] = [sum dz, sum dz * x_hat] per channel."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    m_ok = rm < M
+    n_ok = rn < C_dx
+    w_ = rm % W
+    t = rm // W
+    h = t % H
+    n = t // H
+    K_total = 9 * C_dy
+    dtype = w_ptr.dtype.element_ty
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K_total, BK):
+        ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_dy, K_total, K_ALIGNED, BK)
+        inside = m_ok[:, None] & k_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a = _load_grad(dz_ptr, gy_ptr, gcoef_ptr, ((n[:, None] * H + ih) * W + iw) * C_dy + c,
+                       inside, c, k_ok, C_dy, G, dtype)
+        kk = k0 + rk
+        b = tl.load(w_ptr + kk[:, None] * C_dx + rn[None, :],
+                    mask=(kk < K_total)[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    mask = m_ok[:, None] & n_ok[None, :]
+    g = acc.to(dtype)
+    if EPI == 0:
+        tl.store(out_ptr + rm[:, None] * C_dx + rn[None, :], g, mask=mask)
+    else:
+        g = g.to(tl.float32)
+        mean = tl.load(ecoef_ptr + rn, mask=n_ok, other=0.0)[None, :]
+        rstd = tl.load(ecoef_ptr + C_dx + rn, mask=n_ok, other=0.0)[None, :]
+        scale = tl.load(ecoef_ptr + 2 * C_dx + rn, mask=n_ok, other=0.0)[None, :]
+        shift = tl.load(ecoef_ptr + 3 * C_dx + rn, mask=n_ok, other=0.0)[None, :]
+        if EPI == 1:
+            offs = rm[:, None] * C_dx + rn[None, :]
+            y = tl.load(ey_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            x_hat, z = _block_output(y, mean, rstd, scale, shift, RELU_FIRST)
+            if not RELU_FIRST:
+                g = tl.where(z > 0, g, 0.0)
+            dz = tl.where(mask, g.to(dtype).to(tl.float32), 0.0)
+            tl.store(out_ptr + offs, dz.to(dtype), mask=mask)
+            sum_dz = tl.sum(dz, axis=0)
+            sum_dzx = tl.sum(dz * x_hat, axis=0)
+        else:  # full-resolution window (2h, 2w) of the previous block's output
+            base = ((n * EH + 2 * h) * EW + 2 * w_)[:, None] * C_dx + rn[None, :]
+            step_h = EW * C_dx
+            best = tl.zeros((BM, BN), dtype=tl.float32)
+            for k in tl.static_range(4):  # the window's maximum, as the forward's pool took it
+                y = tl.load(ey_ptr + base + (k // 2) * step_h + (k % 2) * C_dx, mask=mask,
+                            other=0.0).to(tl.float32)
+                _, z = _block_output(y, mean, rstd, scale, shift, RELU_FIRST)
+                if k == 0:
+                    best = z
+                else:
+                    best = tl.where((z > best) | (z != z), z, best)
+            sum_dz = tl.zeros((BN,), dtype=tl.float32)
+            sum_dzx = tl.zeros((BN,), dtype=tl.float32)
+            for k in tl.static_range(4):  # g goes to the first tap holding it (reloads: cache)
+                offs = base + (k // 2) * step_h + (k % 2) * C_dx
+                y = tl.load(ey_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                x_hat, z = _block_output(y, mean, rstd, scale, shift, RELU_FIRST)
+                hit = (z == best) | (z != z)
+                dz = tl.where(hit, g, 0.0)
+                g = tl.where(hit, 0.0, g)
+                if not RELU_FIRST:
+                    dz = tl.where(z > 0, dz, 0.0)
+                dz = tl.where(mask, dz, 0.0)
+                tl.store(out_ptr + offs, dz.to(dtype), mask=mask)
+                sum_dz += tl.sum(dz, axis=0)
+                sum_dzx += tl.sum(dz * x_hat, axis=0)
+        tl.store(part_ptr + 2 * pid_m * C_dx + rn, sum_dz, mask=n_ok)
+        tl.store(part_ptr + (2 * pid_m + 1) * C_dx + rn, sum_dzx, mask=n_ok)
+
+
+@triton.jit
+def _bn_grad_coef_kernel(part_ptr, T, ecoef_ptr, sums_ptr, gcoef_ptr, C, inv_count, training,
+                         BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Sums of the dgrad epilogue's partials (fixed order: deterministic) -> sums [sum dz,
+    sum dz * x_hat] (= dbeta, dgamma) and the prologue coefficients [c1, c2, c3, mean] of
+    ``_load_grad``: BN backward in training mode scale * (dz - mean(dz) - x_hat *
+    mean(dz * x_hat)), i.e. c1 = scale, c2 = -scale * rstd * mean(dz * x_hat), c3 = -scale *
+    mean(dz); eval mode: the fixed affine, c2 = c3 = 0."""
+    pid_c = tl.program_id(0)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    s_dz = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    s_dzx = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        ts = t0 + tl.arange(0, BLOCK_T)
+        mask = (ts < T)[:, None] & cmask[None, :]
+        offs = ts.to(tl.int64)[:, None] * 2 * C + cols[None, :]
+        s_dz += tl.load(part_ptr + offs, mask=mask, other=0.0)
+        s_dzx += tl.load(part_ptr + offs + C, mask=mask, other=0.0)
+    sum_dz = tl.sum(s_dz, axis=0)
+    sum_dzx = tl.sum(s_dzx, axis=0)
+    mean = tl.load(ecoef_ptr + cols, mask=cmask, other=0.0)
+    rstd = tl.load(ecoef_ptr + C + cols, mask=cmask, other=0.0)
+    scale = tl.load(ecoef_ptr + 2 * C + cols, mask=cmask, other=0.0)
+    c2 = -scale * rstd * (sum_dzx * inv_count)
+    c3 = -scale * (sum_dz * inv_count)
+    if training == 0:
+        c2 = tl.zeros_like(c2)
+        c3 = tl.zeros_like(c3)
+    tl.store(sums_ptr + cols, sum_dz, mask=cmask)
+    tl.store(sums_ptr + C + cols, sum_dzx, mask=cmask)
+    tl.store(gcoef_ptr + cols, scale, mask=cmask)
+    tl.store(gcoef_ptr + C + cols, c2, mask=cmask)
+    tl.store(gcoef_ptr + 2 * C + cols, c3, mask=cmask)
+    tl.store(gcoef_ptr + 3 * C + cols, mean, mask=cmask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,30 +413,39 @@ def _cfg(bm, bn, bk, warps, stages, targets=_BOTH):
 
 
 #: GPU candidates per kernel, all in AOT_SPECS (spill-free, HGMMA on sm_90a). The K-aligned
-#: ones (every table but SMALL_K_CONFIGS) are offered only when ``_aligned`` holds, which is what
-#: the AOT specs assume through their divisibility hints; BK is the forward's K step and the
-#: K rows of the weight-gradient tile (whose reduction step over N*H*W is BM).
+#: ones (every table but the SMALL_K ones) are offered only when ``_aligned`` holds, which is
+#: what the AOT specs assume through their divisibility hints; BK is the K step of the forward
+#: and data gradient and the K rows of the weight-gradient tile (whose reduction step over
+#: N*H*W is BM).
 #: Registers on sm_90a (AOT, fp16): fused forward 128x128x64 169 (with pool 205), 128x256x64 240,
-#: 256x128x32 228, 128x64x64 132; data gradient 80-210; weight gradient 141-252. Larger tiles
-#: (256x128x64, 128x256x64 with pool, 128x64x64 on 4 warps) spilled and are left out.
+#: 256x128x32 228, 128x64x64 132; data gradient with the BN-backward prologue and epilogue
+#: 192-246 (with the pool epilogue, which keeps the window maximum and the gradient live, 255 at
+#: 128x64: 128x128 tiles spilled 1.3 KB there); weight gradient with the BN-backward prologue
+#: 196-226 (64x128x64 and 64x64x128 need 8 warps, with 4 they spilled).
 #: Shared memory (per block: 232,448 bytes on sm_90, 166,912 on sm_80): the pool prologue
 #: pipelines its four loads, so 128x128x64 with pool needs 197,632 bytes on sm_90a (181,248 on
-#: sm_80: sm_90 only) and 280,064 with 4 stages (left out); wgrad 64x128x128 needs 182,272 on
-#: sm_80 (sm_90 only). Tables for fp16 / bf16 (2-byte operands, HGMMA on sm_90a).
+#: sm_80: sm_90 only); wgrad 64x128x128 and 64x64x128 need 231,424 / 190,464 (sm_90 only).
+#: Tables for fp16 / bf16 (2-byte operands, HGMMA on sm_90a).
 FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 64, 8, 3),
                _cfg(256, 128, 32, 8, 3), _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
 FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3, ("sm_90a",)), _cfg(128, 256, 32, 8, 3),
                     _cfg(128, 64, 32, 4, 3))
-WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, ("sm_90a",)), _cfg(64, 128, 64, 4, 3),
-                 _cfg(64, 64, 128, 4, 3), _cfg(64, 64, 64, 4, 3))
+DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(256, 64, 32, 8, 4),
+                 _cfg(128, 64, 64, 8, 3))
+DGRAD_POOL_CONFIGS = (_cfg(128, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 4))
+WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, ("sm_90a",)), _cfg(64, 128, 64, 8, 3),
+                 _cfg(64, 64, 128, 8, 3, ("sm_90a",)), _cfg(64, 64, 64, 4, 3))
+#: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
+SMALL_K_CONFIGS = (_cfg(64, 64, 16, 8, 3),)
 #: fp32 (exact "ieee" FMA dot, 4-byte tiles): the fp16 tiles need up to 526 KB of shared memory
 #: and spill, so smaller ones: at most 164,352 bytes, no spills, on both targets.
 FWD_CONFIGS_FP32 = (_cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 128, 32, 8, 3),
                     _cfg(128, 128, 32, 8, 2))
 FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
-WGRAD_CONFIGS_FP32 = (_cfg(16, 64, 64, 4, 3),)
-#: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
-SMALL_K_CONFIGS = (_cfg(128, 64, 16, 4, 3),)
+DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(64, 64, 32, 8, 3))
+DGRAD_POOL_CONFIGS_FP32 = (_cfg(64, 32, 32, 4, 3), _cfg(32, 32, 32, 4, 3))
+WGRAD_CONFIGS_FP32 = (_cfg(16, 64, 64, 4, 3), _cfg(32, 64, 32, 4, 3))
+SMALL_K_CONFIGS_FP32 = (_cfg(32, 64, 16, 4, 3),)
 _INTERPRET_CONFIG = _cfg(64, 32, 16, 4, 1)
 _TUNED: dict = {}
 
@@ -276,14 +458,14 @@ def _target(device) -> str:
 
 def _candidates(table, x: torch.Tensor, c_out: int):
     """Configs for this shape and GPU: the table's K-aligned ones that fit the device's target
-    when ``_aligned`` holds for their BK, else the generic small-K one."""
+    when ``_aligned`` holds for their BK, else the generic small-K one of x's dtype."""
     if _INTERPRET:
         cfg = dict(_INTERPRET_CONFIG)
         cfg["BN"] = 16 if c_out <= 16 else 32
         return [cfg]
     target = _target(x.device)
     ok = [c for c in table if target in c["targets"] and _aligned(x, c_out, c["BK"])]
-    return ok or list(SMALL_K_CONFIGS)
+    return ok or list(SMALL_K_CONFIGS_FP32 if x.dtype == torch.float32 else SMALL_K_CONFIGS)
 
 
 def _aligned(x: torch.Tensor, c_out: int, bk: int) -> bool:
@@ -436,10 +618,103 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
     return (y, part, rows) if stats else y
 
 
-def conv3x3_dgrad(dy, wd):
-    """Gradient of a 3x3/pad-1 conv w.r.t. its (conv-visible) input: dy NHWC [N, H, W, C_out],
-    ``wd`` = ``pack_weight_dgrad(weight)`` [9*C_out, C_in]; returns [N, H, W, C_in]."""
-    return conv3x3(dy, wd)
+def _grad_operand(dy, bn, relu_first):
+    """(G, y, gcoef) of ``_load_grad`` for a conv-output gradient given as ``dy`` itself
+    (``bn`` None) or as the BN-output gradient ``dy`` with ``bn`` = (y, gcoef)."""
+    if dy.dim() != 4:
+        raise ValueError(f"dy must be NHWC [N, H, W, C], got shape {tuple(dy.shape)}")
+    if dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"dy has dtype {dy.dtype}; supported: float16, bfloat16, float32")
+    _check("dy", dy, contiguous=True)
+    if bn is None:
+        return G_DENSE, dy, dy
+    y, gcoef = bn
+    _check("the block's conv output y", y, dtype=dy.dtype, device=dy.device, shape=dy.shape,
+           contiguous=True)
+    _check("gradient coefficients", gcoef, dtype=torch.float32, device=dy.device,
+           shape=(4, dy.shape[3]), contiguous=True)
+    return (G_BN_RELU_FIRST if relu_first else G_BN), y, gcoef
+
+
+def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False):
+    """Gradient of a 3x3/pad-1 conv w.r.t. its (conv-visible) input, ``wd`` =
+    ``pack_weight_dgrad(weight)`` [9*C_out, C_in].
+
+    ``dy`` NHWC [N, H, W, C_out]: the conv-output gradient, or with ``bn`` = (y, gcoef) (the
+    block's stored conv output and ``bn_grad_coefficients``) the gradient of the block's BN
+    output, the BN (and, ``relu_first``, ReLU) backward being applied while loading.
+    Without ``prev``: returns dx [N, H, W, C_in]. With ``prev`` = (y_prev, coef_prev), the
+    previous block's stored conv output [N, EH, EW, C_in] (EH = 2H or 2H + 1 with ``pool``) and
+    its forward coefficients [mean, rstd, scale, shift]: the conv input is that block's output,
+    and the epilogue goes back through its pool and ReLU: returns (dz_prev, part), the gradient
+    of the previous BN's output (y_prev's shape) and the per-tile partial [sum dz, sum dz *
+    x_hat] fp32 [T, 2, C_in] for ``bn_grad_coefficients``."""
+    g_mode, gy, gcoef = _grad_operand(dy, bn, relu_first)
+    nb, h, w, c_dy = dy.shape
+    _check("packed weight", wd, dtype=dy.dtype, device=dy.device, contiguous=True)
+    if wd.dim() != 2 or wd.shape[0] != 9 * c_dy:
+        raise ValueError(f"packed weight has shape {tuple(wd.shape)}, expected "
+                         f"[{9 * c_dy}, C] for dy with {c_dy} channels")
+    c_dx = wd.shape[1]
+    m = nb * h * w
+    if prev is None:
+        epi, eh, ew = 0, h, w
+        out = torch.empty((nb, h, w, c_dx), device=dy.device, dtype=dy.dtype)
+        ey, ecoef = out, out
+    else:
+        ey, ecoef = prev
+        _check("previous conv output", ey, dtype=dy.dtype, device=dy.device, contiguous=True)
+        eh, ew = ey.shape[1:3] if ey.dim() == 4 else (0, 0)
+        expected = (nb, 2 * h + eh % 2, 2 * w + ew % 2, c_dx) if pool else (nb, h, w, c_dx)
+        if tuple(ey.shape) != expected:
+            raise ValueError(f"previous conv output has shape {tuple(ey.shape)}, expected "
+                             f"{expected} for dy {tuple(dy.shape)} (pool={pool})")
+        _check("previous coefficients", ecoef, dtype=torch.float32, device=dy.device,
+               shape=(4, c_dx), contiguous=True)
+        epi = 2 if pool else 1
+        # positions no pool window covers (odd size) get no gradient from the epilogue
+        odd = pool and (eh % 2 or ew % 2)
+        out = (torch.zeros if odd else torch.empty)(ey.shape, device=dy.device, dtype=dy.dtype)
+    key = ("dgrad", m, h, w, c_dy, c_dx, dy.dtype, g_mode, epi, relu_first, eh, ew)
+
+    def launch(cfg):
+        tiles_m = triton.cdiv(m, cfg["BM"])
+        part = out
+        if epi:
+            part = torch.empty((tiles_m, 2, c_dx), device=dy.device, dtype=torch.float32)
+        conv3x3_dgrad_kernel[(triton.cdiv(c_dx, cfg["BN"]), tiles_m)](
+            dy, gy, gcoef, wd, ey, ecoef, out, part, m, h, w, c_dy, c_dx, eh, ew,
+            G=g_mode, EPI=epi, RELU_FIRST=relu_first, K_ALIGNED=c_dy % cfg["BK"] == 0,
+            DOT_PREC=_dot_precision(dy.dtype), BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return part
+
+    if dy.dtype == torch.float32:
+        table = DGRAD_POOL_CONFIGS_FP32 if epi == 2 else DGRAD_CONFIGS_FP32
+    else:
+        table = DGRAD_POOL_CONFIGS if epi == 2 else DGRAD_CONFIGS
+    part = _tuned(key, _candidates(table, dy, c_dx), launch)
+    return (out, part) if epi else out
+
+
+def bn_grad_coefficients(part, coef, m, *, training: bool):
+    """From ``conv3x3_dgrad``'s partials of a block: (sums, gcoef), fp32 [2, C] = [sum dz,
+    sum dz * x_hat] (the gradients of beta and gamma) and [4, C] = the coefficients with which
+    ``conv3x3_dgrad`` / ``conv3x3_wgrad`` (``bn=(y, gcoef)``) form the conv-output gradient,
+    over the ``m`` = N*H*W rows of the block's conv output; ``coef`` its forward coefficients.
+    One launch."""
+    c = coef.shape[1] if coef.dim() == 2 else -1
+    _check("coefficients", coef, dtype=torch.float32, shape=(4, c), contiguous=True)
+    _check("partials", part, dtype=torch.float32, device=coef.device, contiguous=True)
+    if part.dim() != 3 or part.shape[1:] != (2, c):
+        raise ValueError(f"partials have shape {tuple(part.shape)}, expected [T, 2, {c}]")
+    tiles = bn_act.GPU_TILES if coef.device.type == "cuda" else bn_act.INTERPRETER_TILES
+    sums = torch.empty((2, c), device=coef.device, dtype=torch.float32)
+    gcoef = torch.empty((4, c), device=coef.device, dtype=torch.float32)
+    _bn_grad_coef_kernel[(triton.cdiv(c, tiles.c),)](
+        part, part.shape[0], coef, sums, gcoef, c, 1.0 / m, int(training),
+        BLOCK_T=tiles.partials, BLOCK_C=tiles.c, num_warps=tiles.warps)
+    return sums, gcoef
 
 
 def _num_sms(device):
@@ -448,14 +723,15 @@ def _num_sms(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bias_grad=True):
-    """Weight (and bias) gradient of ``conv3x3`` with the same input / prologue arguments.
+def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bias_grad=True,
+                  bn=None, relu_first=False):
+    """Weight (and bias) gradient of ``conv3x3`` with the same input / prologue arguments;
+    ``dy``, ``bn``, ``relu_first``: the conv-output gradient as in ``conv3x3_dgrad``.
 
     Returns (dw packed [9*C_in, C_out] fp32 — see ``unpack_weight_grad`` — , db [C_out] fp32
     or None). The sum over N*H*W is split so that the grid fills the GPU; fp32 partials."""
-    if dy.dim() != 4:
-        raise ValueError(f"dy must be NHWC [N, H, W, C_out], got shape {tuple(dy.shape)}")
-    _check("dy", dy, dtype=x.dtype, device=x.device, contiguous=True)
+    g_mode, gy, gcoef = _grad_operand(dy, bn, relu_first)
+    _check("dy", dy, dtype=x.dtype, device=x.device)
     placeholder = torch.empty((9 * x.shape[3], dy.shape[3]), device=x.device, dtype=x.dtype)
     nb, h, w, c_in = _check_input(x, placeholder, 9, pro, scale, shift, pool)
     c_out = dy.shape[3]
@@ -464,7 +740,7 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
                          f"for input {tuple(x.shape)} (pool={pool})")
     m = nb * h * w
     k_total = 9 * c_in
-    key = ("wgrad", m, h, w, c_in, c_out, x.dtype, x.stride(), pro, pool, bias_grad)
+    key = ("wgrad", m, h, w, c_in, c_out, x.dtype, x.stride(), pro, pool, bias_grad, g_mode)
     target = 2 if _INTERPRET else 2 * _num_sms(x.device)
 
     def launch(cfg):
@@ -477,9 +753,9 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
         db_p = torch.empty((splits, c_out), device=x.device, dtype=torch.float32)
         grid = (triton.cdiv(k_total, cfg["BK"]), triton.cdiv(c_out, cfg["BN"]), splits)
         conv3x3_wgrad_kernel[grid](
-            x, dy, scale if pro else db_p, shift if pro else db_p, dw_p, db_p,
+            x, dy, gy, gcoef, scale if pro else db_p, shift if pro else db_p, dw_p, db_p,
             m, h, w, c_in, c_out, *x.stride(), per_split,
-            PRO=pro, POOL=pool, HAS_DB=bias_grad, K_ALIGNED=c_in % cfg["BK"] == 0,
+            PRO=pro, POOL=pool, G=g_mode, HAS_DB=bias_grad, K_ALIGNED=c_in % cfg["BK"] == 0,
             DOT_PREC=_dot_precision(x.dtype), BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return dw_p, db_p
@@ -494,16 +770,19 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
 
 #: integer arguments that are multiples of 16 whenever a K-aligned config is launched
 #: (``_aligned``: C_in % BK == 0, C_out % 16 == 0, contiguous NHWC, so every stride too)
-_ALIGNED_ARGS = ("C_in", "C_out", "sxn", "sxh", "sxw")
+_ALIGNED_ARGS = ("C_in", "C_out", "sxn", "sxh", "sxw", "C_dy", "C_dx")
 
 
 def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
     """fp32 specs get the launcher's exact dot (no HGMMA); each spec is checked on the targets
     its config is offered on."""
-    pointers = {"x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr"}
-    fp32_pointers = {"scale_ptr", "shift_ptr", "part_ptr", "dw_ptr", "db_ptr"}
-    # as the JIT specialises a contiguous NHWC input: unit channel stride
-    constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], sxc=1)
+    pointers = {"x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr", "dz_ptr", "gy_ptr", "ey_ptr",
+                "out_ptr"}
+    fp32_pointers = {"scale_ptr", "shift_ptr", "part_ptr", "dw_ptr", "db_ptr", "gcoef_ptr",
+                     "ecoef_ptr"}
+    constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"])
+    if "sxc" in fn.arg_names:  # as the JIT specialises a contiguous NHWC input
+        constexprs["sxc"] = 1
     if dtype == "fp32":
         constexprs["DOT_PREC"] = "ieee"
     signature = {}
@@ -529,47 +808,52 @@ def _cfg_name(cfg):
 
 _FWD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, HAS_BIAS=True, RELU_OUT=False, STATS=True,
                   K_ALIGNED=True, DOT_PREC="tf32")
-_DGRAD = dict(_FWD_FUSED, PRO=PRO_NONE, POOL=False, HAS_BIAS=False, STATS=False)
-_WGRAD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, HAS_DB=True, K_ALIGNED=True, DOT_PREC="tf32")
+#: forward variants: released order (BN, ReLU in the prologue) and paper (ReLU in the epilogue)
+_FWD = {"fused_": dict(_FWD_FUSED, POOL=False),
+        "paper_": dict(_FWD_FUSED, PRO=PRO_AFFINE, POOL=False, RELU_OUT=True)}
+_FWD_POOL = {"fused_pool_": _FWD_FUSED,
+             "paper_pool_": dict(_FWD_FUSED, PRO=PRO_AFFINE, RELU_OUT=True)}
+#: data gradient across a boundary, per order: (G, RELU_FIRST) = released (BN; ReLU mask in the
+#: epilogue) and paper (ReLU mask in the prologue)
+_DGRAD = {"": dict(G=G_BN, EPI=1, RELU_FIRST=False, K_ALIGNED=True, DOT_PREC="tf32"),
+          "paper_": dict(G=G_BN_RELU_FIRST, EPI=1, RELU_FIRST=True, K_ALIGNED=True,
+                         DOT_PREC="tf32")}
+_DGRAD_POOL = {k + "pool_": dict(v, EPI=2) for k, v in _DGRAD.items()}
+_WGRAD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, G=G_BN_RELU_FIRST, HAS_DB=True,
+                    K_ALIGNED=True, DOT_PREC="tf32")
+#: the generic (K decoded per element) path as the first layer and odd channel counts use it
+_SMALL = {"fwd": (conv3x3_kernel, dict(_FWD_FUSED, K_ALIGNED=False)),
+          "dgrad": (conv3x3_dgrad_kernel, dict(_DGRAD_POOL["paper_pool_"], K_ALIGNED=False)),
+          "wgrad": (conv3x3_wgrad_kernel, dict(_WGRAD_FUSED, K_ALIGNED=False))}
+
+
+def _specs(kind, fn, variants, table, dtype="fp16"):
+    return [_aot_spec(f"{kind}_{v}{dtype}_{_cfg_name(c)}", fn, constexprs, c, dtype)
+            for v, constexprs in variants.items() for c in table]
+
+
 AOT_SPECS = (
-    [_aot_spec(f"fwd_fused_pool_{_cfg_name(c)}", conv3x3_kernel, _FWD_FUSED, c)
-     for c in FWD_POOL_CONFIGS]
-    + [_aot_spec(f"fwd_fused_{_cfg_name(c)}", conv3x3_kernel, dict(_FWD_FUSED, POOL=False), c)
-       for c in FWD_CONFIGS]
-    + [_aot_spec(f"fwd_paper_{_cfg_name(c)}", conv3x3_kernel,
-                 dict(_FWD_FUSED, PRO=PRO_AFFINE, POOL=False, RELU_OUT=True), c)
-       for c in FWD_CONFIGS]
-    + [_aot_spec(f"fwd_paper_pool_{_cfg_name(c)}", conv3x3_kernel,
-                 dict(_FWD_FUSED, PRO=PRO_AFFINE, RELU_OUT=True), c) for c in FWD_POOL_CONFIGS]
-    + [_aot_spec(f"dgrad_fp16_{_cfg_name(c)}", conv3x3_kernel, _DGRAD, c) for c in FWD_CONFIGS]
+    _specs("fwd", conv3x3_kernel, _FWD, FWD_CONFIGS)
+    + _specs("fwd", conv3x3_kernel, _FWD_POOL, FWD_POOL_CONFIGS)
+    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD, DGRAD_CONFIGS)
+    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD_POOL, DGRAD_POOL_CONFIGS)
     # bf16 compiles to the same code with other HGMMA operand types
-    + [_aot_spec(f"dgrad_bf16_{_cfg_name(FWD_CONFIGS[0])}", conv3x3_kernel, _DGRAD,
-                 FWD_CONFIGS[0], dtype="bf16")]
-    + [_aot_spec(f"fwd_fused_pool_fp32_{_cfg_name(c)}", conv3x3_kernel, _FWD_FUSED, c, "fp32")
-       for c in FWD_POOL_CONFIGS_FP32]
-    + [_aot_spec(f"fwd_fused_fp32_{_cfg_name(c)}", conv3x3_kernel, dict(_FWD_FUSED, POOL=False), c,
-                 "fp32") for c in FWD_CONFIGS_FP32]
-    + [_aot_spec(f"fwd_paper_fp32_{_cfg_name(c)}", conv3x3_kernel,
-                 dict(_FWD_FUSED, PRO=PRO_AFFINE, POOL=False, RELU_OUT=True), c, "fp32")
-       for c in FWD_CONFIGS_FP32]
-    + [_aot_spec(f"fwd_paper_pool_fp32_{_cfg_name(c)}", conv3x3_kernel,
-                 dict(_FWD_FUSED, PRO=PRO_AFFINE, RELU_OUT=True), c, "fp32")
-       for c in FWD_POOL_CONFIGS_FP32]
-    + [_aot_spec(f"dgrad_fp32_{_cfg_name(c)}", conv3x3_kernel, _DGRAD, c, "fp32")
-       for c in FWD_CONFIGS_FP32]
-    + [_aot_spec(f"fwd_first_layer_{_cfg_name(c)}", conv3x3_kernel,
-                 dict(_FWD_FUSED, PRO=PRO_NONE, POOL=False, K_ALIGNED=False), c)
-       for c in SMALL_K_CONFIGS]
-    + [_aot_spec(f"wgrad_fused_pool_{_cfg_name(c)}", conv3x3_wgrad_kernel, _WGRAD_FUSED, c)
-       for c in WGRAD_CONFIGS]
-    + [_aot_spec(f"wgrad_fused_{_cfg_name(c)}", conv3x3_wgrad_kernel,
-                 dict(_WGRAD_FUSED, POOL=False), c) for c in WGRAD_CONFIGS]
-    + [_aot_spec(f"wgrad_fused_pool_fp32_{_cfg_name(c)}", conv3x3_wgrad_kernel, _WGRAD_FUSED, c,
-                 "fp32") for c in WGRAD_CONFIGS_FP32]
-    + [_aot_spec(f"wgrad_fused_fp32_{_cfg_name(c)}", conv3x3_wgrad_kernel,
-                 dict(_WGRAD_FUSED, POOL=False), c, "fp32") for c in WGRAD_CONFIGS_FP32]
-    # first layer: 9 rows of K (one dot row block of 16), too small for a wgmma tile (64 rows)
-    + [dict(_aot_spec(f"wgrad_first_layer_{_cfg_name(c)}", conv3x3_wgrad_kernel,
-                      dict(_WGRAD_FUSED, PRO=PRO_NONE, POOL=False, K_ALIGNED=False), c),
-            hgmma=False) for c in SMALL_K_CONFIGS]
+    + _specs("dgrad", conv3x3_dgrad_kernel, {"": _DGRAD[""]}, DGRAD_CONFIGS[:1], "bf16")
+    + _specs("wgrad", conv3x3_wgrad_kernel, {"pool_": _WGRAD_FUSED,
+                                             "": dict(_WGRAD_FUSED, POOL=False)}, WGRAD_CONFIGS)
+    + _specs("fwd", conv3x3_kernel, _FWD, FWD_CONFIGS_FP32, "fp32")
+    + _specs("fwd", conv3x3_kernel, _FWD_POOL, FWD_POOL_CONFIGS_FP32, "fp32")
+    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD, DGRAD_CONFIGS_FP32, "fp32")
+    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD_POOL, DGRAD_POOL_CONFIGS_FP32, "fp32")
+    + _specs("wgrad", conv3x3_wgrad_kernel, {"pool_": _WGRAD_FUSED}, WGRAD_CONFIGS_FP32, "fp32")
+    + [dict(spec, hgmma=spec["hgmma"] and kind != "wgrad")  # first layer: K = 9 rows < 64
+       for kind, (fn, constexprs) in _SMALL.items()
+       for table, dtype in ((SMALL_K_CONFIGS, "fp16"), (SMALL_K_CONFIGS_FP32, "fp32"))
+       for spec in _specs(f"{kind}_small_k", fn, {"": constexprs}, table, dtype)]
+    + [dict(name="bn_grad_coef", fn=_bn_grad_coef_kernel,
+            signature={"part_ptr": "*fp32", "T": "i32", "ecoef_ptr": "*fp32", "sums_ptr": "*fp32",
+                       "gcoef_ptr": "*fp32", "C": "i32", "inv_count": "fp32", "training": "i32",
+                       "BLOCK_T": "constexpr", "BLOCK_C": "constexpr"},
+            constexprs={"BLOCK_T": bn_act.GPU_TILES.partials, "BLOCK_C": bn_act.GPU_TILES.c},
+            num_warps=bn_act.GPU_TILES.warps, hgmma=False)]
 )

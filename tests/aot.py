@@ -71,31 +71,40 @@ def _specs(module_name: str):
     return importlib.import_module(module_name).AOT_SPECS
 
 
+def _compile_row(module_name: str, index: int, target: str, cap: int) -> dict:
+    """Compile spec ``index`` of MODULE.AOT_SPECS for one target (a worker process's task)."""
+    spec = _specs(module_name)[index]
+    row = {"name": spec["name"], "target": target}
+    try:
+        k = compile_kernel(spec["fn"], spec["signature"], spec["constexprs"], cap,
+                           num_warps=spec.get("num_warps", 4),
+                           num_stages=spec.get("num_stages", 3),
+                           divisible=tuple(spec.get("divisible", ())))
+        row.update(registers=k.registers, spill_bytes=k.spill_bytes, shared=k.shared,
+                   hgmma=k.uses("HGMMA"), expect_hgmma=bool(spec.get("hgmma")))
+    except Exception as exc:  # reported, the test fails on it
+        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    return row
+
+
 def main(argv=None) -> int:
     """``python tests/aot.py MODULE``: compile MODULE.AOT_SPECS for every target, print JSON lines.
 
-    Run in a subprocess without TRITON_INTERPRET (interpreted kernels cannot be compiled).
-    Each spec: {"name", "fn", "signature", "constexprs", "num_warps", "num_stages", "hgmma",
-    "divisible" (optional: integer arguments that are multiples of 16), "targets" (optional: the
-    target names the spec is offered on, default all)}.
+    Run in a subprocess without TRITON_INTERPRET (interpreted kernels cannot be compiled); the
+    compilations are spread over the CPU cores. Each spec: {"name", "fn", "signature",
+    "constexprs", "num_warps", "num_stages", "hgmma", "divisible" (optional: integer arguments
+    that are multiples of 16), "targets" (optional: the target names the spec is offered on,
+    default all)}.
     """
     import json
     import sys
+    from concurrent.futures import ProcessPoolExecutor
     argv = sys.argv[1:] if argv is None else argv
-    for spec in _specs(argv[0]):
-        for target, cap in TARGETS:
-            if target not in spec.get("targets", SHARED_LIMIT):
-                continue
-            row = {"name": spec["name"], "target": target}
-            try:
-                k = compile_kernel(spec["fn"], spec["signature"], spec["constexprs"], cap,
-                                   num_warps=spec.get("num_warps", 4),
-                                   num_stages=spec.get("num_stages", 3),
-                                   divisible=tuple(spec.get("divisible", ())))
-                row.update(registers=k.registers, spill_bytes=k.spill_bytes, shared=k.shared,
-                           hgmma=k.uses("HGMMA"), expect_hgmma=bool(spec.get("hgmma")))
-            except Exception as exc:  # reported, the test fails on it
-                row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    module_name = argv[0]
+    tasks = [(module_name, i, target, cap) for i, spec in enumerate(_specs(module_name))
+             for target, cap in TARGETS if target in spec.get("targets", SHARED_LIMIT)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for row in pool.map(_compile_row, *zip(*tasks)):
             print(json.dumps(row), flush=True)
     return 0
 

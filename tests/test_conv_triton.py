@@ -163,6 +163,76 @@ def test_weight_gradient_recomputes_the_normalised_input(pro, pool):
     torch.testing.assert_close(db, dy.sum((0, 2, 3)), **tolerance("conv3x3", torch.float32))
 
 
+def _bn_grad_ref(dz, y, gcoef, relu_first):
+    """Eager ``_load_grad``: the conv-output gradient from the BN-output gradient dz (NCHW)."""
+    c1, c2, c3, mean = (r[None, :, None, None] for r in gcoef)
+    g = c1 * dz + c2 * (y - mean) + c3
+    return torch.where(y > 0, g, 0.0) if relu_first else g
+
+
+BOUNDARIES = [(False, False, True), (True, False, True), (False, True, True), (True, True, False),
+              (False, True, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu_first,pool,training", BOUNDARIES)
+def test_gradients_through_the_block_boundary(relu_first, pool, training, dtype):
+    """Data gradient with this block's BN / ReLU backward in its prologue and the previous
+    block's pool / ReLU backward + BN-gradient partials in its epilogue, the coefficients that
+    the next kernels' prologues apply, and the weight gradient with the same prologue: against
+    autograd through an eager composition. Odd full-resolution size (7x9 -> 3x4) with pool."""
+    g = torch.Generator().manual_seed(11)
+    nb, c_prev, c_out = 2, 20, 17
+    eh, ew = (7, 9) if pool else (3, 4)
+    h, w = 3, 4
+
+    def rnd(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g) * s).to(dtype).float().to(DEVICE)
+
+    y_prev, y, dz = rnd(nb, c_prev, eh, ew), rnd(nb, c_out, h, w), rnd(nb, c_out, h, w)
+    weight = rnd(c_out, c_prev, 3, 3, s=1 / 12)
+    mean, rstd = torch.randn(c_prev, generator=g) * 0.3, torch.rand(c_prev, generator=g) + 0.5
+    gamma, beta = torch.randn(c_prev, generator=g), torch.randn(c_prev, generator=g)
+    coef_prev = torch.stack([mean, rstd, gamma * rstd, beta - mean * gamma * rstd]).to(DEVICE)
+    gcoef = torch.randn(4, c_out, generator=g).to(DEVICE)
+    # reference: dL/d(BN output of the previous block) by autograd
+    x_prev = F.relu(y_prev) if relu_first else y_prev
+    bn_out = (x_prev * coef_prev[2, None, :, None, None] + coef_prev[3, None, :, None, None])
+    bn_out = bn_out.detach().requires_grad_()
+    z = bn_out if relu_first else F.relu(bn_out)
+    v = F.max_pool2d(z, 2, 2) if pool else z
+    dy_ref = _bn_grad_ref(dz, y, gcoef, relu_first)
+    (F.conv2d(v, weight, padding=1) * dy_ref).sum().backward()
+    x_hat = (x_prev - mean.to(DEVICE)[None, :, None, None]) * rstd.to(DEVICE)[None, :, None, None]
+    sums_ref = torch.stack([bn_out.grad.sum((0, 2, 3)), (bn_out.grad * x_hat).sum((0, 2, 3))])
+
+    bn = (_nhwc(y, dtype), gcoef)
+    dz_prev, part = K.conv3x3_dgrad(_nhwc(dz, dtype), K.pack_weight_dgrad(weight, dtype), bn=bn,
+                                    relu_first=relu_first, prev=(_nhwc(y_prev, dtype), coef_prev),
+                                    pool=pool)
+    tol = tolerance("conv3x3", dtype)
+    assert dz_prev.dtype == dtype and dz_prev.shape == (nb, eh, ew, c_prev)
+    torch.testing.assert_close(_nchw(dz_prev), bn_out.grad, **tol)
+    m = nb * eh * ew
+    sums, gcoef_prev = K.bn_grad_coefficients(part, coef_prev, m, training=training)
+    torch.testing.assert_close(sums, sums_ref, atol=tol["atol"] * 10, rtol=tol["rtol"])
+    c2 = -coef_prev[2] * coef_prev[1] * sums[1] / m if training else torch.zeros_like(sums[1])
+    c3 = -coef_prev[2] * sums[0] / m if training else torch.zeros_like(sums[0])
+    torch.testing.assert_close(gcoef_prev, torch.stack([coef_prev[2], c2, c3, coef_prev[0]]))
+    # the weight gradient forms the same conv-output gradient
+    dw, db = K.conv3x3_wgrad(_nhwc(v.detach(), dtype), _nhwc(dz, dtype), bn=bn,
+                             relu_first=relu_first)
+    torch.testing.assert_close(K.unpack_weight_grad(dw, c_prev),
+                               torch.nn.grad.conv2d_weight(v.detach(), weight.shape, dy_ref,
+                                                           padding=1), **tol)
+    torch.testing.assert_close(db, dy_ref.sum((0, 2, 3)), **tol)
+    # and without a previous block: the plain data gradient of the formed dy
+    dx = K.conv3x3_dgrad(_nhwc(dz, dtype), K.pack_weight_dgrad(weight, dtype), bn=bn,
+                         relu_first=relu_first)
+    torch.testing.assert_close(_nchw(dx), torch.nn.grad.conv2d_input(v.shape, weight, dy_ref,
+                                                                      padding=1), **tol)
+
+
 def test_bad_inputs_are_rejected_with_a_clear_error():
     x = torch.randn(1, 4, 4, 3, device=DEVICE)
     wp = K.pack_weight(torch.randn(5, 3, 3, 3, device=DEVICE), torch.float32)
@@ -188,12 +258,22 @@ def test_gpu_configs_are_compiled_ahead_of_time_and_offered_only_when_aligned():
     """Every GPU config is an AOT spec (spill / HGMMA checked by test_aot), and the K-aligned
     ones, whose specs assume 16-divisible channels and strides, only serve shapes that are."""
     names = {s["name"] for s in K.AOT_SPECS}
-    for table, prefix in ((K.FWD_CONFIGS, "fwd_fused_"), (K.FWD_CONFIGS, "dgrad_fp16_"),
-                          (K.FWD_POOL_CONFIGS, "fwd_fused_pool_"),
-                          (K.WGRAD_CONFIGS, "wgrad_fused_pool_"),
-                          (K.SMALL_K_CONFIGS, "fwd_first_layer_")):
-        for cfg in table:
-            assert prefix + K._cfg_name(cfg) in names
+    tables = {"fwd_fused_": (K.FWD_CONFIGS, K.FWD_CONFIGS_FP32),
+              "fwd_paper_": (K.FWD_CONFIGS, K.FWD_CONFIGS_FP32),
+              "fwd_fused_pool_": (K.FWD_POOL_CONFIGS, K.FWD_POOL_CONFIGS_FP32),
+              "fwd_paper_pool_": (K.FWD_POOL_CONFIGS, K.FWD_POOL_CONFIGS_FP32),
+              "dgrad_": (K.DGRAD_CONFIGS, K.DGRAD_CONFIGS_FP32),
+              "dgrad_paper_": (K.DGRAD_CONFIGS, K.DGRAD_CONFIGS_FP32),
+              "dgrad_pool_": (K.DGRAD_POOL_CONFIGS, K.DGRAD_POOL_CONFIGS_FP32),
+              "dgrad_paper_pool_": (K.DGRAD_POOL_CONFIGS, K.DGRAD_POOL_CONFIGS_FP32),
+              "wgrad_pool_": (K.WGRAD_CONFIGS, K.WGRAD_CONFIGS_FP32),
+              "fwd_small_k_": (K.SMALL_K_CONFIGS, K.SMALL_K_CONFIGS_FP32),
+              "dgrad_small_k_": (K.SMALL_K_CONFIGS, K.SMALL_K_CONFIGS_FP32),
+              "wgrad_small_k_": (K.SMALL_K_CONFIGS, K.SMALL_K_CONFIGS_FP32)}
+    for prefix, (fp16, fp32) in tables.items():
+        for table, dtype in ((fp16, "fp16"), (fp32, "fp32")):
+            for cfg in table:
+                assert f"{prefix}{dtype}_{K._cfg_name(cfg)}" in names
     x = torch.empty(2, 5, 5, 64)
     assert K._aligned(x, 128, 64) and K._aligned(x, 64, 32)
     assert not K._aligned(x, 100, 64)  # C_out not a multiple of 16
@@ -359,6 +439,27 @@ def test_features_forward_launches_one_conv_and_one_finalize_per_block(training,
     launches = {name: c.launches for name, c in counters.items()}
     assert launches == {"conv3x3_kernel": 8, "_finalize_kernel": 8, "_stats_kernel": 0,
                         "_apply_kernel": 0}
+
+
+def test_features_backward_launches_per_block(monkeypatch):
+    """Backward: bn_act's two kernels once for the last block; then per block a weight-gradient
+    kernel, and per block boundary one data-gradient kernel (BN / ReLU backward of the later
+    block in its prologue, pool / ReLU backward + BN partials of the earlier one in its
+    epilogue) and one coefficient launch; no data gradient into crops that need none."""
+    from fer_fast.kernels import bn_act
+    names = ((K, "conv3x3_wgrad_kernel"), (K, "conv3x3_dgrad_kernel"),
+             (K, "_bn_grad_coef_kernel"), (bn_act, "_bwd_reduce_kernel"),
+             (bn_act, "_bwd_dy_kernel"))
+    _, fast = _vgg_pair("paper")
+    out = fast.features(_crops(2, 8, size=16))
+    counters = {}
+    for module, name in names:
+        counters[name] = _LaunchCounter(getattr(module, name))
+        monkeypatch.setattr(module, name, counters[name])
+    out.backward(torch.randn_like(out))
+    launches = {name: c.launches for name, c in counters.items()}
+    assert launches == {"conv3x3_wgrad_kernel": 8, "conv3x3_dgrad_kernel": 7,
+                        "_bn_grad_coef_kernel": 7, "_bwd_reduce_kernel": 1, "_bwd_dy_kernel": 1}
 
 
 def test_features_fp16_autocast_propagates_inf():
