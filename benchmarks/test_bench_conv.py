@@ -2,11 +2,11 @@
 the library convolution (``torch``: cuDNN on a GPU with channels_last fp16 and cudnn.benchmark,
 oneDNN on a CPU in fp32) against the implicit-GEMM Triton kernels of ``fer_fast.kernels.conv``
 (GPU only): ``triton`` the bare conv, ``triton_fused`` as the "triton" features backend runs it
-(forward: previous block's BN affine + ReLU, and at a stage start its 2x2 max-pool, applied while
-loading, statistics partials in the epilogue; data gradient: this block's BN backward while
-loading, the previous block's pool / ReLU backward and BN-gradient partials in the epilogue;
-weight gradient: both prologues). extra_info: TFLOP/s and the fraction of the
-measured matmul peak.
+(forward: previous block's BN affine + ReLU, and at a stage start its 2x2 max-pool, applied
+while loading; batch statistics, BN coefficients and running statistics in the epilogue; data
+gradient: this block's BN backward while loading, the previous block's pool / ReLU backward and
+BN-gradient partials in the epilogue; weight gradient: both prologues). extra_info: TFLOP/s and
+the fraction of the measured matmul peak.
 """
 from __future__ import annotations
 
@@ -49,7 +49,12 @@ def _triton_pass(name, x, w, b, dy, fused=False, pool=False):
             boundary = dict(prev=(x_nhwc, coef), pool=pool)
     if name == "fwd":
         wp = pack(w, x.dtype)
-        return lambda: fwd(x_nhwc, wp, b, stats=fused, **fusion)
+        cout = w.shape[0]
+        bn = None
+        if fused:  # batch statistics -> coefficients + running statistics in the epilogue
+            ones = torch.ones(cout, device=x.device)
+            bn = K.BatchNormArgs(ones, torch.zeros_like(ones), torch.zeros_like(ones), ones.clone())
+        return lambda: fwd(x_nhwc, wp, b, bn=bn, **fusion)
     if name == "dgrad":
         wd = pack_dgrad(w, x.dtype)
         return lambda: dgrad(dy_nhwc, wd, **grad_fusion, **boundary)

@@ -1,22 +1,18 @@
 """The ``"triton"`` backend of op ``"features"``: the VGG's whole conv stack (crops -> stage-4
 output) as one autograd Function over the implicit-GEMM kernels of :mod:`fer_fast.kernels.conv`.
 
-Forward: ONE conv kernel per block, plus one finalize launch (``conv.bn_coefficients``). Each
-conv kernel reads the previous block's stored conv output and applies that block's BatchNorm
-affine, ReLU and (at a stage end) the 2x2 max-pool while loading; its epilogue adds the bias
-(paper order: and the ReLU), stores the conv output in the compute dtype and reduces the
-per-channel statistics for its own BatchNorm. Normalised activations are never written; the last
-block's normalise + pool is a small torch op. Per-step weight-sized work besides: packing each
-weight to [9*C_in, C_out] in the compute dtype (one copy), the bias cast, and
-``num_batches_tracked += 1``.
-The finalize merges the epilogue's per-tile (mean, M2) partials into the coefficients
-[mean, rstd, scale, shift] that the next kernel's prologue applies. It stays a separate launch:
-the partials number cdiv(640*H*W, BM) per channel at batch 640 — 8000 / 2000 / 500 / 125 for
-stages 1-4 with BM = 128 (half with BM = 256) — so a redundant merge in every program of the
-next conv would re-read up to 8000 x 2 x 64 fp32 (4 MB) per program, and even stage 4
-(125 x 2 x 512) would move 0.5 MB per program, far more than its input tile.
-Running statistics are updated like ``nn.BatchNorm2d`` (momentum, unbiased running variance);
-eval mode normalises with the running statistics.
+Forward: ONE kernel per block, plus the head's one. Each conv kernel reads the previous block's
+stored conv output and applies that block's BatchNorm affine, ReLU and (at a stage end) the 2x2
+max-pool while loading; its epilogue adds the bias (paper order: and the ReLU), stores the conv
+output in the compute dtype and reduces the per-tile statistics of its own BatchNorm, which the
+last program of each channel tile merges (Chan's formula, tile order) into the coefficients
+[mean, rstd, scale, shift] that the next kernel's prologue applies, updating the running
+statistics like ``nn.BatchNorm2d`` (momentum, unbiased running variance); eval mode takes the
+coefficients from the running statistics. Normalised activations are never written; the last
+block's normalise + pool is one launch of bn_act's apply kernel. Per-step weight-sized work
+besides: packing each weight to [9*C_in, C_out] in the compute dtype (one copy per layer, the
+cast eager autocast does too), the bias cast, and one ``num_batches_tracked += 1`` launch for
+the whole stack.
 
 Backward, per block in reverse. The last block: ``bn_act.backward`` (issue 5's fused kernels)
 turns the gradient of the block output into the gradient dy of its stored conv output. Then per
@@ -24,11 +20,11 @@ block the weight-gradient kernel (the normalised input recomputed on the fly fro
 block's stored output and coefficients) and, at each block boundary, ONE data-gradient kernel
 with both BatchNorm backwards fused: its prologue forms this block's dy from the stored gradient
 dz of its BN output and its stored conv output (BN backward, ReLU mask in the paper order), its
-epilogue routes the result through the previous block's pool (argmax recomputed) and ReLU and
-stores that block's dz with per-tile partials of sum(dz), sum(dz * x_hat); one small launch
-(``conv.bn_grad_coefficients``) reduces them to dgamma, dbeta and the coefficients of the next
-prologues. The conv-output gradients dy are never written. Saved per block: the conv output
-(compute dtype) and the [4, C] fp32 coefficients; plus the input crops in the compute dtype.
+epilogue routes the result through the previous block's pool (argmax recomputed) and ReLU,
+stores that block's dz and reduces sum(dz), sum(dz * x_hat) over the grid into dgamma, dbeta
+and the coefficients of that block's BN backward, which the next kernels' prologues apply. The
+conv-output gradients dy are never written. Saved per block: the conv output (compute dtype)
+and the [4, C] fp32 coefficients; plus the input crops in the compute dtype.
 
 Compute dtype: the autocast dtype when autocast is on for the device, else the input's dtype.
 Runs on CUDA, and on CPU tensors when Triton runs under ``TRITON_INTERPRET=1`` (the CPU tests).
@@ -38,7 +34,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from . import backends
 from .kernels import bn_act
@@ -53,15 +48,16 @@ def supports(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _normalise(y, coef, *, order, pool):
-    """The last block's output from its stored NHWC conv output y: pool?(act(y*scale + shift)),
-    NHWC fp32 (no conv follows whose prologue could take it)."""
-    z = y.float() * coef[2] + coef[3]
-    if order == "bn_relu":
-        z = F.relu(z)
-    if pool:
-        z = F.max_pool2d(z.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1)
-    return z
+def _batch_norm_args(bn, gamma, beta, training):
+    """What the conv kernel's epilogue needs of ``bn`` (an nn.BatchNorm2d): momentum None is
+    nn.BatchNorm2d's cumulative average, 1 / num_batches_tracked (already incremented)."""
+    track = bn.track_running_stats
+    momentum = bn.momentum
+    if training and track and momentum is None:
+        momentum = 1.0 / float(bn.num_batches_tracked)
+    return K.BatchNormArgs(gamma.detach(), beta.detach(), bn.running_mean if track else None,
+                           bn.running_var if track else None, training=training,
+                           momentum=momentum or 0.0, eps=bn.eps)
 
 
 class _Stack:
@@ -84,41 +80,34 @@ class FeaturesFunction(torch.autograd.Function):
     def forward(ctx, x, stack, *params):
         dtype, order, training = stack.dtype, stack.order, stack.training
         x_nhwc = x.permute(0, 2, 3, 1).to(dtype).contiguous()
+        tracked = [bn for bn in stack.bns if bn.track_running_stats]
+        if training and tracked:  # one launch for the whole stack
+            torch._foreach_add_([bn.num_batches_tracked for bn in tracked], 1)
         h, coef, pool_in = x_nhwc, None, False
         ys, coefs = [], []
         for i, bn in enumerate(stack.bns):
-            weight, bias = params[4 * i: 4 * i + 2]
-            out = K.conv3x3(h, K.pack_weight(weight, dtype), bias.to(dtype), pool=pool_in,
-                            relu=order == "relu_bn", stats=training, **_prologue(coef, order))
-            y, part, rows = out if training else (out, None, 0)
-            track = bn.track_running_stats
-            momentum = bn.momentum
-            if training and track:
-                bn.num_batches_tracked.add_(1)
-                if momentum is None:  # cumulative moving average, as nn.BatchNorm2d
-                    momentum = 1.0 / float(bn.num_batches_tracked)
-            coef = K.bn_coefficients(part, rows, y.numel() // y.shape[3],
-                                     params[4 * i + 2].detach(), params[4 * i + 3].detach(),
-                                     bn.running_mean if track else None,
-                                     bn.running_var if track else None, training=training,
-                                     momentum=momentum or 0.0, eps=bn.eps)
+            weight, bias, gamma, beta = params[4 * i: 4 * i + 4]
+            y, coef = K.conv3x3(h, K.pack_weight(weight, dtype), bias.to(dtype), pool=pool_in,
+                                relu=order == "relu_bn", bn=_batch_norm_args(bn, gamma, beta,
+                                                                             training),
+                                **_prologue(coef, order))
             ys.append(y)
             coefs.append(coef)
             pool_in = stack.pools[i]
             h = y
-        z = _normalise(h, coef, order=order, pool=pool_in)
+        out = bn_act.apply(h.permute(0, 3, 1, 2), coef, order=order, pool=pool_in)
         ctx.stack, ctx.x_dtype = stack, x.dtype
         ctx.save_for_backward(x_nhwc, *ys, *coefs, *params)
-        return z.to(dtype).permute(0, 3, 1, 2)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         """Per block in reverse. The last block: bn_act's fused BN / ReLU / pool backward turns
         the output gradient into its conv-output gradient dy. Every other block's dy is never
         written: the data gradient of the block after it stores dz (the gradient of this
-        block's BN output, through its pool and ReLU) with per-tile partials, one small launch
-        reduces them to dgamma, dbeta and the BN-backward coefficients, and the weight and data
-        gradients of this block form dy from dz and the stored conv output while loading."""
+        block's BN output, through its pool and ReLU) and gives dgamma, dbeta and the
+        BN-backward coefficients, and the weight and data gradients of this block form dy from
+        dz and the stored conv output while loading."""
         stack = ctx.stack
         nblocks = len(stack.bns)
         x_nhwc, *tensors = ctx.saved_tensors
@@ -144,11 +133,9 @@ class FeaturesFunction(torch.autograd.Function):
                                        sums[0].to(beta.dtype)]
             wd = K.pack_weight_dgrad(weight, dtype)
             if i > 0:
-                dz, part = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first,
-                                           prev=(ys[i - 1], coefs[i - 1]), pool=pool_in)
-                sums, gcoef = K.bn_grad_coefficients(part, coefs[i - 1],
-                                                     ys[i - 1].numel() // ys[i - 1].shape[3],
-                                                     training=stack.training)
+                dz, sums, gcoef = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first,
+                                                  prev=(ys[i - 1], coefs[i - 1]), pool=pool_in,
+                                                  training=stack.training)
                 bn = (ys[i - 1], gcoef)
             elif ctx.needs_input_grad[0]:
                 g = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first)

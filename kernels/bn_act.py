@@ -440,21 +440,27 @@ def check_forward_inputs(y, gamma, beta, running_mean, running_var, *, training:
 
 
 def check_backward_inputs(dout, y, coef, *, order: str, pool: bool) -> None:
-    """Raise a clear error for anything ``backward`` cannot take (also used by the eager path)."""
+    """Raise a clear error for anything ``backward`` (or, dout None, ``apply``) cannot take
+    (also used by the eager path)."""
     _check_y(y, "saved conv output")
-    _check_y(dout, "output gradient")
     _relu_first(order)
     n, c, h, w = y.shape
     ho, wo = _pooled_size(h, w, pool)
-    if dout.shape != (n, c, ho, wo) or dout.dtype != y.dtype or dout.device != y.device:
-        raise ValueError(f"bn_act backward: output gradient {tuple(dout.shape)} {dout.dtype} on "
-                         f"{dout.device} does not match the block output {(n, c, ho, wo)} "
-                         f"{y.dtype} on {y.device}")
+    if dout is not None:
+        _check_dout(dout, y, (n, c, ho, wo))
     if (coef.shape != (len(COEF_ROWS), c) or coef.dtype != torch.float32
             or not coef.is_contiguous() or coef.device != y.device):
-        raise ValueError(f"bn_act backward: coefficients must be contiguous fp32 "
+        raise ValueError(f"bn_act: coefficients must be contiguous fp32 "
                          f"[{len(COEF_ROWS)}, {c}] on {y.device}, got {tuple(coef.shape)} "
                          f"{coef.dtype} on {coef.device}")
+
+
+def _check_dout(dout, y, shape) -> None:
+    _check_y(dout, "output gradient")
+    if dout.shape != shape or dout.dtype != y.dtype or dout.device != y.device:
+        raise ValueError(f"bn_act backward: output gradient {tuple(dout.shape)} {dout.dtype} on "
+                         f"{dout.device} does not match the block output {shape} "
+                         f"{y.dtype} on {y.device}")
 
 
 def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
@@ -486,13 +492,23 @@ def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                                    rvar, coef, c, eps, momentum, int(training),
                                    int(training and track), BLOCK_P=tiles.partials,
                                    BLOCK_C=tiles.c, num_warps=tiles.warps)
+    return apply(y, coef, order=order, pool=pool), coef
+
+
+def apply(y: torch.Tensor, coef: torch.Tensor, *, order: str, pool: bool) -> torch.Tensor:
+    """Block output pool?(act(y * scale + shift)) of conv output ``y`` (NHWC) with the
+    coefficients [mean, rstd, scale, shift] (``COEF_ROWS``) of its BatchNorm; one launch."""
+    check_backward_inputs(None, y, coef, order=order, pool=pool)
+    n, c, h, w = y.shape
+    ho, wo = _pooled_size(h, w, pool)
+    tiles = _tiles(y.device)
     out = torch.empty((n, c, ho, wo), device=y.device, dtype=y.dtype,
                       memory_format=torch.channels_last)
-    sites, block = (n * ho * wo, tiles.windows) if pool else (m, tiles.rows)
-    _apply_kernel[(triton.cdiv(sites, block), n_cblocks)](
-        y, coef, out, h, w, c, ho, wo, sites, relu_first, POOL=pool, BLOCK_S=block,
+    sites, block = (n * ho * wo, tiles.windows) if pool else (n * h * w, tiles.rows)
+    _apply_kernel[(triton.cdiv(sites, block), triton.cdiv(c, tiles.c))](
+        y, coef, out, h, w, c, ho, wo, sites, _relu_first(order), POOL=pool, BLOCK_S=block,
         BLOCK_C=tiles.c, num_warps=tiles.warps)
-    return out, coef
+    return out
 
 
 def backward(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, *, training: bool,

@@ -11,21 +11,27 @@ from NHWC rows (contiguous along C: 16-byte loads).
   order, and (``POOL``) the 2x2 max-pool of the stored previous-stage output, taken AFTER the
   affine/ReLU so that a negative scale stays correct. Taps outside the image contribute 0 in the
   normalised space (zero padding of what the conv sees, not of the stored tensor).
-  Epilogue: bias, optional ReLU, store in the activation dtype, and (``STATS``) per-tile,
-  per-channel mean and M2 = sum((y - tile mean)^2) of the STORED (rounded) values; tiles are
-  merged with Chan's formula by ``bn_coefficients`` (bn_act's finalize kernel, one launch that
-  also updates the running statistics) — stable, and deterministic (no atomics, so a re-run,
-  e.g. by the tuner, overwrites rather than accumulates).
+  Epilogue: bias, optional ReLU, store in the activation dtype, and the coefficients of the
+  BatchNorm that follows (``BN_MODE``): in training per-tile, per-channel mean and M2 =
+  sum((y - tile mean)^2) of the STORED (rounded) values, merged with Chan's formula in tile
+  order inside the kernel (``_reduce_tree``: the last program to finish a group of GROUP tiles
+  merges the group, the last group merges the groups, found with arrival counters; no
+  separate finalize launch, and a critical path of a few merge steps instead of one program
+  looping over thousands of partials); that last program also updates the running statistics
+  — stable, deterministic (the merge order does not depend on which program is last), and not
+  repeated by tuning runs (``update_running`` is 0 for them); in eval from the running
+  statistics.
 * ``conv3x3_wgrad_kernel`` — weight (and bias) gradient: dW^T[k, co] = sum_m A[m, k] dy[m, co],
   split over M into fp32 partials that are summed afterwards; A is the same prologue-applied
   gather as the forward, so the normalised input is recomputed from the stored conv output and
   the saved statistics instead of being kept.
 * ``conv3x3_dgrad_kernel`` — data gradient across a block boundary with both BatchNorm
   backwards fused: the prologue forms dy = dL/d(conv output) from the stored gradient dz of the
-  block's BN output and its stored conv output (``_load_grad``, coefficients from
-  ``bn_grad_coefficients``; the weight gradient reads dy the same way), the epilogue goes back
-  through the previous block's pool (argmax recomputed) and ReLU, stores that block's dz and
-  per-tile partials sum(dz), sum(dz * x_hat) — so no conv-output gradient is ever written.
+  block's BN output and its stored conv output (``_load_grad``; the weight gradient reads dy
+  the same way), the epilogue goes back through the previous block's pool (argmax recomputed)
+  and ReLU, stores that block's dz and reduces sum(dz), sum(dz * x_hat) over the grid into
+  dgamma, dbeta and the coefficients of that block's BN backward (``_reduce_tree``) — so no
+  conv-output gradient is ever written and no separate reduction is launched.
 
 ``K_ALIGNED`` (C_in a multiple of BK) makes every K step one tap with contiguous channels; the
 generic path (C_in = 1 on the first layer, channel counts that are not multiples of 16) decodes
@@ -40,17 +46,17 @@ the A gathers then compile to 16-byte cp.async (LDGSTS.128) and the stores to ST
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from . import bn_act
 
 __all__ = ["PRO_NONE", "PRO_AFFINE", "PRO_AFFINE_RELU", "PRO_RELU_AFFINE", "G_DENSE", "G_BN",
            "G_BN_RELU_FIRST", "pack_weight", "pack_weight_dgrad", "unpack_weight_grad", "conv3x3",
-           "conv3x3_dgrad", "conv3x3_wgrad", "bn_coefficients", "bn_grad_coefficients",
+           "conv3x3_dgrad", "conv3x3_wgrad", "BatchNormArgs",
            "AOT_SPECS"]
 
 #: prologue on the loaded input: none, x*scale+shift, relu(x*scale+shift), relu(x)*scale+shift
@@ -60,6 +66,11 @@ PRO_NONE, PRO_AFFINE, PRO_AFFINE_RELU, PRO_RELU_AFFINE = 0, 1, 2, 3
 G_DENSE, G_BN, G_BN_RELU_FIRST = 0, 1, 2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+#: M tiles per group of the in-kernel statistics reduction (``_reduce_tree``): 8000 tiles of a
+#: stage-1 layer reduce as 125 groups of 64; under the interpreter 2, so that the tests, with
+#: few tiles, go through both levels
+GPU_GROUP = 64
+GROUP = 2 if _INTERPRET else GPU_GROUP
 
 
 @triton.jit
@@ -127,12 +138,124 @@ def _a_indices(k0, rk, h, w, C_in, K_total, K_ALIGNED: tl.constexpr, BK: tl.cons
 
 
 @triton.jit
-def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr,
-                   M, H, W, C_in, C_out, sxn, sxh, sxw, sxc,
+def _last_to_arrive(counter_ptr, expected):
+    """Whether this program is the last of ``expected`` to arrive at ``counter_ptr``; that one
+    re-arms the counter to 0. The barrier puts every thread's stores before the release, and
+    the acquire makes the other programs' stores visible to the last one."""
+    tl.debug_barrier()
+    last = tl.atomic_add(counter_ptr, 1, sem="acq_rel") == expected - 1
+    if last:
+        tl.store(counter_ptr, 0)
+    return last
+
+
+@triton.jit
+def _chan_merge(ptr, first, count, M, rows, C, rn, n_ok, BP: tl.constexpr, BN: tl.constexpr):
+    """Chan's combine, in item order, of items [first, first + count) of ``ptr`` [*, 2, C] =
+    per-channel (mean, M2) over ``rows`` rows each (item i covers rows [i*rows, (i+1)*rows) of
+    M, the last one partial). Loads bypass L1: other programs wrote the items."""
+    n_acc = tl.zeros((BN,), dtype=tl.float32)
+    mean = tl.zeros((BN,), dtype=tl.float32)
+    m2 = tl.zeros((BN,), dtype=tl.float32)
+    for p0 in range(0, count, BP):
+        ps = first + p0 + tl.arange(0, BP)
+        p_ok = p0 + tl.arange(0, BP) < count
+        mask = p_ok[:, None] & n_ok[None, :]
+        n_p = tl.where(p_ok, tl.minimum(M - ps * rows, rows), 0).to(tl.float32)[:, None]
+        offs = ps[:, None] * (2 * C) + rn[None, :]
+        mean_p = tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        m2_p = tl.load(ptr + offs + C, mask=mask, other=0.0, cache_modifier=".cg")
+        n_b = tl.sum(n_p, axis=0)
+        mean_b = tl.sum(n_p * mean_p, axis=0) / n_b
+        dev = tl.where(mask, mean_p - mean_b[None, :], 0.0)
+        m2_b = tl.sum(m2_p + n_p * dev * dev, axis=0)
+        n_new = n_acc + n_b
+        delta = mean_b - mean
+        mean = mean + delta * (n_b / n_new)
+        m2 = m2 + m2_b + delta * delta * (n_acc * (n_b / n_new))
+        n_acc = n_new
+    return mean, m2
+
+
+@triton.jit
+def _sum_pairs(ptr, first, count, C, rn, n_ok, BP: tl.constexpr, BN: tl.constexpr):
+    """Per-channel sums, in item order, of items [first, first + count) of ``ptr`` [*, 2, C]."""
+    s0 = tl.zeros((BP, BN), dtype=tl.float32)
+    s1 = tl.zeros((BP, BN), dtype=tl.float32)
+    for p0 in range(0, count, BP):
+        ps = first + p0 + tl.arange(0, BP)
+        mask = (p0 + tl.arange(0, BP) < count)[:, None] & n_ok[None, :]
+        offs = ps[:, None] * (2 * C) + rn[None, :]
+        s0 += tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        s1 += tl.load(ptr + offs + C, mask=mask, other=0.0, cache_modifier=".cg")
+    return tl.sum(s0, axis=0), tl.sum(s1, axis=0)
+
+
+@triton.jit
+def _reduce_tree(part_ptr, gpart_ptr, count_ptr, M, C, rn, n_ok, v0, v1, CHAN: tl.constexpr,
+                 GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Per-channel reduction of a tile-level pair (v0, v1) over every M tile of the grid, in two
+    levels of "the last program to arrive merges": groups of GROUP consecutive tiles into
+    ``gpart_ptr``, then the groups. ``CHAN``: pairs are (mean, M2) merged with Chan's formula,
+    else sums. Returns (is_last, r0, r1), r valid in the one program (per channel tile) for which
+    is_last holds. The result is deterministic: merges go in tile order whoever arrives last.
+    ``count_ptr``: zeroed int32 [channel tiles, groups + 1], left zeroed."""
+    BP: tl.constexpr = 32
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    tiles_m = tl.num_programs(1)
+    tl.store(part_ptr + 2 * pid_m * C + rn, v0, mask=n_ok)
+    tl.store(part_ptr + (2 * pid_m + 1) * C + rn, v1, mask=n_ok)
+    n_groups = tl.cdiv(tiles_m, GROUP)
+    grp = pid_m // GROUP
+    first = grp * GROUP
+    count = tl.minimum(GROUP, tiles_m - first)
+    counters = count_ptr + pid_n * (n_groups + 1)
+    is_last = False
+    r0 = tl.zeros((BN,), dtype=tl.float32)
+    r1 = tl.zeros((BN,), dtype=tl.float32)
+    if _last_to_arrive(counters + grp, count):
+        if CHAN:
+            g0, g1 = _chan_merge(part_ptr, first, count, M, BM, C, rn, n_ok, BP, BN)
+        else:
+            g0, g1 = _sum_pairs(part_ptr, first, count, C, rn, n_ok, BP, BN)
+        tl.store(gpart_ptr + 2 * grp * C + rn, g0, mask=n_ok)
+        tl.store(gpart_ptr + (2 * grp + 1) * C + rn, g1, mask=n_ok)
+        if _last_to_arrive(counters + n_groups, n_groups):
+            is_last = True
+            if CHAN:
+                r0, r1 = _chan_merge(gpart_ptr, 0, n_groups, M, GROUP * BM, C, rn, n_ok, BP, BN)
+            else:
+                r0, r1 = _sum_pairs(gpart_ptr, 0, n_groups, C, rn, n_ok, BP, BN)
+    return is_last, r0, r1
+
+
+@triton.jit
+def _store_coefficients(coef_ptr, rn, n_ok, mean, var, gamma_ptr, beta_ptr, C_out, eps):
+    """coef[:, rn] = [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] (``bn_act.COEF_ROWS``)."""
+    rstd = 1.0 / tl.sqrt_rn(var + eps)
+    scale = tl.load(gamma_ptr + rn, mask=n_ok, other=0.0).to(tl.float32) * rstd
+    shift = tl.load(beta_ptr + rn, mask=n_ok, other=0.0).to(tl.float32) - mean * scale
+    tl.store(coef_ptr + rn, mean, mask=n_ok)
+    tl.store(coef_ptr + C_out + rn, rstd, mask=n_ok)
+    tl.store(coef_ptr + 2 * C_out + rn, scale, mask=n_ok)
+    tl.store(coef_ptr + 3 * C_out + rn, shift, mask=n_ok)
+
+
+@triton.jit
+def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, gpart_ptr,
+                   count_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, coef_ptr,
+                   M, H, W, C_in, C_out, sxn, sxh, sxw, sxc, eps, momentum, update_running,
                    PRO: tl.constexpr, POOL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   RELU_OUT: tl.constexpr, STATS: tl.constexpr, K_ALIGNED: tl.constexpr,
-                   DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """y[m, co] = epilogue(sum_k prologue(x)[m, k] * w[k, co]); grid (C_out tiles, M tiles)."""
+                   RELU_OUT: tl.constexpr, BN_MODE: tl.constexpr, K_ALIGNED: tl.constexpr,
+                   DOT_PREC: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
+                   BN: tl.constexpr, BK: tl.constexpr):
+    """y[m, co] = epilogue(sum_k prologue(x)[m, k] * w[k, co]); grid (C_out tiles, M tiles).
+
+    ``BN_MODE`` (the BatchNorm that follows): 0 none; 1 training: per-tile (mean, M2) of the
+    stored values, reduced over all M tiles by ``_reduce_tree``, whose last program writes the
+    coefficients ``coef_ptr`` [4, C_out] and (``update_running``) the running statistics;
+    2 eval: the coefficients from the running statistics, written by the first M tile."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
@@ -162,14 +285,27 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr,
     out = acc.to(y_ptr.dtype.element_ty)
     mask = m_ok[:, None] & n_ok[None, :]
     tl.store(y_ptr + rm[:, None] * C_out + rn[None, :], out, mask=mask)
-    if STATS:  # per-tile (mean, M2) of the stored values: part[pid_m] = [2, C_out]
+    if BN_MODE == 1:  # per-tile (mean, M2) of the stored values
         v = tl.where(mask, out.to(tl.float32), 0.0)
         cnt = tl.minimum(M - pid_m * BM, BM).to(tl.float32)
         mean = tl.sum(v, axis=0) / cnt
         d = tl.where(mask, v - mean[None, :], 0.0)
-        m2 = tl.sum(d * d, axis=0)
-        tl.store(part_ptr + 2 * pid_m * C_out + rn, mean, mask=n_ok)
-        tl.store(part_ptr + (2 * pid_m + 1) * C_out + rn, m2, mask=n_ok)
+        is_last, mean, m2 = _reduce_tree(part_ptr, gpart_ptr, count_ptr, M, C_out, rn, n_ok,
+                                         mean, tl.sum(d * d, axis=0), True, GROUP, BM, BN)
+        if is_last:
+            if update_running != 0:  # as nn.BatchNorm2d: unbiased running variance
+                rmean = tl.load(rmean_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+                rvar = tl.load(rvar_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+                rmean = (1.0 - momentum) * rmean + momentum * mean
+                rvar = (1.0 - momentum) * rvar + momentum * (m2 / (M - 1))
+                tl.store(rmean_ptr + rn, rmean.to(rmean_ptr.dtype.element_ty), mask=n_ok)
+                tl.store(rvar_ptr + rn, rvar.to(rvar_ptr.dtype.element_ty), mask=n_ok)
+            _store_coefficients(coef_ptr, rn, n_ok, mean, m2 / M, gamma_ptr, beta_ptr, C_out, eps)
+    elif BN_MODE == 2:
+        if pid_m == 0:
+            mean = tl.load(rmean_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+            var = tl.load(rvar_ptr + rn, mask=n_ok, other=1.0).to(tl.float32)
+            _store_coefficients(coef_ptr, rn, n_ok, mean, var, gamma_ptr, beta_ptr, C_out, eps)
 
 
 @triton.jit
@@ -177,7 +313,8 @@ def _load_grad(dz_ptr, gy_ptr, gcoef_ptr, offs, mask, c, c_ok, C, G: tl.constexp
                OUT_DTYPE: tl.constexpr):
     """dL/dy of a conv output at ``offs`` (0 where not ``mask``): the stored tensor itself
     (``G_DENSE``), or formed from the stored gradient dz of the block's BN output and the stored
-    conv output y with ``bn_grad_coefficients``' [c1, c2, c3, mean]:
+    conv output y with the coefficients [c1, c2, c3, mean] that ``conv3x3_dgrad_kernel``
+    computed for the block:
     dL/dy = c1*dz + c2*(x - mean) + c3, x = y (G_BN); times the ReLU mask y > 0 (G_BN_RELU_FIRST)."""
     v = tl.load(dz_ptr + offs, mask=mask, other=0.0)
     if G != 0:
@@ -257,9 +394,10 @@ def _block_output(y, mean, rstd, scale, shift, RELU_FIRST: tl.constexpr):
 
 @triton.jit
 def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, out_ptr, part_ptr,
-                         M, H, W, C_dy, C_dx, EH, EW,
+                         gpart_ptr, count_ptr, sums_ptr, pcoef_ptr, M, H, W, C_dy, C_dx, EH, EW,
+                         inv_count, training,
                          G: tl.constexpr, EPI: tl.constexpr, RELU_FIRST: tl.constexpr,
-                         K_ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr,
+                         K_ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr, GROUP: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """Data gradient through a block boundary; grid (C_dx tiles, M tiles), M = N*H*W.
 
@@ -270,7 +408,13 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
     ``ey_ptr`` [N, EH, EW, C_dx] with its forward coefficients ``ecoef_ptr`` [mean, rstd, scale,
     shift]: route g to the window's argmax (first maximum, NaN wins, of z as stored), apply the
     ReLU mask when ReLU follows BN, store dz (the gradient of the previous BN's output, full
-    resolution) and per-tile partials part[pid_m] = [sum dz, sum dz * x_hat] per channel."""
+    resolution), and reduce [sum dz, sum dz * x_hat] per channel over all tiles
+    (``_reduce_tree``, ``inv_count`` = 1 / (N*EH*EW)), whose last program writes them to
+    ``sums_ptr`` [2, C_dx] (dbeta, dgamma of the previous BN) and that BN's backward as the
+    coefficients ``pcoef_ptr`` [c1, c2, c3, mean] with which ``_load_grad`` forms its dy: in
+    training scale * (dz - mean(dz) - x_hat * mean(dz * x_hat)), i.e. c1 = scale,
+    c2 = -scale * rstd * mean(dz * x_hat), c3 = -scale * mean(dz); in eval the fixed affine,
+    c2 = c3 = 0."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
@@ -341,45 +485,20 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
                 tl.store(out_ptr + offs, dz.to(dtype), mask=mask)
                 sum_dz += tl.sum(dz, axis=0)
                 sum_dzx += tl.sum(dz * x_hat, axis=0)
-        tl.store(part_ptr + 2 * pid_m * C_dx + rn, sum_dz, mask=n_ok)
-        tl.store(part_ptr + (2 * pid_m + 1) * C_dx + rn, sum_dzx, mask=n_ok)
-
-
-@triton.jit
-def _bn_grad_coef_kernel(part_ptr, T, ecoef_ptr, sums_ptr, gcoef_ptr, C, inv_count, training,
-                         BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Sums of the dgrad epilogue's partials (fixed order: deterministic) -> sums [sum dz,
-    sum dz * x_hat] (= dbeta, dgamma) and the prologue coefficients [c1, c2, c3, mean] of
-    ``_load_grad``: BN backward in training mode scale * (dz - mean(dz) - x_hat *
-    mean(dz * x_hat)), i.e. c1 = scale, c2 = -scale * rstd * mean(dz * x_hat), c3 = -scale *
-    mean(dz); eval mode: the fixed affine, c2 = c3 = 0."""
-    pid_c = tl.program_id(0)
-    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    s_dz = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
-    s_dzx = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
-        ts = t0 + tl.arange(0, BLOCK_T)
-        mask = (ts < T)[:, None] & cmask[None, :]
-        offs = ts.to(tl.int64)[:, None] * 2 * C + cols[None, :]
-        s_dz += tl.load(part_ptr + offs, mask=mask, other=0.0)
-        s_dzx += tl.load(part_ptr + offs + C, mask=mask, other=0.0)
-    sum_dz = tl.sum(s_dz, axis=0)
-    sum_dzx = tl.sum(s_dzx, axis=0)
-    mean = tl.load(ecoef_ptr + cols, mask=cmask, other=0.0)
-    rstd = tl.load(ecoef_ptr + C + cols, mask=cmask, other=0.0)
-    scale = tl.load(ecoef_ptr + 2 * C + cols, mask=cmask, other=0.0)
-    c2 = -scale * rstd * (sum_dzx * inv_count)
-    c3 = -scale * (sum_dz * inv_count)
-    if training == 0:
-        c2 = tl.zeros_like(c2)
-        c3 = tl.zeros_like(c3)
-    tl.store(sums_ptr + cols, sum_dz, mask=cmask)
-    tl.store(sums_ptr + C + cols, sum_dzx, mask=cmask)
-    tl.store(gcoef_ptr + cols, scale, mask=cmask)
-    tl.store(gcoef_ptr + C + cols, c2, mask=cmask)
-    tl.store(gcoef_ptr + 2 * C + cols, c3, mask=cmask)
-    tl.store(gcoef_ptr + 3 * C + cols, mean, mask=cmask)
+        is_last, sum_dz, sum_dzx = _reduce_tree(part_ptr, gpart_ptr, count_ptr, M, C_dx, rn,
+                                                n_ok, sum_dz, sum_dzx, False, GROUP, BM, BN)
+        if is_last:
+            tl.store(sums_ptr + rn, sum_dz, mask=n_ok)
+            tl.store(sums_ptr + C_dx + rn, sum_dzx, mask=n_ok)
+            c2 = -scale * rstd * (sum_dzx * inv_count)
+            c3 = -scale * (sum_dz * inv_count)
+            if training == 0:
+                c2 = tl.zeros_like(c2)
+                c3 = tl.zeros_like(c3)
+            tl.store(pcoef_ptr + rn[None, :], scale, mask=n_ok[None, :])
+            tl.store(pcoef_ptr + C_dx + rn[None, :], c2, mask=n_ok[None, :])
+            tl.store(pcoef_ptr + 2 * C_dx + rn[None, :], c3, mask=n_ok[None, :])
+            tl.store(pcoef_ptr + 3 * C_dx + rn[None, :], mean, mask=n_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,11 +536,12 @@ def _cfg(bm, bn, bk, warps, stages, targets=_BOTH):
 #: what the AOT specs assume through their divisibility hints; BK is the K step of the forward
 #: and data gradient and the K rows of the weight-gradient tile (whose reduction step over
 #: N*H*W is BM).
-#: Registers on sm_90a (AOT, fp16): fused forward 128x128x64 169 (with pool 205), 128x256x64 240,
-#: 256x128x32 228, 128x64x64 132; data gradient with the BN-backward prologue and epilogue
-#: 192-246 (with the pool epilogue, which keeps the window maximum and the gradient live, 255 at
-#: 128x64: 128x128 tiles spilled 1.3 KB there); weight gradient with the BN-backward prologue
-#: 196-226 (64x128x64 and 64x64x128 need 8 warps, with 4 they spilled).
+#: Registers on sm_90a (AOT, fp16), epilogues with the in-kernel statistics tree included:
+#: fused forward 128x128x64 175 (with pool 200), 128x256x64 254, 256x128x32 254, 128x64x64 130;
+#: data gradient with the BN-backward prologue and epilogue 162-244, with the pool epilogue (the
+#: window maximum and the gradient stay live) 255 at 128x64 (128x128 tiles spilled 1.3 KB there;
+#: 128x64 spills 8 bytes on sm_80, so sm_80 gets 64x64: 203); weight gradient with the
+#: BN-backward prologue 181-240 (64x128x64 and 64x64x128 need 8 warps, with 4 they spilled).
 #: Shared memory (per block: 232,448 bytes on sm_90, 166,912 on sm_80): the pool prologue
 #: pipelines its four loads, so 128x128x64 with pool needs 197,632 bytes on sm_90a (181,248 on
 #: sm_80: sm_90 only); wgrad 64x128x128 and 64x64x128 need 231,424 / 190,464 (sm_90 only).
@@ -432,20 +552,22 @@ FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3, ("sm_90a",)), _cfg(128, 256, 32, 8,
                     _cfg(128, 64, 32, 4, 3))
 DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(256, 64, 32, 8, 4),
                  _cfg(128, 64, 64, 8, 3))
-DGRAD_POOL_CONFIGS = (_cfg(128, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 4))
+DGRAD_POOL_CONFIGS = (_cfg(128, 64, 64, 8, 3, ("sm_90a",)), _cfg(128, 64, 64, 8, 4, ("sm_90a",)),
+                      _cfg(64, 64, 64, 8, 3))
 WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, ("sm_90a",)), _cfg(64, 128, 64, 8, 3),
                  _cfg(64, 64, 128, 8, 3, ("sm_90a",)), _cfg(64, 64, 64, 4, 3))
 #: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
 SMALL_K_CONFIGS = (_cfg(64, 64, 16, 8, 3),)
 #: fp32 (exact "ieee" FMA dot, 4-byte tiles): the fp16 tiles need up to 526 KB of shared memory
-#: and spill, so smaller ones: at most 164,352 bytes, no spills, on both targets.
-FWD_CONFIGS_FP32 = (_cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 128, 32, 8, 3),
-                    _cfg(128, 128, 32, 8, 2))
+#: and spill, so smaller ones, spill-free where offered (the 64-wide forward tiles spill 8 bytes
+#: on sm_80: sm_90 only).
+FWD_CONFIGS_FP32 = (_cfg(64, 64, 32, 4, 3, ("sm_90a",)), _cfg(128, 64, 32, 8, 3, ("sm_90a",)),
+                    _cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
 FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
-DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(64, 64, 32, 8, 3))
+DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(32, 64, 32, 4, 3))
 DGRAD_POOL_CONFIGS_FP32 = (_cfg(64, 32, 32, 4, 3), _cfg(32, 32, 32, 4, 3))
 WGRAD_CONFIGS_FP32 = (_cfg(16, 64, 64, 4, 3), _cfg(32, 64, 32, 4, 3))
-SMALL_K_CONFIGS_FP32 = (_cfg(32, 64, 16, 4, 3),)
+SMALL_K_CONFIGS_FP32 = (_cfg(32, 32, 16, 4, 3),)
 _INTERPRET_CONFIG = _cfg(64, 32, 16, 4, 1)
 _TUNED: dict = {}
 
@@ -476,19 +598,21 @@ def _aligned(x: torch.Tensor, c_out: int, bk: int) -> bool:
 
 
 def _tuned(key, candidates, launch):
-    """Run ``launch(cfg)`` with the fastest candidate for ``key``, timing each once per key.
+    """Run ``launch(cfg, final=True)`` with the fastest candidate for ``key``, timing each once
+    per key with ``final=False``.
 
-    ``launch`` must be idempotent (every output overwritten, nothing accumulated), so that the
-    timing runs leave no trace; running statistics are updated by callers, after the launch.
-    A candidate the GPU rejects (OutOfResources: shared memory, registers) is skipped; only when
-    none fits is it an error."""
+    ``launch`` must be idempotent (every output overwritten, nothing accumulated) and, when not
+    ``final``, leave no other trace (no running-statistics update), so that the timing runs are
+    invisible. A candidate the GPU rejects (OutOfResources: shared memory, registers) is
+    skipped; only when none fits is it an error."""
     cfg = _TUNED.get(key)
     if cfg is not None:
-        return launch(cfg)
+        return launch(cfg, final=True)
     times, rejected = {}, []
     for i, c in enumerate(candidates):
         try:
-            times[i] = (triton.testing.do_bench(lambda c=c: launch(c), warmup=5, rep=20)
+            times[i] = (triton.testing.do_bench(lambda c=c: launch(c, final=False), warmup=5,
+                                                rep=20)
                         if len(candidates) > 1 else 0.0)
         except OutOfResources as exc:
             rejected.append(f"{_cfg_name(c)}: {exc}")
@@ -496,7 +620,7 @@ def _tuned(key, candidates, launch):
         raise _no_config_fits(key, rejected)
     cfg = candidates[min(times, key=times.__getitem__)]
     try:
-        out = launch(cfg)
+        out = launch(cfg, final=True)
     except OutOfResources as exc:
         raise _no_config_fits(key, rejected + [f"{_cfg_name(cfg)}: {exc}"]) from exc
     _TUNED[key] = cfg
@@ -549,73 +673,105 @@ def _check_input(x, wp, rows_per_cin, pro, scale, shift, pool):
     return nb, h, w, c_in
 
 
-def bn_coefficients(part, rows, m, gamma, beta, running_mean=None, running_var=None, *,
-                    training: bool, momentum: float = 0.1, eps: float = 1e-5):
-    """The BatchNorm coefficients [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] fp32 [4, C]
-    (``bn_act.COEF_ROWS``) of a conv output, in ONE launch of bn_act's finalize kernel.
+@dataclass(frozen=True)
+class BatchNormArgs:
+    """The BatchNorm that follows a conv (``conv3x3(..., bn=)``): its affine parameters, running
+    statistics (None when not tracked) and nn.BatchNorm2d settings."""
 
-    Training: Chan's combine of the conv epilogue's partials ``part`` [T, 2, C] ((mean, M2) over
-    ``rows`` rows each, the last one partial; ``m`` rows in all), and, given running statistics,
-    their update exactly as ``nn.BatchNorm2d`` (unbiased variance). Eval: from the running
-    statistics (``part`` unused). Called once per forward, after any tuning re-launches."""
-    c = gamma.shape[0]
-    track = running_mean is not None
-    if not training and not track:
-        raise ValueError("bn_coefficients: eval mode needs running_mean and running_var")
-    if training:
-        _check("partials", part, dtype=torch.float32, device=gamma.device, contiguous=True)
-        if part.dim() != 3 or part.shape[1:] != (2, c) or part.shape[0] != triton.cdiv(m, rows):
-            raise ValueError(f"partials have shape {tuple(part.shape)}, expected "
-                             f"[{triton.cdiv(m, rows)}, 2, {c}] for {m} rows in tiles of {rows}")
-    tiles = bn_act.GPU_TILES if gamma.device.type == "cuda" else bn_act.INTERPRETER_TILES
-    coef = torch.empty((4, c), device=gamma.device, dtype=torch.float32)
-    bn_act._finalize_kernel[(triton.cdiv(c, tiles.c),)](
-        part if training else coef, part.shape[0] if training else 0, rows, m, gamma, beta,
-        running_mean if track else gamma, running_var if track else gamma, coef, c, eps,
-        momentum, int(training), int(training and track), BLOCK_P=tiles.partials,
-        BLOCK_C=tiles.c, num_warps=tiles.warps)
-    return coef
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor | None = None
+    running_var: torch.Tensor | None = None
+    training: bool = True
+    momentum: float = 0.1
+    eps: float = 1e-5
+
+    def check(self, c: int, device: torch.device) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(self, name)
+            if t is not None:
+                _check(f"BatchNorm {name}", t, device=device, shape=(c,), contiguous=True)
+        if (self.running_mean is None) != (self.running_var is None):
+            raise ValueError("BatchNorm: give both running_mean and running_var, or neither")
+        if not self.training and self.running_mean is None:
+            raise ValueError("BatchNorm in eval mode needs running_mean and running_var")
+
+
+#: zeroed arrival counters of the training-statistics epilogue, per (device, stream)
+_COUNTERS: dict = {}
+
+
+def _statistics_buffers(device: torch.device, channel_tiles: int, tiles_m: int, c: int):
+    """Tile partials, group partials and arrival counters of ``_reduce_tree`` for a grid of
+    (channel_tiles, tiles_m) programs over c channels."""
+    groups = triton.cdiv(tiles_m, GROUP)
+    part = torch.empty((tiles_m, 2, c), device=device, dtype=torch.float32)
+    gpart = torch.empty((groups, 2, c), device=device, dtype=torch.float32)
+    return part, gpart, _arrival_counters(device, channel_tiles * (groups + 1))
+
+
+def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
+    """n zeroed int32 counters for ``_reduce_tree``. Every launch leaves them zero (the last
+    program to arrive at a counter re-arms it), so one set serves every launch of a stream,
+    whose launches run one after another."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    counters = _COUNTERS.get((device, stream))
+    if counters is None or counters.numel() < n:
+        counters = torch.zeros(max(n, 64), device=device, dtype=torch.int32)
+        _COUNTERS[(device, stream)] = counters
+    return counters
 
 
 def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=False,
-            relu=False, stats=False):
+            relu=False, bn: BatchNormArgs | None = None):
     """Fused 3x3 conv over NHWC ``x`` with packed weight ``wp`` [9*C_in, C_out] (``pack_weight``).
 
     Input seen by the conv: ``pool2x2(prologue(x))`` (pool optional; see PRO_*), zero padded.
-    Returns y [N, H, W, C_out] (x's dtype, contiguous) = relu?(conv + bias), and with ``stats``
-    (y, part, rows): the per-tile (mean, M2) fp32 [T, 2, C_out] of y as stored, over ``rows``
-    rows each, for ``bn_coefficients``."""
+    Returns y [N, H, W, C_out] (x's dtype, contiguous) = relu?(conv + bias), and with ``bn``
+    (y, coef): the coefficients [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] fp32 [4, C_out]
+    (``bn_act.COEF_ROWS``) of the BatchNorm of y, from y's batch statistics (training, computed
+    from the values as stored, running statistics updated as nn.BatchNorm2d does) or its
+    running statistics (eval) — in the same kernel."""
     nb, h, w, c_in = _check_input(x, wp, 9, pro, scale, shift, pool)
     c_out = wp.shape[1]
     if bias is not None:
         _check("bias", bias, device=x.device, shape=(c_out,), contiguous=True)
+    mode = 0
+    if bn is not None:
+        bn.check(c_out, x.device)
+        mode = 1 if bn.training else 2
     m = nb * h * w
     y = torch.empty((nb, h, w, c_out), device=x.device, dtype=x.dtype)
-    dummy = y
+    coef = torch.empty((4, c_out), device=x.device, dtype=torch.float32) if mode else y
+    track = bn is not None and bn.running_mean is not None
+    gamma, beta = (bn.weight, bn.bias) if mode else (coef, coef)
+    rmean, rvar = (bn.running_mean, bn.running_var) if track else (coef, coef)
     key = ("fwd", m, h, w, c_in, c_out, x.dtype, x.stride(), pro, pool, bias is not None, relu,
-           stats)
+           mode)
 
-    def launch(cfg):
+    def launch(cfg, final):
         tiles_m = triton.cdiv(m, cfg["BM"])
-        part = dummy
-        if stats:
-            part = torch.empty((tiles_m, 2, c_out), device=x.device, dtype=torch.float32)
         grid = (triton.cdiv(c_out, cfg["BN"]), tiles_m)
+        part = gpart = counters = y
+        if mode == 1:
+            part, gpart, counters = _statistics_buffers(x.device, grid[0], tiles_m, c_out)
         conv3x3_kernel[grid](
-            x, wp, bias if bias is not None else dummy, scale if pro else dummy,
-            shift if pro else dummy, y, part, m, h, w, c_in, c_out, *x.stride(),
-            PRO=pro, POOL=pool, HAS_BIAS=bias is not None, RELU_OUT=relu, STATS=stats,
-            K_ALIGNED=c_in % cfg["BK"] == 0, DOT_PREC=_dot_precision(x.dtype),
+            x, wp, bias if bias is not None else y, scale if pro else y, shift if pro else y, y,
+            part, gpart, counters, gamma, beta, rmean, rvar, coef, m, h, w, c_in, c_out,
+            *x.stride(),
+            bn.eps if mode else 0.0, (bn.momentum or 0.0) if mode else 0.0,
+            int(final and mode == 1 and track), PRO=pro, POOL=pool,
+            HAS_BIAS=bias is not None, RELU_OUT=relu, BN_MODE=mode,
+            K_ALIGNED=c_in % cfg["BK"] == 0, DOT_PREC=_dot_precision(x.dtype), GROUP=GROUP,
             BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"])
-        return part, cfg["BM"]
 
     if x.dtype == torch.float32:
         table = FWD_POOL_CONFIGS_FP32 if pool else FWD_CONFIGS_FP32
     else:
         table = FWD_POOL_CONFIGS if pool else FWD_CONFIGS
-    part, rows = _tuned(key, _candidates(table, x, c_out), launch)
-    return (y, part, rows) if stats else y
+    _tuned(key, _candidates(table, x, c_out), launch)
+    return (y, coef) if mode else y
 
 
 def _grad_operand(dy, bn, relu_first):
@@ -636,19 +792,22 @@ def _grad_operand(dy, bn, relu_first):
     return (G_BN_RELU_FIRST if relu_first else G_BN), y, gcoef
 
 
-def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False):
+def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, training=True):
     """Gradient of a 3x3/pad-1 conv w.r.t. its (conv-visible) input, ``wd`` =
     ``pack_weight_dgrad(weight)`` [9*C_out, C_in].
 
     ``dy`` NHWC [N, H, W, C_out]: the conv-output gradient, or with ``bn`` = (y, gcoef) (the
-    block's stored conv output and ``bn_grad_coefficients``) the gradient of the block's BN
-    output, the BN (and, ``relu_first``, ReLU) backward being applied while loading.
+    block's stored conv output and its gradient coefficients, as returned here for the previous
+    block) the gradient of the block's BN output, the BN (and, ``relu_first``, ReLU) backward
+    being applied while loading.
     Without ``prev``: returns dx [N, H, W, C_in]. With ``prev`` = (y_prev, coef_prev), the
     previous block's stored conv output [N, EH, EW, C_in] (EH = 2H or 2H + 1 with ``pool``) and
     its forward coefficients [mean, rstd, scale, shift]: the conv input is that block's output,
-    and the epilogue goes back through its pool and ReLU: returns (dz_prev, part), the gradient
-    of the previous BN's output (y_prev's shape) and the per-tile partial [sum dz, sum dz *
-    x_hat] fp32 [T, 2, C_in] for ``bn_grad_coefficients``."""
+    and the epilogue goes back through its pool and ReLU: returns (dz_prev, sums, gcoef_prev):
+    the gradient of the previous BN's output (y_prev's shape), fp32 [2, C_in] = [sum dz,
+    sum dz * x_hat] (its beta and gamma gradients) and fp32 [4, C_in] = the coefficients with
+    which the next data / weight gradient forms its conv-output gradient (BatchNorm backward in
+    ``training`` mode, else the fixed affine) — all in one kernel."""
     g_mode, gy, gcoef = _grad_operand(dy, bn, relu_first)
     nb, h, w, c_dy = dy.shape
     _check("packed weight", wd, dtype=dy.dtype, device=dy.device, contiguous=True)
@@ -660,7 +819,7 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False):
     if prev is None:
         epi, eh, ew = 0, h, w
         out = torch.empty((nb, h, w, c_dx), device=dy.device, dtype=dy.dtype)
-        ey, ecoef = out, out
+        ey = ecoef = sums = pcoef = out
     else:
         ey, ecoef = prev
         _check("previous conv output", ey, dtype=dy.dtype, device=dy.device, contiguous=True)
@@ -675,46 +834,29 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False):
         # positions no pool window covers (odd size) get no gradient from the epilogue
         odd = pool and (eh % 2 or ew % 2)
         out = (torch.zeros if odd else torch.empty)(ey.shape, device=dy.device, dtype=dy.dtype)
+        sums = torch.empty((2, c_dx), device=dy.device, dtype=torch.float32)
+        pcoef = torch.empty((4, c_dx), device=dy.device, dtype=torch.float32)
     key = ("dgrad", m, h, w, c_dy, c_dx, dy.dtype, g_mode, epi, relu_first, eh, ew)
 
-    def launch(cfg):
+    def launch(cfg, final):
         tiles_m = triton.cdiv(m, cfg["BM"])
-        part = out
+        grid = (triton.cdiv(c_dx, cfg["BN"]), tiles_m)
+        part = gpart = counters = out
         if epi:
-            part = torch.empty((tiles_m, 2, c_dx), device=dy.device, dtype=torch.float32)
-        conv3x3_dgrad_kernel[(triton.cdiv(c_dx, cfg["BN"]), tiles_m)](
-            dy, gy, gcoef, wd, ey, ecoef, out, part, m, h, w, c_dy, c_dx, eh, ew,
+            part, gpart, counters = _statistics_buffers(dy.device, grid[0], tiles_m, c_dx)
+        conv3x3_dgrad_kernel[grid](
+            dy, gy, gcoef, wd, ey, ecoef, out, part, gpart, counters, sums, pcoef,
+            m, h, w, c_dy, c_dx, eh, ew, 1.0 / (nb * eh * ew), int(training),
             G=g_mode, EPI=epi, RELU_FIRST=relu_first, K_ALIGNED=c_dy % cfg["BK"] == 0,
-            DOT_PREC=_dot_precision(dy.dtype), BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        return part
+            DOT_PREC=_dot_precision(dy.dtype), GROUP=GROUP, BM=cfg["BM"], BN=cfg["BN"],
+            BK=cfg["BK"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
     if dy.dtype == torch.float32:
         table = DGRAD_POOL_CONFIGS_FP32 if epi == 2 else DGRAD_CONFIGS_FP32
     else:
         table = DGRAD_POOL_CONFIGS if epi == 2 else DGRAD_CONFIGS
-    part = _tuned(key, _candidates(table, dy, c_dx), launch)
-    return (out, part) if epi else out
-
-
-def bn_grad_coefficients(part, coef, m, *, training: bool):
-    """From ``conv3x3_dgrad``'s partials of a block: (sums, gcoef), fp32 [2, C] = [sum dz,
-    sum dz * x_hat] (the gradients of beta and gamma) and [4, C] = the coefficients with which
-    ``conv3x3_dgrad`` / ``conv3x3_wgrad`` (``bn=(y, gcoef)``) form the conv-output gradient,
-    over the ``m`` = N*H*W rows of the block's conv output; ``coef`` its forward coefficients.
-    One launch."""
-    c = coef.shape[1] if coef.dim() == 2 else -1
-    _check("coefficients", coef, dtype=torch.float32, shape=(4, c), contiguous=True)
-    _check("partials", part, dtype=torch.float32, device=coef.device, contiguous=True)
-    if part.dim() != 3 or part.shape[1:] != (2, c):
-        raise ValueError(f"partials have shape {tuple(part.shape)}, expected [T, 2, {c}]")
-    tiles = bn_act.GPU_TILES if coef.device.type == "cuda" else bn_act.INTERPRETER_TILES
-    sums = torch.empty((2, c), device=coef.device, dtype=torch.float32)
-    gcoef = torch.empty((4, c), device=coef.device, dtype=torch.float32)
-    _bn_grad_coef_kernel[(triton.cdiv(c, tiles.c),)](
-        part, part.shape[0], coef, sums, gcoef, c, 1.0 / m, int(training),
-        BLOCK_T=tiles.partials, BLOCK_C=tiles.c, num_warps=tiles.warps)
-    return sums, gcoef
+    _tuned(key, _candidates(table, dy, c_dx), launch)
+    return (out, sums, pcoef) if epi else out
 
 
 def _num_sms(device):
@@ -743,7 +885,7 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
     key = ("wgrad", m, h, w, c_in, c_out, x.dtype, x.stride(), pro, pool, bias_grad, g_mode)
     target = 2 if _INTERPRET else 2 * _num_sms(x.device)
 
-    def launch(cfg):
+    def launch(cfg, final):
         tiles = triton.cdiv(k_total, cfg["BK"]) * triton.cdiv(c_out, cfg["BN"])
         chunks = triton.cdiv(m, cfg["BM"])
         splits = max(1, min(chunks, triton.cdiv(target, tiles)))
@@ -779,8 +921,12 @@ def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
     pointers = {"x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr", "dz_ptr", "gy_ptr", "ey_ptr",
                 "out_ptr"}
     fp32_pointers = {"scale_ptr", "shift_ptr", "part_ptr", "dw_ptr", "db_ptr", "gcoef_ptr",
-                     "ecoef_ptr"}
+                     "ecoef_ptr", "gamma_ptr", "beta_ptr", "rmean_ptr", "rvar_ptr", "coef_ptr",
+                     "gpart_ptr", "sums_ptr", "pcoef_ptr"}
+    fp32_scalars = {"eps", "momentum", "inv_count"}
     constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"])
+    if "GROUP" in fn.arg_names:
+        constexprs["GROUP"] = GPU_GROUP
     if "sxc" in fn.arg_names:  # as the JIT specialises a contiguous NHWC input
         constexprs["sxc"] = 1
     if dtype == "fp32":
@@ -793,6 +939,10 @@ def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
             signature[arg] = f"*{dtype}"
         elif arg in fp32_pointers:
             signature[arg] = "*fp32"
+        elif arg == "count_ptr":
+            signature[arg] = "*i32"
+        elif arg in fp32_scalars:
+            signature[arg] = "fp32"
         else:
             signature[arg] = "i32"
     aligned = constexprs["K_ALIGNED"]
@@ -806,7 +956,7 @@ def _cfg_name(cfg):
     return f"BM{cfg['BM']}_BN{cfg['BN']}_BK{cfg['BK']}_w{cfg['num_warps']}_s{cfg['num_stages']}"
 
 
-_FWD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, HAS_BIAS=True, RELU_OUT=False, STATS=True,
+_FWD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, HAS_BIAS=True, RELU_OUT=False, BN_MODE=1,
                   K_ALIGNED=True, DOT_PREC="tf32")
 #: forward variants: released order (BN, ReLU in the prologue) and paper (ReLU in the epilogue)
 _FWD = {"fused_": dict(_FWD_FUSED, POOL=False),
@@ -850,10 +1000,4 @@ AOT_SPECS = (
        for kind, (fn, constexprs) in _SMALL.items()
        for table, dtype in ((SMALL_K_CONFIGS, "fp16"), (SMALL_K_CONFIGS_FP32, "fp32"))
        for spec in _specs(f"{kind}_small_k", fn, {"": constexprs}, table, dtype)]
-    + [dict(name="bn_grad_coef", fn=_bn_grad_coef_kernel,
-            signature={"part_ptr": "*fp32", "T": "i32", "ecoef_ptr": "*fp32", "sums_ptr": "*fp32",
-                       "gcoef_ptr": "*fp32", "C": "i32", "inv_count": "fp32", "training": "i32",
-                       "BLOCK_T": "constexpr", "BLOCK_C": "constexpr"},
-            constexprs={"BLOCK_T": bn_act.GPU_TILES.partials, "BLOCK_C": bn_act.GPU_TILES.c},
-            num_warps=bn_act.GPU_TILES.warps, hgmma=False)]
 )
