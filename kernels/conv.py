@@ -192,8 +192,8 @@ def _sum_pairs(ptr, first, count, C, rn, n_ok, BP: tl.constexpr, BN: tl.constexp
 
 
 @triton.jit
-def _reduce_tree(part_ptr, gpart_ptr, count_ptr, M, C, rn, n_ok, v0, v1, CHAN: tl.constexpr,
-                 GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+def _reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M, C, rn, n_ok, v0, v1,
+                 CHAN: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Per-channel reduction of a tile-level pair (v0, v1) over every M tile of the grid, in two
     levels of "the last program to arrive merges": groups of GROUP consecutive tiles into
     ``gpart_ptr``, then the groups. ``CHAN``: pairs are (mean, M2) merged with Chan's formula,
@@ -201,9 +201,7 @@ def _reduce_tree(part_ptr, gpart_ptr, count_ptr, M, C, rn, n_ok, v0, v1, CHAN: t
     is_last holds. The result is deterministic: merges go in tile order whoever arrives last.
     ``count_ptr``: zeroed int32 [channel tiles, groups + 1], left zeroed."""
     BP: tl.constexpr = 32
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    tiles_m = tl.num_programs(1)
+    tiles_m = tl.cdiv(M, BM)
     tl.store(part_ptr + 2 * pid_m * C + rn, v0, mask=n_ok)
     tl.store(part_ptr + (2 * pid_m + 1) * C + rn, v1, mask=n_ok)
     n_groups = tl.cdiv(tiles_m, GROUP)
@@ -243,6 +241,16 @@ def _store_coefficients(coef_ptr, rn, n_ok, mean, var, gamma_ptr, beta_ptr, C_ou
 
 
 @triton.jit
+def _tile_ids(C, BN: tl.constexpr):
+    """(M tile, channel tile) of this program of a 1-D grid (no 65,535 limit on the M tiles, as
+    a grid's second axis would have at large batches), channel tiles fastest so that the
+    programs sharing an A tile run together."""
+    tiles_n = tl.cdiv(C, BN)
+    pid = tl.program_id(0)
+    return pid // tiles_n, pid % tiles_n
+
+
+@triton.jit
 def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, gpart_ptr,
                    count_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, coef_ptr,
                    M, H, W, C_in, C_out, sxn, sxh, sxw, sxc, eps, momentum, update_running,
@@ -250,14 +258,14 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, g
                    RELU_OUT: tl.constexpr, BN_MODE: tl.constexpr, K_ALIGNED: tl.constexpr,
                    DOT_PREC: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr):
-    """y[m, co] = epilogue(sum_k prologue(x)[m, k] * w[k, co]); grid (C_out tiles, M tiles).
+    """y[m, co] = epilogue(sum_k prologue(x)[m, k] * w[k, co]); 1-D grid over (M tile, C_out
+    tile), C_out tiles fastest (``_tile_ids``).
 
     ``BN_MODE`` (the BatchNorm that follows): 0 none; 1 training: per-tile (mean, M2) of the
     stored values, reduced over all M tiles by ``_reduce_tree``, whose last program writes the
     coefficients ``coef_ptr`` [4, C_out] and (``update_running``) the running statistics;
     2 eval: the coefficients from the running statistics, written by the first M tile."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    pid_m, pid_n = _tile_ids(C_out, BN)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
@@ -290,8 +298,9 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, g
         cnt = tl.minimum(M - pid_m * BM, BM).to(tl.float32)
         mean = tl.sum(v, axis=0) / cnt
         d = tl.where(mask, v - mean[None, :], 0.0)
-        is_last, mean, m2 = _reduce_tree(part_ptr, gpart_ptr, count_ptr, M, C_out, rn, n_ok,
-                                         mean, tl.sum(d * d, axis=0), True, GROUP, BM, BN)
+        is_last, mean, m2 = _reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M, C_out,
+                                         rn, n_ok, mean, tl.sum(d * d, axis=0), True, GROUP,
+                                         BM, BN)
         if is_last:
             if update_running != 0:  # as nn.BatchNorm2d: unbiased running variance
                 rmean = tl.load(rmean_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
@@ -399,7 +408,8 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
                          G: tl.constexpr, EPI: tl.constexpr, RELU_FIRST: tl.constexpr,
                          K_ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr, GROUP: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """Data gradient through a block boundary; grid (C_dx tiles, M tiles), M = N*H*W.
+    """Data gradient through a block boundary; 1-D grid over (M tile, C_dx tile) as the
+    forward's, M = N*H*W.
 
     GEMM: g[m, cx] = sum_k dy[m, k] * wd[k, cx] (flipped weights), the A tile formed by
     ``_load_grad`` (prologue G: this block's BN / ReLU backward). g is the gradient of the conv's
@@ -415,8 +425,7 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
     training scale * (dz - mean(dz) - x_hat * mean(dz * x_hat)), i.e. c1 = scale,
     c2 = -scale * rstd * mean(dz * x_hat), c3 = -scale * mean(dz); in eval the fixed affine,
     c2 = c3 = 0."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    pid_m, pid_n = _tile_ids(C_dx, BN)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
@@ -485,8 +494,9 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
                 tl.store(out_ptr + offs, dz.to(dtype), mask=mask)
                 sum_dz += tl.sum(dz, axis=0)
                 sum_dzx += tl.sum(dz * x_hat, axis=0)
-        is_last, sum_dz, sum_dzx = _reduce_tree(part_ptr, gpart_ptr, count_ptr, M, C_dx, rn,
-                                                n_ok, sum_dz, sum_dzx, False, GROUP, BM, BN)
+        is_last, sum_dz, sum_dzx = _reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M,
+                                                C_dx, rn, n_ok, sum_dz, sum_dzx, False, GROUP,
+                                                BM, BN)
         if is_last:
             tl.store(sums_ptr + rn, sum_dz, mask=n_ok)
             tl.store(sums_ptr + C_dx + rn, sum_dzx, mask=n_ok)
@@ -537,23 +547,23 @@ def _cfg(bm, bn, bk, warps, stages, targets=_BOTH):
 #: and data gradient and the K rows of the weight-gradient tile (whose reduction step over
 #: N*H*W is BM).
 #: Registers on sm_90a (AOT, fp16), epilogues with the in-kernel statistics tree included:
-#: fused forward 128x128x64 175 (with pool 200), 128x256x64 254, 256x128x32 254, 128x64x64 130;
-#: data gradient with the BN-backward prologue and epilogue 162-244, with the pool epilogue (the
-#: window maximum and the gradient stay live) 255 at 128x64 (128x128 tiles spilled 1.3 KB there;
-#: 128x64 spills 8 bytes on sm_80, so sm_80 gets 64x64: 203); weight gradient with the
+#: fused forward 128x128x64 175 (with pool 200), 128x256 241, 256x128 254 (128x256 spills
+#: 24-32 bytes on sm_80: sm_90 only); data gradient with the BN-backward prologue and
+#: epilogue 162-244; with the pool epilogue (the window maximum and the gradient stay live)
+#: 64x64 tiles, ~204: 128x64 spilled 8-32 bytes, 128x128 1.3 KB; weight gradient with the
 #: BN-backward prologue 181-240 (64x128x64 and 64x64x128 need 8 warps, with 4 they spilled).
 #: Shared memory (per block: 232,448 bytes on sm_90, 166,912 on sm_80): the pool prologue
 #: pipelines its four loads, so 128x128x64 with pool needs 197,632 bytes on sm_90a (181,248 on
 #: sm_80: sm_90 only); wgrad 64x128x128 and 64x64x128 need 231,424 / 190,464 (sm_90 only).
 #: Tables for fp16 / bf16 (2-byte operands, HGMMA on sm_90a).
-FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 64, 8, 3),
-               _cfg(256, 128, 32, 8, 3), _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
-FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3, ("sm_90a",)), _cfg(128, 256, 32, 8, 3),
+FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4),
+               _cfg(128, 256, 64, 8, 3, ("sm_90a",)), _cfg(256, 128, 32, 8, 3),
+               _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
+FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3, ("sm_90a",)), _cfg(128, 256, 32, 8, 3, ("sm_90a",)),
                     _cfg(128, 64, 32, 4, 3))
 DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(256, 64, 32, 8, 4),
                  _cfg(128, 64, 64, 8, 3))
-DGRAD_POOL_CONFIGS = (_cfg(128, 64, 64, 8, 3, ("sm_90a",)), _cfg(128, 64, 64, 8, 4, ("sm_90a",)),
-                      _cfg(64, 64, 64, 8, 3))
+DGRAD_POOL_CONFIGS = (_cfg(64, 64, 64, 8, 3), _cfg(64, 64, 64, 8, 4))
 WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, ("sm_90a",)), _cfg(64, 128, 64, 8, 3),
                  _cfg(64, 64, 128, 8, 3, ("sm_90a",)), _cfg(64, 64, 64, 4, 3))
 #: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
@@ -751,11 +761,11 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
 
     def launch(cfg, final):
         tiles_m = triton.cdiv(m, cfg["BM"])
-        grid = (triton.cdiv(c_out, cfg["BN"]), tiles_m)
+        tiles_n = triton.cdiv(c_out, cfg["BN"])
         part = gpart = counters = y
         if mode == 1:
-            part, gpart, counters = _statistics_buffers(x.device, grid[0], tiles_m, c_out)
-        conv3x3_kernel[grid](
+            part, gpart, counters = _statistics_buffers(x.device, tiles_n, tiles_m, c_out)
+        conv3x3_kernel[(tiles_m * tiles_n,)](
             x, wp, bias if bias is not None else y, scale if pro else y, shift if pro else y, y,
             part, gpart, counters, gamma, beta, rmean, rvar, coef, m, h, w, c_in, c_out,
             *x.stride(),
@@ -840,11 +850,11 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
 
     def launch(cfg, final):
         tiles_m = triton.cdiv(m, cfg["BM"])
-        grid = (triton.cdiv(c_dx, cfg["BN"]), tiles_m)
+        tiles_n = triton.cdiv(c_dx, cfg["BN"])
         part = gpart = counters = out
         if epi:
-            part, gpart, counters = _statistics_buffers(dy.device, grid[0], tiles_m, c_dx)
-        conv3x3_dgrad_kernel[grid](
+            part, gpart, counters = _statistics_buffers(dy.device, tiles_n, tiles_m, c_dx)
+        conv3x3_dgrad_kernel[(tiles_m * tiles_n,)](
             dy, gy, gcoef, wd, ey, ecoef, out, part, gpart, counters, sums, pcoef,
             m, h, w, c_dy, c_dx, eh, ew, 1.0 / (nb * eh * ew), int(training),
             G=g_mode, EPI=epi, RELU_FIRST=relu_first, K_ALIGNED=c_dy % cfg["BK"] == 0,
