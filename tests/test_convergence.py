@@ -1,6 +1,7 @@
-"""Training with the fused block backend follows training with the eager reference: same init,
-same data, same dropout masks, several SGD-Nesterov steps; losses, parameters and BatchNorm
-running statistics stay within tolerance ("convergence" in tests/tolerances.py).
+"""Training with a fast backend ("fused" blocks, or the "triton" implicit-GEMM conv stack)
+follows training with the eager reference: same init, same data, same dropout masks, several
+SGD-Nesterov steps; losses, parameters and BatchNorm running statistics stay within tolerance
+("convergence" in tests/tolerances.py).
 
 CPU: a tiny VGG (width 1/16) with the Triton kernels under the interpreter (TRITON_INTERPRET=1,
 set by conftest), fp32. GPU: the full-size VGG on one step's 640 crops, fp16 autocast with
@@ -34,9 +35,9 @@ def _train(model, images, labels, steps, *, amp):
     return torch.stack(losses)
 
 
-def _compare(width, batch, steps, device, *, amp):
+def _compare(backend, width, batch, steps, device, *, amp):
     torch.manual_seed(0)
-    fused = VGG(width=width, backend="fused").to(device)
+    fused = VGG(width=width, backend=backend).to(device)
     eager = VGG(width=width, backend="eager").to(device)
     eager.load_state_dict(fused.state_dict())
     if device == "cuda":
@@ -54,12 +55,18 @@ def _compare(width, batch, steps, device, *, amp):
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
 
 
-def test_tiny_vgg_trains_like_eager_cpu():
+BACKENDS = ["fused", "triton"]
+
+
+#: the interpreter runs the implicit-GEMM convs' programs one by one: fewer, smaller steps
+@pytest.mark.parametrize("backend,batch,steps", [("fused", 4, 4), ("triton", 2, 3)])
+def test_tiny_vgg_trains_like_eager_cpu(backend, batch, steps):
     if not bn_act.runs_on(torch.device("cpu")):
         pytest.skip(reason="needs TRITON_INTERPRET=1 (the CPU path would be eager math, not Triton)")
-    _compare(1 / 16, batch=4, steps=4, device="cpu", amp=False)
+    _compare(backend, 1 / 16, batch=batch, steps=steps, device="cpu", amp=False)
 
 
 @requires_cuda
-def test_full_vgg_trains_like_eager_gpu():
-    _compare(1.0, batch=640, steps=6, device="cuda", amp=True)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_vgg_trains_like_eager_gpu(backend):
+    _compare(backend, 1.0, batch=640, steps=6, device="cuda", amp=True)
