@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import backends
 from .kernels import bn_act
@@ -50,7 +51,8 @@ def supports(device: torch.device) -> bool:
 
 def _batch_norm_args(bn, gamma, beta, training):
     """What the conv kernel's epilogue needs of ``bn`` (an nn.BatchNorm2d): momentum None is
-    nn.BatchNorm2d's cumulative average, 1 / num_batches_tracked (already incremented)."""
+    nn.BatchNorm2d's cumulative average, 1 / num_batches_tracked (already incremented), read on
+    the host (a sync per block; the VGG's BatchNorms use momentum 0.1)."""
     track = bn.track_running_stats
     momentum = bn.momentum
     if training and track and momentum is None:
@@ -101,6 +103,7 @@ class FeaturesFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         """Per block in reverse. The last block: bn_act's fused BN / ReLU / pool backward turns
         the output gradient into its conv-output gradient dy. Every other block's dy is never
@@ -123,14 +126,15 @@ class FeaturesFunction(torch.autograd.Function):
         dz, bn = dy.permute(0, 2, 3, 1), None  # channels_last NCHW -> contiguous NHWC
         dx = None
         for i in reversed(range(nblocks)):
-            weight, gamma, beta = params[4 * i], params[4 * i + 2], params[4 * i + 3]
+            weight, bias, gamma, beta = params[4 * i: 4 * i + 4]
             h = ys[i - 1] if i > 0 else x_nhwc
             pool_in = i > 0 and stack.pools[i - 1]
-            dw, db = K.conv3x3_wgrad(h, dz, pool=pool_in, bn=bn, relu_first=relu_first,
-                                     **_prologue(coefs[i - 1] if i > 0 else None, order))
-            grads[4 * i: 4 * i + 4] = [K.unpack_weight_grad(dw, h.shape[3]).to(weight.dtype),
-                                       db.to(weight.dtype), sums[1].to(gamma.dtype),
-                                       sums[0].to(beta.dtype)]
+            if any(ctx.needs_input_grad[2 + 4 * i: 4 + 4 * i]):  # weight, bias (not frozen)
+                dw, db = K.conv3x3_wgrad(h, dz, pool=pool_in, bn=bn, relu_first=relu_first,
+                                         **_prologue(coefs[i - 1] if i > 0 else None, order))
+                grads[4 * i: 4 * i + 2] = [
+                    K.unpack_weight_grad(dw, h.shape[3]).to(weight.dtype), db.to(bias.dtype)]
+            grads[4 * i + 2: 4 * i + 4] = [sums[1].to(gamma.dtype), sums[0].to(beta.dtype)]
             wd = K.pack_weight_dgrad(weight, dtype)
             if i > 0:
                 dz, sums, gcoef = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first,
@@ -153,6 +157,14 @@ def features_triton(x, convs, bns, pools, *, order):
                 or conv.bias is None:
             raise ValueError(f"triton features backend needs 3x3/pad 1/stride 1 convs with bias, "
                              f"got {conv}")
+    for bn in bns:
+        if not bn.affine:
+            raise ValueError(f"triton features backend needs affine BatchNorms, got {bn}")
+        if (bn.training, bn.track_running_stats) != (bns[0].training,
+                                                      bns[0].track_running_stats):
+            raise ValueError("triton features backend: every BatchNorm of the stack must be in "
+                             "the same mode (training, track_running_stats); got "
+                             f"{[(b.training, b.track_running_stats) for b in bns]}")
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
     else:

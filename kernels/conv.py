@@ -250,7 +250,7 @@ def _tile_ids(C, BN: tl.constexpr):
     return pid // tiles_n, pid % tiles_n
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["update_running"])
 def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, gpart_ptr,
                    count_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, coef_ptr,
                    M, H, W, C_in, C_out, sxn, sxh, sxw, sxc, eps, momentum, update_running,
@@ -324,7 +324,7 @@ def _load_grad(dz_ptr, gy_ptr, gcoef_ptr, offs, mask, c, c_ok, C, G: tl.constexp
     (``G_DENSE``), or formed from the stored gradient dz of the block's BN output and the stored
     conv output y with the coefficients [c1, c2, c3, mean] that ``conv3x3_dgrad_kernel``
     computed for the block:
-    dL/dy = c1*dz + c2*(x - mean) + c3, x = y (G_BN); times the ReLU mask y > 0 (G_BN_RELU_FIRST)."""
+    dL/dy = c1*dz + c2*(x - mean) + c3, x = y (G_BN); 0 where y <= 0 (G_BN_RELU_FIRST)."""
     v = tl.load(dz_ptr + offs, mask=mask, other=0.0)
     if G != 0:
         y = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -334,7 +334,7 @@ def _load_grad(dz_ptr, gy_ptr, gcoef_ptr, offs, mask, c, c_ok, C, G: tl.constexp
         mean = tl.load(gcoef_ptr + 3 * C + c, mask=c_ok, other=0.0)
         v = c1 * v.to(tl.float32) + c2 * (y - mean) + c3
         if G == 2:
-            v = tl.where(y > 0, v, 0.0)
+            v = tl.where(y <= 0, 0.0, v)  # as threshold_backward: NaN passes
         v = tl.where(mask, v, 0.0)
     return v.to(OUT_DTYPE)
 
@@ -401,7 +401,7 @@ def _block_output(y, mean, rstd, scale, shift, RELU_FIRST: tl.constexpr):
     return (x - mean) * rstd, z
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["training"])
 def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, out_ptr, part_ptr,
                          gpart_ptr, count_ptr, sums_ptr, pcoef_ptr, M, H, W, C_dy, C_dx, EH, EW,
                          inv_count, training,
@@ -462,7 +462,7 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
             y = tl.load(ey_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             x_hat, z = _block_output(y, mean, rstd, scale, shift, RELU_FIRST)
             if not RELU_FIRST:
-                g = tl.where(z > 0, g, 0.0)
+                g = tl.where(z <= 0, 0.0, g)
             dz = tl.where(mask, g.to(dtype).to(tl.float32), 0.0)
             tl.store(out_ptr + offs, dz.to(dtype), mask=mask)
             sum_dz = tl.sum(dz, axis=0)
@@ -489,7 +489,7 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
                 dz = tl.where(hit, g, 0.0)
                 g = tl.where(hit, 0.0, g)
                 if not RELU_FIRST:
-                    dz = tl.where(z > 0, dz, 0.0)
+                    dz = tl.where(z <= 0, 0.0, dz)
                 dz = tl.where(mask, dz, 0.0)
                 tl.store(out_ptr + offs, dz.to(dtype), mask=mask)
                 sum_dz += tl.sum(dz, axis=0)
@@ -659,6 +659,13 @@ def _check(name, t, *, dtype=None, device=None, shape=None, contiguous=False):
         raise ValueError(f"{name} must be contiguous")
 
 
+def _check_int32(name: str, numel: int) -> None:
+    """The kernels index with int32: every operand must have fewer than 2**31 elements."""
+    if numel >= 2 ** 31:
+        raise ValueError(f"{name} would have {numel} elements; the conv kernels index with int32 "
+                         f"(< 2**31): use a smaller batch")
+
+
 def _check_input(x, wp, rows_per_cin, pro, scale, shift, pool):
     """Validate the NHWC input / packed weight / prologue and return (N, H, W, C_in, C_out)."""
     if x.dim() != 4:
@@ -666,8 +673,7 @@ def _check_input(x, wp, rows_per_cin, pro, scale, shift, pool):
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"x has dtype {x.dtype}; supported: float16, bfloat16, float32")
     nb, hx, wx, c_in = x.shape
-    if x.numel() >= 2 ** 31:
-        raise ValueError(f"x has {x.numel()} elements; int32 indexing supports < 2**31")
+    _check_int32("x", x.numel())
     _check("packed weight", wp, dtype=x.dtype, device=x.device, contiguous=True)
     if wp.dim() != 2 or wp.shape[0] != rows_per_cin * c_in:
         raise ValueError(f"packed weight has shape {tuple(wp.shape)}, expected "
@@ -723,7 +729,10 @@ def _statistics_buffers(device: torch.device, channel_tiles: int, tiles_m: int, 
 def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     """n zeroed int32 counters for ``_reduce_tree``. Every launch leaves them zero (the last
     program to arrive at a counter re-arms it), so one set serves every launch of a stream,
-    whose launches run one after another."""
+    whose launches run one after another. A CUDA graph being captured gets its own (a captured
+    zero fill), since its replays may run beside other work of the capture stream."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.zeros(n, device=device, dtype=torch.int32)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     counters = _COUNTERS.get((device, stream))
     if counters is None or counters.numel() < n:
@@ -746,11 +755,15 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
     c_out = wp.shape[1]
     if bias is not None:
         _check("bias", bias, device=x.device, shape=(c_out,), contiguous=True)
+    m = nb * h * w
+    _check_int32("the conv output", m * c_out)
     mode = 0
     if bn is not None:
         bn.check(c_out, x.device)
         mode = 1 if bn.training else 2
-    m = nb * h * w
+        if bn.training and m < 2:
+            raise ValueError(f"BatchNorm in training needs more than 1 value per channel, got "
+                             f"input of shape {tuple(x.shape)} (as nn.BatchNorm2d)")
     y = torch.empty((nb, h, w, c_out), device=x.device, dtype=x.dtype)
     coef = torch.empty((4, c_out), device=x.device, dtype=torch.float32) if mode else y
     track = bn is not None and bn.running_mean is not None
@@ -792,6 +805,7 @@ def _grad_operand(dy, bn, relu_first):
     if dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"dy has dtype {dy.dtype}; supported: float16, bfloat16, float32")
     _check("dy", dy, contiguous=True)
+    _check_int32("dy", dy.numel())
     if bn is None:
         return G_DENSE, dy, dy
     y, gcoef = bn
@@ -826,6 +840,7 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
                          f"[{9 * c_dy}, C] for dy with {c_dy} channels")
     c_dx = wd.shape[1]
     m = nb * h * w
+    _check_int32("the data gradient", m * c_dx)
     if prev is None:
         epi, eh, ew = 0, h, w
         out = torch.empty((nb, h, w, c_dx), device=dy.device, dtype=dy.dtype)
@@ -833,6 +848,7 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
     else:
         ey, ecoef = prev
         _check("previous conv output", ey, dtype=dy.dtype, device=dy.device, contiguous=True)
+        _check_int32("previous conv output", ey.numel())
         eh, ew = ey.shape[1:3] if ey.dim() == 4 else (0, 0)
         expected = (nb, 2 * h + eh % 2, 2 * w + ew % 2, c_dx) if pool else (nb, h, w, c_dx)
         if tuple(ey.shape) != expected:

@@ -214,7 +214,7 @@ def _bn_grad_ref(dz, y, gcoef, relu_first):
     """Eager ``_load_grad``: the conv-output gradient from the BN-output gradient dz (NCHW)."""
     c1, c2, c3, mean = (r[None, :, None, None] for r in gcoef)
     g = c1 * dz + c2 * (y - mean) + c3
-    return torch.where(y > 0, g, 0.0) if relu_first else g
+    return torch.where(y <= 0, 0.0, g) if relu_first else g  # NaN passes, as threshold_backward
 
 
 BOUNDARIES = [(False, False, True), (True, False, True), (False, True, True), (True, True, False),
@@ -279,6 +279,52 @@ def test_gradients_through_the_block_boundary(relu_first, pool, training, dtype)
                                                                       padding=1), **tol)
 
 
+def test_nan_passes_the_relu_backward_like_torch():
+    """A NaN conv output keeps its gradient through the ReLU mask (threshold_backward passes it),
+    so the data and weight gradients carry it."""
+    g = torch.Generator().manual_seed(13)
+    y, dz = torch.randn(1, 5, 3, 4, generator=g), torch.randn(1, 5, 3, 4, generator=g)
+    y[0, 2, 1, 1] = float("nan")
+    weight = torch.randn(5, 3, 3, 3, generator=g)
+    gcoef = torch.randn(4, 5, generator=g)
+    dy_ref = _bn_grad_ref(dz, y, gcoef, True)
+    assert dy_ref.isnan().sum() == 1
+    y, dz, weight, gcoef, dy_ref = (t.to(DEVICE) for t in (y, dz, weight, gcoef, dy_ref))
+    dx = K.conv3x3_dgrad(_nhwc(dz, torch.float32), K.pack_weight_dgrad(weight, torch.float32),
+                         bn=(_nhwc(y, torch.float32), gcoef), relu_first=True)
+    ref = torch.nn.grad.conv2d_input((1, 3, 3, 4), weight, dy_ref, padding=1)
+    assert ref.isnan().any()
+    torch.testing.assert_close(_nchw(dx), ref, equal_nan=True,
+                               **tolerance("conv3x3", torch.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_repeated_launches_are_identical_and_leave_counters_zero(dtype):
+    """What the tuner relies on: a launch can be repeated (outputs overwritten, nothing
+    accumulated) with bit-identical results, and the arrival counters of the in-kernel
+    reductions are re-armed to zero after every launch."""
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(3, 7, 9, 6, generator=g).to(DEVICE, dtype)  # NHWC, pooled to 3x4
+    wp = K.pack_weight(torch.randn(10, 6, 3, 3, generator=g) / 8, dtype).to(DEVICE)
+    coef_prev = torch.stack([torch.randn(6, generator=g), torch.rand(6, generator=g) + 0.5,
+                             torch.randn(6, generator=g), torch.randn(6, generator=g)]).to(DEVICE)
+    ones = torch.ones(10, device=DEVICE)
+    outs = []
+    for _ in range(2):
+        y, coef = K.conv3x3(x, wp, scale=coef_prev[2], shift=coef_prev[3],
+                            pro=K.PRO_AFFINE_RELU, pool=True,
+                            bn=K.BatchNormArgs(ones, torch.zeros_like(ones)))
+        dz = torch.randn(y.shape, generator=torch.Generator().manual_seed(15)).to(DEVICE, dtype)
+        gcoef = torch.stack([coef[2], -coef[1], torch.full_like(ones, 0.1), coef[0]])
+        grads = K.conv3x3_dgrad(dz, K.pack_weight_dgrad(torch.randn(
+            10, 6, 3, 3, generator=torch.Generator().manual_seed(16)), dtype).to(DEVICE),
+            bn=(y, gcoef), prev=(x, coef_prev), pool=True)
+        outs.append((y, coef, *grads))
+        assert all(not c.any() for c in K._COUNTERS.values()), "counters must be re-armed"
+    for first, second in zip(*outs):
+        assert torch.equal(first, second)
+
+
 def test_bad_inputs_are_rejected_with_a_clear_error():
     x = torch.randn(1, 4, 4, 3, device=DEVICE)
     wp = K.pack_weight(torch.randn(5, 3, 3, 3, device=DEVICE), torch.float32)
@@ -303,6 +349,8 @@ def test_bad_inputs_are_rejected_with_a_clear_error():
             torch.randn(5, 3, 3, 3, device=DEVICE), torch.float32),
             prev=(torch.randn(1, 7, 9, 3, device=DEVICE), torch.zeros(4, 3, device=DEVICE)),
             pool=True)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        K.conv3x3(x[:, :1, :1], wp, bn=K.BatchNormArgs(ones, ones))
     with pytest.raises(ValueError, match="gradient coefficients has shape"):
         K.conv3x3_dgrad(torch.randn(1, 4, 4, 5, device=DEVICE), wp,
                         bn=(torch.randn(1, 4, 4, 5, device=DEVICE), torch.zeros(3, 5, device=DEVICE)))
@@ -518,6 +566,21 @@ def test_features_backward_launches_per_block(monkeypatch):
     launches = {name: c.launches for name, c in counters.items()}
     assert launches == {"conv3x3_wgrad_kernel": 8, "conv3x3_dgrad_kernel": 7,
                         "_bwd_reduce_kernel": 1, "_bwd_dy_kernel": 1}
+
+
+def test_features_rejects_stacks_it_cannot_run():
+    from fer_fast.triton_backend import features_triton
+    _, fast = _vgg_pair("released")
+    convs = [getattr(fast, f"conv{s}") for s in ("1a", "1b")]
+    bns = [getattr(fast, f"bn{s}") for s in ("1a", "1b")]
+    x = _crops(2, 9, size=8)
+    bns[1].eval()
+    with pytest.raises(ValueError, match="same mode"):
+        features_triton(x, convs, bns, [False, True], order="bn_relu")
+    bns[1].train()
+    bn = torch.nn.BatchNorm2d(bns[1].num_features, affine=False).to(DEVICE)
+    with pytest.raises(ValueError, match="affine BatchNorms"):
+        features_triton(x, convs, [bns[0], bn], [False, True], order="bn_relu")
 
 
 @pytest.mark.parametrize("recipe", ["released", "paper"])
