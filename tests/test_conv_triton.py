@@ -221,17 +221,22 @@ BOUNDARIES = [(False, False, True), (True, False, True), (False, True, True), (T
               (False, True, False)]
 
 
+#: (batch, C_prev, C_out, H, W of the conv; with pool the previous block's output is 2H+1 x 2W+1:
+#: odd, its last row and column dropped by the pool): channels not multiples of 16, spatial 1
+BOUNDARY_SHAPES = [(2, 20, 17, 3, 4), (1, 5, 3, 1, 1)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BOUNDARY_SHAPES)
 @pytest.mark.parametrize("relu_first,pool,training", BOUNDARIES)
-def test_gradients_through_the_block_boundary(relu_first, pool, training, dtype):
+def test_gradients_through_the_block_boundary(relu_first, pool, training, shape, dtype):
     """Data gradient with this block's BN / ReLU backward in its prologue and the previous
-    block's pool / ReLU backward + BN-gradient partials in its epilogue, the coefficients that
-    the next kernels' prologues apply, and the weight gradient with the same prologue: against
-    autograd through an eager composition. Odd full-resolution size (7x9 -> 3x4) with pool."""
+    block's pool / ReLU backward + BN-gradient sums in its epilogue, the coefficients that the
+    next kernels' prologues apply, and the weight gradient with the same prologue: against
+    autograd through an eager composition."""
     g = torch.Generator().manual_seed(11)
-    nb, c_prev, c_out = 2, 20, 17
-    eh, ew = (7, 9) if pool else (3, 4)
-    h, w = 3, 4
+    nb, c_prev, c_out, h, w = shape
+    eh, ew = (2 * h + 1, 2 * w + 1) if pool else (h, w)
 
     def rnd(*shape, s=1.0):
         return (torch.randn(*shape, generator=g) * s).to(dtype).float().to(DEVICE)
