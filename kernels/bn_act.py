@@ -69,7 +69,9 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # ----------------------------------------------------------------------------------------------
 # Kernels. The order ("relu_first": ReLU before BN) and training flags are runtime scalars, so each
 # kernel compiles once per dtype (and pool); they select with `where`, which keeps NaN.
-# Helper calls are avoided on purpose: each one is costly under the interpreter.
+# The per-element kernels avoid helper calls in their loops on purpose: each one is costly under
+# the interpreter. The finalize helpers (chan_merge, update_running_stats, store_coefficients)
+# are shared with the conv kernels' in-kernel reduction (kernels/conv.py).
 # ----------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["relu_first"])
 def _stats_kernel(y_ptr, part_ptr, M, C, CHUNKS_PER_PROG, relu_first,
@@ -105,6 +107,60 @@ def _stats_kernel(y_ptr, part_ptr, M, C, CHUNKS_PER_PROG, relu_first,
     tl.store(base + C + cols, m2, mask=cmask)
 
 
+@triton.jit
+def chan_merge(ptr, first, count, M, rows, C, cols, cmask, BLOCK_P: tl.constexpr,
+               BLOCK_C: tl.constexpr):
+    """Chan's parallel combine, in item order, of items [first, first + count) of ``ptr``
+    [*, 2, C] = per-channel (mean, M2) over ``rows`` rows each (item i covers rows
+    [i*rows, (i+1)*rows) of M, the last one partial): (mean, M2) over all of them. Loads bypass
+    L1, so that items written by other programs of the same launch are read from L2."""
+    n_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for p0 in range(0, count, BLOCK_P):
+        ps = first + p0 + tl.arange(0, BLOCK_P)
+        pmask = p0 + tl.arange(0, BLOCK_P) < count
+        mask = pmask[:, None] & cmask[None, :]
+        n_p = tl.where(pmask, tl.minimum(M - ps * rows, rows), 0).to(tl.float32)[:, None]
+        offs = ps[:, None] * (2 * C) + cols[None, :]
+        mean_p = tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        m2_p = tl.load(ptr + offs + C, mask=mask, other=0.0, cache_modifier=".cg")
+        n_b = tl.sum(n_p, axis=0)
+        mean_b = tl.sum(n_p * mean_p, axis=0) / n_b
+        dev = tl.where(mask, mean_p - mean_b[None, :], 0.0)
+        m2_b = tl.sum(m2_p + n_p * dev * dev, axis=0)
+        n_new = n_acc + n_b
+        delta = mean_b - mean
+        mean = mean + delta * (n_b / n_new)
+        m2 = m2 + m2_b + delta * delta * (n_acc * (n_b / n_new))
+        n_acc = n_new
+    return mean, m2
+
+
+@triton.jit
+def update_running_stats(rmean_ptr, rvar_ptr, cols, cmask, mean, m2, M, momentum):
+    """The running statistics as nn.BatchNorm2d updates them: momentum average, unbiased
+    variance m2 / (M - 1)."""
+    rmean = tl.load(rmean_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    rvar = tl.load(rvar_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    rmean = (1.0 - momentum) * rmean + momentum * mean
+    rvar = (1.0 - momentum) * rvar + momentum * (m2 / (M - 1))
+    tl.store(rmean_ptr + cols, rmean.to(rmean_ptr.dtype.element_ty), mask=cmask)
+    tl.store(rvar_ptr + cols, rvar.to(rvar_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def store_coefficients(coef_ptr, cols, cmask, mean, var, gamma_ptr, beta_ptr, C, eps):
+    """coef[:, cols] = [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] (``COEF_ROWS``)."""
+    rstd = 1.0 / tl.sqrt_rn(var + eps)
+    scale = tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * rstd
+    shift = tl.load(beta_ptr + cols, mask=cmask, other=0.0).to(tl.float32) - mean * scale
+    tl.store(coef_ptr + cols, mean, mask=cmask)
+    tl.store(coef_ptr + C + cols, rstd, mask=cmask)
+    tl.store(coef_ptr + 2 * C + cols, scale, mask=cmask)
+    tl.store(coef_ptr + 3 * C + cols, shift, mask=cmask)
+
+
 @triton.jit(do_not_specialize=["training", "update_running"])
 def _finalize_kernel(part_ptr, P, ROWS_PER_PROG, M, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr,
                      coef_ptr, C, eps, momentum, training, update_running,
@@ -116,46 +172,14 @@ def _finalize_kernel(part_ptr, P, ROWS_PER_PROG, M, gamma_ptr, beta_ptr, rmean_p
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     if training != 0:
-        n_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-        mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-        m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-        for p0 in range(0, P, BLOCK_P):
-            ps = p0 + tl.arange(0, BLOCK_P)
-            pmask = ps < P
-            mask = pmask[:, None] & cmask[None, :]
-            n_p = tl.where(pmask, tl.minimum(ROWS_PER_PROG, M - ps * ROWS_PER_PROG), 0)
-            n_p = n_p.to(tl.float32)[:, None]
-            offs = ps.to(tl.int64)[:, None] * 2 * C + cols[None, :]
-            mean_p = tl.load(part_ptr + offs, mask=mask, other=0.0)
-            m2_p = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
-            n_b = tl.sum(n_p, axis=0)
-            mean_b = tl.sum(n_p * mean_p, axis=0) / n_b
-            dev = tl.where(mask, mean_p - mean_b[None, :], 0.0)
-            m2_b = tl.sum(m2_p + n_p * dev * dev, axis=0)
-            n_new = n_acc + n_b
-            delta = mean_b - mean
-            mean = mean + delta * (n_b / n_new)
-            m2 = m2 + m2_b + delta * delta * (n_acc * (n_b / n_new))
-            n_acc = n_new
+        mean, m2 = chan_merge(part_ptr, 0, P, M, ROWS_PER_PROG, C, cols, cmask, BLOCK_P, BLOCK_C)
         var = m2 / M
         if update_running != 0:
-            rmean = tl.load(rmean_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-            rvar = tl.load(rvar_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-            rmean = (1.0 - momentum) * rmean + momentum * mean
-            rvar = (1.0 - momentum) * rvar + momentum * (m2 / (M - 1))
-            tl.store(rmean_ptr + cols, rmean.to(rmean_ptr.dtype.element_ty), mask=cmask)
-            tl.store(rvar_ptr + cols, rvar.to(rvar_ptr.dtype.element_ty), mask=cmask)
+            update_running_stats(rmean_ptr, rvar_ptr, cols, cmask, mean, m2, M, momentum)
     else:
         mean = tl.load(rmean_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         var = tl.load(rvar_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt_rn(var + eps)
-    gamma = tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    scale = gamma * rstd
-    tl.store(coef_ptr + cols, mean, mask=cmask)
-    tl.store(coef_ptr + C + cols, rstd, mask=cmask)
-    tl.store(coef_ptr + 2 * C + cols, scale, mask=cmask)
-    tl.store(coef_ptr + 3 * C + cols, beta - mean * scale, mask=cmask)
+    store_coefficients(coef_ptr, cols, cmask, mean, var, gamma_ptr, beta_ptr, C, eps)
 
 
 @triton.jit

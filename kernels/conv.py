@@ -53,6 +53,8 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
+from .bn_act import chan_merge, store_coefficients, update_running_stats
+
 
 __all__ = ["PRO_NONE", "PRO_AFFINE", "PRO_AFFINE_RELU", "PRO_RELU_AFFINE", "G_DENSE", "G_BN",
            "G_BN_RELU_FIRST", "pack_weight", "pack_weight_dgrad", "unpack_weight_grad", "conv3x3",
@@ -150,34 +152,6 @@ def _last_to_arrive(counter_ptr, expected):
 
 
 @triton.jit
-def _chan_merge(ptr, first, count, M, rows, C, rn, n_ok, BP: tl.constexpr, BN: tl.constexpr):
-    """Chan's combine, in item order, of items [first, first + count) of ``ptr`` [*, 2, C] =
-    per-channel (mean, M2) over ``rows`` rows each (item i covers rows [i*rows, (i+1)*rows) of
-    M, the last one partial). Loads bypass L1: other programs wrote the items."""
-    n_acc = tl.zeros((BN,), dtype=tl.float32)
-    mean = tl.zeros((BN,), dtype=tl.float32)
-    m2 = tl.zeros((BN,), dtype=tl.float32)
-    for p0 in range(0, count, BP):
-        ps = first + p0 + tl.arange(0, BP)
-        p_ok = p0 + tl.arange(0, BP) < count
-        mask = p_ok[:, None] & n_ok[None, :]
-        n_p = tl.where(p_ok, tl.minimum(M - ps * rows, rows), 0).to(tl.float32)[:, None]
-        offs = ps[:, None] * (2 * C) + rn[None, :]
-        mean_p = tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
-        m2_p = tl.load(ptr + offs + C, mask=mask, other=0.0, cache_modifier=".cg")
-        n_b = tl.sum(n_p, axis=0)
-        mean_b = tl.sum(n_p * mean_p, axis=0) / n_b
-        dev = tl.where(mask, mean_p - mean_b[None, :], 0.0)
-        m2_b = tl.sum(m2_p + n_p * dev * dev, axis=0)
-        n_new = n_acc + n_b
-        delta = mean_b - mean
-        mean = mean + delta * (n_b / n_new)
-        m2 = m2 + m2_b + delta * delta * (n_acc * (n_b / n_new))
-        n_acc = n_new
-    return mean, m2
-
-
-@triton.jit
 def _sum_pairs(ptr, first, count, C, rn, n_ok, BP: tl.constexpr, BN: tl.constexpr):
     """Per-channel sums, in item order, of items [first, first + count) of ``ptr`` [*, 2, C]."""
     s0 = tl.zeros((BP, BN), dtype=tl.float32)
@@ -214,7 +188,7 @@ def _reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M, C, rn, n_ok, v
     r1 = tl.zeros((BN,), dtype=tl.float32)
     if _last_to_arrive(counters + grp, count):
         if CHAN:
-            g0, g1 = _chan_merge(part_ptr, first, count, M, BM, C, rn, n_ok, BP, BN)
+            g0, g1 = chan_merge(part_ptr, first, count, M, BM, C, rn, n_ok, BP, BN)
         else:
             g0, g1 = _sum_pairs(part_ptr, first, count, C, rn, n_ok, BP, BN)
         tl.store(gpart_ptr + 2 * grp * C + rn, g0, mask=n_ok)
@@ -222,32 +196,27 @@ def _reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M, C, rn, n_ok, v
         if _last_to_arrive(counters + n_groups, n_groups):
             is_last = True
             if CHAN:
-                r0, r1 = _chan_merge(gpart_ptr, 0, n_groups, M, GROUP * BM, C, rn, n_ok, BP, BN)
+                r0, r1 = chan_merge(gpart_ptr, 0, n_groups, M, GROUP * BM, C, rn, n_ok, BP, BN)
             else:
                 r0, r1 = _sum_pairs(gpart_ptr, 0, n_groups, C, rn, n_ok, BP, BN)
     return is_last, r0, r1
 
 
 @triton.jit
-def _store_coefficients(coef_ptr, rn, n_ok, mean, var, gamma_ptr, beta_ptr, C_out, eps):
-    """coef[:, rn] = [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] (``bn_act.COEF_ROWS``)."""
-    rstd = 1.0 / tl.sqrt_rn(var + eps)
-    scale = tl.load(gamma_ptr + rn, mask=n_ok, other=0.0).to(tl.float32) * rstd
-    shift = tl.load(beta_ptr + rn, mask=n_ok, other=0.0).to(tl.float32) - mean * scale
-    tl.store(coef_ptr + rn, mean, mask=n_ok)
-    tl.store(coef_ptr + C_out + rn, rstd, mask=n_ok)
-    tl.store(coef_ptr + 2 * C_out + rn, scale, mask=n_ok)
-    tl.store(coef_ptr + 3 * C_out + rn, shift, mask=n_ok)
-
-
-@triton.jit
-def _tile_ids(C, BN: tl.constexpr):
-    """(M tile, channel tile) of this program of a 1-D grid (no 65,535 limit on the M tiles, as
-    a grid's second axis would have at large batches), channel tiles fastest so that the
-    programs sharing an A tile run together."""
+def _output_tile(M, H, W, C, BM: tl.constexpr, BN: tl.constexpr):
+    """This program's output tile on a 1-D grid over (M tile, channel tile), channel tiles
+    fastest so that the programs sharing an A tile run together (and no 65,535 limit on the M
+    tiles, as a grid's second axis would have at large batches): (pid_m, pid_n, rows, channels,
+    their masks, and the rows' pixel coordinates n, h, w)."""
     tiles_n = tl.cdiv(C, BN)
     pid = tl.program_id(0)
-    return pid // tiles_n, pid % tiles_n
+    pid_m = pid // tiles_n
+    pid_n = pid % tiles_n
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    w = rm % W
+    t = rm // W
+    return pid_m, pid_n, rm, rn, rm < M, rn < C, t // H, t % H, w
 
 
 @triton.jit(do_not_specialize=["update_running"])
@@ -259,22 +228,14 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, g
                    DOT_PREC: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr):
     """y[m, co] = epilogue(sum_k prologue(x)[m, k] * w[k, co]); 1-D grid over (M tile, C_out
-    tile), C_out tiles fastest (``_tile_ids``).
+    tile), C_out tiles fastest (``_output_tile``).
 
     ``BN_MODE`` (the BatchNorm that follows): 0 none; 1 training: per-tile (mean, M2) of the
     stored values, reduced over all M tiles by ``_reduce_tree``, whose last program writes the
     coefficients ``coef_ptr`` [4, C_out] and (``update_running``) the running statistics;
     2 eval: the coefficients from the running statistics, written by the first M tile."""
-    pid_m, pid_n = _tile_ids(C_out, BN)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    pid_m, pid_n, rm, rn, m_ok, n_ok, n, h, w_ = _output_tile(M, H, W, C_out, BM, BN)
     rk = tl.arange(0, BK)
-    m_ok = rm < M
-    n_ok = rn < C_out
-    w_ = rm % W
-    t = rm // W
-    h = t % H
-    n = t // H
     K_total = 9 * C_in
     dtype = w_ptr.dtype.element_ty
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -302,19 +263,14 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, g
                                          rn, n_ok, mean, tl.sum(d * d, axis=0), True, GROUP,
                                          BM, BN)
         if is_last:
-            if update_running != 0:  # as nn.BatchNorm2d: unbiased running variance
-                rmean = tl.load(rmean_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-                rvar = tl.load(rvar_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-                rmean = (1.0 - momentum) * rmean + momentum * mean
-                rvar = (1.0 - momentum) * rvar + momentum * (m2 / (M - 1))
-                tl.store(rmean_ptr + rn, rmean.to(rmean_ptr.dtype.element_ty), mask=n_ok)
-                tl.store(rvar_ptr + rn, rvar.to(rvar_ptr.dtype.element_ty), mask=n_ok)
-            _store_coefficients(coef_ptr, rn, n_ok, mean, m2 / M, gamma_ptr, beta_ptr, C_out, eps)
+            if update_running != 0:
+                update_running_stats(rmean_ptr, rvar_ptr, rn, n_ok, mean, m2, M, momentum)
+            store_coefficients(coef_ptr, rn, n_ok, mean, m2 / M, gamma_ptr, beta_ptr, C_out, eps)
     elif BN_MODE == 2:
         if pid_m == 0:
             mean = tl.load(rmean_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
             var = tl.load(rvar_ptr + rn, mask=n_ok, other=1.0).to(tl.float32)
-            _store_coefficients(coef_ptr, rn, n_ok, mean, var, gamma_ptr, beta_ptr, C_out, eps)
+            store_coefficients(coef_ptr, rn, n_ok, mean, var, gamma_ptr, beta_ptr, C_out, eps)
 
 
 @triton.jit
@@ -425,16 +381,8 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
     training scale * (dz - mean(dz) - x_hat * mean(dz * x_hat)), i.e. c1 = scale,
     c2 = -scale * rstd * mean(dz * x_hat), c3 = -scale * mean(dz); in eval the fixed affine,
     c2 = c3 = 0."""
-    pid_m, pid_n = _tile_ids(C_dx, BN)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    pid_m, pid_n, rm, rn, m_ok, n_ok, n, h, w_ = _output_tile(M, H, W, C_dx, BM, BN)
     rk = tl.arange(0, BK)
-    m_ok = rm < M
-    n_ok = rn < C_dx
-    w_ = rm % W
-    t = rm // W
-    h = t % H
-    n = t // H
     K_total = 9 * C_dy
     dtype = w_ptr.dtype.element_ty
     acc = tl.zeros((BM, BN), dtype=tl.float32)
