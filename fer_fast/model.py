@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backends
-from .nn import RECIPE_ORDER, conv_bn_act
+from .nn import RECIPE_ORDER, conv_bn_act_stack, model_backends, resolve_backend
 
 __all__ = ["VGG", "BLOCKS", "NUM_CLASSES", "CLASS_NAMES", "stage_channels", "model_backends",
            "resolve_backend"]
@@ -27,25 +26,6 @@ def stage_channels(width: float) -> tuple[int, int, int, int]:
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     return tuple(max(1, round(c * width)) for c in (64, 128, 256, 512))
-
-
-def model_backends() -> list[str]:
-    """Names a VGG accepts as ``backend``: "auto", whole-stack ("features") and block backends."""
-    return ["auto"] + sorted(set(backends.names("features")) | set(backends.names("block")))
-
-
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The backend a VGG with ``backend`` runs on ``device``: "auto" takes a whole-stack
-    ("features") backend when "auto" may choose one there, else the best block backend.
-    Raises a clear error when ``backend`` is unknown or does not run on ``device``."""
-    if backend == "auto":
-        return (backends.auto_choice("features", device)
-                or backends.auto_choice("block", device))
-    op = "features" if backend in backends.names("features") else "block"
-    if backend not in backends.names(op):
-        raise ValueError(f"unknown model backend {backend!r}; choose one of {model_backends()}")
-    backends.resolve(op, backend, device)  # raises when it does not run on device
-    return backend
 
 
 class VGG(nn.Module):
@@ -71,20 +51,13 @@ class VGG(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv stack: one whole-stack ("features") backend, or one block backend per block.
-
-        ``backend``: "auto" (a whole-stack backend when "auto" may choose one for the device,
-        else the best block backend), a name of op "features" (e.g. "triton") or of op "block"
-        (e.g. "eager", "fused")."""
+        """The conv stack, through ``conv_bn_act_stack`` with the model's ``backend``: "auto",
+        a whole-stack ("features") backend such as "triton", or a block backend such as
+        "eager" or "fused"."""
         convs = [getattr(self, f"conv{name}") for name, _, _ in BLOCKS]
         bns = [getattr(self, f"bn{name}") for name, _, _ in BLOCKS]
-        backend = resolve_backend(self.backend, x.device)
-        if backend in backends.names("features"):
-            fn = backends.resolve("features", backend, x.device)
-            return fn(x, convs, bns, [pool for _, _, pool in BLOCKS], order=self.order)
-        for conv, bn, (_, _, pool) in zip(convs, bns, BLOCKS):
-            x = conv_bn_act(x, conv, bn, order=self.order, pool=pool, backend=backend)
-        return x
+        return conv_bn_act_stack(x, convs, bns, [pool for _, _, pool in BLOCKS],
+                                 order=self.order, backend=self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x).flatten(1)

@@ -1,9 +1,13 @@
-"""Conv3x3 + BatchNorm + ReLU (+ 2x2 max-pool) blocks, parameterised by backend.
+"""Conv3x3 + BatchNorm + ReLU (+ 2x2 max-pool) blocks, and chains of them, parameterised by
+backend.
 
-``conv_bn_act`` is the functional form used by the VGG; ``ConvBNReLU2d`` is the same block as a
-module (children ``conv`` and ``bn``: its state_dict is that of an ``nn.Conv2d`` plus an
-``nn.BatchNorm2d``). The implementation is chosen per call through ``fer_fast.backends`` (op
-``"block"``); ``"eager"`` is ``conv_bn_act_ref``, the reference every fast backend matches.
+``conv_bn_act`` is one block in functional form; ``ConvBNReLU2d`` is the same block as a module
+(children ``conv`` and ``bn``: its state_dict is that of an ``nn.Conv2d`` plus an
+``nn.BatchNorm2d``). ``conv_bn_act_stack`` / ``ConvBNReLUStack`` run a chain of blocks, either
+with a whole-stack backend (op ``"features"``, e.g. ``"triton"``: the implicit-GEMM convs with
+each BatchNorm fused into the next conv, normalised activations never written) or block by block
+(op ``"block"``). The implementation is chosen per call through ``fer_fast.backends``;
+``"eager"`` is ``conv_bn_act_ref``, the reference every fast backend matches.
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from torch import nn
 
 from . import backends
 
-__all__ = ["ORDERS", "RECIPE_ORDER", "conv_bn_act", "conv_bn_act_ref", "ConvBNReLU2d"]
+__all__ = ["ORDERS", "RECIPE_ORDER", "conv_bn_act", "conv_bn_act_ref", "conv_bn_act_stack",
+           "ConvBNReLU2d", "ConvBNReLUStack", "model_backends", "resolve_backend"]
 
 #: "bn_relu": conv -> BatchNorm -> ReLU (released code); "relu_bn": conv -> ReLU -> BatchNorm (paper).
 ORDERS = ("bn_relu", "relu_bn")
@@ -71,3 +76,70 @@ class ConvBNReLU2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"order={self.order!r}, pool={self.pool}, backend={self.backend!r}"
+
+
+def model_backends() -> list[str]:
+    """Names a block chain (``conv_bn_act_stack``, the VGG) accepts as ``backend``: "auto",
+    whole-stack ("features") and block backends."""
+    return ["auto"] + sorted(set(backends.names("features")) | set(backends.names("block")))
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The backend a block chain with ``backend`` runs on ``device``: "auto" takes a
+    whole-stack ("features") backend when "auto" may choose one there, else the best block
+    backend. Raises a clear error when ``backend`` is unknown or does not run on ``device``."""
+    if backend == "auto":
+        return (backends.auto_choice("features", device)
+                or backends.auto_choice("block", device))
+    op = "features" if backend in backends.names("features") else "block"
+    if backend not in backends.names(op):
+        raise ValueError(f"unknown model backend {backend!r}; choose one of {model_backends()}")
+    backends.resolve(op, backend, device)  # raises when it does not run on device
+    return backend
+
+
+def conv_bn_act_stack(x: torch.Tensor, convs, bns, pools, *, order: str,
+                      backend: str = "eager") -> torch.Tensor:
+    """Run the chain of blocks (``convs[i]``, ``bns[i]``, max-pool after block i when
+    ``pools[i]``): with a whole-stack backend as one op, else block by block."""
+    if not len(convs) == len(bns) == len(pools) or not convs:
+        raise ValueError(f"a block chain needs as many convs, BatchNorms and pool flags, at least "
+                         f"one: got {len(convs)}, {len(bns)}, {len(pools)}")
+    if order not in ORDERS:
+        raise ValueError(f"unknown block order {order!r}; choose one of {ORDERS}")
+    backend = resolve_backend(backend, x.device)
+    if backend in backends.names("features"):
+        return backends.resolve("features", backend, x.device)(x, list(convs), list(bns),
+                                                               list(pools), order=order)
+    for conv, bn, pool in zip(convs, bns, pools):
+        x = conv_bn_act(x, conv, bn, order=order, pool=pool, backend=backend)
+    return x
+
+
+class ConvBNReLUStack(nn.Module):
+    """A chain of ``ConvBNReLU2d`` blocks (children ``blocks.0``, ``blocks.1``, ...), run by
+    ``conv_bn_act_stack``: ``blocks`` gives (out_channels, pool) per block, the first taking
+    ``in_channels``. With ``backend="triton"`` the chain is one autograd Function over the
+    implicit-GEMM conv kernels."""
+
+    def __init__(self, in_channels: int, blocks, *, order: str = "bn_relu",
+                 backend: str = "eager"):
+        super().__init__()
+        if order not in ORDERS:
+            raise ValueError(f"unknown block order {order!r}; choose one of {ORDERS}")
+        layers = []
+        for out_channels, pool in blocks:
+            layers.append(ConvBNReLU2d(in_channels, out_channels, order=order, pool=pool))
+            in_channels = out_channels
+        if not layers:
+            raise ValueError("ConvBNReLUStack needs at least one block")
+        self.blocks = nn.ModuleList(layers)
+        self.order, self.backend = order, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_bn_act_stack(x, [b.conv for b in self.blocks], [b.bn for b in self.blocks],
+                                 [b.pool for b in self.blocks], order=self.order,
+                                 backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"order={self.order!r}, backend={self.backend!r}"

@@ -573,6 +573,39 @@ def test_features_backward_launches_per_block(monkeypatch):
                         "_bwd_reduce_kernel": 1, "_bwd_dy_kernel": 1}
 
 
+@pytest.mark.parametrize("order", ["bn_relu", "relu_bn"])
+def test_conv_bn_relu_stack_module_matches_eager(order):
+    """``fer_fast.nn.ConvBNReLUStack`` (for users' own networks): any chain of blocks (here 3
+    input channels, odd sizes 9x10 through two pools, channels 5 / 7 / 6) with the triton
+    backend matches the eager blocks: output, input and parameter gradients, running stats."""
+    from fer_fast.nn import ConvBNReLUStack
+    torch.manual_seed(3)
+    ref = ConvBNReLUStack(3, [(5, False), (7, True), (6, True)], order=order).to(DEVICE)
+    fast = copy.deepcopy(ref)
+    fast.backend = "triton"
+    x = torch.randn(2, 3, 9, 10, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    outs, grads = [], []
+    for model in (ref, fast):
+        xi = x.clone().requires_grad_()
+        out = model(xi)
+        out.backward(torch.cos(torch.arange(out.numel(), device=DEVICE)).view_as(out))
+        outs.append(out)
+        grads.append(xi.grad)
+    assert outs[1].shape == (2, 6, 2, 2)
+    tol_f, tol_b = tolerance("block_forward", torch.float32), tolerance("block_backward", torch.float32)
+    _check(outs[1], outs[0], tol_f, msg="output")
+    _check(grads[1], grads[0], tol_b, msg="input gradient")
+    for (name, p_ref), p in zip(ref.named_parameters(), fast.parameters()):
+        if order == "bn_relu" and name.endswith("conv.bias"):  # exactly 0 before a training BN
+            assert p.grad.abs().max() <= 1e-4 * ref.blocks[0].conv.weight.grad.abs().max() + 1e-6
+        else:
+            _check(p.grad, p_ref.grad, tol_b, msg=name)
+    for (name, b_ref), b in zip(ref.named_buffers(), fast.buffers()):
+        torch.testing.assert_close(b, b_ref, **tolerance("running_stats", torch.float32), msg=name)
+    with pytest.raises(ValueError, match="at least one block"):
+        ConvBNReLUStack(3, [])
+
+
 def test_features_rejects_stacks_it_cannot_run():
     from fer_fast.triton_backend import features_triton
     _, fast = _vgg_pair("released")
