@@ -135,14 +135,15 @@ class FeaturesFunction(torch.autograd.Function):
                 grads[4 * i: 4 * i + 2] = [
                     K.unpack_weight_grad(dw, h.shape[3]).to(weight.dtype), db.to(bias.dtype)]
             grads[4 * i + 2: 4 * i + 4] = [sums[1].to(gamma.dtype), sums[0].to(beta.dtype)]
-            wd = K.pack_weight_dgrad(weight, dtype)
             if i > 0:
+                wd = K.pack_weight_dgrad(weight, dtype)
                 dz, sums, gcoef = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first,
                                                   prev=(ys[i - 1], coefs[i - 1]), pool=pool_in,
                                                   training=stack.training)
                 bn = (ys[i - 1], gcoef)
             elif ctx.needs_input_grad[0]:
-                g = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first)
+                g = K.conv3x3_dgrad(dz, K.pack_weight_dgrad(weight, dtype), bn=bn,
+                                    relu_first=relu_first)
                 dx = g.permute(0, 3, 1, 2).to(ctx.x_dtype)
         return (dx, None, *grads)
 

@@ -193,6 +193,17 @@ def _normalise(y, scale, shift, relu_first, dtype: tl.constexpr):
 
 
 @triton.jit
+def _window_offsets(sites, cols, H, W, C, WH, WW):
+    """For ``sites`` numbering a WH x WW grid of 2x2 windows per image of an [N, H, W, C]
+    tensor: the offsets [S, C] of each window's top-left element, and the window's (n, i, j)."""
+    j = sites % WW
+    t = sites // WW
+    i = t % WH
+    n = t // WH
+    return ((n * H + 2 * i) * W + 2 * j)[:, None] * C + cols[None, :], n, i, j
+
+
+@triton.jit
 def _window_tap(y_ptr, ptrs, k: tl.constexpr, step_h, step_w, smask, cmask, has_below,
                 has_right, scale, shift, relu_first):
     """Tap k (row-major) of each 2x2 pooling window: offsets, mask, y, and _normalise's (x, z)."""
@@ -224,10 +235,8 @@ def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, relu_first
     dtype = out_ptr.dtype.element_ty
     relu_last = relu_first == 0
     if POOL:
-        j = sites % WO
-        t = sites // WO
-        i = t % HO
-        ptrs = y_ptr + (((t // HO) * H + 2 * i) * W + 2 * j)[:, None] * C + cols[None, :]
+        offs, _, _, _ = _window_offsets(sites, cols, H, W, C, HO, WO)
+        ptrs = y_ptr + offs
         step_w = C.to(tl.int64)
         step_h = W * step_w
         best = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
@@ -276,10 +285,8 @@ def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_s
         out_offs = sites[:, None] * C + cols[None, :]
         g = tl.load(dout_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
         if POOL:  # the BN input (x) and block output (z) at the window's argmax
-            j = sites % WO
-            t = sites // WO
-            i = t % HO
-            ptrs = y_ptr + (((t // HO) * H + 2 * i) * W + 2 * j)[:, None] * C + cols[None, :]
+            offs, _, _, _ = _window_offsets(sites, cols, H, W, C, HO, WO)
+            ptrs = y_ptr + offs
             x = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
             z = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
             for k in tl.static_range(4):
@@ -330,11 +337,7 @@ def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO,
     dtype = y_ptr.dtype.element_ty
     relu_last = relu_first == 0
     if POOL:
-        j = sites % WC
-        t = sites // WC
-        i = t % HC
-        n = t // HC
-        ptrs = ((n * H + 2 * i) * W + 2 * j)[:, None] * C + cols[None, :]
+        ptrs, n, i, j = _window_offsets(sites, cols, H, W, C, HC, WC)
         step_w = C.to(tl.int64)
         step_h = W * step_w
         has_below = 2 * i + 1 < H

@@ -614,18 +614,23 @@ def _check_int32(name: str, numel: int) -> None:
                          f"(< 2**31): use a smaller batch")
 
 
-def _check_input(x, wp, rows_per_cin, pro, scale, shift, pool):
-    """Validate the NHWC input / packed weight / prologue and return (N, H, W, C_in, C_out)."""
+def _check_packed_weight(wp, x):
+    """``wp`` is a packed weight [9*C, C'] (``pack_weight`` / ``pack_weight_dgrad``) for the
+    NHWC operand ``x`` with C channels: its dtype, device, contiguous."""
+    _check("packed weight", wp, dtype=x.dtype, device=x.device, contiguous=True)
+    if wp.dim() != 2 or wp.shape[0] != 9 * x.shape[3]:
+        raise ValueError(f"packed weight has shape {tuple(wp.shape)}, expected "
+                         f"[{9 * x.shape[3]}, C] for an input with {x.shape[3]} channels")
+
+
+def _check_input(x, pro, scale, shift, pool):
+    """Validate the NHWC input and its prologue; return (N, H, W, C_in) of what the conv sees."""
     if x.dim() != 4:
         raise ValueError(f"x must be NHWC [N, H, W, C], got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"x has dtype {x.dtype}; supported: float16, bfloat16, float32")
     nb, hx, wx, c_in = x.shape
     _check_int32("x", x.numel())
-    _check("packed weight", wp, dtype=x.dtype, device=x.device, contiguous=True)
-    if wp.dim() != 2 or wp.shape[0] != rows_per_cin * c_in:
-        raise ValueError(f"packed weight has shape {tuple(wp.shape)}, expected "
-                         f"[{rows_per_cin * c_in}, C] for an input with C_in = {c_in}")
     if pro not in (PRO_NONE, PRO_AFFINE, PRO_AFFINE_RELU, PRO_RELU_AFFINE):
         raise ValueError(f"unknown prologue {pro!r}")
     if pro != PRO_NONE:
@@ -699,7 +704,8 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
     (``bn_act.COEF_ROWS``) of the BatchNorm of y, from y's batch statistics (training, computed
     from the values as stored, running statistics updated as nn.BatchNorm2d does) or its
     running statistics (eval) — in the same kernel."""
-    nb, h, w, c_in = _check_input(x, wp, 9, pro, scale, shift, pool)
+    nb, h, w, c_in = _check_input(x, pro, scale, shift, pool)
+    _check_packed_weight(wp, x)
     c_out = wp.shape[1]
     if bias is not None:
         _check("bias", bias, device=x.device, shape=(c_out,), contiguous=True)
@@ -782,10 +788,7 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
     ``training`` mode, else the fixed affine) — all in one kernel."""
     g_mode, gy, gcoef = _grad_operand(dy, bn, relu_first)
     nb, h, w, c_dy = dy.shape
-    _check("packed weight", wd, dtype=dy.dtype, device=dy.device, contiguous=True)
-    if wd.dim() != 2 or wd.shape[0] != 9 * c_dy:
-        raise ValueError(f"packed weight has shape {tuple(wd.shape)}, expected "
-                         f"[{9 * c_dy}, C] for dy with {c_dy} channels")
+    _check_packed_weight(wd, dy)
     c_dx = wd.shape[1]
     m = nb * h * w
     _check_int32("the data gradient", m * c_dx)
@@ -848,8 +851,7 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
     or None). The sum over N*H*W is split so that the grid fills the GPU; fp32 partials."""
     g_mode, gy, gcoef = _grad_operand(dy, bn, relu_first)
     _check("dy", dy, dtype=x.dtype, device=x.device)
-    placeholder = torch.empty((9 * x.shape[3], dy.shape[3]), device=x.device, dtype=x.dtype)
-    nb, h, w, c_in = _check_input(x, placeholder, 9, pro, scale, shift, pool)
+    nb, h, w, c_in = _check_input(x, pro, scale, shift, pool)
     c_out = dy.shape[3]
     if tuple(dy.shape[:3]) != (nb, h, w):
         raise ValueError(f"dy has shape {tuple(dy.shape)}, expected [{nb}, {h}, {w}, C_out] "
