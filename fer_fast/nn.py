@@ -48,9 +48,12 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *, order: 
         raise ValueError(f"unknown block order {order!r}; choose one of {ORDERS}")
     fn = backends.resolve("block", backend, x.device)
     training = bn.training or not bn.track_running_stats
+    momentum = bn.momentum
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
-    momentum = 0.1 if bn.momentum is None else bn.momentum
+        if momentum is None:  # nn.BatchNorm2d's cumulative moving average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    momentum = 0.0 if momentum is None else momentum  # None and no update: unused
     return fn(x, conv.weight, conv.bias, bn.weight, bn.bias,
               bn.running_mean if bn.track_running_stats else None,
               bn.running_var if bn.track_running_stats else None,

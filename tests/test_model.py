@@ -101,6 +101,37 @@ def test_block_module_state_dict_and_running_stats_match_batchnorm():
     torch.testing.assert_close(block(x), F.max_pool2d(F.relu(bn(conv(x))), 2, 2))
 
 
+@pytest.mark.parametrize("backend", ["eager", "fused", "fused-eager-math", "triton"])
+def test_momentum_none_is_the_cumulative_average_of_batchnorm(backend, monkeypatch):
+    """BatchNorm2d(momentum=None) averages the batch statistics over all steps so far (factor
+    1 / num_batches_tracked); every backend's running statistics follow it, after 1 and 3 steps.
+    The fused and triton kernels run under the Triton interpreter on a CPU."""
+    from fer_fast.kernels import bn_act
+    from fer_fast.nn import ConvBNReLUStack
+    if backend == "fused-eager-math":
+        monkeypatch.setattr(bn_act, "runs_on", lambda device: False)
+    torch.manual_seed(5)
+    stack = ConvBNReLUStack(2, [(3, False), (4, True)], backend=backend.split("-")[0])
+    ref = [(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3, momentum=None)),
+           (nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, momentum=None))]
+    for block, (conv, bn) in zip(stack.blocks, ref):
+        block.bn.momentum = None
+        conv.load_state_dict(block.conv.state_dict())
+    g = torch.Generator().manual_seed(6)
+    for step in range(1, 4):
+        x = 1.5 + torch.randn(3, 2, 6, 7, generator=g)  # a mean far from the initial 0
+        stack(x)
+        y = F.relu(ref[0][1](ref[0][0](x)))
+        F.relu(ref[1][1](ref[1][0](y)))
+        if step in (1, 3):
+            for block, (_, bn) in zip(stack.blocks, ref):
+                assert block.bn.num_batches_tracked.item() == step
+                torch.testing.assert_close(block.bn.running_mean, bn.running_mean,
+                                           rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(block.bn.running_var, bn.running_var,
+                                           rtol=1e-4, atol=1e-5)
+
+
 def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="recipe"):
         VGG("nope")
