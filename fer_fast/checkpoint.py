@@ -4,10 +4,25 @@ Format (a superset of the authors' ``{'params': state_dict, 'logs': ...}``, so t
 files load): ``params`` (model state_dict), ``logs`` (metrics history), ``config`` (the run's
 configuration, including ``recipe`` and ``width``), and, for exact resume, ``epoch``,
 ``optimizer``, ``scheduler``, ``scaler``, ``rng`` and ``best``.
+
+Everything in a checkpoint is tensors and plain values, so it loads with
+``torch.load(weights_only=True)``: loading never runs code from the file. A file that needs
+full unpickling is refused unless the caller trusts it (``trust=True``, the commands'
+``--trust-checkpoint``).
+
+Integrity: next to each checkpoint ``X.pt`` the writer puts ``X.pt.sha256``, one line in the
+format of ``sha256sum`` (``<64 hex digits>  X.pt``), so ``sha256sum -c X.pt.sha256`` checks it
+too. Loading verifies it and refuses a mismatch; a file without one (the authors' release) loads
+with a note. Both files are written to temporary names and renamed into place, the sidecar
+last; a crash between the two renames leaves a new checkpoint with the old sidecar, which is
+then reported as a mismatch rather than loaded unchecked.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,43 +31,115 @@ import torch
 from .model import VGG
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "infer_architecture",
-           "load_params", "model_from_checkpoint"]
+           "load_params", "model_from_checkpoint", "checksum_path", "file_sha256"]
+
+CHECKSUM_SUFFIX = ".sha256"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``: a reader
-    (or a crash) never sees a half-written checkpoint."""
+def checksum_path(path: str | os.PathLike) -> Path:
+    """The sidecar holding the sha256 of checkpoint ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_temp(folder: Path, name: str, write) -> str:
+    """Write through ``write(file)`` into a temporary file of ``folder``, flushed to disk."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint dict that has at least ``params``."""
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``, and the
+    same for its sha256 sidecar: a reader (or a crash, or a full disk) never sees a
+    half-written checkpoint, and the previous one stays until the new one is complete."""
+    path = Path(path)
+    tmp = _write_temp(path.parent, path.name, lambda f: torch.save(obj, f))
+    try:
+        line = f"{file_sha256(tmp)}  {path.name}\n".encode()
+        tmp_sum = _write_temp(path.parent, checksum_path(path).name, lambda f: f.write(line))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        os.replace(tmp, path)
+        os.replace(tmp_sum, checksum_path(path))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        Path(tmp_sum).unlink(missing_ok=True)
+        raise
+
+
+def _verify_checksum(path: Path) -> None:
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        print(f"note: {path}: no checksum file {sidecar.name}; loading it unverified",
+              file=sys.stderr)
+        return
+    expected = sidecar.read_text().split()[:1]
+    actual = file_sha256(path)
+    if expected != [actual]:
+        raise CheckpointError(f"{path}: corrupted or modified: its sha256 {actual[:16]}... does "
+                              f"not match {sidecar.name} "
+                              f"({expected[0][:16] + '...' if expected else 'empty'})")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, trust: bool = False) -> dict:
+    """Load a checkpoint dict that has at least ``params``, after checking its sha256 sidecar.
+    Only tensors and plain values are unpickled unless ``trust`` (the file then may run code)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    _verify_checksum(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        ckpt = torch.load(path, map_location=map_location, weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        reason, needs_code = _unpickler_reason(str(e))
+        if not trust and needs_code:
+            raise CheckpointError(f"{path}: holds objects other than tensors and plain values "
+                                  f"({reason}); unpickling them can run code, so it is refused. "
+                                  f"Pass --trust-checkpoint only if you trust where the file "
+                                  f"comes from") from e
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from e
+    except Exception as e:  # noqa: BLE001 - any other reading failure is a bad file
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("params"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'params' state_dict, got "
                               f"{type(ckpt).__name__}"
                               + (f" with keys {sorted(ckpt)}" if isinstance(ckpt, dict) else ""))
     return ckpt
+
+
+def _unpickler_reason(message: str) -> tuple[str, bool]:
+    """(the informative line of torch's long weights-only error, whether the file refers to a
+    Python global, i.e. needs full unpickling)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line:
+            return line.split(" Please use")[0][:200], True
+    marker = "WeightsUnpickler error:"
+    if marker in message:
+        lines = [line.strip() for line in message.split(marker, 1)[1].splitlines() if line.strip()]
+    return (lines[0] if lines else "unpickling failed")[:200], False
 
 
 def infer_architecture(ckpt: dict, path: str | os.PathLike = "<checkpoint>") -> tuple[str, float]:
@@ -87,10 +174,10 @@ def load_params(model: VGG, params: dict, path: str | os.PathLike = "<checkpoint
     model.load_state_dict(params)
 
 
-def model_from_checkpoint(path: str | os.PathLike, *, device="cpu",
-                          backend: str = "eager") -> tuple[VGG, dict]:
+def model_from_checkpoint(path: str | os.PathLike, *, device="cpu", backend: str = "eager",
+                          trust: bool = False) -> tuple[VGG, dict]:
     """Rebuild the VGG of a checkpoint, load its parameters; returns (model, checkpoint)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, trust=trust)
     recipe, width = infer_architecture(ckpt, path)
     model = VGG(recipe, width=width, backend=backend)
     load_params(model, ckpt["params"], path)

@@ -61,9 +61,10 @@ class FERData:
 
 
 def _make_data(parts: dict[str, tuple[np.ndarray, np.ndarray]], source: str,
-               split_origin: dict[str, str]) -> FERData:
-    """Build FERData from numpy (images, labels) per split; an empty split is an error."""
-    for name in SPLITS:
+               split_origin: dict[str, str], required=SPLITS) -> FERData:
+    """Build FERData from numpy (images, labels) per split; an empty ``required`` split is an
+    error (the others may be empty)."""
+    for name in required:
         if len(parts[name][1]) == 0:
             raise DataError(f"{source}: split {name!r} ({split_origin[name]}) is empty")
     return FERData(**{name: Split(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
@@ -131,9 +132,10 @@ def _split_fields(line: bytes) -> list[bytes]:
     return fields
 
 
-def read_fer_csv(path) -> FERData:
+def read_fer_csv(path, splits=SPLITS) -> FERData:
     """Read the Kaggle ``fer2013.csv`` (``emotion,pixels,Usage``) or ``icml_face_data.csv``
-    (column names with a leading space); column order is taken from the header."""
+    (column names with a leading space); column order is taken from the header. Only the
+    ``splits`` asked for must have rows (a file of test rows serves an evaluation of test)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -195,7 +197,7 @@ def read_fer_csv(path) -> FERData:
     parts = {USAGE_TO_SPLIT[u]: (images[usage_np == u], labels_np[usage_np == u])
              for u in USAGE_TO_SPLIT}
     origin = {s: f"Usage {u}" for u, s in USAGE_TO_SPLIT.items()}
-    return _make_data(parts, str(path), origin)
+    return _make_data(parts, str(path), origin, splits)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,10 +276,12 @@ def read_image_folder(root) -> FERData:
 # Entry point
 # ----------------------------------------------------------------------------------------------
 
-def load_data(path=None, *, seed: int = 0, synthetic: SyntheticSpec | None = None) -> FERData:
+def load_data(path=None, *, seed: int = 0, synthetic: SyntheticSpec | None = None,
+              splits=SPLITS) -> FERData:
     """``None``: the synthetic dataset (sizes and class balance from ``synthetic``, default
     :class:`fer_fast.synthetic.SyntheticSpec`); a ``.csv`` file: FER2013 CSV; a folder: the
-    image-folder copy. ``seed`` only affects the synthetic dataset."""
+    image-folder copy. ``seed`` only affects the synthetic dataset; ``splits``: those that must
+    not be empty (CSV)."""
     if path is None:
         spec = synthetic or SyntheticSpec()
         parts = {name: generate(n, seed=seed, stream=i, class_weights=spec.class_weights)
@@ -288,7 +292,7 @@ def load_data(path=None, *, seed: int = 0, synthetic: SyntheticSpec | None = Non
     if path.is_dir():
         return read_image_folder(path)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return read_fer_csv(path)
+        return read_fer_csv(path, splits)
     what = "not a .csv file or a folder" if path.exists() else "no such file or folder"
     raise DataError(f"{path}: {what} (expected a FER2013 .csv file or an image folder with "
                     f"train/ and test/)")

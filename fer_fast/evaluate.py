@@ -2,23 +2,22 @@
 
 The SPEC's protocol: fp32, BatchNorm in eval mode, TenCrop(40) of the unmodified image, the
 logits of the 10 crops averaged, argmax. Prints the accuracy of every split and the confusion
-matrix (rows = true class) of each.
+matrix (rows = true class) of each. Without ``--data`` it evaluates on the data the
+checkpoint's run was trained on (from its saved configuration).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
+from . import cli
 from .augment import NUM_CROPS
-from .checkpoint import CheckpointError, model_from_checkpoint
-from .data import SPLITS, DataError
-from .loader import TenCropBatches, load_run_data
+from .data import SPLITS
+from .loader import TenCropBatches
 from .model import CLASS_NAMES, NUM_CLASSES
 
-__all__ = ["predict", "confusion_matrix", "evaluate_split", "format_confusion", "sizes_arg",
-           "main"]
+__all__ = ["predict", "confusion_matrix", "evaluate_split", "format_confusion", "main"]
 
 
 @torch.no_grad()
@@ -63,74 +62,30 @@ def format_confusion(cm: torch.Tensor, names=CLASS_NAMES) -> str:
     lines = ["true \\ predicted", head, "-" * len(head)]
     for i, name in enumerate(names):
         row = cm[i]
-        recall = row[i].item() / row.sum().item() if row.sum() > 0 else float("nan")
+        recall = f"{100 * row[i].item() / row.sum().item():6.2f}%" if row.sum() > 0 \
+            else "    n/a"  # no image of this class
         lines.append(f"{name:>{width}} | " + "".join(f"{int(v):>{width}}" for v in row)
-                     + f" | {100 * recall:6.2f}%")
+                     + f" | {recall}")
     return "\n".join(lines)
 
 
-def sizes_arg(text: str) -> tuple[int, int, int]:
-    """argparse type of TRAIN,VAL,TEST synthetic sizes."""
-    try:
-        sizes = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        sizes = ()
-    if len(sizes) != 3 or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive integers TRAIN,VAL,TEST, "
-                                         f"got {text!r}")
-    return sizes
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    """The arguments shared by the commands that load a trained model and its data."""
-    p.add_argument("checkpoint", help="a .pt file written by fer_fast.train, or the authors' "
-                   "{'params': state_dict} file")
-    p.add_argument("--data", default=None, help="fer2013.csv or image-folder root "
-                   "(default: the synthetic dataset)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of the synthetic dataset (default: the checkpoint's, else 0)")
-    p.add_argument("--synthetic-sizes", type=sizes_arg, default=None, metavar="TRAIN,VAL,TEST",
-                   help="synthetic dataset sizes (default: the checkpoint's run, else the "
-                        "SyntheticSpec defaults)")
-    p.add_argument("--device", default=default_device())
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch")
-    p.add_argument("--block-backend", default="eager")
-    p.add_argument("--augment-backend", default="auto")
-
-
-def load_model_and_data(args: argparse.Namespace):
-    """(model, FERData) for parsed ``add_checkpoint_args`` arguments; the synthetic dataset is
-    rebuilt with the checkpoint run's seed and sizes unless the arguments say otherwise."""
-    model, ckpt = model_from_checkpoint(args.checkpoint, device=args.device,
-                                        backend=args.block_backend)
-    config = ckpt.get("config") or {}
-    seed = args.seed if args.seed is not None else config.get("seed", 0)
-    sizes = args.synthetic_sizes or config.get("synthetic_sizes")
-    return model, load_run_data(args.data, seed=seed, synthetic_sizes=sizes)
-
-
+@cli.command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_fast.evaluate", description=__doc__.split("\n")[0])
-    add_checkpoint_args(p)
+    p = cli.Parser(prog="python -m fer_fast.evaluate", description=__doc__.split("\n")[0])
+    cli.add_checkpoint_args(p)
     p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits to evaluate")
     args = p.parse_args(argv)
     splits = [s for s in args.splits.split(",") if s]
     for s in splits:
         if s not in SPLITS:
             p.error(f"--splits: unknown split {s!r}; choose from {SPLITS}")
-    try:
-        model, data = load_model_and_data(args)
-    except (CheckpointError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not splits:
+        p.error("--splits: no split given")
+    model, data, device = cli.load_model_and_data(args, splits)
     print(f"checkpoint {args.checkpoint}: VGG(recipe={model.recipe!r}, width={model.width}); "
           f"data: {data.source}")
     for name in splits:
-        batches = TenCropBatches(data.split(name), batch_size=args.batch_size, device=args.device,
+        batches = TenCropBatches(data.split(name), batch_size=args.batch_size, device=device,
                                  augment_backend=args.augment_backend)
         acc, cm = evaluate_split(model, batches)
         print(f"\n{name}: ten-crop accuracy {100 * acc:.2f}% "

@@ -18,18 +18,27 @@ from typing import Iterator
 
 import torch
 
-from .augment import NUM_CROPS, RECIPES, augment, sample_params, ten_crop
-from .data import FERData, Split, load_data
+from .augment import NUM_CROPS, RECIPES, AugmentParams, augment, sample_params, ten_crop
+from .data import SPLITS, FERData, Split, load_data
 from .synthetic import SyntheticSpec
 
-__all__ = ["DeviceLoader", "TenCropBatches", "load_run_data"]
+__all__ = ["DeviceLoader", "TenCropBatches", "load_run_data", "augment_batch"]
 
 
-def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None) -> FERData:
+def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None, splits=SPLITS) -> FERData:
     """The data of a run: ``path`` (FER2013 CSV or image folder), or the synthetic dataset of
-    ``seed`` with ``synthetic_sizes`` = (train, val, test) (None: SyntheticSpec's defaults)."""
+    ``seed`` with ``synthetic_sizes`` = (train, val, test) (None: SyntheticSpec's defaults).
+    ``splits``: those that must hold images."""
     spec = None if synthetic_sizes is None else SyntheticSpec(*synthetic_sizes)
-    return load_data(path, seed=seed, synthetic=spec)
+    return load_data(path, seed=seed, synthetic=spec, splits=splits)
+
+
+def augment_batch(images: torch.Tensor, params: AugmentParams, labels: torch.Tensor, *,
+                  backend: str = "auto", dtype: torch.dtype = torch.float32):
+    """``(crops [b*10, 1, 40, 40], crop labels [b*10])`` of uint8 ``images`` [b, 48, 48] with
+    image ``labels`` [b]: crop ``i*10 + k`` is the k-th crop of image i."""
+    return (augment(images, params, backend=backend, dtype=dtype),
+            labels.repeat_interleave(NUM_CROPS))
 
 
 class _DeviceSplit:
@@ -82,14 +91,20 @@ class DeviceLoader(_DeviceSplit):
         self.generator.manual_seed(seed)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, params, labels in self.batches():
+            yield augment_batch(images, params, labels, backend=self.augment_backend,
+                                dtype=self.dtype)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, AugmentParams, torch.Tensor]]:
+        """The epoch before augmentation: ``(images uint8 [b, 48, 48], params, labels [b])``
+        per batch, for a training step that augments itself (``fer_fast.train.TrainStep``)."""
         n, g = self.images.shape[0], self.generator
         order = torch.randperm(n, generator=g, device=self.device)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             images = self.images.index_select(0, idx)
             params = sample_params(self.recipe, idx.shape[0], g)
-            crops = augment(images, params, backend=self.augment_backend, dtype=self.dtype)
-            yield crops, self.labels.index_select(0, idx).repeat_interleave(NUM_CROPS)
+            yield images, params, self.labels.index_select(0, idx)
 
     def state_dict(self) -> dict:
         """Generator state; valid for exact resume when taken at an epoch boundary."""

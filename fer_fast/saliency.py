@@ -14,7 +14,6 @@ each example as (image, map, map over the image).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import cli
 from .augment import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE, NUM_CROPS, crop_grid, ten_crop
-from .checkpoint import CheckpointError
-from .data import SPLITS, DataError
-from .evaluate import add_checkpoint_args, load_model_and_data, predict
+from .data import SPLITS
+from .evaluate import predict
 from .loader import TenCropBatches
 from .model import CLASS_NAMES, NUM_CLASSES
 
@@ -135,31 +134,28 @@ def save_figure(path: Path, images: np.ndarray, maps: np.ndarray, labels: np.nda
     plt.close(fig)
 
 
+@cli.command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_fast.saliency",
-                                description=__doc__.split("\n")[0])
-    add_checkpoint_args(p)
+    p = cli.Parser(prog="python -m fer_fast.saliency", description=__doc__.split("\n")[0])
+    cli.add_checkpoint_args(p)
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--out", default=None,
                    help="folder for saliency.png and saliency.npz (default: the checkpoint's)")
-    p.add_argument("--per-class", type=int, default=1, help="examples per class")
+    p.add_argument("--per-class", type=cli.number(int, low=1), default=1,
+                   help="examples per class")
     p.add_argument("--crops", default="ten", choices=tuple(CROP_SETS),
                    help="crops whose averaged logits define the loss")
     args = p.parse_args(argv)
-    if args.per_class < 1:
-        p.error(f"--per-class must be >= 1, got {args.per_class}")
-    try:
-        model, data = load_model_and_data(args)
-    except (CheckpointError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent
+    if out.exists() and not out.is_dir():
+        raise cli.UserError(f"--out {out}: is a file, not a folder")
+    model, data, device = cli.load_model_and_data(args, (args.split,))
     out.mkdir(parents=True, exist_ok=True)
     split = data.split(args.split)
     print(f"checkpoint {args.checkpoint}: VGG(recipe={model.recipe!r}, width={model.width}); "
           f"data: {data.source}, split {args.split} ({len(split)} images)")
 
-    batches = TenCropBatches(split, batch_size=args.batch_size, device=args.device,
+    batches = TenCropBatches(split, batch_size=args.batch_size, device=device,
                              augment_backend=args.augment_backend)
     preds = predict(model, batches)[0].cpu()
     picked = pick_examples(split.labels, preds, args.per_class)

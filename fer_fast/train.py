@@ -25,10 +25,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import errno
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -38,17 +41,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import backends, telemetry
-from .augment import RECIPES
-from .checkpoint import (CheckpointError, infer_architecture, load_checkpoint, load_params,
-                         save_atomic)
-from .data import DataError, FERData, Split
-from .evaluate import sizes_arg, evaluate_split, format_confusion
-from .loader import DeviceLoader, TenCropBatches, load_run_data
+from . import backends, cli, telemetry
+from .augment import RECIPES, AugmentParams
+from .checkpoint import (CheckpointError, checksum_path, infer_architecture, load_checkpoint,
+                         load_params, save_atomic)
+from .data import FERData, Split
+from .evaluate import evaluate_split, format_confusion
+from .loader import DeviceLoader, TenCropBatches, augment_batch, load_run_data
 from .model import CLASS_NAMES, VGG, model_backends, resolve_backend
 
 __all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "parse_args", "train",
-           "main"]
+           "TrainStep", "setup", "run_epoch", "end_epoch", "main"]
 
 OPTIMIZERS = ("sgd", "nesterov", "asgd", "adam", "amsgrad", "adadelta", "adagrad")
 SCHEDULERS = ("plateau", "cosine", "cosine-wr", "onecycle", "step", "constant")
@@ -77,7 +80,7 @@ class Config:
     step_size: int = 30
     gamma: float = 0.5
     restart_period: int = 10
-    data: str | None = None
+    data: str | None = None  # stored absolute once the run starts
     synthetic_sizes: tuple[int, int, int] | None = None  # None: SyntheticSpec's defaults
     train_on: str = "train"
     seed: int = 0
@@ -85,12 +88,14 @@ class Config:
     block_backend: str = "auto"
     augment_backend: str = "auto"
     precision: str = "auto"
-    init: str | None = None
+    init: str | None = None  # stored absolute once the run starts
     save_every: int = 0   # 0: no periodic checkpoints
     test_every: int = 0   # 0: test accuracy only at the end
     progress: bool = True
     out: str | None = None
     preset: str = "full"
+    trust_checkpoint: bool = False  # --init / --resume files may need full unpickling
+    allow_recipe_change: bool = False  # --init with weights of the other block order
 
 
 #: preset -> overrides of Config's defaults (which are the released recipe)
@@ -104,8 +109,10 @@ PRESETS = {
 
 #: what a checkpoint must hold to continue its run exactly
 RESUME_KEYS = {"config", "epoch", "logs", "best", "optimizer", "scheduler", "scaler", "rng"}
-#: fields that may change when resuming a run
-RESUMABLE = {"epochs", "save_every", "test_every", "progress", "out"}
+#: fields that may change when resuming a run (--data: the same data, moved)
+RESUMABLE = {"epochs", "save_every", "test_every", "progress", "out", "data", "trust_checkpoint"}
+#: training steps timed for the estimate printed early in a run (after a few warm-up steps)
+ESTIMATE_WARMUP, ESTIMATE_STEPS = 3, 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,49 +121,80 @@ RESUMABLE = {"epochs", "save_every", "test_every", "progress", "out"}
 
 def _parser() -> argparse.ArgumentParser:
     S = argparse.SUPPRESS  # absent flags stay absent, so presets and resume can fill them
-    p = argparse.ArgumentParser(prog="python -m fer_fast.train", argument_default=S,
-                                description="Train the FER2013 VGG (see SPEC.md).")
+    num = cli.number
+    p = cli.Parser(prog="python -m fer_fast.train", argument_default=S,
+                   description="Train the FER2013 VGG. Defaults shown are those of the full "
+                               "preset (the released recipe).")
+    d = Config()
+
+    def default(name):  # the released recipe's value, shown by --help
+        return {"default": S, "help": "(default: %s)" % getattr(d, name)}
+
     p.add_argument("--preset", choices=tuple(PRESETS),
                    help="full: the released recipe (default with --data); quick: small model on "
                         "small synthetic data for a CPU (default without --data)")
     p.add_argument("--recipe", choices=RECIPES, help="released (conv-BN-ReLU, released "
-                   "augmentation) or paper (conv-ReLU-BN, the paper's augmentation)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--scheduler", choices=SCHEDULERS)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="images per step (x10 crops)")
-    p.add_argument("--eval-batch-size", type=int, help="images per evaluation batch")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float, help="SGD momentum (sgd, nesterov)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--width", type=float, help="channel multiplier (1 = the paper's VGG)")
-    p.add_argument("--plateau-factor", type=float)
-    p.add_argument("--plateau-patience", type=int)
-    p.add_argument("--step-size", type=int, help="StepLR period in epochs")
-    p.add_argument("--gamma", type=float, help="StepLR factor")
-    p.add_argument("--restart-period", type=int, help="CosineAnnealingWarmRestarts T_0 (epochs)")
-    p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data)")
-    p.add_argument("--synthetic-sizes", type=sizes_arg, metavar="TRAIN,VAL,TEST")
+                   f"augmentation) or paper (conv-ReLU-BN, the paper's augmentation) "
+                   f"(default: {d.recipe})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, **default("optimizer"))
+    p.add_argument("--scheduler", choices=SCHEDULERS, **default("scheduler"))
+    p.add_argument("--epochs", type=num(int, low=1), **default("epochs"))
+    p.add_argument("--batch-size", type=num(int, low=1),
+                   help=f"images per step (x10 crops) (default: {d.batch_size})")
+    p.add_argument("--eval-batch-size", type=num(int, low=1),
+                   help=f"images per evaluation batch (default: {d.eval_batch_size})")
+    p.add_argument("--lr", type=num(low=0, low_open=True), **default("lr"))
+    p.add_argument("--momentum", type=num(low=0, high=1, high_open=True),
+                   help=f"SGD momentum (sgd, nesterov) (default: {d.momentum})")
+    p.add_argument("--weight-decay", type=num(low=0), **default("weight_decay"))
+    p.add_argument("--dropout", type=num(low=0, high=1, high_open=True), **default("dropout"))
+    p.add_argument("--width", type=num(low=0, low_open=True),
+                   help=f"channel multiplier (1 = the paper's VGG) (default: {d.width})")
+    p.add_argument("--plateau-factor", type=num(low=0, high=1, low_open=True, high_open=True),
+                   **default("plateau_factor"))
+    p.add_argument("--plateau-patience", type=num(int, low=0), **default("plateau_patience"))
+    p.add_argument("--step-size", type=num(int, low=1),
+                   help=f"StepLR period in epochs (default: {d.step_size})")
+    p.add_argument("--gamma", type=num(low=0, low_open=True),
+                   help=f"StepLR factor (default: {d.gamma})")
+    p.add_argument("--restart-period", type=num(int, low=1),
+                   help=f"CosineAnnealingWarmRestarts T_0 in epochs (default: {d.restart_period})")
+    p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data); "
+                   "with --resume: the run's data at a new place")
+    p.add_argument("--synthetic-sizes", type=cli.sizes_arg, metavar="TRAIN,VAL,TEST")
     p.add_argument("--train-on", choices=TRAIN_ON, help="train+val: the fine-tuning stage on "
-                   "the combined data (validation accuracy then no longer measures generalisation)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+                   "the combined data (validation accuracy then no longer measures "
+                   f"generalisation) (default: {d.train_on})")
+    p.add_argument("--seed", type=int, **default("seed"))
+    p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ... "
+                   "(default: auto)")
     p.add_argument("--block-backend", choices=tuple(model_backends()),
                    help="model backend: auto (fused blocks on GPU, eager on CPU), a block backend "
-                        "(eager, fused) or a whole-stack one (triton)")
-    p.add_argument("--augment-backend", choices=("auto",) + tuple(backends.names("augment")))
+                        "(eager, fused) or a whole-stack one (triton) (default: auto)")
+    p.add_argument("--augment-backend", choices=("auto",) + tuple(backends.names("augment")),
+                   help="(default: auto)")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="auto: fp16 autocast + GradScaler on CUDA, fp32 on CPU")
+                   help="auto: fp16 autocast + GradScaler on CUDA, fp32 on CPU (default: auto)")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from these weights (fine-tuning); recipe and width follow it")
+    p.add_argument("--allow-recipe-change", action="store_true",
+                   help="with --init: allow a --recipe other than the checkpoint's (its weights "
+                        "were trained with the other block order)")
     p.add_argument("--resume", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="continue an interrupted run exactly (RUN_DIR means RUN_DIR/last.pt)")
-    p.add_argument("--save-every", type=int, help="periodic checkpoint every N epochs (0: none)")
-    p.add_argument("--test-every", type=int, help="test accuracy every N epochs (0: at the end)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow --init/--resume files that hold more than tensors and plain "
+                        "values (unpickling them can run code: only for files you trust)")
+    p.add_argument("--save-every", type=num(int, low=0),
+                   help="periodic checkpoint every N epochs (0: none) (default: full preset 50, "
+                        "quick preset 0)")
+    p.add_argument("--test-every", type=num(int, low=0),
+                   help="test accuracy every N epochs (0: at the end) (default: 0)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction,
-                   help="progress bar (off when stderr is not a terminal)")
-    p.add_argument("--out", help="run directory (default runs/<timestamp>-<recipe>)")
+                   help="progress bar (off when stderr is not a terminal) (default: on)")
+    p.add_argument("--out", help="run directory, new or empty (default: runs/<timestamp>-<recipe>;"
+                   " with --resume: the resumed run's directory)")
+    cli.add_debug_arg(p)
     return p
 
 
@@ -165,65 +203,75 @@ def _resume_path(target: str) -> Path:
     return path / "last.pt" if path.is_dir() else path
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def parse_args(argv=None) -> tuple[Config, Path | None]:
     """(config, checkpoint to resume from). Precedence: Config defaults < preset < the --init
     checkpoint's architecture < explicit flags; with --resume: the saved config < flags."""
     p = _parser()
     given = vars(p.parse_args(argv))
+    given.pop("debug", None)
     resume = given.pop("resume", None)
     if resume is not None:
-        path = _resume_path(resume)
-        try:
-            ckpt = load_checkpoint(path)
-        except CheckpointError as e:
-            p.error(str(e))
-        lacking = sorted(RESUME_KEYS - set(ckpt))
-        if lacking:
-            p.error(f"--resume {path}: the checkpoint lacks the resume state {lacking} (not "
-                    f"written by fer_fast.train); use --init to start from its weights")
-        saved = ckpt["config"]
-        fixed = sorted(set(given) - RESUMABLE)
-        if fixed:
-            p.error(f"--resume continues a run with its saved configuration; these flags cannot "
-                    f"change: {', '.join('--' + k.replace('_', '-') for k in fixed)}")
-        known = {f.name for f in dataclasses.fields(Config)}
-        config = Config(**{k: v for k, v in saved.items() if k in known})
-        for k, v in given.items():
-            setattr(config, k, v)
-        config.out = given.get("out", str(path.parent))
-        if config.synthetic_sizes is not None:
-            config.synthetic_sizes = tuple(config.synthetic_sizes)
-        return config, path
+        return _parse_resume(p, _resume_path(resume), given)
     preset = given.get("preset", "full" if given.get("data") else "quick")
     values = dict(PRESETS[preset], preset=preset)
     if given.get("init"):
         try:
-            recipe, width = infer_architecture(load_checkpoint(given["init"]), given["init"])
+            ckpt = load_checkpoint(given["init"], trust=given.get("trust_checkpoint", False))
+            recipe, width = infer_architecture(ckpt, given["init"])
         except CheckpointError as e:
             p.error(str(e))
+        if given.get("recipe", recipe) != recipe and not given.get("allow_recipe_change"):
+            p.error(f"--init {given['init']}: its weights were trained with recipe {recipe!r} "
+                    f"(block order {'conv-BN-ReLU' if recipe == 'released' else 'conv-ReLU-BN'}"
+                    f"), not --recipe {given['recipe']}; pass --allow-recipe-change to start "
+                    f"the other block order from them anyway")
         values.update(recipe=recipe, width=width)
     values.update(given)
-    config = Config(**values)
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(config, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    if config.width <= 0 or config.lr <= 0:
-        p.error("--width and --lr must be positive")
-    return config, None
+    return Config(**values), None
+
+
+def _parse_resume(p: argparse.ArgumentParser, path: Path, given: dict) -> tuple[Config, Path]:
+    try:
+        ckpt = load_checkpoint(path, trust=given.get("trust_checkpoint", False))
+    except CheckpointError as e:
+        p.error(str(e))
+    lacking = sorted(RESUME_KEYS - set(ckpt))
+    if lacking:
+        p.error(f"--resume {path}: the checkpoint lacks the resume state {lacking} (not "
+                f"written by fer_fast.train); use --init to start from its weights")
+    fixed = sorted(set(given) - RESUMABLE)
+    if fixed:
+        p.error(f"--resume continues a run with its saved configuration; these flags cannot "
+                f"change: {', '.join(_flag(k) for k in fixed)}")
+    known = {f.name for f in dataclasses.fields(Config)}
+    config = Config(**{k: v for k, v in ckpt["config"].items() if k in known})
+    done = ckpt["epoch"]
+    if "epochs" in given and given["epochs"] <= done:
+        p.error(f"--resume {path}: the run has already done {done} epoch{_s(done)}; "
+                f"--epochs {given['epochs']} must be larger to train further")
+    if "epochs" not in given and done >= config.epochs:
+        p.error(f"--resume {path}: the run is finished ({done} of {config.epochs} "
+                f"epoch{_s(config.epochs)}); to train it further pass --epochs N with N > {done}")
+    config.trust_checkpoint = False  # trust is given per invocation, never inherited
+    for k, v in given.items():
+        setattr(config, k, v)
+    config.out = given.get("out", str(path.parent))
+    if config.synthetic_sizes is not None:
+        config.synthetic_sizes = tuple(config.synthetic_sizes)
+    return config, path
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
 
 
 # ----------------------------------------------------------------------------------------------
 # Building blocks of a run
 # ----------------------------------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
 
 def resolve_precision(name: str, device: torch.device) -> str:
     return ("fp16" if device.type == "cuda" else "fp32") if name == "auto" else name
@@ -280,7 +328,11 @@ def _train_split(data: FERData, train_on: str) -> Split:
 
 
 def _rng_state(loader: DeviceLoader, device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+    """Every RNG state as tensors and plain values (a checkpoint loads with weights_only)."""
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                        "gauss": gauss},
              "loader": loader.state_dict()}
     if device.type == "cuda":  # dropout draws on the training device
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -289,10 +341,25 @@ def _rng_state(loader: DeviceLoader, device: torch.device) -> dict:
 
 def _set_rng_state(state: dict, loader: DeviceLoader, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    python = state["python"]
+    if isinstance(python, dict):
+        python = (python["version"], tuple(python["state"].tolist()), python["gauss"])
+    random.setstate(python)
     loader.load_state_dict(state["loader"])
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def data_fingerprint(data: FERData) -> dict:
+    """Split sizes and a sha256 of every image and label: what identifies a run's data
+    wherever its files are."""
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        split = data.split(name)
+        digest.update(split.images.contiguous().numpy().tobytes())
+        digest.update(split.labels.contiguous().numpy().tobytes())
+    return {"sizes": {name: len(data.split(name)) for name in ("train", "val", "test")},
+            "sha256": digest.hexdigest()}
 
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc",
@@ -302,12 +369,17 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """Rewrite metrics.csv from the full history (so a resumed run has exactly its epochs)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if row.get(k) is None else row[k])
+                                 for k in METRIC_COLUMNS})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _run_dir(config: Config) -> Path:
@@ -322,6 +394,37 @@ def _run_dir(config: Config) -> Path:
     return path
 
 
+def check_run_dir(run_dir: Path, resume: Path | None) -> None:
+    """The rules that keep runs from overwriting each other: a new run writes only into a
+    folder that does not exist or is empty; a resumed run writes into its own folder (from its
+    last.pt only: an older checkpoint would overwrite the later epochs) or into an empty one as
+    a copy. Also refuses an --out that is a file or cannot be written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise cli.UserError(f"--out {run_dir}: is a file, not a folder")
+    own = resume is not None and run_dir.resolve() == resume.parent.resolve()
+    if own and resume.name != "last.pt":
+        raise cli.UserError(
+            f"--resume {resume}: not the run's last checkpoint (last.pt); continuing from it in "
+            f"{run_dir} would overwrite the later epochs there. Continue it as a copy with "
+            f"--out NEW_FOLDER, or resume {run_dir} itself")
+    if not own and run_dir.is_dir():
+        entries = sorted(p.name for p in run_dir.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)"
+                                              if len(entries) > 5 else "")
+            if resume is None and "last.pt" in entries:
+                raise cli.UserError(f"{run_dir}: already holds a run (last.pt); continue it with "
+                                    f"--resume {run_dir} or choose another --out")
+            what = "a new run" if resume is None else f"resuming {resume} as a copy"
+            raise cli.UserError(f"--out {run_dir}: not empty (holds {shown}); {what} writes only "
+                                f"into a new or empty folder: choose another --out")
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise cli.UserError(f"--out {run_dir}: cannot write in {existing} (permission denied)")
+
+
 def _fmt_postfix(values: dict) -> dict:
     names = {"gpu_util_pct": "util%", "gpu_mem_peak_mib": "memMiB", "gpu_power_w": "W",
              "gpu_sm_clock_mhz": "MHz", "gpu_energy_j": "J"}
@@ -329,50 +432,118 @@ def _fmt_postfix(values: dict) -> dict:
             for k, v in values.items()}
 
 
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _is_disk_full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 # ----------------------------------------------------------------------------------------------
-# The run
+# The training step
 # ----------------------------------------------------------------------------------------------
 
-def train(config: Config, resume: Path | None = None) -> dict:
-    """Run (or continue) a training run; returns the final summary (also in ``summary.json``)."""
-    device = resolve_device(config.device)
-    block_backend = resolve_backend(config.block_backend, device)
+class TrainStep:
+    """One optimizer step, the code every training run (and the benchmark) executes:
+    augmentation -> forward -> mean cross-entropy over the crops -> (scaled) backward ->
+    optimizer step (-> per-step scheduler step).
+
+    ``step(images, params, labels)``: uint8 ``images`` [b, 48, 48] and int64 ``labels`` [b] on
+    the model's device, ``params`` their ``AugmentParams``; returns the detached loss (a 0-d
+    tensor) and logits [b*10, 7], without a host synchronisation.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, *, device_type: str, precision: str = "fp32",
+                 augment_backend: str = "auto", scheduler=None):
+        self.model, self.optimizer, self.scaler, self.scheduler = model, optimizer, scaler, scheduler
+        self.device_type, self.dtype = device_type, _DTYPES[precision]
+        self.autocast = precision != "fp32"
+        self.augment_backend = augment_backend
+
+    def __call__(self, images: torch.Tensor, params: AugmentParams,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        crops, crop_labels = augment_batch(images, params, labels, backend=self.augment_backend,
+                                           dtype=self.dtype)
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.autocast):
+            logits = self.model(crops)
+            loss = F.cross_entropy(logits, crop_labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: setup (or resume), one epoch, end of epoch, finish
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """The state of a run between its phases."""
+
+    config: Config
+    run_dir: Path
+    device: torch.device
+    precision: str
+    model: VGG
+    loader: DeviceLoader
+    val: TenCropBatches
+    test: TenCropBatches
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    sched_unit: str
+    scaler: torch.amp.GradScaler
+    step: TrainStep
+    history: list
+    best: dict
+    start_epoch: int
+    data_id: dict
+    saved_epoch: int | None  # the epoch last.pt holds (None: no checkpoint yet)
+    epoch_times: list  # seconds per epoch trained by this process (for the ETA)
+    step_estimate: float | None = None  # seconds per training step, measured early
+    meter: object = None  # telemetry.start(device) while the epochs run
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def setup(config: Config, resume: Path | None = None) -> Run:
+    """Resolve the device and backends, check the run directory (before any data is read),
+    load the data, build model / loader / optimizer / scheduler, and restore the checkpoint's
+    state when resuming; writes config.json and the (resumed) metrics.csv."""
+    device = cli.resolve_device(config.device)
+    try:
+        block_backend = resolve_backend(config.block_backend, device)
+        augment_backend = (backends.auto_choice("augment", device)
+                           if config.augment_backend == "auto" else config.augment_backend)
+        backends.resolve("augment", augment_backend or "auto", device)
+    except (ValueError, RuntimeError) as e:
+        raise cli.UserError(str(e)) from None
     precision = resolve_precision(config.precision, device)
-    dtype = _DTYPES[precision]
+    run_dir = _run_dir(config)
+    check_run_dir(run_dir, resume)
+    _warn_before_start(config, device, precision)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # Triton launches on the current device
         torch.backends.cudnn.benchmark = True
-    run_dir = _run_dir(config)
-    if resume is None and (run_dir / "last.pt").exists():
-        raise CheckpointError(f"{run_dir}: already holds a run (last.pt); continue it with "
-                              f"--resume {run_dir} or choose another --out")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
-    data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes)
-    model = VGG(config.recipe, width=config.width, dropout=config.dropout,
-                backend=block_backend).to(device)
-    if device.type == "cuda":  # NHWC activations: what cuDNN's fp16 kernels and the fused blocks want
-        model = model.to(memory_format=torch.channels_last)
-    if config.init and resume is None:
-        load_params(model, load_checkpoint(config.init)["params"], config.init)
-    loader = DeviceLoader(_train_split(data, config.train_on), batch_size=config.batch_size,
-                          device=device, recipe=config.recipe, seed=config.seed,
-                          augment_backend=config.augment_backend, dtype=dtype)
-    val = TenCropBatches(data.val, batch_size=config.eval_batch_size, device=device,
-                         augment_backend=config.augment_backend)
-    test = TenCropBatches(data.test, batch_size=config.eval_batch_size, device=device,
-                          augment_backend=config.augment_backend)
-    optimizer = make_optimizer(config, model.parameters(), fused=device.type == "cuda")
-    scheduler, sched_unit = make_scheduler(config, optimizer, len(loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    autocast = precision != "fp32"
-
-    history: list[dict] = []
-    best = {"val_acc": -1.0, "epoch": 0}
-    start_epoch = 0
-    if resume is not None:
-        ckpt = load_checkpoint(resume)  # on the CPU: RNG states must stay CPU tensors
+    ckpt = load_checkpoint(resume, trust=config.trust_checkpoint) if resume is not None else None
+    if ckpt is not None:
         saved = ckpt.get("resolved", {})
         here = {"device_type": device.type, "precision": precision}
         if saved and saved != here:
@@ -380,6 +551,42 @@ def train(config: Config, resume: Path | None = None) -> dict:
                                   f"{saved['precision']}, but this machine resolves to "
                                   f"{device.type} in {precision}; resume it on the same kind of "
                                   f"device")
+    config.data, config.init = _absolute(config.data), _absolute(config.init)
+    if config.data is not None and not Path(config.data).exists() and ckpt is not None:
+        raise cli.UserError(f"the data of run {resume.parent} is no longer at {config.data}; "
+                            f"pass --data with its new place")
+    data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes)
+    data_id = data_fingerprint(data)
+    if ckpt is not None and "data" in ckpt and ckpt["data"]["sha256"] != data_id["sha256"]:
+        raise cli.UserError(f"--data {config.data or 'synthetic'}: not the data run "
+                            f"{resume.parent} was trained on (split sizes {data_id['sizes']} vs "
+                            f"{ckpt['data']['sizes']}, different content)")
+
+    model = VGG(config.recipe, width=config.width, dropout=config.dropout,
+                backend=block_backend).to(device)
+    if device.type == "cuda":  # NHWC activations: what cuDNN's fp16 kernels and the fused blocks want
+        model = model.to(memory_format=torch.channels_last)
+    if config.init and ckpt is None:
+        load_params(model, load_checkpoint(config.init, trust=config.trust_checkpoint)["params"],
+                    config.init)
+    loader = DeviceLoader(_train_split(data, config.train_on), batch_size=config.batch_size,
+                          device=device, recipe=config.recipe, seed=config.seed,
+                          augment_backend=augment_backend, dtype=_DTYPES[precision])
+    val = TenCropBatches(data.val, batch_size=config.eval_batch_size, device=device,
+                         augment_backend=augment_backend)
+    test = TenCropBatches(data.test, batch_size=config.eval_batch_size, device=device,
+                          augment_backend=augment_backend)
+    optimizer = make_optimizer(config, model.parameters(), fused=device.type == "cuda")
+    scheduler, sched_unit = make_scheduler(config, optimizer, len(loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step = TrainStep(model, optimizer, scaler, device_type=device.type, precision=precision,
+                     augment_backend=augment_backend,
+                     scheduler=scheduler if sched_unit == "step" else None)
+
+    history: list[dict] = []
+    best = {"val_acc": -1.0, "epoch": 0}
+    start_epoch = 0
+    if ckpt is not None:
         load_params(model, ckpt["params"], resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -388,101 +595,208 @@ def train(config: Config, resume: Path | None = None) -> dict:
         history, best, start_epoch = list(ckpt["logs"]["history"]), dict(ckpt["best"]), \
             ckpt["epoch"]
     run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is not None and run_dir.resolve() != resume.parent.resolve():
+        _copy_checkpoints(resume, run_dir)  # a copy of the run: its best model comes along
     config.out = str(run_dir)
     resolved = {"device": str(device), "block_backend": block_backend, "precision": precision,
-                "data_source": data.source, "torch": torch.__version__,
+                "augment_backend": augment_backend, "data_source": data.source,
+                "data_sha256": data_id["sha256"], "torch": torch.__version__,
                 "sizes": {"train": loader.num_images, "val": len(data.val), "test": len(data.test)}}
     (run_dir / "config.json").write_text(json.dumps(
         {**dataclasses.asdict(config), "resolved": resolved}, indent=2) + "\n")
-    metrics_path = run_dir / "metrics.csv"
-    write_metrics(metrics_path, history)
+    write_metrics(run_dir / "metrics.csv", history)
     print(f"fer_fast.train: {config.preset} preset, VGG(recipe={config.recipe!r}, "
           f"width={config.width}), {config.optimizer}+{config.scheduler}, lr {config.lr}, "
-          f"{config.epochs} epochs of {loader.num_images} images, batch {config.batch_size}, "
-          f"{device} {precision}, block {block_backend}, augment {config.augment_backend}; "
-          f"data {data.source}; run dir {run_dir}", flush=True)
+          f"{config.epochs} epoch{_s(config.epochs)} of {loader.num_images} images, batch "
+          f"{config.batch_size}, {device} {precision}, block {block_backend}, augment "
+          f"{augment_backend}; data {data.source}; run dir {run_dir}", flush=True)
+    return Run(config=config, run_dir=run_dir, device=device, precision=precision, model=model,
+               loader=loader, val=val, test=test, optimizer=optimizer, scheduler=scheduler,
+               sched_unit=sched_unit, scaler=scaler, step=step, history=history, best=best,
+               start_epoch=start_epoch, data_id=data_id,
+               saved_epoch=start_epoch if resume is not None else None, epoch_times=[])
 
-    def checkpoint(epoch: int) -> dict:
-        return {"params": model.state_dict(),
-                "logs": {"history": history, "best_val_acc": best["val_acc"],
-                         "best_epoch": best["epoch"]},
-                "config": dataclasses.asdict(config), "epoch": epoch,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(loader, device), "best": best,
-                "resolved": {"device_type": device.type, "precision": precision}}
 
+def _warn_before_start(config: Config, device: torch.device, precision: str) -> None:
+    if device.type == "cpu" and config.preset == "full":
+        print(f"warning: the full preset (width {config.width}, {config.epochs} epochs) on a CPU "
+              f"takes days to weeks; for a CPU use --preset quick, or a smaller --width (e.g. "
+              f"0.125) and fewer --epochs. An estimate follows after the first steps.",
+              file=sys.stderr)
+    if device.type == "cpu" and precision == "fp16":
+        print("warning: --precision fp16 on a CPU is slower than fp32 (CPUs have no fast fp16 "
+              "kernels); use fp32 or bf16 there", file=sys.stderr)
+
+
+def _copy_checkpoints(resume: Path, run_dir: Path) -> None:
+    """Resuming into another folder: bring the source run's best.pt (and its checksum)."""
+    best = resume.parent / "best.pt"
+    if best.is_file():
+        shutil.copy2(best, run_dir / "best.pt")
+        if checksum_path(best).is_file():
+            shutil.copy2(checksum_path(best), checksum_path(run_dir / "best.pt"))
+
+
+def run_epoch(run: Run, epoch: int) -> dict:
+    """Train one epoch; returns its row's training columns (loss, accuracy, times)."""
+    config, device, loader = run.config, run.device, run.loader
     show = config.progress and sys.stderr.isatty()
-    meter = telemetry.start(device)
-    try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            t0 = time.perf_counter()
-            meter.epoch_begin()
-            model.train()
-            lr = optimizer.param_groups[0]["lr"]
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = 0
-            bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                       disable=not show, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    run.model.train()
+    lr = run.optimizer.param_groups[0]["lr"]
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    remaining_epochs = config.epochs - epoch
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{config.epochs}", leave=False,
+               disable=not show, dynamic_ncols=True)
+    shown = time.perf_counter()
+    timing_from = None
+    for i, (images, params, labels) in enumerate(loader.batches()):
+        loss, logits = run.step(images, params, labels)
+        n = logits.shape[0]
+        loss_sum += loss.float() * n
+        correct += (logits.argmax(1) == labels.repeat_interleave(n // labels.numel())).sum()
+        seen += n
+        bar.update()
+        if run.step_estimate is None:
+            timing_from = _estimate(run, epoch, i, timing_from)
+        if show and time.perf_counter() - shown > 0.5:  # one host sync per refresh
             shown = time.perf_counter()
-            for crops, labels in loader:
-                with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                    logits = model(crops)
-                    loss = F.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if sched_unit == "step":
-                    scheduler.step()
-                loss_sum += loss.detach().float() * labels.numel()
-                correct += (logits.detach().argmax(1) == labels).sum()
-                seen += labels.numel()
-                bar.update()
-                if show and time.perf_counter() - shown > 0.5:  # one host sync per refresh
-                    shown = time.perf_counter()
-                    bar.set_postfix(_fmt_postfix({
-                        "loss": loss_sum.item() / seen, "acc": correct.item() / seen,
-                        "img/s": seen / 10 / (shown - t0), **meter.snapshot()}))
-            bar.close()
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
-            train_time = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}")
-            val_acc, _ = evaluate_split(model, val)
-            if config.scheduler == "plateau":
-                scheduler.step(val_acc)
-            elif sched_unit == "epoch":
-                scheduler.step()
-            test_acc = None
-            if config.test_every and epoch % config.test_every == 0:
-                test_acc, _ = evaluate_split(model, test)
-            row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                   "val_acc": val_acc, "test_acc": test_acc, "train_time_s": train_time,
-                   "epoch_time_s": time.perf_counter() - t0,
-                   "images_per_s": loader.num_images / train_time, **meter.epoch_end()}
-            history.append(row)
-            improved = val_acc > best["val_acc"]
-            if improved:
-                best = {"val_acc": val_acc, "epoch": epoch}
-            write_metrics(metrics_path, history)
-            state = checkpoint(epoch)
-            if improved:
-                save_atomic(state, run_dir / "best.pt")
-            if config.save_every and epoch % config.save_every == 0:
-                save_atomic(state, run_dir / f"epoch{epoch:04d}.pt")
-            save_atomic(state, run_dir / "last.pt")
-            tel = "".join(f" {k} {v}" for k, v in _fmt_postfix(
-                {k: row[k] for k in telemetry.COLUMNS if k in row}).items())
-            tqdm.write(f"epoch {epoch:3d}/{config.epochs} lr {lr:.3g} loss {train_loss:.4f} "
-                       f"train acc {100 * train_acc:.2f}% val acc {100 * val_acc:.2f}%"
-                       + (f" test acc {100 * test_acc:.2f}%" if test_acc is not None else "")
-                       + f"{' *' if improved else ''} | {row['images_per_s']:.0f} img/s "
-                       f"{row['epoch_time_s']:.1f} s{tel}", file=sys.stdout)
-            sys.stdout.flush()
+            epoch_left = (shown - t0) / (i + 1) * (len(loader) - i - 1)
+            bar.set_postfix(_fmt_postfix({
+                "loss": loss_sum.item() / seen, "acc": correct.item() / seen,
+                "img/s": seen / 10 / (shown - t0),
+                "eta": _fmt_duration(epoch_left + remaining_epochs * _epoch_seconds(run)),
+                **run.meter.snapshot()}))
+    bar.close()
+    train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}")
+    return {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+            "train_time_s": time.perf_counter() - t0, "t0": t0}
+
+
+def _estimate(run: Run, epoch: int, i: int, timing_from):
+    """Time ESTIMATE_STEPS steps after the warm-up and print what the whole run will take."""
+    if i + 1 == ESTIMATE_WARMUP:
+        _sync(run.device)
+        return (time.perf_counter(), i)
+    if timing_from is not None and i - timing_from[1] == ESTIMATE_STEPS:
+        _sync(run.device)
+        run.step_estimate = (time.perf_counter() - timing_from[0]) / ESTIMATE_STEPS
+        per_epoch = run.step_estimate * len(run.loader)
+        left = run.config.epochs - epoch + 1
+        tqdm.write(f"estimated training time: {_fmt_duration(per_epoch)} per epoch, "
+                   f"~{_fmt_duration(per_epoch * left)} for the {left} epoch{_s(left)} left "
+                   f"(from {ESTIMATE_STEPS} steps; validation adds to it)", file=sys.stdout)
+        sys.stdout.flush()
+    return timing_from
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _epoch_seconds(run: Run) -> float:
+    """Mean seconds per epoch so far (or the early estimate of the training part)."""
+    if run.epoch_times:
+        return sum(run.epoch_times) / len(run.epoch_times)
+    return (run.step_estimate or 0.0) * len(run.loader)
+
+
+def end_epoch(run: Run, stats: dict) -> None:
+    """Validate, step an epoch scheduler, optionally test, record the row, write metrics.csv
+    and the checkpoints (best / periodic / last), print the epoch line."""
+    config, epoch = run.config, stats["epoch"]
+    t0 = stats.pop("t0")
+    val_acc, _ = evaluate_split(run.model, run.val)
+    if config.scheduler == "plateau":
+        run.scheduler.step(val_acc)
+    elif run.sched_unit == "epoch":
+        run.scheduler.step()
+    test_acc = None
+    if config.test_every and epoch % config.test_every == 0:
+        test_acc, _ = evaluate_split(run.model, run.test)
+    row = {**stats, "val_acc": val_acc, "test_acc": test_acc,
+           "epoch_time_s": time.perf_counter() - t0,
+           "images_per_s": run.loader.num_images / stats["train_time_s"],
+           **run.meter.epoch_end()}
+    run.history.append(row)
+    run.epoch_times.append(row["epoch_time_s"])
+    improved = val_acc > run.best["val_acc"]
+    if improved:
+        run.best = {"val_acc": val_acc, "epoch": epoch}
+    _save_epoch(run, epoch, improved)
+    tel = "".join(f" {k} {v}" for k, v in _fmt_postfix(
+        {k: row[k] for k in telemetry.COLUMNS if k in row}).items())
+    left = config.epochs - epoch
+    eta = f" eta {_fmt_duration(left * _epoch_seconds(run))}" if left else ""
+    tqdm.write(f"epoch {epoch:3d}/{config.epochs} lr {row['lr']:.3g} loss "
+               f"{row['train_loss']:.4f} train acc {100 * row['train_acc']:.2f}% val acc "
+               f"{100 * val_acc:.2f}%"
+               + (f" test acc {100 * test_acc:.2f}%" if test_acc is not None else "")
+               + f"{' *' if improved else ''} | {row['images_per_s']:.0f} img/s "
+               f"{row['epoch_time_s']:.1f} s{eta}{tel}", file=sys.stdout)
+    sys.stdout.flush()
+
+
+def _checkpoint(run: Run, epoch: int) -> dict:
+    return {"params": run.model.state_dict(),
+            "logs": {"history": run.history, "best_val_acc": run.best["val_acc"],
+                     "best_epoch": run.best["epoch"]},
+            "config": dataclasses.asdict(run.config), "epoch": epoch,
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "rng": _rng_state(run.loader, run.device),
+            "best": run.best, "data": run.data_id,
+            "resolved": {"device_type": run.device.type, "precision": run.precision}}
+
+
+def _save_epoch(run: Run, epoch: int, improved: bool) -> None:
+    """metrics.csv and the checkpoints of an epoch; a full disk leaves the previous files
+    whole and stops the run with a message saying so."""
+    run_dir, state = run.run_dir, _checkpoint(run, epoch)
+    targets = ([run_dir / "best.pt"] if improved else []) + \
+        ([run_dir / f"epoch{epoch:04d}.pt"] if run.config.save_every
+         and epoch % run.config.save_every == 0 else []) + [run_dir / "last.pt"]
+    try:
+        write_metrics(run_dir / "metrics.csv", run.history)
+        for path in targets:
+            save_atomic(state, path)
+    except OSError as e:
+        if not _is_disk_full(e):
+            raise
+        kept = (f"{run_dir / 'last.pt'} still holds epoch {run.saved_epoch}; free some space and "
+                f"continue with: python -m fer_fast.train --resume {run_dir}"
+                if run.saved_epoch is not None else "no checkpoint of this run was written")
+        raise cli.UserError(f"the disk is full: writing the epoch-{epoch} files in {run_dir} "
+                            f"failed ({e.strerror}); {kept}") from None
+    run.saved_epoch = epoch
+
+
+def train(config: Config, resume: Path | None = None) -> dict:
+    """Run (or continue) a training run; returns the final summary (also in ``summary.json``)."""
+    run = setup(config, resume)
+    run.meter = telemetry.start(run.device)
+    epoch = run.start_epoch
+    try:
+        for epoch in range(run.start_epoch + 1, config.epochs + 1):
+            run.meter.epoch_begin()
+            end_epoch(run, run_epoch(run, epoch))
+    except KeyboardInterrupt:
+        raise cli.Interrupted(_interrupted_message(run, epoch)) from None
     finally:
-        meter.close()
-    return _finish(model, test, run_dir, best, history)
+        run.meter.close()
+    return _finish(run.model, run.test, run.run_dir, run.best, run.history)
+
+
+def _interrupted_message(run: Run, epoch: int) -> str:
+    if run.saved_epoch is None:
+        return (f"stopped in epoch {epoch} before any checkpoint was written; {run.run_dir} "
+                f"holds only its config.json and metrics.csv (remove it to start again there)")
+    return (f"stopped in epoch {epoch}; the last checkpoint is {run.run_dir / 'last.pt'} (epoch "
+            f"{run.saved_epoch}); continue with: python -m fer_fast.train --resume {run.run_dir}")
 
 
 def _finish(model: VGG, test: TenCropBatches, run_dir: Path, best: dict,
@@ -510,16 +824,15 @@ def _finish(model: VGG, test: TenCropBatches, run_dir: Path, best: dict,
         for name, row in zip(CLASS_NAMES, cm.tolist()):
             writer.writerow([name, *row])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"run dir {run_dir}: best.pt (best validation), last.pt, metrics.csv, "
+          f"test_confusion.csv, summary.json, config.json")
     return summary
 
 
+@cli.command
 def main(argv=None) -> int:
     config, resume = parse_args(argv)
-    try:
-        train(config, resume)
-    except (DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    train(config, resume)
     return 0
 
 
