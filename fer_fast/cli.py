@@ -42,12 +42,23 @@ class Interrupted(KeyboardInterrupt):
 USER_ERRORS = (UserError, DataError, CheckpointError)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to a flag's help unless the help already states its default or
+    there is none to show (None, False, suppressed)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """ArgumentParser that shows every default in ``--help`` and reports a bad command line in
     one line (``error: ...``, exit status 2) instead of the usage block."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -212,8 +223,9 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     add_device_arg(p)
     p.add_argument("--batch-size", type=number(int, low=1), default=256,
                    help="images per batch")
-    p.add_argument("--block-backend", default="eager", choices=tuple(model_backends()))
-    p.add_argument("--augment-backend", default="auto")
+    p.add_argument("--block-backend", default="eager", choices=tuple(model_backends()),
+                   help="model backend (eager: the fp32 reference of the evaluation protocol)")
+    p.add_argument("--augment-backend", default="auto", help="ten-crop backend")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that holds more than tensors and plain values "
                         "(unpickling it can run code: only for files you trust)")

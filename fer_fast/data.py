@@ -132,10 +132,10 @@ def _split_fields(line: bytes) -> list[bytes]:
     return fields
 
 
-def read_fer_csv(path, splits=SPLITS) -> FERData:
+def read_fer_csv(path, required=SPLITS) -> FERData:
     """Read the Kaggle ``fer2013.csv`` (``emotion,pixels,Usage``) or ``icml_face_data.csv``
     (column names with a leading space); column order is taken from the header. Only the
-    ``splits`` asked for must have rows (a file of test rows serves an evaluation of test)."""
+    ``required`` splits must have rows (a file of test rows serves an evaluation of test)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -197,7 +197,7 @@ def read_fer_csv(path, splits=SPLITS) -> FERData:
     parts = {USAGE_TO_SPLIT[u]: (images[usage_np == u], labels_np[usage_np == u])
              for u in USAGE_TO_SPLIT}
     origin = {s: f"Usage {u}" for u, s in USAGE_TO_SPLIT.items()}
-    return _make_data(parts, str(path), origin, splits)
+    return _make_data(parts, str(path), origin, required)
 
 
 # ----------------------------------------------------------------------------------------------
