@@ -824,8 +824,9 @@ def _finish(model: VGG, test: TenCropBatches, run_dir: Path, best: dict,
         for name, row in zip(CLASS_NAMES, cm.tolist()):
             writer.writerow([name, *row])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"run dir {run_dir}: best.pt (best validation), last.pt, metrics.csv, "
-          f"test_confusion.csv, summary.json, config.json")
+    files = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".sha256")
+    print(f"run dir {run_dir}: {', '.join(files)} (best.pt: best validation; last.pt: "
+          f"--resume {run_dir} continues the run)")
     return summary
 
 
