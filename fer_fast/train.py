@@ -826,7 +826,7 @@ def _finish(model: VGG, test: TenCropBatches, run_dir: Path, best: dict,
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     files = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".sha256")
     print(f"run dir {run_dir}: {', '.join(files)} (best.pt: best validation; last.pt: "
-          f"--resume {run_dir} continues the run)")
+          f"--resume {run_dir} --epochs N trains further)")
     return summary
 
 

@@ -268,3 +268,31 @@ def test_package_entry_point_dispatches(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
     assert exit_info.value.code == 0 and "--block-backend" in capsys.readouterr().out
+
+
+def test_train_step_is_the_whole_step():
+    """TrainStep (what train() runs per batch, and what a benchmark times) = augmentation ->
+    forward -> mean cross-entropy over the crops -> backward -> optimizer step."""
+    from fer_fast.loader import DeviceLoader, augment_batch
+    torch.manual_seed(0)
+    model = VGG(width=0.0625)
+    twin = VGG(width=0.0625)
+    twin.load_state_dict(model.state_dict())
+    config = T.Config(lr=0.05)
+    step = T.TrainStep(model, T.make_optimizer(config, model.parameters()),
+                       torch.amp.GradScaler("cpu", enabled=False), device_type="cpu",
+                       augment_backend="eager")
+    opt = T.make_optimizer(config, twin.parameters())
+    images, params, labels = next(DeviceLoader(easy_data().train, batch_size=4,
+                                               device="cpu").batches())
+    torch.manual_seed(1)  # the same dropout masks in both
+    loss, logits = step(images, params, labels)
+    assert loss.dim() == 0 and not loss.requires_grad and logits.shape == (40, 7)
+    crops, crop_labels = augment_batch(images, params, labels, backend="eager")
+    torch.manual_seed(1)
+    expected = torch.nn.functional.cross_entropy(twin(crops), crop_labels)
+    expected.backward()
+    opt.step()
+    torch.testing.assert_close(loss, expected.detach())
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
