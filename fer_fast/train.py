@@ -541,26 +541,8 @@ def setup(config: Config, resume: Path | None = None) -> Run:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-
-    ckpt = load_checkpoint(resume, trust=config.trust_checkpoint) if resume is not None else None
-    if ckpt is not None:
-        saved = ckpt.get("resolved", {})
-        here = {"device_type": device.type, "precision": precision}
-        if saved and saved != here:
-            raise CheckpointError(f"{resume}: written by a run on {saved['device_type']} in "
-                                  f"{saved['precision']}, but this machine resolves to "
-                                  f"{device.type} in {precision}; resume it on the same kind of "
-                                  f"device")
-    config.data, config.init = _absolute(config.data), _absolute(config.init)
-    if config.data is not None and not Path(config.data).exists() and ckpt is not None:
-        raise cli.UserError(f"the data of run {resume.parent} is no longer at {config.data}; "
-                            f"pass --data with its new place")
-    data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes)
-    data_id = data_fingerprint(data)
-    if ckpt is not None and "data" in ckpt and ckpt["data"]["sha256"] != data_id["sha256"]:
-        raise cli.UserError(f"--data {config.data or 'synthetic'}: not the data run "
-                            f"{resume.parent} was trained on (split sizes {data_id['sizes']} vs "
-                            f"{ckpt['data']['sizes']}, different content)")
+    ckpt = _resume_checkpoint(resume, config, device, precision)
+    data, data_id = _run_data(config, ckpt, resume)
 
     model = VGG(config.recipe, width=config.width, dropout=config.dropout,
                 backend=block_backend).to(device)
@@ -572,31 +554,26 @@ def setup(config: Config, resume: Path | None = None) -> Run:
     loader = DeviceLoader(_train_split(data, config.train_on), batch_size=config.batch_size,
                           device=device, recipe=config.recipe, seed=config.seed,
                           augment_backend=augment_backend, dtype=_DTYPES[precision])
-    val = TenCropBatches(data.val, batch_size=config.eval_batch_size, device=device,
-                         augment_backend=augment_backend)
-    test = TenCropBatches(data.test, batch_size=config.eval_batch_size, device=device,
-                          augment_backend=augment_backend)
+    val, test = (TenCropBatches(split, batch_size=config.eval_batch_size, device=device,
+                                augment_backend=augment_backend) for split in (data.val, data.test))
     optimizer = make_optimizer(config, model.parameters(), fused=device.type == "cuda")
     scheduler, sched_unit = make_scheduler(config, optimizer, len(loader))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = TrainStep(model, optimizer, scaler, device_type=device.type, precision=precision,
                      augment_backend=augment_backend,
                      scheduler=scheduler if sched_unit == "step" else None)
-
-    history: list[dict] = []
-    best = {"val_acc": -1.0, "epoch": 0}
-    start_epoch = 0
+    run = Run(config=config, run_dir=run_dir, device=device, precision=precision, model=model,
+              loader=loader, val=val, test=test, optimizer=optimizer, scheduler=scheduler,
+              sched_unit=sched_unit, scaler=scaler, step=step, history=[],
+              best={"val_acc": -1.0, "epoch": 0}, start_epoch=0, data_id=data_id,
+              saved_epoch=None, epoch_times=[])
     if ckpt is not None:
-        load_params(model, ckpt["params"], resume)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], loader, device)
-        history, best, start_epoch = list(ckpt["logs"]["history"]), dict(ckpt["best"]), \
-            ckpt["epoch"]
+        _restore(run, ckpt, resume)
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is not None and run_dir.resolve() != resume.parent.resolve():
-        _copy_checkpoints(resume, run_dir)  # a copy of the run: its best model comes along
+    if resume is not None and run_dir.resolve() != resume.parent.resolve() \
+            and resume.name == "last.pt":
+        _copy_best(resume.parent, run_dir)  # a copy of the run: its best model comes along
     config.out = str(run_dir)
     resolved = {"device": str(device), "block_backend": block_backend, "precision": precision,
                 "augment_backend": augment_backend, "data_source": data.source,
@@ -604,17 +581,57 @@ def setup(config: Config, resume: Path | None = None) -> Run:
                 "sizes": {"train": loader.num_images, "val": len(data.val), "test": len(data.test)}}
     (run_dir / "config.json").write_text(json.dumps(
         {**dataclasses.asdict(config), "resolved": resolved}, indent=2) + "\n")
-    write_metrics(run_dir / "metrics.csv", history)
+    write_metrics(run_dir / "metrics.csv", run.history)
     print(f"fer_fast.train: {config.preset} preset, VGG(recipe={config.recipe!r}, "
           f"width={config.width}), {config.optimizer}+{config.scheduler}, lr {config.lr}, "
           f"{config.epochs} epoch{_s(config.epochs)} of {loader.num_images} images, batch "
           f"{config.batch_size}, {device} {precision}, block {block_backend}, augment "
           f"{augment_backend}; data {data.source}; run dir {run_dir}", flush=True)
-    return Run(config=config, run_dir=run_dir, device=device, precision=precision, model=model,
-               loader=loader, val=val, test=test, optimizer=optimizer, scheduler=scheduler,
-               sched_unit=sched_unit, scaler=scaler, step=step, history=history, best=best,
-               start_epoch=start_epoch, data_id=data_id,
-               saved_epoch=start_epoch if resume is not None else None, epoch_times=[])
+    return run
+
+
+def _resume_checkpoint(resume: Path | None, config: Config, device: torch.device,
+                       precision: str) -> dict | None:
+    """The checkpoint to resume from (None for a new run), checked to fit this machine."""
+    if resume is None:
+        return None
+    ckpt = load_checkpoint(resume, trust=config.trust_checkpoint)  # on the CPU: RNG states stay there
+    saved = ckpt.get("resolved", {})
+    here = {"device_type": device.type, "precision": precision}
+    if saved and saved != here:
+        raise CheckpointError(f"{resume}: written by a run on {saved['device_type']} in "
+                              f"{saved['precision']}, but this machine resolves to "
+                              f"{device.type} in {precision}; resume it on the same kind of "
+                              f"device")
+    return ckpt
+
+
+def _run_data(config: Config, ckpt: dict | None, resume: Path | None) -> tuple[FERData, dict]:
+    """The run's data and its fingerprint; a resumed run's data must be the one it started with
+    (the paths in the config become absolute here)."""
+    config.data, config.init = _absolute(config.data), _absolute(config.init)
+    if config.data is not None and not Path(config.data).exists() and ckpt is not None:
+        raise cli.UserError(f"the data of run {resume.parent} is no longer at {config.data}; "
+                            f"pass --data with its new place")
+    data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes)
+    data_id = data_fingerprint(data)
+    if ckpt is not None and "data" in ckpt and ckpt["data"]["sha256"] != data_id["sha256"]:
+        raise cli.UserError(f"--data {config.data or 'synthetic'}: not the data run "
+                            f"{resume.parent} was trained on (split sizes {data_id['sizes']} vs "
+                            f"{ckpt['data']['sizes']}, different content)")
+    return data, data_id
+
+
+def _restore(run: Run, ckpt: dict, resume: Path) -> None:
+    """Continue exactly where the checkpoint stopped: weights, optimizer, schedule, loss scale,
+    every random state, history and best epoch."""
+    load_params(run.model, ckpt["params"], resume)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"], run.loader, run.device)
+    run.history, run.best = list(ckpt["logs"]["history"]), dict(ckpt["best"])
+    run.start_epoch = run.saved_epoch = ckpt["epoch"]
 
 
 def _warn_before_start(config: Config, device: torch.device, precision: str) -> None:
@@ -628,9 +645,9 @@ def _warn_before_start(config: Config, device: torch.device, precision: str) -> 
               "kernels); use fp32 or bf16 there", file=sys.stderr)
 
 
-def _copy_checkpoints(resume: Path, run_dir: Path) -> None:
-    """Resuming into another folder: bring the source run's best.pt (and its checksum)."""
-    best = resume.parent / "best.pt"
+def _copy_best(source: Path, run_dir: Path) -> None:
+    """Resuming a run's last.pt into another folder: bring its best.pt (and checksum) along."""
+    best = source / "best.pt"
     if best.is_file():
         shutil.copy2(best, run_dir / "best.pt")
         if checksum_path(best).is_file():

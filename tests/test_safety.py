@@ -185,9 +185,12 @@ def test_resume_as_a_copy_into_an_empty_folder(tmp_path, finished_run, easy, cap
     a = _copy_run(finished_run, tmp_path / "A")
     before = {p.name: p.read_bytes() for p in a.iterdir()}
     copy = tmp_path / "copy"
-    summary = T.train(*T.parse_args(["--resume", str(a / "epoch0001.pt"), "--out", str(copy)]))
-    assert summary["epochs"] == 2 and (copy / "last.pt").is_file() and (copy / "best.pt").is_file()
-    load_checkpoint(copy / "best.pt")  # its checksum came along
+    summary = T.train(*T.parse_args(["--resume", str(a), "--epochs", "3", "--out", str(copy)]))
+    assert summary["epochs"] == 3 and load_checkpoint(copy / "last.pt")["epoch"] == 3
+    load_checkpoint(copy / "best.pt")  # the run's best.pt came along, with its checksum
+    older = tmp_path / "from-epoch-1"
+    summary = T.train(*T.parse_args(["--resume", str(a / "epoch0001.pt"), "--out", str(older)]))
+    assert summary["epochs"] == 2 and load_checkpoint(older / "last.pt")["epoch"] == 2
     assert {p.name: p.read_bytes() for p in a.iterdir()} == before
 
 
