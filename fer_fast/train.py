@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import backends, cli, telemetry
-from .augment import RECIPES, AugmentParams
+from .augment import NUM_CROPS, RECIPES, AugmentParams
 from .checkpoint import (CheckpointError, checksum_path, infer_architecture, load_checkpoint,
                          load_params, save_atomic)
 from .data import FERData, Split
@@ -514,6 +514,7 @@ class Run:
     epoch_times: list  # seconds per epoch trained by this process (for the ETA)
     step_estimate: float | None = None  # seconds per training step, measured early
     meter: object = None  # telemetry.start(device) while the epochs run
+    epoch_started: float = 0.0  # perf_counter() at the start of the current epoch
 
 
 def _absolute(path: str | None) -> str | None:
@@ -658,7 +659,7 @@ def run_epoch(run: Run, epoch: int) -> dict:
     """Train one epoch; returns its row's training columns (loss, accuracy, times)."""
     config, device, loader = run.config, run.device, run.loader
     show = config.progress and sys.stderr.isatty()
-    t0 = time.perf_counter()
+    t0 = run.epoch_started = time.perf_counter()
     run.model.train()
     lr = run.optimizer.param_groups[0]["lr"]
     loss_sum = torch.zeros((), device=device)
@@ -673,7 +674,7 @@ def run_epoch(run: Run, epoch: int) -> dict:
         loss, logits = run.step(images, params, labels)
         n = logits.shape[0]
         loss_sum += loss.float() * n
-        correct += (logits.argmax(1) == labels.repeat_interleave(n // labels.numel())).sum()
+        correct += (logits.argmax(1) == labels.repeat_interleave(NUM_CROPS)).sum()
         seen += n
         bar.update()
         if run.step_estimate is None:
@@ -691,7 +692,7 @@ def run_epoch(run: Run, epoch: int) -> dict:
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}")
     return {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-            "train_time_s": time.perf_counter() - t0, "t0": t0}
+            "train_time_s": time.perf_counter() - t0}
 
 
 def _estimate(run: Run, epoch: int, i: int, timing_from):
@@ -727,7 +728,6 @@ def end_epoch(run: Run, stats: dict) -> None:
     """Validate, step an epoch scheduler, optionally test, record the row, write metrics.csv
     and the checkpoints (best / periodic / last), print the epoch line."""
     config, epoch = run.config, stats["epoch"]
-    t0 = stats.pop("t0")
     val_acc, _ = evaluate_split(run.model, run.val)
     if config.scheduler == "plateau":
         run.scheduler.step(val_acc)
@@ -737,7 +737,7 @@ def end_epoch(run: Run, stats: dict) -> None:
     if config.test_every and epoch % config.test_every == 0:
         test_acc, _ = evaluate_split(run.model, run.test)
     row = {**stats, "val_acc": val_acc, "test_acc": test_acc,
-           "epoch_time_s": time.perf_counter() - t0,
+           "epoch_time_s": time.perf_counter() - run.epoch_started,
            "images_per_s": run.loader.num_images / stats["train_time_s"],
            **run.meter.epoch_end()}
     run.history.append(row)
