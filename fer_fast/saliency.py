@@ -138,7 +138,8 @@ def save_figure(path: Path, images: np.ndarray, maps: np.ndarray, labels: np.nda
 def main(argv=None) -> int:
     p = cli.Parser(prog="python -m fer_fast.saliency", description=__doc__.split("\n")[0])
     cli.add_checkpoint_args(p)
-    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--split", default="test", choices=SPLITS,
+                   help="split to draw the examples from")
     p.add_argument("--out", default=None,
                    help="folder for saliency.png and saliency.npz (default: the checkpoint's)")
     p.add_argument("--per-class", type=cli.number(int, low=1), default=1,

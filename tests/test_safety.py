@@ -132,11 +132,16 @@ def test_checksum_sidecar_detects_corruption(tmp_path, capsys):
     assert "best.pt: corrupted" in capsys.readouterr().err
 
 
-def test_file_without_checksum_loads_with_a_note(tmp_path, capsys):
-    path = tmp_path / "authors.pt"
-    torch.save({"params": VGG(width=0.0625).state_dict(), "logs": {"acc": [0.5]}}, path)
-    assert load_checkpoint(path)["logs"] == {"acc": [0.5]}
-    assert "no checksum file authors.pt.sha256" in capsys.readouterr().err
+def test_authors_file_without_checksum_loads_with_a_note(tmp_path, capsys):
+    """The authors' release: ``{'logs': (loss_train, loss_val, acc_train, acc_val), 'params'}``
+    in a file named epoch_N, no checksum."""
+    path = tmp_path / "epoch_300"
+    logs = ([1.9, 1.1], [1.8, 1.2], [25.0, 60.5], [27.0, 58.0])
+    torch.save({"logs": logs, "params": VGG(width=0.0625).state_dict()}, path)
+    assert load_checkpoint(path)["logs"] == logs
+    assert "no checksum file epoch_300.sha256; loading it unverified" in capsys.readouterr().err
+    assert status(evaluate.main, [str(path), "--splits", "test", "--synthetic-sizes", "8,8,8",
+                                  "--device", "cpu"]) == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,3 +365,13 @@ def test_evaluate_uses_the_runs_data_and_a_test_only_file(tmp_path, capsys):
     assert "nan" not in out and "n/a" in out  # Disgust..: no test image
     assert status(evaluate.main, [str(ckpt), "--device", "cpu"]) == 2  # train/val asked for: empty
     assert "split 'train'" in capsys.readouterr().err
+
+
+def test_help_shows_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per flag
+    for main, expected in ((T.main, ["--lr LR", "(default: 0.01)", "(default: 300)"]),
+                           (evaluate.main, ["(default: 256)", "(default: train,val,test)"]),
+                           (saliency.main, ["(default: test)", "(default: ten)"])):
+        assert status(main, ["--help"]) == 0
+        out = capsys.readouterr().out
+        assert all(text in out for text in expected) and "(default: None)" not in out
