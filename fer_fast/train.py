@@ -690,7 +690,8 @@ def run_epoch(run: Run, epoch: int) -> dict:
     bar.close()
     train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
     if not math.isfinite(train_loss):
-        raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}")
+        raise cli.UserError(f"epoch {epoch}: the training loss is {train_loss}: the run diverged "
+                            f"(a smaller --lr may help); {_last_checkpoint(run)}")
     return {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
             "train_time_s": time.perf_counter() - t0}
 
@@ -784,11 +785,9 @@ def _save_epoch(run: Run, epoch: int, improved: bool) -> None:
     except OSError as e:
         if not _is_disk_full(e):
             raise
-        kept = (f"{run_dir / 'last.pt'} still holds epoch {run.saved_epoch}; free some space and "
-                f"continue with: python -m fer_fast.train --resume {run_dir}"
-                if run.saved_epoch is not None else "no checkpoint of this run was written")
         raise cli.UserError(f"the disk is full: writing the epoch-{epoch} files in {run_dir} "
-                            f"failed ({e.strerror}); {kept}") from None
+                            f"failed ({e.strerror}); free some space. {_last_checkpoint(run)}"
+                            ) from None
     run.saved_epoch = epoch
 
 
@@ -802,18 +801,19 @@ def train(config: Config, resume: Path | None = None) -> dict:
             run.meter.epoch_begin()
             end_epoch(run, run_epoch(run, epoch))
     except KeyboardInterrupt:
-        raise cli.Interrupted(_interrupted_message(run, epoch)) from None
+        raise cli.Interrupted(f"stopped in epoch {epoch}; {_last_checkpoint(run)}") from None
     finally:
         run.meter.close()
     return _finish(run.model, run.test, run.run_dir, run.best, run.history)
 
 
-def _interrupted_message(run: Run, epoch: int) -> str:
+def _last_checkpoint(run: Run) -> str:
+    """Where a stopped run stands: its last checkpoint and the command that continues it."""
     if run.saved_epoch is None:
-        return (f"stopped in epoch {epoch} before any checkpoint was written; {run.run_dir} "
-                f"holds only its config.json and metrics.csv (remove it to start again there)")
-    return (f"stopped in epoch {epoch}; the last checkpoint is {run.run_dir / 'last.pt'} (epoch "
-            f"{run.saved_epoch}); continue with: python -m fer_fast.train --resume {run.run_dir}")
+        return (f"no checkpoint was written yet; {run.run_dir} holds only its config.json and "
+                f"metrics.csv (remove it to start again there)")
+    return (f"the last checkpoint is {run.run_dir / 'last.pt'} (epoch {run.saved_epoch}); "
+            f"continue with: python -m fer_fast.train --resume {run.run_dir}")
 
 
 def _finish(model: VGG, test: TenCropBatches, run_dir: Path, best: dict,

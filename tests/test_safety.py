@@ -298,7 +298,7 @@ def test_disk_full_keeps_the_last_good_checkpoint(tmp_path, easy, capsys, monkey
     monkeypatch.setattr(T, "save_atomic", save)
     assert status(T.main, TINY + ["--epochs", "3", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "the disk is full" in err and "last.pt still holds epoch 1" in err
+    assert "the disk is full" in err and f"{out / 'last.pt'} (epoch 1)" in err
     assert f"--resume {out}" in err and "Traceback" not in err
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
@@ -319,6 +319,20 @@ def test_ctrl_c_says_where_to_resume(tmp_path, easy, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stopped in epoch 2" in err[0]
     assert f"{out / 'last.pt'} (epoch 1)" in err[0] and f"--resume {out}" in err[0]
+
+
+def test_diverged_run_is_one_line(tmp_path, easy, capsys, monkeypatch):
+    real_step = T.TrainStep.__call__
+
+    def step(self, *args):
+        loss, logits = real_step(self, *args)
+        return loss * float("nan"), logits
+
+    monkeypatch.setattr(T.TrainStep, "__call__", step)
+    assert status(T.main, TINY + ["--epochs", "2", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "epoch 1: the training loss is nan: the run diverged" in err
+    assert "no checkpoint was written yet" in err and "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------------------------
