@@ -46,6 +46,7 @@ from .data import DataError, FERData, Split
 from .evaluate import sizes_arg, evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, load_run_data
 from .model import CLASS_NAMES, VGG, model_backends, resolve_backend
+from .plots import write_run_outputs
 
 __all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "parse_args", "train",
            "main"]
@@ -510,6 +511,7 @@ def _finish(model: VGG, test: TenCropBatches, run_dir: Path, best: dict,
         for name, row in zip(CLASS_NAMES, cm.tolist()):
             writer.writerow([name, *row])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_run_outputs(run_dir, summary, cm, history)  # result.json, curves.png, confusion.png
     return summary
 
 
