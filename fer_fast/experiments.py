@@ -648,7 +648,8 @@ def main(argv=None) -> int:
         devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
         if args.run is not None:
             if not 0 <= args.run < len(runs):
-                p.error(f"--run {args.run}: the {args.study} study has runs 0..{len(runs) - 1}")
+                raise StudyError(f"--run {args.run}: the {args.study} study has runs "
+                                 f"0..{len(runs) - 1}")
             runs = runs[args.run:args.run + 1]
         return run_study(runs, settings, devices)
     except StudyError as e:
