@@ -1,4 +1,4 @@
-"""The paper's studies as commands: ``python -m fer_fast.experiments STUDY --out DIR [--data PATH]``.
+"""The paper's studies as commands: ``python -m fer_fast.experiments STUDY --out DIR``.
 
 STUDY is ``optimizers`` (Figure 2: seven optimizers, each at a constant lr 0.001 and with
 ReduceLROnPlateau from 0.01), ``schedulers`` (Figure 3: six schedules with SGD-Nesterov from 0.01),
@@ -28,6 +28,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import train
 from .plots import RESULT_FILE, new_figure, read_metrics
 
 __all__ = ["STUDIES", "SCHEDULE_PARAMETERS", "OPTIMIZER_REGIMES", "STUDY_LR", "FINETUNE_LR",
@@ -105,17 +106,16 @@ def _schedule_flags(scheduler: str) -> tuple[str, ...]:
 
 def plan(study: str) -> list[Run]:
     """The runs of a study (``all``: the three in order); ``--run INDEX`` indexes this list."""
-    from .train import OPTIMIZERS, SCHEDULERS
-
     if study == "all":
         return [run for s in STUDIES for run in plan(s)]
     if study == "optimizers":
         return [Run(study, f"{opt}-{regime}",
                     ("--optimizer", opt, "--lr", str(lr)) + _schedule_flags(scheduler))
-                for opt in OPTIMIZERS for regime, (scheduler, lr) in OPTIMIZER_REGIMES.items()]
+                for opt in train.OPTIMIZERS
+                for regime, (scheduler, lr) in OPTIMIZER_REGIMES.items()]
     if study == "schedulers":
         return [Run(study, s, ("--optimizer", "nesterov", "--lr", str(STUDY_LR))
-                    + _schedule_flags(s)) for s in SCHEDULERS]
+                    + _schedule_flags(s)) for s in train.SCHEDULERS]
     if study == "finetune":
         return [Run(study, f"{s}-{suffix}", ("--optimizer", "nesterov", "--lr", str(FINETUNE_LR),
                                              "--train-on", train_on) + _schedule_flags(s))
@@ -200,10 +200,8 @@ _UNCOMPARED = {"out", "progress", "device", "init", "save_every", "test_every"}
 def _check_matches(run: Run, settings: Settings) -> None:
     """A run directory already there must hold the run this study asks for (the same settings),
     or the study would silently mix runs of different settings."""
-    from .train import parse_args
-
     saved = _read_json(settings.out / run.name / "config.json")
-    planned = vars(parse_args(trainer_argv(run, settings))[0])
+    planned = vars(train.parse_args(trainer_argv(run, settings))[0])
     skip = _UNCOMPARED | ({"recipe", "width"} if run.study == "finetune" else set())
     diff = [f"{k} {saved.get(k)!r} (asked {v!r})" for k, v in planned.items()
             if k not in skip and _norm(saved.get(k)) != _norm(v)]
@@ -246,8 +244,6 @@ def command(argv: list[str]) -> str:
 def _train_in_process(argv: list[str]) -> int:
     """One run in this process (no new interpreter, no torch re-import); a crash of the run is
     reported and counted as a failure so the study goes on with its other runs."""
-    from . import train
-
     try:
         return train.main(argv)
     except SystemExit as e:  # the trainer's argument errors
@@ -294,14 +290,19 @@ def _train_on_devices(jobs: list[tuple[Run, list[str]]], devices: list[str],
 
 
 def run_study(runs: list[Run], settings: Settings, devices: list[str] | None) -> int:
-    """Moves every run on; fine-tuning runs after the others (they start from their result).
-    Returns 0 when every run finished, 1 when some failed."""
+    """Moves every run on; fine-tuning runs after the others (they start from the schedulers
+    study's best run). Returns 0 when every run finished, 1 when some failed, 2 when a run's
+    input was refused."""
     failed = []
     for phase in ([r for r in runs if r.study != "finetune"],
                   [r for r in runs if r.study == "finetune"]):
         jobs = []
         for run in phase:
-            argv = next_step(run, settings)
+            try:
+                argv = next_step(run, settings)
+            except StudyError:
+                _report_failed(failed)  # e.g. the fine-tuning source is one of them
+                raise
             if argv is None:
                 print(f"{run.name}: finished, skipped", flush=True)
             else:
@@ -320,13 +321,14 @@ def run_study(runs: list[Run], settings: Settings, devices: list[str] | None) ->
             print("stopped: a run's arguments or data were refused (exit 2); the other runs "
                   "would be refused alike", file=sys.stderr)
             return 2
-        if failed:
-            break  # a failed run may be the one the next phase starts from
+    _report_failed(failed)
+    return 1 if failed else 0
+
+
+def _report_failed(failed: list[str]) -> None:
     if failed:
         print(f"failed runs: {', '.join(failed)} (rerun the same command to retry them)",
               file=sys.stderr)
-        return 1
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,8 +379,6 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _report_text(records: list[RunRecord], out: Path) -> str:
-    from .train import OPTIMIZERS, SCHEDULERS
-
     by = {r.run.name: r for r in records}
     lines = [f"# The paper's studies: {out}", "",
              "Accuracies in %, ten-crop. val = best validation accuracy of the run; test = test "
@@ -393,7 +393,7 @@ def _report_text(records: list[RunRecord], out: Path) -> str:
         lines.append(f"- runs on {data}, width {width}, epochs {epochs}")
     lines += ["", "## Optimizers (Figure 2)", ""]
     rows = []
-    for opt in OPTIMIZERS:
+    for opt in train.OPTIMIZERS:
         row = [opt]
         for regime in OPTIMIZER_REGIMES:
             rec = by[f"optimizers/{opt}-{regime}"]
@@ -404,7 +404,7 @@ def _report_text(records: list[RunRecord], out: Path) -> str:
                      "plateau from 0.01: val", "test", "paper val"], rows)
     lines += ["", "## Schedulers, SGD-Nesterov from lr 0.01 (Figure 3)", ""]
     rows = []
-    for s in SCHEDULERS:
+    for s in train.SCHEDULERS:
         rec = by[f"schedulers/{s}"]
         rows.append([s, _pct(_result(rec, "best_val_acc")), _pct(_result(rec, "test_acc")),
                      _paper("schedulers", s, "val"), _paper("schedulers", s, "test")])
@@ -451,24 +451,23 @@ def _bar_labels(ax, xs, values, offset):
 
 
 def _plot_optimizers(records: dict, path: Path) -> None:
-    from .train import OPTIMIZERS
-
     fig = new_figure(figsize=(9, 4.5))
     ax = fig.subplots()
-    xs = range(len(OPTIMIZERS))
+    xs = range(len(train.OPTIMIZERS))
     for offset, (regime, color, label) in ((-0.2, ("constant", "gold", "constant lr 0.001")),
                                            (0.2, ("plateau", "darkorange",
                                                   "decaying lr (plateau from 0.01)"))):
-        vals = [_result(records[f"optimizers/{o}-{regime}"], "best_val_acc") for o in OPTIMIZERS]
+        vals = [_result(records[f"optimizers/{o}-{regime}"], "best_val_acc")
+                for o in train.OPTIMIZERS]
         vals = [None if v is None else 100 * v for v in vals]
         ax.bar([x + offset for x in xs], [v or 0 for v in vals], 0.4, color=color, label=label)
         _bar_labels(ax, xs, vals, offset)
         paper = [(x + offset, PAPER["optimizers"][f"{o}-{regime}"]["val"])
-                 for x, o in zip(xs, OPTIMIZERS) if f"{o}-{regime}" in PAPER["optimizers"]]
+                 for x, o in zip(xs, train.OPTIMIZERS) if f"{o}-{regime}" in PAPER["optimizers"]]
         if paper:
             ax.scatter(*zip(*paper), marker="_", s=400, color="black", zorder=3,
                        label="paper" if regime == "constant" else None)
-    ax.set_xticks(list(xs), OPTIMIZERS)
+    ax.set_xticks(list(xs), train.OPTIMIZERS)
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Optimizers")
     ax.set_ylim(0, 100)
@@ -478,23 +477,21 @@ def _plot_optimizers(records: dict, path: Path) -> None:
 
 
 def _plot_schedulers(records: dict, path: Path) -> None:
-    from .train import SCHEDULERS
-
     fig = new_figure(figsize=(8, 4.5))
     ax = fig.subplots()
-    xs = range(len(SCHEDULERS))
+    xs = range(len(train.SCHEDULERS))
     for offset, (field, key, color, label) in ((-0.2, ("best_val_acc", "val", "seagreen",
                                                         "validation")),
                                                (0.2, ("test_acc", "test", "steelblue", "test"))):
-        vals = [_result(records[f"schedulers/{s}"], field) for s in SCHEDULERS]
+        vals = [_result(records[f"schedulers/{s}"], field) for s in train.SCHEDULERS]
         vals = [None if v is None else 100 * v for v in vals]
         ax.bar([x + offset for x in xs], [v or 0 for v in vals], 0.4, color=color, label=label)
         _bar_labels(ax, xs, vals, offset)
-        paper = [(x + offset, PAPER["schedulers"][s][key]) for x, s in zip(xs, SCHEDULERS)
+        paper = [(x + offset, PAPER["schedulers"][s][key]) for x, s in zip(xs, train.SCHEDULERS)
                  if key in PAPER["schedulers"].get(s, {})]
         ax.scatter(*zip(*paper), marker="_", s=400, color="black", zorder=3,
                    label="paper" if key == "val" else None)
-    ax.set_xticks(list(xs), SCHEDULERS)
+    ax.set_xticks(list(xs), train.SCHEDULERS)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Schedulers (SGD-Nesterov, lr 0.01)")
     ax.set_ylim(0, 100)
@@ -583,8 +580,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args, extra: list[str], p: argparse.ArgumentParser) -> Settings:
-    from .train import PRESETS, Config
-
     if args.out is None:
         p.error("--out DIR is required")
     for token in extra:
@@ -594,7 +589,7 @@ def _settings(args, extra: list[str], p: argparse.ArgumentParser) -> Settings:
     if args.epochs is not None and args.epochs < 1:
         p.error(f"--epochs must be >= 1, got {args.epochs}")
     preset = args.preset or ("full" if args.data else "quick")
-    epochs = args.epochs or PRESETS[preset].get("epochs", Config.epochs)
+    epochs = args.epochs or train.PRESETS[preset].get("epochs", train.Config.epochs)
     finetune_epochs = args.epochs or (FINETUNE_EPOCHS if preset == "full" else epochs)
     return Settings(Path(args.out), args.data, preset, epochs, finetune_epochs, args.width,
                     args.init, tuple(extra))
@@ -639,9 +634,7 @@ def main(argv=None) -> int:
             p.error(f"unexpected argument {args.report_dir!r} (the runs go to --out DIR)")
         settings = _settings(args, extra, p)
         runs = plan(args.study)
-        trainer_argv_check = trainer_argv(runs[0], settings)
-        from .train import parse_args
-        parse_args(trainer_argv_check)  # the extra trainer arguments: errors now, not mid-study
+        train.parse_args(trainer_argv(runs[0], settings))  # bad extra arguments: exit 2 now
         if args.list:
             _list(runs, settings)
             return 0

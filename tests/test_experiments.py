@@ -174,7 +174,8 @@ def test_run_index_resume_skip_and_refusals(tmp_path, tiny, trainer_calls, capsy
     cmd = shlex.split(sgd[sgd.index("python -m fer_fast.train"):])
     config, _ = T.parse_args(cmd[3:])
     assert (config.optimizer, config.scheduler, config.lr, config.epochs, config.width,
-            config.out) == ("sgd", "constant", 0.001, 1, 0.0625, str(out / "optimizers/sgd-constant"))
+            config.out) == ("sgd", "constant", 0.001, 1, 0.0625,
+                            str(out / "optimizers/sgd-constant"))
     # with --init the fine-tuning commands are known before the schedulers study ends
     assert study("finetune", out, "--list", "--init", str(out / "schedulers/cosine/best.pt")) == 0
     assert capsys.readouterr().out.count(f"--init {out / 'schedulers/cosine/best.pt'}") == 4
@@ -209,3 +210,22 @@ def test_devices_run_one_process_per_gpu(tmp_path, monkeypatch):
     assert {device for _, device in launched} <= {"0", "1"} and len(launched) == 6
     assert all(cmd[1:3] == ["-m", "fer_fast.train"] for cmd, _ in launched)
     assert (out / "logs/schedulers-cosine.log").read_text() == "trained\n"
+
+
+def test_a_failing_run_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
+    """A run that crashes (say, a diverging optimizer) is reported; the study goes on and exits
+    with 1 (the trainer is faked here: the failure handling is what is tested)."""
+    started = []
+
+    def fake_main(argv):
+        started.append(argv[argv.index("--out") + 1])
+        if "adadelta" in argv:
+            raise FloatingPointError("epoch 1: training loss is nan")
+        return 0
+    monkeypatch.setattr(T, "main", fake_main)
+    out = tmp_path / "study"
+    assert E.main(["optimizers", "--out", str(out), *TINY]) == 1
+    assert len(started) == 14
+    err = capsys.readouterr().err
+    assert "training loss is nan" in err
+    assert "failed runs: optimizers/adadelta-constant, optimizers/adadelta-plateau" in err
