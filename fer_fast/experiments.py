@@ -175,22 +175,23 @@ def _read_json(path: Path) -> dict:
         raise StudyError(f"{path}: unreadable ({e})") from e
 
 
-def finetune_source(settings: Settings) -> str:
-    """--init of the fine-tuning runs: ``--init`` if given, else best.pt of the schedulers
-    study's run with the highest validation accuracy (all six must have finished)."""
-    if settings.init is not None:
-        return settings.init
+def finetune_source(out: Path, init: str | None = None) -> str:
+    """--init of the fine-tuning runs: ``init`` if given, else best.pt of the schedulers
+    study's run under ``out`` with the highest validation accuracy (all six must have
+    finished)."""
+    if init is not None:
+        return init
     runs = plan("schedulers")
-    unfinished = [r.name for r in runs if run_state(settings.out / r.name) != "finished"]
+    unfinished = [r.name for r in runs if run_state(out / r.name) != "finished"]
     if unfinished:
         raise StudyError(f"the finetune study starts from the best run of the schedulers study, "
-                         f"but {', '.join(unfinished)} under {settings.out} "
+                         f"but {', '.join(unfinished)} under {out} "
                          f"{'has' if len(unfinished) == 1 else 'have'} not finished: run the "
                          f"schedulers study first, or give --init CHECKPOINT")
-    scores = [(_read_json(settings.out / r.name / RESULT_FILE)["best_val_acc"], -i, r)
+    scores = [(_read_json(out / r.name / RESULT_FILE)["best_val_acc"], -i, r)
               for i, r in enumerate(runs)]
     best = max(scores, key=lambda s: s[:2])[2]
-    return str(settings.out / best.name / "best.pt")
+    return str(out / best.name / "best.pt")
 
 
 #: Config fields a resumed or skipped run may differ in from what the study asks
@@ -229,7 +230,7 @@ def next_step(run: Run, settings: Settings) -> list[str] | None:
     if state == "stale":
         for name in PRE_CHECKPOINT_FILES:
             (run_dir / name).unlink(missing_ok=True)
-    init = finetune_source(settings) if run.study == "finetune" else None
+    init = finetune_source(settings.out, settings.init) if run.study == "finetune" else None
     return trainer_argv(run, settings, init)
 
 
@@ -413,6 +414,11 @@ def _report_text(records: list[RunRecord], out: Path) -> str:
               f"(Table 1)", ""]
     init = next((r.config.get("init") for r in records
                  if r.run.study == "finetune" and r.config and r.config.get("init")), None)
+    if init is None:  # no fine-tuning run yet: the one they will start from, once known
+        try:
+            init = finetune_source(out)
+        except StudyError:
+            pass
     source = next((r for r in records
                    if init and Path(init).resolve().parent == (out / r.run.name).resolve()), None)
     rows = [["trained VGGNet (" + (source.run.name if source else (init or "not chosen yet"))
@@ -427,7 +433,7 @@ def _report_text(records: list[RunRecord], out: Path) -> str:
     lines += _table(["run", "trained on", "test (last model; trained VGGNet: its best.pt)",
                      "test (best val)", "paper test"], rows)
     lines += ["", "On train+val the validation split is part of the training data, so its "
-              "\"best validation\" checkpoint is not a fair pick: compare \"test last\".", "",
+              "\"best validation\" checkpoint is not a fair pick: compare the last models.", "",
               "## Every run", ""]
     rows = []
     for rec in records:
@@ -604,7 +610,8 @@ def _list(runs: list[Run], settings: Settings) -> None:
             line = command(["--resume", str(settings.out / run.name)])
         else:
             try:
-                init = finetune_source(settings) if run.study == "finetune" else None
+                init = (finetune_source(settings.out, settings.init)
+                        if run.study == "finetune" else None)
                 line = command(trainer_argv(run, settings, init))
             except StudyError:
                 line = ("(starts from the best run of the schedulers study: waits until that "
