@@ -1,7 +1,7 @@
 """What a finished run leaves besides its checkpoints: ``result.json`` and two pictures.
 
-``result.json`` (written last, so its presence means the run finished) holds everything needed to
-redraw the pictures and to compare runs without loading a checkpoint:
+``result.json`` (written at the very end of a run, so its presence means the run finished) holds
+everything needed to redraw the pictures and to compare runs without loading a checkpoint:
 
 - ``test_acc``: ten-crop test accuracy of the best-validation checkpoint (the reported number),
   ``test_acc_last``: of the last model; ``best_val_acc``, ``best_epoch``, ``val_acc_last``;
@@ -57,18 +57,18 @@ def run_result(summary: dict, confusion, history: list[dict], classes=CLASS_NAME
 
 
 def write_run_outputs(run_dir, summary: dict, confusion, history: list[dict]) -> dict:
-    """End of a training run: draw the pictures (or print how to get them), then write
-    result.json, the run's "finished" mark."""
+    """End of a training run: write result.json (the run's "finished" mark, kept even if
+    drawing fails), then draw the pictures or print how to get them."""
     run_dir = Path(run_dir)
     result = run_result(summary, confusion, history)
+    tmp = run_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(run_dir / RESULT_FILE)
     try:
         for path in draw_run(run_dir, result):
             print(f"wrote {path}")
     except ImportError:
         print(HINT.format(run_dir=run_dir))
-    tmp = run_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(run_dir / RESULT_FILE)
     return result
 
 
