@@ -613,10 +613,14 @@ def _settings(args, extra: list[str], p: argparse.ArgumentParser) -> Settings:
 
 
 def _list(runs: list[Run], settings: Settings) -> None:
+    """Index, name, state and the command that moves each run on (a stale run's leftovers are
+    removed first when the study runs it)."""
     for i, run in enumerate(runs):
         state = run_state(settings.out / run.name)
         if state == "finished":
             line = "finished"
+        elif state == "foreign":
+            line = "(holds files fer_fast.train did not write: move them away)"
         elif state == "interrupted":
             line = command(["--resume", str(settings.out / run.name)])
         else:

@@ -170,6 +170,7 @@ def test_run_index_resume_skip_and_refusals(tmp_path, tiny, trainer_calls, capsy
     by_name = {l.split()[1]: l for l in lines}
     assert by_name["schedulers/cosine"].split()[:3] == ["15", "schedulers/cosine", "finished"]
     assert "waits until that study has finished" in by_name["finetune/cosine-train"]
+    assert "move them away" in by_name["schedulers/step"]
     sgd = by_name["optimizers/sgd-constant"]
     cmd = shlex.split(sgd[sgd.index("python -m fer_fast.train"):])
     config, _ = T.parse_args(cmd[3:])
