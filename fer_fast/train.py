@@ -49,6 +49,7 @@ from .data import FERData, Split
 from .evaluate import evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, augment_batch, load_run_data
 from .model import CLASS_NAMES, VGG, model_backends, resolve_backend
+from .plots import write_run_outputs
 
 __all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "parse_args", "train",
            "TrainStep", "setup", "run_epoch", "end_epoch", "main"]
@@ -841,6 +842,7 @@ def _finish(model: VGG, test: TenCropBatches, run_dir: Path, best: dict,
         for name, row in zip(CLASS_NAMES, cm.tolist()):
             writer.writerow([name, *row])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_run_outputs(run_dir, summary, cm, history)  # result.json, curves.png, confusion.png
     files = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".sha256")
     print(f"run dir {run_dir}: {', '.join(files)} (best.pt: best validation; last.pt: "
           f"--resume {run_dir} --epochs N trains further)")

@@ -1,0 +1,196 @@
+"""What a finished run leaves besides its checkpoints: ``result.json`` and two pictures.
+
+``result.json`` (written at the very end of a run, so its presence means the run finished) holds
+everything needed to redraw the pictures and to compare runs without loading a checkpoint:
+
+- ``test_acc``: ten-crop test accuracy of the best-validation checkpoint (the reported number),
+  ``test_acc_last``: of the last model; ``best_val_acc``, ``best_epoch``, ``val_acc_last``;
+- ``epochs``: epochs done; ``wall_time_s``: training + validation time summed over the epochs
+  (resumed runs included, start-up and the final test excluded); ``images_per_s``: training
+  images per second over all epochs;
+- ``classes``, ``confusion`` (test counts of the ``test_acc`` model, rows = true class, columns =
+  predicted) and ``per_class_acc`` (the recall of each class; null for a class without images).
+
+``curves.png`` (train loss, train / validation (/ test) accuracy and the learning rate per epoch,
+from ``metrics.csv``) and ``confusion.png`` (the row-normalised test confusion matrix with the
+counts) need matplotlib, an optional extra (``pip install "fer_fast[plot]"``); without it the run
+still finishes and says how to draw them later: ``python -m fer_fast plot RUN_DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .model import CLASS_NAMES
+
+__all__ = ["RESULT_FILE", "run_result", "write_run_outputs", "read_metrics", "draw_run",
+           "plot_curves", "plot_confusion", "new_figure", "main"]
+
+RESULT_FILE = "result.json"
+HINT = ('plots not drawn: matplotlib is not installed (pip install "fer_fast[plot]", then '
+        'python -m fer_fast plot {run_dir})')
+
+
+def run_result(summary: dict, confusion, history: list[dict], classes=CLASS_NAMES) -> dict:
+    """The content of result.json from the trainer's summary, the test confusion counts (a
+    [C, C] tensor or nested list) and the per-epoch history rows."""
+    counts = [[int(v) for v in row] for row in (confusion.tolist() if hasattr(confusion, "tolist")
+                                                else confusion)]
+    train_time = sum(float(r["train_time_s"]) for r in history)
+    images = sum(float(r["images_per_s"]) * float(r["train_time_s"]) for r in history)
+    return {
+        "test_acc": summary["test_acc_best"],
+        "test_acc_last": summary["test_acc_last"],
+        "best_val_acc": summary["best_val_acc"],
+        "best_epoch": summary["best_epoch"],
+        "val_acc_last": history[-1]["val_acc"] if history else None,
+        "epochs": len(history),
+        "wall_time_s": sum(float(r["epoch_time_s"]) for r in history),
+        "images_per_s": images / train_time if train_time > 0 else None,
+        "classes": list(classes),
+        "confusion": counts,
+        "per_class_acc": [row[i] / sum(row) if sum(row) else None for i, row in enumerate(counts)],
+    }
+
+
+def write_run_outputs(run_dir, summary: dict, confusion, history: list[dict]) -> dict:
+    """End of a training run: write result.json (the run's "finished" mark, kept even if
+    drawing fails), then draw the pictures or print how to get them."""
+    run_dir = Path(run_dir)
+    result = run_result(summary, confusion, history)
+    tmp = run_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(run_dir / RESULT_FILE)
+    try:
+        for path in draw_run(run_dir, result):
+            print(f"wrote {path}")
+    except ImportError:
+        print(HINT.format(run_dir=run_dir))
+    return result
+
+
+def read_metrics(path) -> list[dict]:
+    """metrics.csv rows with numbers as floats (None for empty cells)."""
+    with open(path, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def new_figure(**kwargs):
+    """A matplotlib Figure drawn with the Agg canvas, without pyplot (no global backend state,
+    nothing kept alive after saving)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_curves(rows: list[dict], path, title: str = "") -> None:
+    """Three panels on shared epochs: training loss; train / validation (/ test) accuracy;
+    learning rate (log scale when it changes)."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in rows]
+    fig = new_figure(figsize=(7, 7.5))
+    loss_ax, acc_ax, lr_ax = fig.subplots(3, 1, sharex=True)
+    loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker=".", color="tab:red")
+    loss_ax.set_ylabel("train loss")
+    for key, label, color in (("train_acc", "train", "tab:blue"), ("val_acc", "validation",
+                              "tab:orange"), ("test_acc", "test", "tab:green")):
+        points = [(e, 100 * r[key]) for e, r in zip(epochs, rows) if r.get(key) is not None]
+        if points:
+            acc_ax.plot(*zip(*points), marker=".", label=label, color=color)
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.legend(loc="lower right")
+    lrs = [r["lr"] for r in rows]
+    lr_ax.plot(epochs, lrs, marker=".", color="tab:purple")
+    if lrs and min(lrs) > 0 and max(lrs) > min(lrs):
+        lr_ax.set_yscale("log")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_xlabel("epoch")
+    lr_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (loss_ax, acc_ax, lr_ax):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_confusion(counts: list[list[int]], classes, path, title: str = "") -> None:
+    """Row-normalised confusion matrix (rows = true class); each cell shows its share of the
+    row and its count."""
+    import numpy as np
+
+    counts = np.asarray(counts, dtype=np.int64)
+    totals = counts.sum(1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    fig = new_figure(figsize=(7.5, 6.5))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, f"{100 * shares[i, j]:.0f}%\n{counts[i, j]}", ha="center", va="center",
+                    fontsize=8, color="white" if shares[i, j] > 0.55 else "black")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    correct, total = int(np.trace(counts)), int(counts.sum())
+    ax.set_title((title + "\n" if title else "")
+                 + f"test: {correct}/{total} = {100 * correct / max(1, total):.2f}%")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def draw_run(run_dir, result: dict | None = None) -> list[Path]:
+    """Draw curves.png (from metrics.csv) and confusion.png (from result.json, or ``result``)
+    into the run directory; returns the files written. ImportError without matplotlib."""
+    run_dir = Path(run_dir)
+    if result is None:
+        result = json.loads((run_dir / RESULT_FILE).read_text())
+    written = []
+    rows = read_metrics(run_dir / "metrics.csv")
+    if rows:
+        plot_curves(rows, run_dir / "curves.png", title=run_dir.name)
+        written.append(run_dir / "curves.png")
+    plot_confusion(result["confusion"], result["classes"], run_dir / "confusion.png",
+                   title=run_dir.name)
+    written.append(run_dir / "confusion.png")
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fer_fast plot",
+                                description="(Re)draw curves.png and confusion.png of a finished "
+                                            "training run.")
+    p.add_argument("run_dir", help="a run directory written by fer_fast.train")
+    args = p.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    for name in ("metrics.csv", RESULT_FILE):
+        if not (run_dir / name).is_file():
+            print(f"error: {run_dir}: no {name} (not a finished fer_fast.train run directory)",
+                  file=sys.stderr)
+            return 2
+    try:
+        written = draw_run(run_dir)
+    except ImportError:
+        print('error: plotting needs matplotlib: pip install "fer_fast[plot]"', file=sys.stderr)
+        return 2
+    except (ValueError, KeyError) as e:
+        print(f"error: {run_dir}: unreadable run files ({e})", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
