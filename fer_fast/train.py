@@ -217,11 +217,18 @@ def parse_args(argv=None) -> tuple[Config, Path | None]:
 # ----------------------------------------------------------------------------------------------
 
 def resolve_device(name: str) -> torch.device:
+    """The run's device; a CUDA device with its index ("cuda": the current CUDA device)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                               f"CUDA device(s)")
     return device
 
 
@@ -340,7 +347,6 @@ def train(config: Config, resume: Path | None = None) -> dict:
     precision = resolve_precision(config.precision, device)
     dtype = _DTYPES[precision]
     if device.type == "cuda":
-        torch.cuda.set_device(device)  # Triton launches on the current device
         torch.backends.cudnn.benchmark = True
     run_dir = _run_dir(config)
     if resume is None and (run_dir / "last.pt").exists():

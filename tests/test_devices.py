@@ -187,3 +187,19 @@ def test_evaluate_cli_on_the_second_gpu(tmp_path, capsys):
                  "--block-backend", "fused"]) == 0
     assert "test: ten-crop accuracy" in capsys.readouterr().out
     assert torch.cuda.current_device() == 0
+
+
+def test_training_device_gets_its_cuda_index(monkeypatch):
+    """A run's CUDA device is indexed ("cuda" = the current device), so every generator,
+    tensor and random state of the run names the same GPU; an index past the last GPU is
+    refused."""
+    from fer_fast.train import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="--device cuda:2: this machine has 2 CUDA device"):
+        resolve_device("cuda:2")
