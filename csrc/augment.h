@@ -15,7 +15,8 @@ void augment_cpu(const uint8_t* images, const float* geom, const int32_t* erase,
                  int64_t batch, int out_dtype, int num_threads);
 
 #if defined(FER_FAST_WITH_CUDA)
-// CUDA: enqueues one kernel on `stream` (a cudaStream_t) of device `device`.
+// CUDA: enqueues one kernel on `stream` (a cudaStream_t) of device `device`; the calling
+// thread's current device is the same before and after the call.
 void augment_cuda(const uint8_t* images, const float* geom, const int32_t* erase, void* out,
                   int64_t batch, int out_dtype, int device, void* stream);
 

@@ -42,6 +42,26 @@ void check(cudaError_t err, const char* what) {
     throw std::runtime_error(std::string("augment_cuda: ") + what + ": " + cudaGetErrorString(err));
 }
 
+// Makes `device` current for the launch and restores the caller's current device on every exit
+// (the caller is torch, whose current device this module's cudaSetDevice would otherwise change:
+// the static runtime linked here and torch's share the thread's current context).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int current = previous_;
+    if (cudaGetDevice(&current) == cudaSuccess && current != previous_) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 template <class Out>
 void launch(const uint8_t* images, const float* geom, const int32_t* erase, void* out,
             int64_t batch, cudaStream_t stream) {
@@ -67,8 +87,8 @@ void augment_cuda(const uint8_t* images, const float* geom, const int32_t* erase
   if (batch == 0) return;
   if (!images || !geom || !erase || !out)
     throw std::invalid_argument("augment_cuda: null pointer among images, geom, erase, out");
-  check(cudaSetDevice(device), "cudaSetDevice");
-  auto s = static_cast<cudaStream_t>(stream);
+  const DeviceGuard on_device(device);
+  auto s = static_cast<cudaStream_t>(stream);  // the caller's current stream of `device`
   switch (out_dtype) {
     case kFloat32: return launch<Float32Out>(images, geom, erase, out, batch, s);
     case kFloat16: return launch<Float16Out>(images, geom, erase, out, batch, s);

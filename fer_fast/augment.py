@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import backends
+from . import backends, devices
 
 __all__ = [
     "IMAGE_SIZE", "CROP_SIZE", "NUM_CROPS", "CROP_CORNERS", "RECIPES", "AugmentParams",
@@ -343,8 +343,11 @@ def _augment_op(images: torch.Tensor, geom: torch.Tensor, erase: torch.Tensor,
     No autograd formula is registered: the output is a function of uint8 pixels and sampled
     parameters, never differentiated (autograd raises if a caller tries).
     """
-    return backends.resolve("augment", backend, images.device)(images, AugmentParams(geom, erase),
-                                                               dtype)
+    # every backend takes bfloat16 output, the Triton one under the interpreter too: its
+    # kernel uses no tl.dot, which the interpreter gets wrong in bfloat16 (see fer_fast.devices)
+    impl = backends.resolve("augment", backend, images.device)
+    with devices.on_device(images):
+        return impl(images, AugmentParams(geom, erase), dtype)
 
 
 @_augment_op.register_fake

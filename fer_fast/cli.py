@@ -171,9 +171,9 @@ def _devices_here() -> str:
 
 def resolve_device(name: str, flag: str = "--device") -> torch.device:
     """``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``, checked to exist on this
-    machine; a UserError names the devices that do."""
+    machine (a UserError names the devices that do); a CUDA device always carries its index."""
     if name == "auto":
-        return torch.device(default_device())
+        name = default_device()
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -186,7 +186,9 @@ def resolve_device(name: str, flag: str = "--device") -> torch.device:
         if not torch.cuda.is_available():
             raise UserError(f"{flag} {name}: this machine has no CUDA device (devices here: "
                             f"{_devices_here()})")
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if device.index is None:  # the run's device carries its index ("cuda": the current one)
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
             raise UserError(f"{flag} {name}: no such GPU (devices here: {_devices_here()})")
     return device
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import backends
+from . import backends, devices
 from .kernels import bn_act
 
 __all__ = ["conv_bn_act_fused", "BNActFunction", "supports"]
@@ -96,9 +96,12 @@ def _bn_act_fwd(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                 training: bool, momentum: float, eps: float, order: str,
                 pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(block output, fp32 coefficients [mean, rstd, scale, shift]) of conv output ``y``."""
+    # bfloat16 runs under the Triton interpreter too: these kernels use no tl.dot, which the
+    # interpreter gets wrong in bfloat16 (see fer_fast.devices)
     impl = bn_act.forward if bn_act.runs_on(y.device) else _forward_eager
-    return impl(y, gamma, beta, running_mean, running_var, training=training, momentum=momentum,
-                eps=eps, order=order, pool=pool)
+    with devices.on_device(y):
+        return impl(y, gamma, beta, running_mean, running_var, training=training,
+                    momentum=momentum, eps=eps, order=order, pool=pool)
 
 
 @_bn_act_fwd.register_fake
@@ -115,7 +118,8 @@ def _bn_act_bwd(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, trainin
                 order: str, pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(gradient w.r.t. ``y``, fp32 [sum(dz), sum(dz * x_hat)] = [dbeta, dgamma])."""
     impl = bn_act.backward if bn_act.runs_on(y.device) else _backward_eager
-    return impl(dout, y, coef, training=training, order=order, pool=pool)
+    with devices.on_device(y):
+        return impl(dout, y, coef, training=training, order=order, pool=pool)
 
 
 @_bn_act_bwd.register_fake

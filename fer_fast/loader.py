@@ -58,8 +58,8 @@ class _DeviceSplit:
                              f"{list(labels.shape)}")
         if images.shape[0] == 0:
             raise ValueError(f"{what}: the split is empty")
-        self.device = torch.device(device)
-        self.images = images.to(self.device).contiguous()
+        self.images = images.to(torch.device(device)).contiguous()
+        self.device = self.images.device  # with its index ("cuda" -> the current CUDA device)
         self.labels = labels.to(self.device, torch.int64).contiguous()
         self.batch_size = batch_size
 

@@ -539,7 +539,6 @@ def setup(config: Config, resume: Path | None = None) -> Run:
     check_run_dir(run_dir, resume)
     _warn_before_start(config, device, precision)
     if device.type == "cuda":
-        torch.cuda.set_device(device)  # Triton launches on the current device
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
     random.seed(config.seed)

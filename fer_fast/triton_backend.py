@@ -1,5 +1,8 @@
 """The ``"triton"`` backend of op ``"features"``: the VGG's whole conv stack (crops -> stage-4
-output) as one autograd Function over the implicit-GEMM kernels of :mod:`fer_fast.kernels.conv`.
+output) as two opaque torch.library custom ops, ``fer_fast::conv_stack_fwd`` and
+``fer_fast::conv_stack_bwd`` (the forward's registered autograd formula), over the implicit-GEMM
+kernels of :mod:`fer_fast.kernels.conv`; so ``torch.compile(..., fullgraph=True)`` traces a model
+using the stack.
 
 Forward: ONE kernel per block, plus the head's one. Each conv kernel reads the previous block's
 stored conv output and applies that block's BatchNorm affine, ReLU and (at a stage end) the 2x2
@@ -11,8 +14,9 @@ statistics like ``nn.BatchNorm2d`` (momentum, unbiased running variance); eval m
 coefficients from the running statistics. Normalised activations are never written; the last
 block's normalise + pool is one launch of bn_act's apply kernel. Per-step weight-sized work
 besides: packing each weight to [9*C_in, C_out] in the compute dtype (one copy per layer, the
-cast eager autocast does too), the bias cast, and one ``num_batches_tracked += 1`` launch for
-the whole stack.
+cast eager autocast does too), the bias cast, one ``num_batches_tracked += 1`` launch for the
+whole stack, and in training a copy of each running statistic (the kernels update the copy: the
+forward op mutates none of its inputs) with two foreach launches copying them back.
 
 Backward, per block in reverse. The last block: ``bn_act.backward`` (issue 5's fused kernels)
 turns the gradient of the block output into the gradient dy of its stored conv output. Then per
@@ -24,49 +28,46 @@ epilogue routes the result through the previous block's pool (argmax recomputed)
 stores that block's dz and reduces sum(dz), sum(dz * x_hat) over the grid into dgamma, dbeta
 and the coefficients of that block's BN backward, which the next kernels' prologues apply. The
 conv-output gradients dy are never written. Saved per block: the conv output (compute dtype)
-and the [4, C] fp32 coefficients; plus the input crops in the compute dtype.
+and the [4, C] fp32 coefficients; plus the input crops (converted to the compute dtype again by
+the backward).
 
 Compute dtype: the autocast dtype when autocast is on for the device, else the input's dtype.
-Runs on CUDA, and on CPU tensors when Triton runs under ``TRITON_INTERPRET=1`` (the CPU tests).
+Runs on CUDA, and on CPU tensors when Triton runs under ``TRITON_INTERPRET=1`` (the CPU tests;
+bfloat16 is refused there, see ``devices.refuse_bf16_dot_under_interpreter``).
 """
 from __future__ import annotations
 
-import os
-
 import torch
-from torch.autograd.function import once_differentiable
 
-from . import backends
+from . import backends, devices
 from .kernels import bn_act
 from .kernels import conv as K
 
 __all__ = ["features_triton", "supports"]
 
 
+#: what errors call this backend
+_OP_NAME = "triton features backend (implicit-GEMM conv stack)"
+
+
 def supports(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available()
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return device.type == "cpu" and devices.interpreted()
 
 
-def _batch_norm_args(bn, gamma, beta, training):
-    """What the conv kernel's epilogue needs of ``bn`` (an nn.BatchNorm2d): momentum None is
-    nn.BatchNorm2d's cumulative average, 1 / num_batches_tracked (already incremented), read on
-    the host (a sync per block; the VGG's BatchNorms use momentum 0.1)."""
-    track = bn.track_running_stats
-    momentum = bn.momentum
-    if training and track and momentum is None:
-        momentum = 1.0 / float(bn.num_batches_tracked)
-    return K.BatchNormArgs(gamma.detach(), beta.detach(), bn.running_mean if track else None,
-                           bn.running_var if track else None, training=training,
-                           momentum=momentum or 0.0, eps=bn.eps)
-
-
-class _Stack:
-    """Non-tensor arguments of the Function (modules for the running statistics, flags)."""
-
-    def __init__(self, bns, pools, order, training, dtype):
-        self.bns, self.pools, self.order, self.training, self.dtype = bns, pools, order, training, dtype
+def _batch_norm_args(i, gammas, betas, running_means, running_vars, num_batches_tracked,
+                     momentums, cumulative, eps, training):
+    """What the conv kernel's epilogue needs of block ``i``'s BatchNorm. ``cumulative[i]``:
+    nn.BatchNorm2d's cumulative average (momentum None), 1 / num_batches_tracked (already
+    incremented), read on the host (a sync per block; the VGG's BatchNorms use momentum 0.1)."""
+    track = bool(running_means)
+    momentum = momentums[i]
+    if training and track and cumulative[i]:
+        momentum = 1.0 / float(num_batches_tracked[i])
+    return K.BatchNormArgs(gammas[i], betas[i], running_means[i] if track else None,
+                           running_vars[i] if track else None, training=training,
+                           momentum=momentum if training else 0.0, eps=eps[i])
 
 
 def _prologue(coef, order):
@@ -77,75 +78,170 @@ def _prologue(coef, order):
     return dict(pro=pro, scale=coef[2], shift=coef[3])
 
 
-class FeaturesFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, stack, *params):
-        dtype, order, training = stack.dtype, stack.order, stack.training
-        x_nhwc = x.permute(0, 2, 3, 1).to(dtype).contiguous()
-        tracked = [bn for bn in stack.bns if bn.track_running_stats]
-        if training and tracked:  # one launch for the whole stack
-            torch._foreach_add_([bn.num_batches_tracked for bn in tracked], 1)
-        h, coef, pool_in = x_nhwc, None, False
+def _nhwc(x, dtype):
+    """The stack input as the first conv reads it: NHWC, contiguous, in the compute dtype."""
+    return x.permute(0, 2, 3, 1).to(dtype).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops: the whole forward and the whole backward are each one opaque torch.library op
+# (the per-block tensors as lists), so torch.compile(fullgraph=True) traces a model using the
+# stack. The forward op is functional (torch.compile cannot functionalise a mutating op that
+# returns tensor lists): it returns the updated running statistics, which ``features_triton``
+# copies into the BatchNorms' buffers (one foreach launch each).
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("fer_fast::conv_stack_fwd", mutates_args=())
+def _stack_fwd(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
+               gammas: list[torch.Tensor], betas: list[torch.Tensor],
+               running_means: list[torch.Tensor], running_vars: list[torch.Tensor],
+               num_batches_tracked: list[torch.Tensor], momentums: list[float],
+               cumulative: list[bool], eps: list[float], pools: list[bool], order: str,
+               training: bool, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor],
+                          list[torch.Tensor], list[torch.Tensor]]:
+    """(stack output, NCHW channels_last; per block its stored conv output, NHWC in ``dtype``;
+    per block its fp32 coefficients [mean, rstd, scale, shift]; the updated running means and
+    variances, empty unless training with running statistics). ``running_means``,
+    ``running_vars``, ``num_batches_tracked`` (already incremented for this step): one per
+    block, or empty when the BatchNorms track no running statistics (then ``training``)."""
+    devices.refuse_bf16_dot_under_interpreter(_OP_NAME, dtype)
+    with devices.on_device(x):
+        if training and running_means:  # the kernels update copies: the op mutates no input
+            running_means = [m.clone() for m in running_means]
+            running_vars = [v.clone() for v in running_vars]
+        h, coef, pool_in = _nhwc(x, dtype), None, False
         ys, coefs = [], []
-        for i, bn in enumerate(stack.bns):
-            weight, bias, gamma, beta = params[4 * i: 4 * i + 4]
-            y, coef = K.conv3x3(h, K.pack_weight(weight, dtype), bias.to(dtype), pool=pool_in,
-                                relu=order == "relu_bn", bn=_batch_norm_args(bn, gamma, beta,
-                                                                             training),
+        for i in range(len(weights)):
+            bn = _batch_norm_args(i, gammas, betas, running_means, running_vars,
+                                  num_batches_tracked, momentums, cumulative, eps, training)
+            y, coef = K.conv3x3(h, K.pack_weight(weights[i], dtype), biases[i].to(dtype),
+                                pool=pool_in, relu=order == "relu_bn", bn=bn,
                                 **_prologue(coef, order))
             ys.append(y)
             coefs.append(coef)
-            pool_in = stack.pools[i]
+            pool_in = pools[i]
             h = y
         out = bn_act.apply(h.permute(0, 3, 1, 2), coef, order=order, pool=pool_in)
-        ctx.stack, ctx.x_dtype = stack, x.dtype
-        ctx.save_for_backward(x_nhwc, *ys, *coefs, *params)
-        return out
+    if not training:
+        running_means = running_vars = []
+    return out, ys, coefs, running_means, running_vars
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        """Per block in reverse. The last block: bn_act's fused BN / ReLU / pool backward turns
-        the output gradient into its conv-output gradient dy. Every other block's dy is never
-        written: the data gradient of the block after it stores dz (the gradient of this
-        block's BN output, through its pool and ReLU) and gives dgamma, dbeta and the
-        BN-backward coefficients, and the weight and data gradients of this block form dy from
-        dz and the stored conv output while loading."""
-        stack = ctx.stack
-        nblocks = len(stack.bns)
-        x_nhwc, *tensors = ctx.saved_tensors
-        ys, coefs, params = tensors[:nblocks], tensors[nblocks:2 * nblocks], tensors[2 * nblocks:]
-        dtype, order = stack.dtype, stack.order
-        relu_first = order == "relu_bn"
-        grads = [None] * len(params)
+
+@_stack_fwd.register_fake
+def _(x, weights, biases, gammas, betas, running_means, running_vars, num_batches_tracked,
+      momentums, cumulative, eps, pools, order, training, dtype):
+    n, _, h, w = x.shape
+    ys, coefs = [], []
+    for i, weight in enumerate(weights):
+        if i > 0 and pools[i - 1]:
+            h, w = h // 2, w // 2
+        c = weight.shape[0]
+        ys.append(x.new_empty((n, h, w, c), dtype=dtype))
+        coefs.append(x.new_empty((len(bn_act.COEF_ROWS), c), dtype=torch.float32))
+    if pools[-1]:
+        h, w = h // 2, w // 2
+    out = torch.empty((n, weights[-1].shape[0], h, w), dtype=dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    if not training:
+        return out, ys, coefs, [], []
+    return (out, ys, coefs, [torch.empty_like(m) for m in running_means],
+            [torch.empty_like(v) for v in running_vars])
+
+
+@torch.library.custom_op("fer_fast::conv_stack_bwd", mutates_args=())
+def _stack_bwd(grad_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor],
+               ys: list[torch.Tensor], coefs: list[torch.Tensor], pools: list[bool], order: str,
+               training: bool, dtype: torch.dtype, weight_grads: list[bool], input_grad: bool
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor],
+                          list[torch.Tensor]]:
+    """(gradient of ``x`` in x's dtype, channels_last — empty unless ``input_grad``; the fp32
+    weight and bias gradients of each block i with ``weight_grads[i]``, in block order; per
+    block the fp32 [dbeta, dgamma] [2, C]).
+
+    Per block in reverse. The last block: bn_act's fused BN / ReLU / pool backward turns the
+    output gradient into its conv-output gradient dy. Every other block's dy is never written:
+    the data gradient of the block after it stores dz (the gradient of this block's BN output,
+    through its pool and ReLU) and gives dgamma, dbeta and the BN-backward coefficients, and the
+    weight and data gradients of this block form dy from dz and the stored conv output while
+    loading."""
+    devices.refuse_bf16_dot_under_interpreter(_OP_NAME, dtype)
+    nblocks = len(weights)
+    relu_first = order == "relu_bn"
+    with devices.on_device(grad_out):
+        x_nhwc = _nhwc(x, dtype)
         last = nblocks - 1
         dy, sums = bn_act.backward(grad_out.permute(0, 2, 3, 1).to(dtype).contiguous()
                                    .permute(0, 3, 1, 2), ys[last].permute(0, 3, 1, 2),
-                                   coefs[last], training=stack.training, order=order,
-                                   pool=stack.pools[last])
+                                   coefs[last], training=training, order=order,
+                                   pool=pools[last])
         dz, bn = dy.permute(0, 2, 3, 1), None  # channels_last NCHW -> contiguous NHWC
-        dx = None
+        dx = x.new_empty(0)
+        dweights, dbiases, bn_grads = [], [], [None] * nblocks
         for i in reversed(range(nblocks)):
-            weight, bias, gamma, beta = params[4 * i: 4 * i + 4]
             h = ys[i - 1] if i > 0 else x_nhwc
-            pool_in = i > 0 and stack.pools[i - 1]
-            if any(ctx.needs_input_grad[2 + 4 * i: 4 + 4 * i]):  # weight, bias (not frozen)
+            pool_in = i > 0 and pools[i - 1]
+            if weight_grads[i]:
                 dw, db = K.conv3x3_wgrad(h, dz, pool=pool_in, bn=bn, relu_first=relu_first,
                                          **_prologue(coefs[i - 1] if i > 0 else None, order))
-                grads[4 * i: 4 * i + 2] = [
-                    K.unpack_weight_grad(dw, h.shape[3]).to(weight.dtype), db.to(bias.dtype)]
-            grads[4 * i + 2: 4 * i + 4] = [sums[1].to(gamma.dtype), sums[0].to(beta.dtype)]
+                dweights.insert(0, K.unpack_weight_grad(dw, h.shape[3]))
+                dbiases.insert(0, db)
+            bn_grads[i] = sums
             if i > 0:
-                wd = K.pack_weight_dgrad(weight, dtype)
+                wd = K.pack_weight_dgrad(weights[i], dtype)
                 dz, sums, gcoef = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first,
                                                   prev=(ys[i - 1], coefs[i - 1]), pool=pool_in,
-                                                  training=stack.training)
+                                                  training=training)
                 bn = (ys[i - 1], gcoef)
-            elif ctx.needs_input_grad[0]:
-                g = K.conv3x3_dgrad(dz, K.pack_weight_dgrad(weight, dtype), bn=bn,
+            elif input_grad:
+                g = K.conv3x3_dgrad(dz, K.pack_weight_dgrad(weights[i], dtype), bn=bn,
                                     relu_first=relu_first)
-                dx = g.permute(0, 3, 1, 2).to(ctx.x_dtype)
-        return (dx, None, *grads)
+                dx = g.permute(0, 3, 1, 2).to(x.dtype)
+    return dx, dweights, dbiases, bn_grads
+
+
+@_stack_bwd.register_fake
+def _(grad_out, x, weights, ys, coefs, pools, order, training, dtype, weight_grads, input_grad):
+    dx = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+          if input_grad else x.new_empty(0))
+    chosen = [w for w, needed in zip(weights, weight_grads) if needed]
+    return (dx, [w.new_empty(w.shape, dtype=torch.float32) for w in chosen],
+            [w.new_empty(w.shape[0], dtype=torch.float32) for w in chosen],
+            [c.new_empty((2, c.shape[1])) for c in coefs])
+
+
+def _setup_stack_context(ctx, inputs, output):
+    x, weights, biases, gammas, betas, *buffers = inputs[:8]
+    ctx.pools, ctx.order, ctx.training, ctx.dtype = inputs[11:]
+    _, ys, coefs, new_means, new_vars = output
+    ctx.save_for_backward(x, *weights, *ys, *coefs)
+    ctx.param_dtypes = [[t.dtype for t in ts] for ts in (weights, biases, gammas, betas)]
+    ctx.buffer_counts = [len(b) for b in buffers]
+    ctx.mark_non_differentiable(*ys, *coefs, *new_means, *new_vars)
+    ctx.set_materialize_grads(False)  # no zero gradients for those outputs
+
+
+def _stack_backward(ctx, grad_out, *_):
+    x, *saved = ctx.saved_tensors
+    nblocks = len(ctx.pools)
+    weights, ys, coefs = saved[:nblocks], saved[nblocks:2 * nblocks], saved[2 * nblocks:]
+    needs = ctx.needs_input_grad  # per input; a list per list input
+    weight_grads = [w or b for w, b in zip(needs[1], needs[2])]
+    dx, dweights, dbiases, bn_grads = torch.ops.fer_fast.conv_stack_bwd(
+        grad_out, x, list(weights), list(ys), list(coefs), ctx.pools, ctx.order, ctx.training,
+        ctx.dtype, weight_grads, needs[0])
+    grads = [[None] * nblocks for _ in range(4)]  # weights, biases, gammas, betas
+    for i, dw, db in zip([i for i in range(nblocks) if weight_grads[i]], dweights, dbiases):
+        grads[0][i], grads[1][i] = dw, db
+    for i, sums in enumerate(bn_grads):
+        grads[2][i], grads[3][i] = sums[1], sums[0]
+    grads = [[g if g is None else g.to(dt) for g, dt in zip(gs, dts)]
+             for gs, dts in zip(grads, ctx.param_dtypes)]
+    no_grads = [[None] * n for n in ctx.buffer_counts]  # running statistics, counters
+    return (dx if needs[0] else None, *grads, *no_grads, None, None, None, None, None, None,
+            None)
+
+
+_stack_fwd.register_autograd(_stack_backward, setup_context=_setup_stack_context)
 
 
 def features_triton(x, convs, bns, pools, *, order):
@@ -171,12 +267,21 @@ def features_triton(x, convs, bns, pools, *, order):
     else:
         dtype = x.dtype
     training = bns[0].training or not bns[0].track_running_stats
-    stack = _Stack(list(bns), list(pools), order, training, dtype)
-    params = []
-    for conv, bn in zip(convs, bns):
-        params += [conv.weight, conv.bias, bn.weight, bn.bias]
+    tracked = bns[0].track_running_stats
+    means, variances, counters = ([b.running_mean for b in bns], [b.running_var for b in bns],
+                                  [b.num_batches_tracked for b in bns]) if tracked else ([], [], [])
+    if training and tracked:  # one launch for the whole stack
+        torch._foreach_add_(counters, 1)
     with torch.autocast(x.device.type, enabled=False):
-        return FeaturesFunction.apply(x, stack, *params)
+        out, _, _, new_means, new_variances = torch.ops.fer_fast.conv_stack_fwd(
+            x, [c.weight for c in convs], [c.bias for c in convs], [b.weight for b in bns],
+            [b.bias for b in bns], means, variances, counters, [b.momentum or 0.0 for b in bns],
+            [b.momentum is None for b in bns], [b.eps for b in bns], list(pools), order,
+            training, dtype)
+    if new_means:
+        torch._foreach_copy_(means, new_means)
+        torch._foreach_copy_(variances, new_variances)
+    return out
 
 
 # Not chosen by "auto" until a GPU run has measured it against the "fused" blocks; ask for it by name.

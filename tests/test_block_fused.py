@@ -2,9 +2,9 @@
 of input, weight, bias, gamma, beta, and the running statistics; both orders, pool on/off, train
 and eval, fp32 and fp16, odd shapes.
 
-On CPU, the Triton kernels run under TRITON_INTERPRET=1 (set by conftest; fp16 works there, bf16
-does not) with the interpreter's tiles; the eager-math CPU path is checked by forcing it
-(``bn_act.runs_on`` patched to False). On a GPU the same checks run at the 8 real VGG shapes.
+On CPU, the Triton kernels run under TRITON_INTERPRET=1 (set by conftest) with the interpreter's
+tiles (bf16 too: these kernels use no tl.dot, the op the interpreter gets wrong in bf16); the
+eager-math CPU path is checked by forcing it (``bn_act.runs_on`` patched to False). On a GPU the same checks run at the 8 real VGG shapes.
 """
 import pytest
 import torch
@@ -97,6 +97,18 @@ def test_triton_matches_reference(order, pool, training, dtype, shape):
         pytest.skip(reason="Triton kernels do not run here (CPU without TRITON_INTERPRET=1)")
     x, params, stats = _inputs(*shape, dtype, device, seed=sum(shape))
     _check(x, params, stats, training=training, order=order, pool=pool, seed=7)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_triton_bfloat16_matches_reference(order):
+    """bf16 activations through the Triton kernels (the interpreter on CPU), train and eval."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not bn_act.runs_on(torch.device(device)):
+        pytest.skip(reason="Triton kernels do not run here (CPU without TRITON_INTERPRET=1)")
+    x, params, stats = _inputs(2, 3, 17, 5, 7, torch.bfloat16, device, seed=3)
+    for training in (True, False):
+        _check(x, params, stats, training=training, order=order, pool=True, seed=5,
+               tie_fraction=0.02)
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -479,10 +479,10 @@ def test_features_full_width_on_gpu(recipe):
 
 def _features_parity(recipe, dtype, training, *, batch, size, width):
     """Whole conv stack (crops -> stage 4) against the eager fp32 VGG: output, input gradient,
-    every conv / BN parameter gradient, running statistics; fp16 (autocast) also against eager
-    autocast (see ``_check``). Eval mode runs after one training forward, so the running
+    every conv / BN parameter gradient, running statistics; fp16 / bf16 (autocast) also against
+    eager autocast (see ``_check``). Eval mode runs after one training forward, so the running
     statistics it uses are not the initial (0, 1)."""
-    half = dtype == torch.float16
+    half = dtype != torch.float32  # autocast to dtype
     ref, fast = _vgg_pair(recipe, width=width)
     models = [ref, fast] + ([copy.deepcopy(ref)] if half else [])
     if not training:
@@ -497,7 +497,7 @@ def _features_parity(recipe, dtype, training, *, batch, size, width):
     outs, dxs = [], []
     for model, amp in zip(models, (False, half, half)):
         xi = x.clone().requires_grad_()
-        with torch.autocast(DEVICE, dtype=torch.float16, enabled=amp):
+        with torch.autocast(DEVICE, dtype=dtype if half else torch.float16, enabled=amp):
             out = model.features(xi)
         out.backward(g.to(DEVICE, out.dtype))
         outs.append(out)
@@ -604,6 +604,94 @@ def test_conv_bn_relu_stack_module_matches_eager(order):
         torch.testing.assert_close(b, b_ref, **tolerance("running_stats", torch.float32), msg=name)
     with pytest.raises(ValueError, match="at least one block"):
         ConvBNReLUStack(3, [])
+
+
+def _stack_step(model, x):
+    """Two training steps of ``model``: (outputs, input gradients); parameter gradients add up."""
+    outs, dxs = [], []
+    for k in range(2):
+        xi = (x + k).requires_grad_()
+        out = model(xi)
+        out.backward(torch.cos(torch.arange(out.numel(), device=DEVICE)).view_as(out))
+        outs.append(out.detach())
+        dxs.append(xi.grad)
+    return outs, dxs
+
+
+def test_conv_bn_relu_stack_under_torch_compile_fullgraph():
+    """``torch.compile(fullgraph=True)`` (aot_eager: fake implementations, functionalised
+    running-statistics updates) over a triton stack gives exactly the uncompiled stack's
+    outputs, gradients, running statistics and batch counters over two steps; a BatchNorm with
+    momentum None (cumulative average, read from the counter inside the op) included, checked
+    against torch's own modules (conv -> ReLU -> BatchNorm2d -> pool)."""
+    from fer_fast.nn import ConvBNReLUStack
+    torch.manual_seed(5)
+    ref = ConvBNReLUStack(2, [(4, True), (3, False)], order="relu_bn").to(DEVICE)
+    ref.blocks[1].bn.momentum = None
+    eager_fast, compiled_fast = copy.deepcopy(ref), copy.deepcopy(ref)
+    eager_fast.backend = compiled_fast.backend = "triton"
+    torch_modules = torch.nn.Sequential(*[
+        m for b in ref.blocks
+        for m in (b.conv, torch.nn.ReLU(), b.bn) + ((torch.nn.MaxPool2d(2),) if b.pool else ())])
+    x = torch.randn(2, 2, 6, 5, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    compiled = torch.compile(compiled_fast, backend="aot_eager", fullgraph=True)
+    got, want, ref_run = (_stack_step(m, x) for m in (compiled, eager_fast, torch_modules))
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for (name, p), q in zip(compiled_fast.named_parameters(), eager_fast.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+    for (name, b), b_eager, b_ref in zip(compiled_fast.named_buffers(), eager_fast.buffers(),
+                                         ref.buffers()):
+        torch.testing.assert_close(b, b_eager, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(b, b_ref, **tolerance("running_stats", torch.float32), msg=name)
+    assert int(compiled_fast.blocks[1].bn.num_batches_tracked) == 2
+    _check(got[0][1], ref_run[0][1], tolerance("block_forward", torch.float32), msg="output")
+
+
+def test_stack_ops_registered_with_fake_impls():
+    """The stack's custom ops: schemas (no input mutated or aliased), fake implementations
+    with the real outputs' shapes, strides and dtypes (train and eval, with and without the
+    input and weight gradients), autograd registration."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 2, 5, 4, generator=gen).to(DEVICE)
+    weights = [(torch.randn(c_out, c_in, 3, 3, generator=gen) / 3).to(DEVICE)
+               for c_in, c_out in ((2, 4), (4, 3))]
+    vectors = [[torch.rand(c, generator=gen).to(DEVICE) + 0.5 for c in (4, 3)] for _ in range(5)]
+    biases, gammas, betas, means, variances = vectors
+    counters = [torch.tensor(3, device=DEVICE) for _ in range(2)]
+    for training in (True, False):
+        args = (x, weights, biases, gammas, betas, means, variances, counters, [0.1, 0.0],
+                [False, True], [1e-5, 1e-3], [True, False], "relu_bn", training, x.dtype)
+        torch.library.opcheck(torch.ops.fer_fast.conv_stack_fwd.default, args,
+                              test_utils=("test_schema", "test_faketensor",
+                                          "test_autograd_registration"))
+        out, ys, coefs, _, _ = torch.ops.fer_fast.conv_stack_fwd(*args)
+        for grads in (([True, False], True), ([False, True], False)):
+            torch.library.opcheck(
+                torch.ops.fer_fast.conv_stack_bwd.default,
+                (torch.randn_like(out), x, weights, ys, coefs, [True, False], "relu_bn", training,
+                 x.dtype, *grads), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="bfloat16 runs on a GPU: the GPU parity tests "
+                    "cover it; the refusal is for the Triton interpreter")
+def test_stack_refuses_bfloat16_under_the_interpreter():
+    """tl.dot on bfloat16 returns garbage in the Triton interpreter: a clear error, bf16 input
+    or bf16 autocast, instead of silently wrong numbers."""
+    from fer_fast.nn import ConvBNReLUStack
+    stack = ConvBNReLUStack(1, [(4, False)], backend="triton")
+    x = torch.randn(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="triton features backend.*bfloat16.*TRITON_INTERPRET"):
+        stack.to(torch.bfloat16)(x.bfloat16())
+    with pytest.raises(ValueError, match="bfloat16.*TRITON_INTERPRET"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stack.float()(x)
+
+
+@requires_cuda
+def test_features_bfloat16_autocast_on_gpu():
+    """bf16 parity where it is computed right (a GPU): the whole stack under bf16 autocast."""
+    _features_parity("released", torch.bfloat16, True, batch=8, size=16, width=1 / 16)
 
 
 def test_features_rejects_stacks_it_cannot_run():

@@ -1,0 +1,45 @@
+"""Where kernels run: the device guard every launching entry point takes, and the Triton
+interpreter's dtype limits.
+
+Triton launches on the *current* CUDA device and its current stream, and the native CUDA
+augmentation is enqueued on a stream of one device: with tensors on ``cuda:1`` and the current
+device ``cuda:0`` (the default), a launch without a guard runs on the wrong GPU or faults. Every
+fer_fast entry point that launches a kernel (the fused block's custom ops, the triton stack's
+forward and backward ops, the augment op) runs it inside ``on_device(tensor)``, which makes the
+tensor's device current for the launch and restores the caller's afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+__all__ = ["on_device", "interpreted", "refuse_bf16_dot_under_interpreter"]
+
+
+def on_device(tensor: torch.Tensor):
+    """Context manager: ``tensor``'s CUDA device is the current device inside (so Triton
+    launches and ``torch.cuda.current_stream()`` are that device's); the caller's current
+    device is restored on exit. A no-op for tensors on other devices (CPU, the interpreter)."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def interpreted() -> bool:
+    """Whether Triton kernels run under the interpreter (``TRITON_INTERPRET=1``, CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def refuse_bf16_dot_under_interpreter(op: str, dtype: torch.dtype) -> None:
+    """Raise for bfloat16 data in a kernel using ``tl.dot`` under the Triton interpreter, where
+    ``tl.dot`` on bfloat16 operands returns garbage (wrong by orders of magnitude, an upstream
+    interpreter bug): a clear error instead of silently wrong numbers. Kernels without
+    ``tl.dot`` (BatchNorm/ReLU/pool, the augmentation) are not affected: there the interpreter
+    only rounds bfloat16 stores differently from a GPU (at most one bfloat16 ulp, within the
+    bfloat16 tolerances), so they run."""
+    if dtype == torch.bfloat16 and interpreted():
+        raise ValueError(f"{op}: bfloat16 is not supported under the Triton interpreter "
+                         f"(TRITON_INTERPRET=1): its tl.dot returns wrong values for bfloat16; "
+                         f"use float16 or float32 here, or run on a GPU")
