@@ -25,11 +25,13 @@ from .synthetic import SyntheticSpec
 __all__ = ["DeviceLoader", "TenCropBatches", "load_run_data"]
 
 
-def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None) -> FERData:
+def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None,
+                  strict_images: bool = False) -> FERData:
     """The data of a run: ``path`` (FER2013 CSV or image folder), or the synthetic dataset of
-    ``seed`` with ``synthetic_sizes`` = (train, val, test) (None: SyntheticSpec's defaults)."""
+    ``seed`` with ``synthetic_sizes`` = (train, val, test) (None: SyntheticSpec's defaults).
+    ``strict_images``: an image folder's images must already be 48x48 8-bit gray."""
     spec = None if synthetic_sizes is None else SyntheticSpec(*synthetic_sizes)
-    return load_data(path, seed=seed, synthetic=spec)
+    return load_data(path, seed=seed, synthetic=spec, strict_images=strict_images)
 
 
 class _DeviceSplit:

@@ -78,6 +78,7 @@ class Config:
     gamma: float = 0.5
     restart_period: int = 10
     data: str | None = None
+    strict_images: bool = False  # image folders: refuse, not convert, non-48x48-gray images
     synthetic_sizes: tuple[int, int, int] | None = None  # None: SyntheticSpec's defaults
     train_on: str = "train"
     seed: int = 0
@@ -138,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-period", type=int, help="CosineAnnealingWarmRestarts T_0 (epochs)")
     p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data)")
     p.add_argument("--synthetic-sizes", type=sizes_arg, metavar="TRAIN,VAL,TEST")
+    p.add_argument("--strict-images", action="store_true", help="image folders: refuse images "
+                   "that are not 48x48 8-bit grayscale instead of converting them")
     p.add_argument("--train-on", choices=TRAIN_ON, help="train+val: the fine-tuning stage on "
                    "the combined data (validation accuracy then no longer measures generalisation)")
     p.add_argument("--seed", type=int)
@@ -349,7 +352,8 @@ def train(config: Config, resume: Path | None = None) -> dict:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
-    data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes)
+    data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes,
+                         strict_images=config.strict_images)
     model = VGG(config.recipe, width=config.width, dropout=config.dropout,
                 backend=block_backend).to(device)
     if device.type == "cuda":  # NHWC activations: what cuDNN's fp16 kernels and the fused blocks want
