@@ -155,4 +155,4 @@ def to_fer_image(image, *, box=None, margin: float = 0.0, strict: bool = False,
 
     resized = Image.fromarray(np.ascontiguousarray(square)).resize(
         (SIDE, SIDE), Image.Resampling.BILINEAR)
-    return np.asarray(resized)
+    return np.array(resized)
