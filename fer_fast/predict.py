@@ -275,14 +275,15 @@ class Predictor:
         probs = self.classify(np.concatenate(faces)) if faces else np.zeros((0, 7))
         out, k = [], 0
         for b in boxes:
-            out.append([self._face(box, probs[k + j]) for j, box in enumerate(b)])
+            out.append(self.faces_from(b, probs[k:k + len(b)]))
             k += len(b)
         return out
 
-    def _face(self, box, p: np.ndarray) -> Face:
-        probabilities = {name: float(v) for name, v in zip(self.class_names, p)}
-        return Face(box=box, probabilities=probabilities,
-                    label=self.class_names[int(np.argmax(p))])
+    def faces_from(self, boxes, probabilities: np.ndarray) -> list[Face]:
+        """:class:`Face` objects of ``boxes`` and their [n, classes] ``probabilities``."""
+        return [Face(box=box, probabilities={n: float(v) for n, v in zip(self.class_names, p)},
+                     label=self.class_names[int(np.argmax(p))])
+                for box, p in zip(boxes, probabilities)]
 
 
 # ----------------------------------------------------------------------------------------------

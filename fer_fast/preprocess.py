@@ -11,7 +11,8 @@ prediction time is converted exactly as the training images were. Steps:
    floating-point images are refused (their range is ambiguous).
 2. A square is cut: around a face box enlarged by ``margin`` on each side (pixels outside the
    picture repeat its edge), or without a box the centred largest square.
-3. The square is resized to 48x48 with Pillow's bilinear filter (area-weighted when shrinking).
+3. The square is resized to 48x48 with Pillow: shrinking averages the covered area (``BOX``),
+   enlarging interpolates bilinearly.
 
 A picture that already is 48x48 8-bit gray comes out unchanged. ``strict=True`` refuses any
 picture that would need a lossy step (another size, real colour, 16 bits) instead.
@@ -153,6 +154,7 @@ def to_fer_image(image, *, box=None, margin: float = 0.0, strict: bool = False,
         return np.ascontiguousarray(square)
     from PIL import Image
 
+    shrink = square.shape[0] > SIDE
     resized = Image.fromarray(np.ascontiguousarray(square)).resize(
-        (SIDE, SIDE), Image.Resampling.BILINEAR)
+        (SIDE, SIDE), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
     return np.array(resized)
