@@ -292,7 +292,7 @@ class Predictor:
 
 def annotate(image: np.ndarray, faces: list[Face], *, bgr: bool = False) -> np.ndarray:
     """A copy of uint8 HxWx3 ``image`` with every face boxed, its label and probability above
-    the box and one probability bar per class beside it (colours in RGB, or BGR if ``bgr``)."""
+    the box and one probability bar per class under it (colours in RGB, or BGR if ``bgr``)."""
     cv2 = _cv2()
     out = np.ascontiguousarray(image.copy())
     h, w = out.shape[:2]
@@ -306,23 +306,25 @@ def annotate(image: np.ndarray, faces: list[Face], *, bgr: bool = False) -> np.n
         x, y, bw, bh = face.box
         cv2.rectangle(out, (x, y), (x + bw, y + bh), green, thick)
         text = f"{face.label} {100 * face.probability:.0f}%"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
         ty = max(th + base, y - 2)
         cv2.rectangle(out, (x, ty - th - base), (x + tw, ty), green, -1)
-        cv2.putText(out, text, (x, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font, dark, thick,
+        cv2.putText(out, text, (x, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font, dark, 1,
                     cv2.LINE_AA)
-        bar_w, row = int(60 * unit), max(8, int(11 * unit))
-        bx = x + bw + 4 if x + bw + 4 + bar_w + int(55 * unit) < w else max(0, x - bar_w -
-                                                                              int(59 * unit))
+        # the probability panel: under the box, or inside its bottom when the picture ends
+        row = max(9, int(round(11 * unit)))
+        name_w, panel_w = int(round(52 * unit)), min(w, max(bw, int(round(110 * unit))))
+        panel_h = row * len(face.probabilities)
+        px = min(max(0, x), w - panel_w)
+        py = y + bh + 2 if y + bh + 2 + panel_h <= h else max(0, min(y + bh, h) - panel_h)
+        cv2.rectangle(out, (px, py), (px + panel_w, py + panel_h), dark, -1)
+        bar_w = max(1, panel_w - name_w - 2)
         for k, (name, p) in enumerate(face.probabilities.items()):
-            by = y + k * row
-            if by + row > h:
-                break
-            cv2.rectangle(out, (bx, by + 1), (bx + bar_w, by + row - 1), dark, -1)
-            cv2.rectangle(out, (bx, by + 1), (bx + int(round(bar_w * p)), by + row - 1),
-                          green, -1)
-            cv2.putText(out, name[:8], (bx + bar_w + 3, by + row - 2), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.33 * unit, white, 1, cv2.LINE_AA)
+            by = py + k * row
+            cv2.putText(out, name[:8], (px + 2, by + row - 2), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.32 * unit, white, 1, cv2.LINE_AA)
+            cv2.rectangle(out, (px + name_w, by + 2),
+                          (px + name_w + int(round(bar_w * p)), by + row - 2), green, -1)
     return out
 
 
@@ -394,6 +396,9 @@ class _Run:
         ok, frame = capture.read() if capture.isOpened() else (False, None)
         if not ok:
             capture.release()
+            if isinstance(source, int):
+                raise PredictError(f"camera {source}: cannot open it or read a frame (no such "
+                                   f"camera, in use, or no permission)")
             self.skip(name, "cannot read video (not a video OpenCV can decode, or no frames)")
             return
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -525,6 +530,9 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    # OpenCV's own warnings (codec probing, camera back-ends) would bury the one-line messages
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if not args.inputs and args.camera is None:
         raise PredictError("nothing to predict: give image, folder or video INPUTs, or "
                            "--camera N")
@@ -549,6 +557,7 @@ def _main(args) -> int:
 
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    predictor.classify(np.zeros((1, 48, 48), np.uint8))  # lazy first-call set-up, not timed
     run = _Run(predictor, args)
     start = time.perf_counter()
     with progress(total=len(files), desc="files", unit="file") as bar:
