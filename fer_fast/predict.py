@@ -186,6 +186,14 @@ class Predictor:
             raise PredictError(f"batch_size must be >= 1, got {batch_size}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise PredictError(f"unknown device {device!r} (auto, cpu, cuda, cuda:1, ...)") from None
+        if parsed.type == "cuda" and (not torch.cuda.is_available() or (
+                parsed.index or 0) >= torch.cuda.device_count()):
+            raise PredictError(f"device {device!r}: this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
         self.device, self.tta, self.margin, self.batch_size = device, tta, margin, batch_size
         self.classifier = self._classifier(model, device)
         self.class_names = self.classifier.class_names

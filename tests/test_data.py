@@ -371,3 +371,10 @@ def test_load_data_synthetic():
     assert not torch.equal(a.val.images[:14], a.test.images)  # splits are independent streams
     with pytest.raises(DataError, match="split 'val' .* is empty"):
         load_data(synthetic=SyntheticSpec(n_train=7, n_val=0, n_test=7))
+
+
+def test_train_flag_strict_images():
+    from fer_fast.train import parse_args
+
+    assert parse_args(["--strict-images"])[0].strict_images is True
+    assert parse_args([])[0].strict_images is False

@@ -119,6 +119,11 @@ def test_detector_none_and_predict_batch_on_fer_images(files):
 def test_predictor_refuses_bad_arguments(files, tmp_path):
     with pytest.raises(PredictError, match="no such model file"):
         Predictor(tmp_path / "missing.pt")
+    with pytest.raises(PredictError, match="unknown device 'gpu7'"):
+        Predictor(files["model"], device="gpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(PredictError, match="this machine has 0 CUDA device"):
+            Predictor(files["model"], device="cuda")
     with pytest.raises(PredictError, match="tta must be one of"):
         Predictor(files["model"], tta="mirror")
     with pytest.raises(PredictError, match=r"nope\.xml: no such face-detector file"):
@@ -210,7 +215,8 @@ def test_cli_bad_inputs(files, tmp_path, capsys):
     for argv, message in (([str(tmp_path / "missing.pt"), one], "missing.pt: no such model file"),
                           ([ckpt, str(tmp_path / "nope.jpg")], "nope.jpg: no such file or folder"),
                           ([str(notes), one], f"{notes}: "),  # not a checkpoint
-                          ([ckpt], "nothing to predict")):
+                          ([ckpt], "nothing to predict"),
+                          ([ckpt, one, "--max-frames", "0"], "--max-frames must be >= 1")):
         assert predict_main(argv + ["--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
@@ -268,3 +274,12 @@ def test_safetensors_file_refused_without_architecture(tmp_path):
     x = torch.rand(2, 1, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(load_safetensors(good)(x), model(x), rtol=0, atol=0)
+
+
+def test_demo_command_errors_are_one_line(tmp_path, capsys):
+    from fer_fast.demo import main as demo_main
+
+    assert demo_main([str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "missing.pt: no such model file" in err or "needs Gradio" in err
