@@ -36,6 +36,8 @@ __all__ = ["ONNX_OPSET", "ONNX_TOLERANCE", "ExportError", "folded_blocks", "onnx
 #: Opset of the exported graph (Conv, Relu, MaxPool, Mul, Add, Flatten, Gemm): onnxruntime
 #: has run opset 17 since 1.12 (2022).
 ONNX_OPSET = 17
+#: Opsets --opset accepts: every op of the graph exists unchanged in them, and all fit IR 8.
+MIN_OPSET, MAX_OPSET = 13, 18
 #: Largest allowed |logit difference| between onnxruntime and PyTorch, relative to the largest
 #: |logit| (at least 1): fp32 differs only by the folding's rounding and summation order.
 ONNX_TOLERANCE = 1e-4
@@ -236,6 +238,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.onnx and not args.weights:
         p.error("nothing to do: give --onnx PATH and/or --weights PATH")
+    if not MIN_OPSET <= args.opset <= MAX_OPSET:
+        p.error(f"--opset must be in {MIN_OPSET}..{MAX_OPSET} (ONNX IR version 8), got {args.opset}")
     from .checkpoint import CheckpointError, model_from_checkpoint
 
     try:

@@ -198,7 +198,6 @@ class Predictor:
         self.classifier = self._classifier(model, device)
         self.class_names = self.classifier.class_names
         self.detector = _Detector(detector, min_face)
-        self.detector_name = detector if isinstance(detector, str) else os.fspath(detector)
 
     @staticmethod
     def _classifier(model, device: str):

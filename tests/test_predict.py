@@ -128,6 +128,10 @@ def test_predictor_refuses_bad_arguments(files, tmp_path):
         Predictor(files["model"], tta="mirror")
     with pytest.raises(PredictError, match=r"nope\.xml: no such face-detector file"):
         Predictor(files["model"], detector=str(tmp_path / "nope.xml"))
+    not_model = tmp_path / "yunet.onnx"
+    not_model.write_bytes(b"not an onnx model")
+    with pytest.raises(PredictError, match=r"yunet\.onnx: not an OpenCV face-detector model"):
+        Predictor(files["model"], detector=str(not_model))
     not_cascade = tmp_path / "cascade.xml"
     not_cascade.write_text("<opencv_storage></opencv_storage>")
     with pytest.raises(PredictError, match="not an OpenCV cascade classifier"):
@@ -257,6 +261,9 @@ def test_export_cli_and_same_labels_from_every_format(files, tmp_path, capsys):
     # never overwrites; a missing checkpoint is one line and exit 2
     assert export_main([str(files["ckpt"]), "--onnx", str(onnx_path)]) == 2
     assert "already exists (not overwritten" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        export_main([str(files["ckpt"]), "--onnx", str(tmp_path / "m9.onnx"), "--opset", "9"])
+    assert info.value.code == 2 and "--opset must be in 13..18" in capsys.readouterr().err
     assert export_main([str(tmp_path / "missing.pt"), "--weights", str(tmp_path / "w.st")]) == 2
     assert "no such checkpoint file" in capsys.readouterr().err
 
