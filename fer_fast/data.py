@@ -209,7 +209,7 @@ MAX_LISTED_ERRORS = 20
 
 
 def _report_bad_files(root: Path, errors: list[str]) -> None:
-    """Raise one DataError listing every bad file (the first ``MAX_LISTED_ERRORS``) and the count."""
+    """Raise one DataError listing the bad files (the first ``MAX_LISTED_ERRORS``) and their count."""
     if not errors:
         return
     listed = "\n  ".join(errors[:MAX_LISTED_ERRORS])

@@ -1,4 +1,4 @@
-"""Export a trained VGG: ``python -m fer_fast export CHECKPOINT --onnx model.onnx --weights model.safetensors``.
+"""Export a trained VGG: ``python -m fer_fast export CHECKPOINT --onnx PATH --weights PATH``.
 
 ONNX (``pip install fer_fast[onnx]``): the evaluation graph, opset :data:`ONNX_OPSET`, built
 node by node from the weights (no tracing). Input ``crops``: float32 ``[batch, 1, 40, 40]``,
@@ -239,7 +239,8 @@ def main(argv=None) -> int:
     if not args.onnx and not args.weights:
         p.error("nothing to do: give --onnx PATH and/or --weights PATH")
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
-        p.error(f"--opset must be in {MIN_OPSET}..{MAX_OPSET} (ONNX IR version 8), got {args.opset}")
+        p.error(f"--opset must be in {MIN_OPSET}..{MAX_OPSET} (ONNX IR version 8), "
+                f"got {args.opset}")
     from .checkpoint import CheckpointError, model_from_checkpoint
 
     try:

@@ -1,4 +1,4 @@
-"""Facial expressions on photos, folders, videos and a webcam: ``python -m fer_fast predict MODEL INPUT...``.
+"""Expressions of the faces in photos, folders, videos, a webcam: ``python -m fer_fast predict``.
 
 :class:`Predictor` finds the faces of a picture (OpenCV's bundled Haar cascade, a user's
 OpenCV face-detector model, or none: the picture is the face), converts each to the 48x48
@@ -189,7 +189,8 @@ class Predictor:
         try:
             parsed = torch.device(device)
         except (RuntimeError, TypeError):
-            raise PredictError(f"unknown device {device!r} (auto, cpu, cuda, cuda:1, ...)") from None
+            raise PredictError(f"unknown device {device!r} (auto, cpu, cuda, cuda:1, ...)") \
+                from None
         if parsed.type == "cuda" and (not torch.cuda.is_available() or (
                 parsed.index or 0) >= torch.cuda.device_count()):
             raise PredictError(f"device {device!r}: this machine has "
@@ -204,7 +205,8 @@ class Predictor:
         if isinstance(model, VGG):
             return _TorchClassifier(model, device)
         if not isinstance(model, (str, os.PathLike)):
-            raise PredictError(f"model must be a path or a fer_fast.VGG, got {type(model).__name__}")
+            raise PredictError(f"model must be a path or a fer_fast.VGG, got "
+                               f"{type(model).__name__}")
         path = Path(model)
         if not path.is_file():
             raise PredictError(f"{path}: no such model file")
