@@ -97,14 +97,14 @@ def main(argv=None) -> int:
     from .predict import Predictor, PredictError
 
     try:
-        import gradio  # noqa: F401
-    except ImportError:
-        print("error: the demo page needs Gradio: pip install fer_fast[demo]", file=sys.stderr)
-        return 2
-    try:
         predictor = Predictor(args.model, device=args.device, detector=args.detector)
     except PredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("error: the demo page needs Gradio: pip install fer_fast[demo]", file=sys.stderr)
         return 2
     page = build_demo(predictor)
     print(f"serving on http://127.0.0.1:{args.port} (Ctrl-C stops)")

@@ -288,5 +288,23 @@ def test_demo_command_errors_are_one_line(tmp_path, capsys):
 
     assert demo_main([str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1
-    assert "missing.pt: no such model file" in err or "needs Gradio" in err
+    assert len(err.strip().splitlines()) == 1 and "missing.pt: no such model file" in err
+
+
+def test_checkpoint_written_by_train(files, tmp_path, capsys):
+    from fer_fast.train import main as train_main
+
+    run = tmp_path / "run"
+    assert train_main(["--preset", "quick", "--epochs", "1", "--synthetic-sizes", "64,16,16",
+                       "--width", str(WIDTH), "--batch-size", "32", "--out", str(run),
+                       "--no-progress", "--device", "cpu", "--block-backend", "eager",
+                       "--augment-backend", "eager"]) == 0
+    capsys.readouterr()
+    photo = str(files["photos"] / "one.png")
+    assert predict_main([str(run / "best.pt"), photo, "--json", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 1 and rows[0]["file"] == photo
+    assert export_main([str(run / "best.pt"), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert " ok" in capsys.readouterr().out
+    onnx_rows = Predictor(tmp_path / "m.onnx", device="cpu").predict(photo)
+    assert [f.label for f in onnx_rows] == [rows[0]["label"]]
