@@ -9,6 +9,7 @@ from . import backends  # noqa: E402
 from .augment import AugmentParams, augment, sample_params, ten_crop  # noqa: E402
 from .model import VGG  # noqa: E402
 from .nn import ConvBNReLU2d, ConvBNReLUStack, conv_bn_act, conv_bn_act_stack  # noqa: E402
+from .predict import Face, Predictor  # noqa: E402
 
 # fast backends register themselves in fer_fast.backends on import
 from . import _ext  # noqa: E402,F401  "native" augment (fer_fast._C: C++ / CUDA)
@@ -18,4 +19,5 @@ from . import triton_backend  # noqa: E402,F401  "triton" features (implicit-GEM
 
 __version__ = "0.1.0"
 __all__ = ["backends", "AugmentParams", "augment", "sample_params", "ten_crop", "VGG",
-           "ConvBNReLU2d", "ConvBNReLUStack", "conv_bn_act", "conv_bn_act_stack", "__version__"]
+           "ConvBNReLU2d", "ConvBNReLUStack", "conv_bn_act", "conv_bn_act_stack", "Face", "Predictor",
+           "__version__"]

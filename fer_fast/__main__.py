@@ -1,27 +1,29 @@
-"""``python -m fer_fast {train,evaluate,saliency,plot} ...``: the command-line tools in one place."""
+"""``python -m fer_fast COMMAND ...``: the command-line tools under one name."""
+import importlib
 import sys
 
-USAGE = ("usage: python -m fer_fast {train,evaluate,saliency,plot} [options]\n"
-         "  train     train the VGG (python -m fer_fast.train --help)\n"
-         "  evaluate  ten-crop accuracy of a checkpoint (python -m fer_fast.evaluate --help)\n"
-         "  saliency  saliency maps, one per class (python -m fer_fast.saliency --help)\n"
-         "  plot      curves.png and confusion.png of a run (python -m fer_fast plot --help)")
+# command -> (module whose main(argv) runs it, what it does)
+COMMANDS = {
+    "train": ("fer_fast.train", "train the VGG"),
+    "evaluate": ("fer_fast.evaluate", "ten-crop accuracy of a checkpoint"),
+    "saliency": ("fer_fast.saliency", "saliency maps, one per class"),
+    "plot": ("fer_fast.plots", "curves.png and confusion.png of a run"),
+    "predict": ("fer_fast.predict", "expressions of the faces in photos, folders, videos, a webcam"),
+    "export": ("fer_fast.export", "a checkpoint as ONNX and/or safetensors"),
+    "demo": ("fer_fast.demo", "a local web page: upload a photo, see each face's expression"),
+}
+
+USAGE = (f"usage: python -m fer_fast {{{','.join(COMMANDS)}}} [options]\n"
+         + "\n".join(f"  {name:<9} {what} (python -m fer_fast {name} --help)"
+                     for name, (_, what) in COMMANDS.items()))
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("train", "evaluate", "saliency", "plot"):
+    if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    if argv[0] == "train":
-        from .train import main as tool
-    elif argv[0] == "evaluate":
-        from .evaluate import main as tool
-    elif argv[0] == "saliency":
-        from .saliency import main as tool
-    else:
-        from .plots import main as tool
-    return tool(argv[1:])
+    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
 
 
 if __name__ == "__main__":

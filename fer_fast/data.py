@@ -9,12 +9,14 @@ nothing is dropped silently.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .preprocess import ImageError, to_fer_image
 from .synthetic import SyntheticSpec, generate
 
 __all__ = ["Split", "FERData", "DataError", "SPLITS", "USAGE_TO_SPLIT", "FOLDER_CLASSES",
@@ -204,71 +206,101 @@ def read_fer_csv(path, required=SPLITS) -> FERData:
 # Image folder
 # ----------------------------------------------------------------------------------------------
 
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            size = img.size
-            gray = np.asarray(img.convert("L"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc})") from exc
-    if size != (SIDE, SIDE):
-        raise DataError(f"{path}: image is {size[0]}x{size[1]}, expected {SIDE}x{SIDE}")
-    return gray
+#: Bad files of an image folder listed in full before "... and N more".
+MAX_LISTED_ERRORS = 20
 
 
-def _list_class_files(split_dir: Path) -> list[tuple[Path, int]]:
-    """Sorted (image path, class id) pairs under ``split_dir/<class>/``."""
+def _report_bad_files(root: Path, errors: list[str]) -> None:
+    """Raise one DataError listing the bad files (the first ``MAX_LISTED_ERRORS``) and their count."""
+    if not errors:
+        return
+    listed = "\n  ".join(errors[:MAX_LISTED_ERRORS])
+    more = len(errors) - MAX_LISTED_ERRORS
+    raise DataError(f"{root}: {len(errors)} bad file(s) in the image folder:\n  {listed}"
+                    + (f"\n  ... and {more} more" if more > 0 else ""))
+
+
+def _list_class_files(split_dir: Path, errors: list[str]) -> list[tuple[Path, int]]:
+    """Sorted (image path, class id) pairs under ``split_dir/<class>/``; problems are appended
+    to ``errors``; an empty class folder gets a warning."""
     out = []
     for entry in sorted(split_dir.iterdir()):
         if entry.name.startswith("."):
             continue
         if not entry.is_dir():
-            raise DataError(f"{entry}: unexpected file; {split_dir} must hold only class folders "
-                            f"({', '.join(FOLDER_CLASSES)})")
+            errors.append(f"{entry}: unexpected file; {split_dir} must hold only class folders "
+                          f"({', '.join(FOLDER_CLASSES)})")
+            continue
         label = FOLDER_CLASSES.get(entry.name.lower())
         if label is None:
-            raise DataError(f"{entry}: unknown class folder {entry.name!r} "
-                            f"(expected one of {', '.join(FOLDER_CLASSES)})")
+            errors.append(f"{entry}: unknown class folder {entry.name!r} "
+                          f"(expected one of {', '.join(FOLDER_CLASSES)})")
+            continue
+        found = 0
         for file in sorted(entry.iterdir()):
             if file.name.startswith("."):
                 continue
             if file.suffix.lower() not in _IMAGE_SUFFIXES or not file.is_file():
-                raise DataError(f"{file}: not an image file (expected "
-                                f"{', '.join(_IMAGE_SUFFIXES)})")
+                errors.append(f"{file}: not an image file (expected "
+                              f"{', '.join(_IMAGE_SUFFIXES)})")
+                continue
             out.append((file, label))
+            found += 1
+        if found == 0:
+            warnings.warn(f"{entry}: empty class folder (no {entry.name} images in "
+                          f"{split_dir.name}/)", stacklevel=3)
     return out
 
 
-def read_image_folder(root) -> FERData:
-    """Read the image-folder copy: ``train/<class>/*`` and ``test/<class>/{PublicTest,PrivateTest}_*``.
+def read_image_folder(root, *, strict: bool = False) -> FERData:
+    """Read an image-folder copy of FER2013. Layout (class folder names are case-insensitive:
+    angry, disgust, fear, happy, sad, surprise, neutral; files .png/.jpg/.jpeg)::
 
-    Class folders are mapped by name to the CSV class ids; the test file-name prefix picks the
-    split (PrivateTest -> val, PublicTest -> test). Files are read in sorted path order.
-    """
+        root/train/<class>/*                  -> train
+        root/val/<class>/*                    -> val   (when root/val/ exists; then every
+        root/test/<class>/*                   -> test   file of test/ is a test image)
+        root/test/<class>/PrivateTest_*       -> val   (without root/val/: the file-name
+        root/test/<class>/PublicTest_*        -> test   prefix picks the split)
+
+    Every image goes through :func:`fer_fast.preprocess.to_fer_image` (the predictor's
+    conversion): another size is resized, colour becomes gray, 16 bits become 8;
+    ``strict=True`` refuses such files instead. Every bad file is reported in one
+    :class:`DataError`. Class folders are mapped by name to the CSV class ids; files are read
+    in sorted path order."""
     root = Path(root)
     for sub in ("train", "test"):
         if not (root / sub).is_dir():
             raise DataError(f"{root}: missing folder {sub}/ (expected train/<class>/ and "
-                            f"test/<class>/)")
+                            f"test/<class>/, optionally val/<class>/)")
+    errors: list[str] = []
     files: dict[str, list[tuple[Path, int]]] = {name: [] for name in SPLITS}
-    files["train"] = _list_class_files(root / "train")
-    for file, label in _list_class_files(root / "test"):
-        usage = next((u for u in ("PublicTest", "PrivateTest") if file.name.startswith(u + "_")),
-                     None)
-        if usage is None:
-            raise DataError(f"{file}: test file name must start with 'PublicTest_' or "
-                            f"'PrivateTest_' (it decides the split)")
-        files[USAGE_TO_SPLIT[usage]].append((file, label))
+    files["train"] = _list_class_files(root / "train", errors)
+    has_val = (root / "val").is_dir()
+    if has_val:
+        files["val"] = _list_class_files(root / "val", errors)
+        files["test"] = _list_class_files(root / "test", errors)
+    else:
+        for file, label in _list_class_files(root / "test", errors):
+            usage = next((u for u in ("PublicTest", "PrivateTest")
+                          if file.name.startswith(u + "_")), None)
+            if usage is None:
+                errors.append(f"{file}: test file name must start with 'PublicTest_' or "
+                              f"'PrivateTest_' (it decides the split; or put the validation "
+                              f"images in val/<class>/)")
+                continue
+            files[USAGE_TO_SPLIT[usage]].append((file, label))
     parts = {}
     for name, entries in files.items():
         images = np.empty((len(entries), SIDE, SIDE), np.uint8)
         for i, (file, _) in enumerate(entries):
-            images[i] = _read_image(file)
+            try:
+                images[i] = to_fer_image(file, strict=strict)
+            except ImageError as exc:
+                errors.append(f"{file}: {exc}")
         parts[name] = (images, np.array([label for _, label in entries], np.int64))
-    origin = {"train": "train/", "val": "test/PrivateTest_*", "test": "test/PublicTest_*"}
+    _report_bad_files(root, errors)
+    origin = ({"train": "train/", "val": "val/", "test": "test/"} if has_val else
+              {"train": "train/", "val": "test/PrivateTest_*", "test": "test/PublicTest_*"})
     return _make_data(parts, str(root), origin)
 
 
@@ -277,10 +309,11 @@ def read_image_folder(root) -> FERData:
 # ----------------------------------------------------------------------------------------------
 
 def load_data(path=None, *, seed: int = 0, synthetic: SyntheticSpec | None = None,
-              splits=SPLITS) -> FERData:
+              splits=SPLITS, strict_images: bool = False) -> FERData:
     """``None``: the synthetic dataset (sizes and class balance from ``synthetic``, default
     :class:`fer_fast.synthetic.SyntheticSpec`); a ``.csv`` file: FER2013 CSV; a folder: the
-    image-folder copy. ``seed`` only affects the synthetic dataset; ``splits``: those that must
+    image-folder copy (``strict_images``: refuse images that are not 48x48 8-bit gray instead
+    of converting them). ``seed`` only affects the synthetic dataset; ``splits``: those that must
     not be empty (CSV)."""
     if path is None:
         spec = synthetic or SyntheticSpec()
@@ -290,7 +323,7 @@ def load_data(path=None, *, seed: int = 0, synthetic: SyntheticSpec | None = Non
                           {name: "synthetic, size 0" for name in SPLITS})
     path = Path(os.fspath(path))
     if path.is_dir():
-        return read_image_folder(path)
+        return read_image_folder(path, strict=strict_images)
     if path.is_file() and path.suffix.lower() == ".csv":
         return read_fer_csv(path, splits)
     what = "not a .csv file or a folder" if path.exists() else "no such file or folder"

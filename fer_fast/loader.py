@@ -25,12 +25,14 @@ from .synthetic import SyntheticSpec
 __all__ = ["DeviceLoader", "TenCropBatches", "load_run_data", "augment_batch"]
 
 
-def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None, splits=SPLITS) -> FERData:
+def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None, splits=SPLITS,
+                  strict_images: bool = False) -> FERData:
     """The data of a run: ``path`` (FER2013 CSV or image folder), or the synthetic dataset of
     ``seed`` with ``synthetic_sizes`` = (train, val, test) (None: SyntheticSpec's defaults).
-    ``splits``: those that must hold images."""
+    ``splits``: those that must hold images; ``strict_images``: an image folder's images must
+    already be 48x48 8-bit gray."""
     spec = None if synthetic_sizes is None else SyntheticSpec(*synthetic_sizes)
-    return load_data(path, seed=seed, synthetic=spec, splits=splits)
+    return load_data(path, seed=seed, synthetic=spec, splits=splits, strict_images=strict_images)
 
 
 def augment_batch(images: torch.Tensor, params: AugmentParams, labels: torch.Tensor, *,

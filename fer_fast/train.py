@@ -82,6 +82,7 @@ class Config:
     gamma: float = 0.5
     restart_period: int = 10
     data: str | None = None  # stored absolute once the run starts
+    strict_images: bool = False  # image folders: refuse, not convert, non-48x48-gray images
     synthetic_sizes: tuple[int, int, int] | None = None  # None: SyntheticSpec's defaults
     train_on: str = "train"
     seed: int = 0
@@ -163,6 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data); "
                    "with --resume: the run's data at a new place")
     p.add_argument("--synthetic-sizes", type=cli.sizes_arg, metavar="TRAIN,VAL,TEST")
+    p.add_argument("--strict-images", action="store_true", help="image folders: refuse images "
+                   "that are not 48x48 8-bit grayscale instead of converting them")
     p.add_argument("--train-on", choices=TRAIN_ON, help="train+val: the fine-tuning stage on "
                    "the combined data (validation accuracy then no longer measures "
                    f"generalisation) (default: {d.train_on})")
@@ -614,7 +617,8 @@ def _run_data(config: Config, ckpt: dict | None, resume: Path | None) -> tuple[F
     if config.data is not None and not Path(config.data).exists() and ckpt is not None:
         raise cli.UserError(f"the data of run {resume.parent} is no longer at {config.data}; "
                             f"pass --data with its new place")
-    data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes)
+    data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes,
+                         strict_images=config.strict_images)
     data_id = data_fingerprint(data)
     if ckpt is not None and "data" in ckpt and ckpt["data"]["sha256"] != data_id["sha256"]:
         raise cli.UserError(f"--data {config.data or 'synthetic'}: not the data run "

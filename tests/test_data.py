@@ -6,6 +6,7 @@ from PIL import Image
 
 from fer_fast import data
 from fer_fast.data import DataError, load_data, read_fer_csv, read_image_folder
+from fer_fast.preprocess import to_fer_image
 from fer_fast.synthetic import SyntheticSpec
 
 USAGES = ("Training", "PrivateTest", "PublicTest")
@@ -230,20 +231,78 @@ def test_folder_unknown_class(tmp_path):
         read_image_folder(tmp_path)
 
 
-def test_folder_wrong_size(tmp_path):
+def test_folder_wrong_size_is_converted_like_the_predictor(tmp_path):
     _make_folder(tmp_path, np.random.default_rng(10))
     bad = tmp_path / "test" / "sad" / "PublicTest_8.png"
-    _save(bad, np.full((40, 44), 7, np.uint8))
+    pixels = np.random.default_rng(10).integers(0, 256, (40, 44, 3)).astype(np.uint8)
+    _save(bad, pixels, mode="RGB")
+    d = read_image_folder(tmp_path)
+    index = sorted(str(p) for p in (tmp_path / "test").rglob("PublicTest_*")).index(str(bad))
+    np.testing.assert_array_equal(d.test.images[index].numpy(), to_fer_image(pixels))
+    with pytest.raises(DataError, match=r"PublicTest_8\.png: colour image \(refused"):
+        read_image_folder(tmp_path, strict=True)
+    _save(bad, pixels[..., 0])
     with pytest.raises(DataError, match=r"PublicTest_8\.png: image is 44x40, expected 48x48"):
+        load_data(tmp_path, strict_images=True)
+
+
+def test_folder_16_bit_png(tmp_path):
+    _make_folder(tmp_path, np.random.default_rng(17))
+    pixels = np.random.default_rng(17).integers(0, 256, (48, 48)).astype(np.uint8)
+    path = tmp_path / "train" / "fear" / "Training_0.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(path)  # a 16-bit grayscale PNG
+    with Image.open(path) as img:
+        assert img.mode.startswith("I")
+    d = read_image_folder(tmp_path)
+    fear = d.train.labels == data.FOLDER_CLASSES["fear"]
+    np.testing.assert_array_equal(d.train.images[fear][0].numpy(), pixels)
+    with pytest.raises(DataError, match=r"Training_0\.png: 16-bit image \(refused"):
+        read_image_folder(tmp_path, strict=True)
+
+
+def test_folder_reports_every_bad_file(tmp_path):
+    _make_folder(tmp_path, np.random.default_rng(11))
+    for i in range(23):
+        (tmp_path / "train" / "happy" / f"Training_5{i:02d}.jpg").write_bytes(b"\xff\xd8 no jpeg")
+    (tmp_path / "train" / "happy" / "notes.txt").write_text("x")
+    with pytest.raises(DataError) as info:
         read_image_folder(tmp_path)
+    message = str(info.value)
+    assert "notes.txt: not an image file" in message  # listing problems come first
+    assert message.count("cannot read image") == data.MAX_LISTED_ERRORS - 1
+    assert "24 bad file(s)" in message and "... and 4 more" in message
 
 
 def test_folder_undecodable(tmp_path):
     _make_folder(tmp_path, np.random.default_rng(11))
     bad = tmp_path / "train" / "happy" / "Training_5.jpg"
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
-    with pytest.raises(DataError, match=r"Training_5\.jpg: cannot decode image"):
+    with pytest.raises(DataError, match=r"Training_5\.jpg: cannot read image"):
         read_image_folder(tmp_path)
+
+
+def test_folder_empty_class_folder_warns(tmp_path):
+    _make_folder(tmp_path, np.random.default_rng(18))
+    (tmp_path / "train" / "fear").mkdir()
+    with pytest.warns(UserWarning, match=r"fear: empty class folder"):
+        d = read_image_folder(tmp_path)
+    assert len(d.train) == 5
+
+
+def test_folder_val_subfolder_is_the_validation_split(tmp_path):
+    rng = np.random.default_rng(19)
+    expected = {}
+    for split, names in {"train": ["a", "b"], "val": ["c"], "test": ["d", "e", "f"]}.items():
+        expected[split] = []
+        for name in names:
+            pixels = rng.integers(0, 256, (48, 48)).astype(np.uint8)
+            _save(tmp_path / split / "happy" / f"{name}.png", pixels)
+            expected[split].append(pixels)
+    d = read_image_folder(tmp_path)
+    for split, images in expected.items():
+        np.testing.assert_array_equal(d.split(split).images.numpy(), np.stack(images))
+        assert d.split(split).labels.tolist() == [data.FOLDER_CLASSES["happy"]] * len(images)
 
 
 def test_folder_test_file_without_prefix(tmp_path):
@@ -312,3 +371,10 @@ def test_load_data_synthetic():
     assert not torch.equal(a.val.images[:14], a.test.images)  # splits are independent streams
     with pytest.raises(DataError, match="split 'val' .* is empty"):
         load_data(synthetic=SyntheticSpec(n_train=7, n_val=0, n_test=7))
+
+
+def test_train_flag_strict_images():
+    from fer_fast.train import parse_args
+
+    assert parse_args(["--strict-images"])[0].strict_images is True
+    assert parse_args([])[0].strict_images is False

@@ -34,7 +34,7 @@ def easy_data(n_train=64, n_val=24, n_test=24, seed=0) -> FERData:
 def easy(monkeypatch):
     """Runs on easy_data, single-threaded: on a busy 2-core machine two spinning OpenMP threads
     measured 5x slower than one (and a fixed thread count keeps CPU results reproducible)."""
-    monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes: easy_data(seed=seed))
+    monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes, **_: easy_data(seed=seed))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -223,7 +223,7 @@ def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
     assert T.main(["--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r")]) == 2
     assert "missing.csv: no such file" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-    monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes: easy_data())
+    monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes, **_: easy_data())
     save_atomic({"params": {}}, tmp_path / "last.pt")
     assert T.main(TINY + ["--out", str(tmp_path)]) == 2  # would overwrite another run
     assert "already holds a run" in capsys.readouterr().err

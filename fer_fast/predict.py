@@ -1,0 +1,601 @@
+"""Expressions of the faces in photos, folders, videos, a webcam: ``python -m fer_fast predict``.
+
+:class:`Predictor` finds the faces of a picture (OpenCV's bundled Haar cascade, a user's
+OpenCV face-detector model, or none: the picture is the face), converts each to the 48x48
+grayscale of the training data with :func:`fer_fast.preprocess.to_fer_image`, and classifies
+it as evaluation does: logits of the ten 40x40 crops averaged (``tta="none"``: the centre crop
+only), then softmax. The model is a training checkpoint (``.pt``), exported weights
+(``.safetensors``) or an exported ONNX graph (``.onnx``, run by onnxruntime). Face detection
+needs OpenCV (``pip install fer_fast[predict]``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
+from .model import CLASS_NAMES, VGG
+from .preprocess import ImageError, load_gray, to_fer_image
+
+__all__ = ["Face", "Predictor", "PredictError", "DETECTORS", "TTA", "IMAGE_SUFFIXES",
+           "VIDEO_SUFFIXES", "annotate", "main"]
+
+DETECTORS = ("haar", "none")
+TTA = ("tencrop", "none")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm",
+                  ".ppm")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+
+
+class PredictError(ValueError):
+    """A model, detector or input the predictor cannot use; the message says which and why."""
+
+
+@dataclass
+class Face:
+    """One classified face: ``box`` (x, y, width, height) in pixels of the input picture,
+    ``probabilities`` per class name (in class-id order), ``label`` the most probable one."""
+
+    box: tuple[int, int, int, int]
+    probabilities: dict[str, float]
+    label: str
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[self.label]
+
+    def to_dict(self) -> dict:
+        return {"box": list(self.box), "label": self.label,
+                "probabilities": dict(self.probabilities)}
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise PredictError("face detection and video need OpenCV: pip install "
+                           "fer_fast[predict] (opencv-python-headless)") from None
+    return cv2
+
+
+class _TorchClassifier:
+    """Logits of a fer_fast.VGG on crops, fp32, eval mode, TF32 off (as evaluation runs)."""
+
+    def __init__(self, model: VGG, device: str):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.class_names = CLASS_NAMES
+
+    @torch.no_grad()
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return self.model(crops.to(self.device, torch.float32)).float().cpu()
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+class _OnnxClassifier:
+    """Logits of an exported ONNX graph (``fer_fast.export``) under onnxruntime."""
+
+    def __init__(self, path: Path, device: str):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise PredictError(f"{path}: running an ONNX model needs onnxruntime "
+                               f"(pip install fer_fast[onnx])") from None
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error types
+            raise PredictError(f"{path}: not a loadable ONNX model ({exc})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("format") != "fer_fast.VGG":
+            raise PredictError(f"{path}: not an ONNX model written by python -m fer_fast export")
+        self.class_names = tuple(json.loads(meta["class_names"]))
+        self.device = torch.device("cpu")
+
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(["logits"], {"crops": crops.float().cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+class _Detector:
+    """Face boxes (x, y, w, h) of a grayscale picture."""
+
+    def __init__(self, detector, min_face: int):
+        self.kind, self.min_face = None, min_face
+        if detector == "none":
+            self.kind = "none"
+            return
+        cv2 = _cv2()
+        if detector == "haar":
+            path = Path(cv2.data.haarcascades) / HAAR_CASCADE
+        else:
+            path = Path(detector)
+            if not path.is_file():
+                raise PredictError(f"{path}: no such face-detector file (give 'haar', 'none', "
+                                   f"an OpenCV cascade .xml or a YuNet .onnx)")
+        if path.suffix.lower() == ".onnx":
+            try:
+                self.yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), 0.7)
+            except cv2.error as exc:
+                raise PredictError(f"{path}: not an OpenCV face-detector model ({exc})") from None
+            self.kind = "yunet"
+        else:
+            try:
+                self.cascade = cv2.CascadeClassifier(str(path))
+            except (cv2.error, SystemError):  # a malformed file fails inside the constructor
+                self.cascade = None
+            if self.cascade is None or self.cascade.empty():
+                raise PredictError(f"{path}: not an OpenCV cascade classifier (opencv-python-"
+                                   f"headless 5.x wheels do not ship the Haar cascades; use 4.x)")
+            self.kind = "cascade"
+
+    def __call__(self, gray: np.ndarray) -> list[tuple[int, int, int, int] | None]:
+        """Boxes sorted left to right; ``[None]`` (the whole picture) without a detector."""
+        if self.kind == "none":
+            return [None]
+        cv2 = _cv2()
+        if self.kind == "yunet":
+            h, w = gray.shape
+            self.yunet.setInputSize((w, h))
+            _, found = self.yunet.detect(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+            boxes = [] if found is None else [tuple(int(round(v)) for v in f[:4]) for f in found]
+            boxes = [b for b in boxes if min(b[2], b[3]) >= self.min_face]
+        else:
+            found = self.cascade.detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1,
+                                                  minNeighbors=5,
+                                                  minSize=(self.min_face, self.min_face))
+            boxes = [tuple(int(v) for v in b) for b in found]
+        return sorted(boxes)
+
+
+class Predictor:
+    """Facial-expression classifier of whole pictures.
+
+    ``model``: a checkpoint path (``.pt``, ``.pth``: fer_fast.train's or the authors'), a
+    ``.safetensors`` or ``.onnx`` file of ``python -m fer_fast export``, or a ``fer_fast.VGG``.
+    ``device``: "auto" (cuda when available), "cpu", "cuda", ... ``detector``: "haar" (OpenCV's
+    bundled frontal-face cascade), "none" (each picture is one face: its centred square, e.g. a
+    48x48 FER image), or the path of an OpenCV cascade ``.xml`` or YuNet ``.onnx`` model.
+    ``tta``: "tencrop" (evaluation's ten-crop average) or "none" (the centre crop). ``margin``:
+    fraction of a detected box's side added on each side before the square crop. ``min_face``:
+    smallest face side in pixels the detector reports. ``batch_size``: faces per forward pass.
+    """
+
+    def __init__(self, model, *, device: str = "auto", detector="haar", tta: str = "tencrop",
+                 margin: float = 0.1, min_face: int = 24, batch_size: int = 256):
+        if tta not in TTA:
+            raise PredictError(f"tta must be one of {TTA}, got {tta!r}")
+        if not (isinstance(margin, (int, float)) and 0 <= margin <= 1):
+            raise PredictError(f"margin must be a fraction in [0, 1], got {margin!r}")
+        if batch_size < 1:
+            raise PredictError(f"batch_size must be >= 1, got {batch_size}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise PredictError(f"unknown device {device!r} (auto, cpu, cuda, cuda:1, ...)") \
+                from None
+        if parsed.type == "cuda" and (not torch.cuda.is_available() or (
+                parsed.index or 0) >= torch.cuda.device_count()):
+            raise PredictError(f"device {device!r}: this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
+        self.device, self.tta, self.margin, self.batch_size = device, tta, margin, batch_size
+        self.classifier = self._classifier(model, device)
+        self.class_names = self.classifier.class_names
+        self.detector = _Detector(detector, min_face)
+
+    @staticmethod
+    def _classifier(model, device: str):
+        if isinstance(model, VGG):
+            return _TorchClassifier(model, device)
+        if not isinstance(model, (str, os.PathLike)):
+            raise PredictError(f"model must be a path or a fer_fast.VGG, got "
+                               f"{type(model).__name__}")
+        path = Path(model)
+        if not path.is_file():
+            raise PredictError(f"{path}: no such model file")
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            return _OnnxClassifier(path, device)
+        if suffix == ".safetensors":
+            from .export import ExportError, load_safetensors
+
+            try:
+                return _TorchClassifier(load_safetensors(path), device)
+            except ExportError as exc:
+                raise PredictError(str(exc)) from None
+        from .checkpoint import CheckpointError, model_from_checkpoint
+
+        try:
+            return _TorchClassifier(model_from_checkpoint(path)[0], device)
+        except CheckpointError as exc:
+            raise PredictError(str(exc)) from None
+
+    def classify(self, faces: np.ndarray | torch.Tensor) -> np.ndarray:
+        """float64 [N, classes] probabilities of uint8 [N, 48, 48] faces (already converted)."""
+        faces = torch.as_tensor(faces)
+        if faces.dtype != torch.uint8 or faces.dim() != 3 or tuple(faces.shape[1:]) != (48, 48):
+            raise PredictError(f"faces must be uint8 [N, 48, 48], got {faces.dtype} "
+                               f"{list(faces.shape)}")
+        out = []
+        for start in range(0, faces.shape[0], self.batch_size):
+            chunk = faces[start:start + self.batch_size].to(self.classifier.device)
+            if self.tta == "tencrop":
+                crops = ten_crop(chunk)
+                logits = self.classifier(crops).view(chunk.shape[0], NUM_CROPS, -1).mean(1)
+            else:
+                top, left = CROP_CORNERS[-1]
+                centre = chunk[:, None, top:top + CROP_SIZE, left:left + CROP_SIZE]
+                logits = self.classifier(centre.float() / 255)
+            out.append(torch.softmax(logits.double(), dim=1))
+        if not out:
+            return np.zeros((0, len(self.class_names)))
+        return torch.cat(out).numpy()
+
+    def faces_of(self, image, *, channel_order: str = "RGB"):
+        """(boxes, uint8 [n, 48, 48] faces) of one picture (see :meth:`predict`)."""
+        gray = load_gray(image, channel_order=channel_order)
+        found = self.detector(gray)
+        boxes, faces = [], []
+        for box in found:
+            if box is None:  # the whole picture: its centred square
+                h, w = gray.shape
+                side = min(h, w)
+                box = ((w - side) // 2, (h - side) // 2, side, side)
+                faces.append(to_fer_image(gray))
+            else:
+                faces.append(to_fer_image(gray, box=box, margin=self.margin))
+            boxes.append(tuple(int(v) for v in box))
+        return boxes, np.stack(faces) if faces else np.zeros((0, 48, 48), np.uint8)
+
+    def predict(self, image, *, channel_order: str = "RGB") -> list[Face]:
+        """The faces of one picture: a path, a PIL image or a numpy array (uint8 or uint16,
+        HxW gray or HxWx3/4 colour in ``channel_order`` "RGB", or "BGR" for OpenCV frames)."""
+        return self.predict_batch([image], channel_order=channel_order)[0]
+
+    def predict_batch(self, images, *, channel_order: str = "RGB") -> list[list[Face]]:
+        """:meth:`predict` of many pictures; all their faces go through the model together.
+        A picture that cannot be read raises :class:`PredictError` naming its index."""
+        boxes, faces = [], []
+        for i, image in enumerate(images):
+            try:
+                b, f = self.faces_of(image, channel_order=channel_order)
+            except ImageError as exc:
+                what = image if isinstance(image, (str, os.PathLike)) else f"image {i}"
+                raise PredictError(f"{what}: {exc}") from None
+            boxes.append(b)
+            faces.append(f)
+        probs = self.classify(np.concatenate(faces)) if faces else np.zeros((0, 7))
+        out, k = [], 0
+        for b in boxes:
+            out.append(self.faces_from(b, probs[k:k + len(b)]))
+            k += len(b)
+        return out
+
+    def faces_from(self, boxes, probabilities: np.ndarray) -> list[Face]:
+        """:class:`Face` objects of ``boxes`` and their [n, classes] ``probabilities``."""
+        return [Face(box=box, probabilities={n: float(v) for n, v in zip(self.class_names, p)},
+                     label=self.class_names[int(np.argmax(p))])
+                for box, p in zip(boxes, probabilities)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Annotation
+# ----------------------------------------------------------------------------------------------
+
+def annotate(image: np.ndarray, faces: list[Face], *, bgr: bool = False) -> np.ndarray:
+    """A copy of uint8 HxWx3 ``image`` with every face boxed, its label and probability above
+    the box and one probability bar per class under it (colours in RGB, or BGR if ``bgr``)."""
+    cv2 = _cv2()
+    out = np.ascontiguousarray(image.copy())
+    h, w = out.shape[:2]
+    unit = max(1.0, min(h, w) / 400)
+    green, white, dark = (40, 200, 60), (255, 255, 255), (30, 30, 30)
+    if bgr:
+        green = green[::-1]
+    thick = max(1, int(round(2 * unit)))
+    font = 0.45 * unit
+    for face in faces:
+        x, y, bw, bh = face.box
+        cv2.rectangle(out, (x, y), (x + bw, y + bh), green, thick)
+        text = f"{face.label} {100 * face.probability:.0f}%"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+        ty = max(th + base, y - 2)
+        cv2.rectangle(out, (x, ty - th - base), (x + tw, ty), green, -1)
+        cv2.putText(out, text, (x, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font, dark, 1,
+                    cv2.LINE_AA)
+        # the probability panel: under the box, or inside its bottom when the picture ends
+        row = max(9, int(round(11 * unit)))
+        name_w, panel_w = int(round(52 * unit)), min(w, max(bw, int(round(110 * unit))))
+        panel_h = row * len(face.probabilities)
+        px = min(max(0, x), w - panel_w)
+        py = y + bh + 2 if y + bh + 2 + panel_h <= h else max(0, min(y + bh, h) - panel_h)
+        cv2.rectangle(out, (px, py), (px + panel_w, py + panel_h), dark, -1)
+        bar_w = max(1, panel_w - name_w - 2)
+        for k, (name, p) in enumerate(face.probabilities.items()):
+            by = py + k * row
+            cv2.putText(out, name[:8], (px + 2, by + row - 2), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.32 * unit, white, 1, cv2.LINE_AA)
+            cv2.rectangle(out, (px + name_w, by + 2),
+                          (px + name_w + int(round(bar_w * p)), by + row - 2), green, -1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+class _Run:
+    """State of one ``predict`` command: output rows, counts, the annotated-output folder."""
+
+    def __init__(self, predictor: Predictor, args):
+        self.predictor, self.args = predictor, args
+        self.out = Path(args.out) if args.out else None
+        self.faces = self.images = self.frames = self.no_face = 0
+        self.skipped: list[str] = []
+        self.targets: set[Path] = set()
+        self.header_done = False
+
+    def report(self, name: str, frame, faces: list[Face]) -> None:
+        if self.args.json:
+            for face in faces:
+                print(json.dumps({"file": name, "frame": frame, **face.to_dict()}), flush=True)
+            return
+        if not self.header_done:
+            print(f"{'file':<40} {'frame':>6}  {'box (x,y,w,h)':<22} {'label':<9} {'p':>5}  "
+                  + " ".join(f"{n[:7]:>7}" for n in self.predictor.class_names))
+            self.header_done = True
+        if not faces and frame is None:
+            print(f"{_short(name):<40} {'-':>6}  no face found")
+        for face in faces:
+            print(f"{_short(name):<40} {'-' if frame is None else frame:>6}  "
+                  f"{','.join(map(str, face.box)):<22} {face.label:<9} "
+                  f"{face.probability:>5.2f}  "
+                  + " ".join(f"{v:>7.3f}" for v in face.probabilities.values()))
+
+    def target(self, source: Path, base: Path | None, suffix: str) -> Path:
+        """A new file under --out for the annotated copy of ``source`` (never an existing one)."""
+        rel = source.relative_to(base) if base is not None else Path(source.name)
+        path = self.out / rel.with_name(rel.stem + ".annotated" + suffix)
+        k = 2
+        while path in self.targets or path.exists():
+            path = path.with_name(f"{rel.stem}.annotated-{k}{suffix}")
+            k += 1
+        self.targets.add(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def image(self, path: Path, base: Path | None) -> None:
+        try:
+            pixels, rgb = _read_for_annotation(path)
+            faces = self.predictor.predict(pixels)
+        except (PredictError, ImageError) as exc:
+            self.skip(path, str(exc).removeprefix(f"{path}: ").removeprefix("image 0: "))
+            return
+        self.images += 1
+        self.faces += len(faces)
+        self.no_face += not faces
+        if not faces and self.args.json:
+            print(f"note: {path}: no face found", file=sys.stderr)
+        self.report(str(path), None, faces)
+        if self.out is not None:
+            from PIL import Image
+
+            Image.fromarray(annotate(rgb, faces)).save(self.target(path, base, ".png"))
+
+    def video(self, source, name: str, base: Path | None, progress) -> None:
+        cv2 = _cv2()
+        capture = cv2.VideoCapture(source)
+        ok, frame = capture.read() if capture.isOpened() else (False, None)
+        if not ok:
+            capture.release()
+            if isinstance(source, int):
+                raise PredictError(f"camera {source}: cannot open it or read a frame (no such "
+                                   f"camera, in use, or no permission)")
+            self.skip(name, "cannot read video (not a video OpenCV can decode, or no frames)")
+            return
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+        writer = None
+        if self.out is not None:
+            target = self.target(Path(name), base, ".mp4") if isinstance(source, str) else \
+                self.target(Path(f"camera{source}"), None, ".mp4")
+            h, w = frame.shape[:2]
+            writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            if not writer.isOpened():
+                raise PredictError(f"{target}: OpenCV cannot write an mp4 video here")
+        index, bar = 0, progress(total=total, desc=Path(name).name, unit="frame", leave=False)
+        try:
+            while ok and (self.args.max_frames is None or index < self.args.max_frames):
+                batch = [frame]
+                while len(batch) < 16 and (self.args.max_frames is None or
+                                           index + len(batch) < self.args.max_frames):
+                    ok, frame = capture.read()
+                    if not ok:
+                        break
+                    batch.append(frame)
+                results = self.predictor.predict_batch(batch, channel_order="BGR")
+                for f, faces in zip(batch, results):
+                    self.report(name, index, faces)
+                    self.faces += len(faces)
+                    self.no_face += not faces
+                    if writer is not None:
+                        writer.write(annotate(f, faces, bgr=True))
+                    index += 1
+                bar.update(len(batch))
+                if ok:
+                    ok, frame = capture.read()
+        finally:
+            bar.close()
+            capture.release()
+            if writer is not None:
+                writer.release()
+        self.frames += index
+
+    def skip(self, name, reason: str) -> None:
+        self.skipped.append(f"{name}: {reason}")
+        print(f"skipped: {name}: {reason}", file=sys.stderr)
+
+
+def _read_for_annotation(path: Path) -> tuple[object, np.ndarray]:
+    """(what to predict on, uint8 RGB copy to draw on) of an image file. 8-bit pictures are
+    predicted from their RGB decoding (whose luma equals load_gray's); deeper ones from
+    ``load_gray`` of the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            deep = img.mode.startswith("I") or img.mode == "F"
+            rgb = None if deep else np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read image ({exc})") from None
+    if rgb is None:
+        gray = load_gray(path)
+        return gray, np.repeat(gray[..., None], 3, axis=2)
+    return rgb, rgb
+
+
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def _expand(inputs: list[str]) -> tuple[list[tuple[Path, Path | None]], list[str]]:
+    """(files with the folder they were found under (None: given directly), notes)."""
+    files, notes = [], []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = [p for p in sorted(path.rglob("*")) if p.is_file()
+                     and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            media = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
+            if not media:
+                notes.append(f"{path}: no image or video files in this folder")
+            elif len(media) < len(found):
+                notes.append(f"{path}: ignored {len(found) - len(media)} file(s) that are not "
+                             f"images or videos by their name")
+            files += [(p, path) for p in media]
+        elif path.is_file():
+            files.append((path, None))
+        else:
+            raise PredictError(f"{path}: no such file or folder")
+    return files, notes
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fer_fast predict",
+                                description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="checkpoint (.pt), or .safetensors / .onnx of fer_fast export")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image files, folders (searched recursively) and video files")
+    p.add_argument("--camera", type=int, metavar="N", help="read webcam N (until Ctrl-C or "
+                   "--max-frames)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per face on stdout (file, frame, box, label, "
+                        "probabilities) instead of the table")
+    p.add_argument("--out", metavar="DIR", help="write annotated copies of the images (.png) "
+                   "and videos (.mp4) here; must be a new or empty folder")
+    p.add_argument("--detector", default="haar",
+                   help="haar, none (each image is one face), or an OpenCV .xml/.onnx model")
+    p.add_argument("--tta", choices=TTA, default="tencrop", help="ten-crop average or centre crop")
+    p.add_argument("--margin", type=float, default=0.1,
+                   help="fraction of a face box added on each side")
+    p.add_argument("--min-face", type=int, default=24, help="smallest face side in pixels")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="stop each video / the camera after this many frames")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on stderr")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except PredictError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(args) -> int:
+    # OpenCV's own warnings (codec probing, camera back-ends) would bury the one-line messages
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    if not args.inputs and args.camera is None:
+        raise PredictError("nothing to predict: give image, folder or video INPUTs, or "
+                           "--camera N")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise PredictError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.min_face < 1:
+        raise PredictError(f"--min-face must be >= 1, got {args.min_face}")
+    files, notes = _expand(args.inputs)
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise PredictError(f"--out {out}: exists and is not an empty folder (annotated "
+                               f"copies go only into a new or empty folder)")
+    predictor = Predictor(args.model, device=args.device, detector=args.detector, tta=args.tta,
+                          margin=args.margin, min_face=args.min_face)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
+    def progress(**kw):
+        return tqdm(disable=not args.progress or None, file=sys.stderr, **kw)
+
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    predictor.classify(np.zeros((1, 48, 48), np.uint8))  # lazy first-call set-up, not timed
+    run = _Run(predictor, args)
+    start = time.perf_counter()
+    with progress(total=len(files), desc="files", unit="file") as bar:
+        for path, base in files:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                run.video(str(path), str(path), base, progress)
+            else:
+                run.image(path, base)
+            bar.update(1)
+    if args.camera is not None:
+        try:
+            run.video(args.camera, f"camera {args.camera}", None, progress)
+        except KeyboardInterrupt:
+            pass
+    seconds = time.perf_counter() - start
+    summary = (f"{run.images} image(s), {run.frames} video frame(s): {run.faces} face(s) in "
+               f"{seconds:.2f} s ({run.faces / max(seconds, 1e-9):.1f} faces/s)"
+               + (f"; {run.no_face} without a face" if run.no_face else "")
+               + (f"; annotated copies in {args.out}" if args.out else ""))
+    print(summary, file=sys.stderr if args.json else sys.stdout)
+    if run.skipped:
+        print(f"skipped {len(run.skipped)} unreadable input(s):\n  "
+              + "\n  ".join(run.skipped), file=sys.stderr)
+    if run.images + run.frames == 0:
+        print("error: no input could be read" if files or args.camera is not None else
+              "error: no image or video found in the inputs", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

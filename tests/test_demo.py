@@ -1,0 +1,87 @@
+"""The demo page in a real headless browser (Debian's chromium + chromium-driver, Selenium):
+it loads, takes an uploaded photo and shows each face's expression; nothing leaves 127.0.0.1."""
+import json
+import os
+import shutil
+import socket
+
+import cv2
+import pytest
+import torch
+
+from face_assets import face_photo
+from fer_fast import VGG, Predictor
+from fer_fast.model import CLASS_NAMES
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                       reason="needs a headless browser: apt-get install chromium chromium-driver"),
+]
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+gr = pytest.importorskip("gradio", reason="the demo page needs gradio: pip install fer_fast[demo]")
+webdriver = pytest.importorskip("selenium.webdriver",
+                                reason="the browser test drives chromium with selenium")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_demo_page_labels_an_uploaded_photo(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from fer_fast.demo import build_demo
+
+    torch.manual_seed(0)
+    page = build_demo(Predictor(VGG(width=0.0625), device="cpu"))
+    port = _free_port()
+    page.launch(server_name="127.0.0.1", server_port=port, share=False, inbrowser=False,
+                prevent_thread_lock=True, quiet=True)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        WebDriverWait(browser, 60).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+        assert "facial expressions" in browser.title
+        photo = tmp_path / "photo.png"
+        cv2.imwrite(str(photo), face_photo(0, faces=((90, 120, 90), (240, 110, 100))))
+        browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(photo))
+
+        def summary(driver):
+            text = driver.find_element(By.CSS_SELECTOR, "#summary textarea").get_attribute("value")
+            return text if text.count("face ") == 2 else False
+
+        lines = WebDriverWait(browser, 90).until(summary).splitlines()
+        assert all(any(f": {name} (" in line for name in CLASS_NAMES) for line in lines)
+        label = browser.find_element(By.ID, "label").text
+        assert any(name in label for name in CLASS_NAMES) and "%" in label
+        assert browser.find_elements(By.CSS_SELECTOR, "#annotated img")
+        urls = [json.loads(entry["message"])["message"]["params"].get("request", {}).get("url", "")
+                for entry in browser.get_log("performance")]
+        outside = sorted({u for u in urls if u.startswith(("http:", "https:", "ws:", "wss:"))
+                          and not u.startswith((f"http://127.0.0.1:{port}/",
+                                                f"ws://127.0.0.1:{port}/"))})
+        assert any(u.startswith(f"http://127.0.0.1:{port}/") for u in urls)  # log captured
+        assert not outside, f"the page reached outside 127.0.0.1: {outside}"
+    finally:
+        page.close()
