@@ -20,7 +20,8 @@
 #                  slowest part and the one most likely to run out of time
 # After every part, device_check.json (everything so far, the selfcheck's rows included) and
 # device_check.md (its tables) are rewritten in $OUT (default ./device_out), beside
-# device_check.log; so a run cut short still leaves its results. The tables are printed last.
+# device_check.log; so a run cut short still leaves its results. The tables are printed at the
+# end, and after them the headline numbers (selfcheck verdict, training step, augmentation).
 # `python benchmarks/report.py save $OUT` stores the result in benchmarks/results/.
 #
 # --cpu     CPU mode (automatic without a CUDA GPU): CPU sizes, the Triton interpreter for tests.
@@ -43,7 +44,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --parts) PARTS="$2"; shift ;;
     --parts=*) PARTS="${1#--parts=}" ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "device_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -190,7 +191,7 @@ if wants bench_compile; then
   bench_part bench_compile step "$B_COMPILE" -k compile
 else skip_part bench_compile; fi
 
-"${COLLECT[@]}" 2>> "$LOG" && cat "$OUT/device_check.md"
+"${COLLECT[@]}" --print 2>> "$LOG"
 rc=$?
 rm -rf "$WORK"
 exit $rc

@@ -480,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--mode", choices=("gpu", "cpu"), required=True)
     c.add_argument("--quick", action="store_true")
     c.add_argument("--command", required=True)
+    c.add_argument("--print", action="store_true",
+                   help="print the markdown, then the headline numbers (what a log's tail shows)")
     sv = sub.add_parser("save", help="store a device check's result in benchmarks/results/")
     sv.add_argument("device_out", type=Path, help="folder holding device_check.json (its $OUT)")
     rd = sub.add_parser("readme", help="re-render the results' .md and the README summary")
@@ -494,7 +496,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, flags in train_configs(args.mode):
                 print(name, *flags)
         elif args.cmd == "collect":
-            collect(args.work, args.out, args.mode, args.quick, args.command)
+            result = collect(args.work, args.out, args.mode, args.quick, args.command)
+            if args.print:
+                print(render(result) + "\nHeadlines:")
+                print("".join(f"- {line}\n" for line in headlines(result)), end="")
         else:
             if args.cmd == "save":
                 print(f"saved {save(args.device_out, args.results)}")

@@ -160,6 +160,14 @@ def test_collect_gathers_every_part(tmp_path, rates):
     assert "| augment | native | bit-exact | pass | 0 | 0 | 2.5 | 21 |" in md
     assert "**Selfcheck** on `cuda`: **a backend failed**" in md
     _assert_tables_well_formed(md)
+    assert report.headlines(saved) == [
+        "selfcheck: 2 of 3 checks passed; failed: block/triton",
+        f"training step: {64 / rates['fused_step']:,.0f} images/s with `fused+native`, "
+        f"{rates['eager_step'] / rates['fused_step']:.2f}× `eager+eager`",
+        f"augmentation: {rates['native']:,.0f} images/s with `cpu-native-t1`; `cpu-native-t1` makes "
+        f"{rates['native'] / rates['authors']:.1f}× the images/s of the authors' pipeline, both on one thread",
+        "tests: 1 passed, 1 failed, 0 errors, 1 skipped",
+        "did not finish: selfcheck (failed), tests (failed), bench (timeout), train (no time left)"]
 
 
 def _assert_tables_well_formed(md):
