@@ -192,8 +192,7 @@ def collect(work: Path, out: Path, mode: str, quick: bool, command: str) -> dict
         "env": _read_json(work / "env.json") or {}, "parts": _parts(work),
         "selfcheck": _read_json(out / "selfcheck.json"),
         "tests": tests[0] if tests else None,
-        "matmul_peak": meta.get("matmul_peak"), "bench_device": meta.get("device_name"),
-        "benchmarks": benchmarks, "skipped_benchmarks": skipped, "training": _training(work),
+        "matmul_peak": meta.get("matmul_peak"), "benchmarks": benchmarks, "skipped_benchmarks": skipped, "training": _training(work),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "device_check.json").write_text(json.dumps(result, indent=1) + "\n")

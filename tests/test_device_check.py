@@ -50,13 +50,16 @@ Path(json_path).write_text(json.dumps({{"device": args[args.index("--device") + 
 
 def _python_with_selfcheck(tmp_path, behaviour):
     """A PYTHON for the script: this interpreter, except that ``-m fer_fast selfcheck`` runs the
-    stand-in with ``behaviour``."""
+    stand-in with ``behaviour``, and that with FAKE_CUDA set it says that CUDA is available."""
     fake = tmp_path / "fake_selfcheck.py"
     fake.write_text(FAKE_SELFCHECK)
     marker = tmp_path / "selfcheck_started"
     python = tmp_path / "python"
     python.write_text(
         "#!/bin/sh\n"
+        'if [ -n "${FAKE_CUDA:-}" ] && [ "$1" = -c ]; then\n'
+        '  case "$2" in *cuda.is_available*) exit 0 ;; esac\n'
+        "fi\n"
         'if [ "$1" = -m ] && [ "$2" = fer_fast ] && [ "$3" = selfcheck ]; then\n'
         f'  exec "{sys.executable}" "{fake}" {behaviour} "{marker}" "$@"\n'
         "fi\n"
@@ -73,7 +76,9 @@ def _env(tmp_path, behaviour="pass", **extra):
 
 
 def _run(tmp_path, *args, behaviour="pass", **extra):
-    proc = subprocess.run(["bash", str(SCRIPT), "--cpu", *args], cwd=ROOT,
+    """The script with ``args`` (``--cpu`` unless FAKE_CUDA is given) and its $OUT."""
+    mode = [] if "FAKE_CUDA" in extra else ["--cpu"]
+    proc = subprocess.run(["bash", str(SCRIPT), *mode, *args], cwd=ROOT,
                           env=_env(tmp_path, behaviour, **extra), capture_output=True, text=True,
                           timeout=600)
     return proc, tmp_path / "out"
@@ -141,6 +146,18 @@ def test_a_failing_part_is_reported_and_the_rest_runs(tmp_path):
     assert "illegal memory access" in (out / "selfcheck.txt").read_text()
     assert "| selfcheck | failed |" in md and "illegal memory access" in md
     assert "| tests | failed |" in md
+
+
+def test_on_a_gpu_the_selfcheck_runs_on_cuda_at_full_size(tmp_path):
+    proc, out = _run(tmp_path, "--parts", "selfcheck", FAKE_CUDA="1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result, md = _result(out)
+    assert result["mode"] == "gpu" and result["quick"] is False
+    part = next(p for p in result["parts"] if p["name"] == "selfcheck")
+    assert part["status"] == "ok" and part["limit_s"] > 60
+    assert result["selfcheck"]["env"]["argv"] == ["--device", "cuda", "--json",
+                                                  str(out / "selfcheck.json")]
+    assert "**Selfcheck** on `cuda`: every backend passed" in md
 
 
 def test_a_run_cut_short_leaves_the_parts_it_finished(tmp_path):

@@ -275,10 +275,12 @@ def test_committed_results_and_readme_are_generated_from_the_json():
     results = BENCH / "results"
     assert sorted(results.glob("*.json")), "no committed device-check result"
     for path in results.glob("*.json"):
-        assert path.with_suffix(".md").read_text() == report.render(report.load_result(path)), path
+        assert path.with_suffix(".md").read_text() == report.render(report.load_result(path)), \
+            f"{path.with_suffix('.md')} is stale: run python benchmarks/report.py readme"
     readme = (BENCH.parent / "README.md").read_text()
     section = readme.split(report.START)[1].split(report.END)[0]
-    assert section.strip() == report.summary(results, BENCH.parent).strip()
+    assert section.strip() == report.summary(results, BENCH.parent).strip(), \
+        "the README's performance summary is stale: run python benchmarks/report.py readme"
 
 
 @pytest.mark.parametrize("body", ["no markers\n", f"{report.END}\n{report.START}\n",
