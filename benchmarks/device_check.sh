@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The one command for a GPU machine: build, test, benchmark, train side by side, report.
+# The one command for a GPU machine: build, selfcheck, test, benchmark, train side by side, report.
 #
 #   benchmarks/device_check.sh [--cpu] [--quick] [--parts LIST]
 #
 # Parts, in order, each under its own time limit (a failing or timed-out part is reported and
 # the rest still runs; the whole run stays under DC_TOTAL_S, default 470 s):
 #   env            machine, versions, commit
-#   install        pip install --no-deps --no-build-isolation -e .  (builds fer_fast._C, CUDA too)
+#   install        pip install --no-index --no-deps --no-build-isolation -e .  (offline; builds
+#                  fer_fast._C, CUDA too, with the build tools already installed)
+#   selfcheck      python -m fer_fast selfcheck --device cuda (CPU: --device cpu --quick): every
+#                  backend's parity with the eager reference and its speed; writes selfcheck.json
+#                  and selfcheck.txt (its printed table) to $OUT as soon as it ends
 #   tests          pytest tests/ (GPU tests run on a GPU)
 #   bench          pytest-benchmark, one timed part per file, most important first:
 #                  bench_step (training step), bench_augment, bench_block, bench_conv
@@ -14,22 +18,25 @@
 #                  same synthetic data and seed, a few epochs each
 #   bench_compile  the torch.compile (max-autotune) step provider, last: its autotuning is the
 #                  slowest part and the one most likely to run out of time
-# Then device_check.json (everything), device_check.md (the tables), device_check.log and
-# benchmarks_raw.json (pytest-benchmark's own JSON per file) land in $OUT (default
-# ./device_out); the table is printed last.
+# After every part, device_check.json (everything so far, the selfcheck's rows included) and
+# device_check.md (its tables) are rewritten in $OUT (default ./device_out), beside
+# device_check.log; so a run cut short still leaves its results. The tables are printed at the
+# end, and after them the headline numbers (selfcheck verdict, training step, augmentation).
+# `python benchmarks/report.py save $OUT` stores the result in benchmarks/results/.
 #
 # --cpu     CPU mode (automatic without a CUDA GPU): CPU sizes, the Triton interpreter for tests.
 # --quick   smoke sizes (the CI test of this script): tiny benchmarks, one short epoch.
 # --parts   comma-separated subset of the parts above (default: all).
-# Environment: PYTHON (default python3), OUT, DC_TOTAL_S, DC_TESTS (pytest targets of the tests
-# part, default tests/), DC_BENCH_FILTER (a pytest -k expression selecting benchmarks).
+# Environment: PYTHON (default python3; every part runs through it), OUT, DC_TOTAL_S, DC_TESTS
+# (pytest targets of the tests part, default tests/), DC_BENCH_FILTER (a pytest -k expression
+# selecting benchmarks).
 set -u
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 MODE=""
 QUICK=0
-PARTS="env,install,tests,bench,train,bench_compile"
+PARTS="env,install,selfcheck,tests,bench,train,bench_compile"
 COMMAND="benchmarks/device_check.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,16 +44,16 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --parts) PARTS="$2"; shift ;;
     --parts=*) PARTS="${1#--parts=}" ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "device_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 for part in ${PARTS//,/ }; do
   case "$part" in
-    env|install|tests|bench|train|bench_compile) ;;
-    *) echo "device_check.sh: unknown part '$part' (parts: env, install, tests, bench, train," \
-         "bench_compile)" >&2; exit 2 ;;
+    env|install|selfcheck|tests|bench|train|bench_compile) ;;
+    *) echo "device_check.sh: unknown part '$part' (parts: env, install, selfcheck, tests, bench," \
+         "train, bench_compile)" >&2; exit 2 ;;
   esac
 done
 if [ -z "$MODE" ]; then
@@ -62,6 +69,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")
 LOG="$OUT/device_check.log"
+rm -f "$OUT/device_check.json" "$OUT/device_check.md" "$OUT/selfcheck.json" "$OUT/selfcheck.txt"
 : > "$LOG"
 : > "$WORK/parts.tsv"
 : > "$WORK/train_runs.tsv"
@@ -72,20 +80,29 @@ REPORT_RESERVE=15   # seconds kept for the report at the end
 
 # Time budgets (seconds) per part and mode.
 if [ "$MODE" = gpu ]; then
-  B_INSTALL=90; B_TESTS=90; B_STEP=60; B_AUGMENT=25; B_BLOCK=40; B_CONV=50; B_TRAIN=35
+  B_INSTALL=90; B_SELFCHECK=150; B_TESTS=90
+  B_STEP=60; B_AUGMENT=25; B_BLOCK=40; B_CONV=50; B_TRAIN=35
   B_COMPILE=150
   TRAIN_ARGS="--epochs 3 --width 1 --synthetic-sizes 1920,512,512"
 elif [ "$QUICK" = 1 ]; then
-  B_INSTALL=300; B_TESTS=300; B_STEP=60; B_AUGMENT=60; B_BLOCK=60; B_CONV=60; B_TRAIN=60
+  B_INSTALL=300; B_SELFCHECK=60; B_TESTS=300
+  B_STEP=60; B_AUGMENT=60; B_BLOCK=60; B_CONV=60; B_TRAIN=60
   B_COMPILE=60
   TRAIN_ARGS="--epochs 1 --width 0.0625 --synthetic-sizes 64,32,32 --eval-batch-size 32"
 else
-  B_INSTALL=300; B_TESTS=600; B_STEP=120; B_AUGMENT=60; B_BLOCK=120; B_CONV=120; B_TRAIN=120
+  B_INSTALL=300; B_SELFCHECK=240; B_TESTS=600
+  B_STEP=120; B_AUGMENT=60; B_BLOCK=120; B_CONV=120; B_TRAIN=120
   B_COMPILE=60
   TRAIN_ARGS="--epochs 2 --width 0.125 --synthetic-sizes 256,64,64"
 fi
 BENCH_ARGS=()
+SELFCHECK_ARGS=(--device cuda)
 [ "$QUICK" = 1 ] && BENCH_ARGS+=(--bench-quick)
+if [ "$MODE" = cpu ]; then SELFCHECK_ARGS=(--device cpu --quick)
+elif [ "$QUICK" = 1 ]; then SELFCHECK_ARGS+=(--quick); fi
+COLLECT=("$PY" benchmarks/report.py collect --work "$WORK" --out "$OUT" --mode "$MODE"
+         --command "$COMMAND")
+[ "$QUICK" = 1 ] && COLLECT+=(--quick)
 
 wants() { case ",$PARTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
@@ -108,6 +125,7 @@ run_part() {
   cat "$WORK/$name.log" >> "$LOG"
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - t0))" "$limit" >> "$WORK/parts.tsv"
   echo "=== $name: rc $rc after $(($(date +%s) - t0)) s" | tee -a "$LOG"
+  "${COLLECT[@]}" 2>> "$LOG"  # the results so far, in case a later part outlives the machine
 }
 
 skip_part() { printf '%s\t-1\t0\t0\n' "$1" >> "$WORK/parts.tsv"; }
@@ -121,8 +139,15 @@ if wants env; then
 else skip_part env; fi
 
 if wants install; then
-  run_part install "$B_INSTALL" "$PY" -m pip install --no-deps --no-build-isolation -e .
+  run_part install "$B_INSTALL" env PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    "$PY" -m pip install --no-index --no-deps --no-build-isolation -e .
 else skip_part install; fi
+
+if wants selfcheck; then
+  run_part selfcheck "$B_SELFCHECK" "$PY" -m fer_fast selfcheck "${SELFCHECK_ARGS[@]}" \
+    --json "$OUT/selfcheck.json"
+  cp "$WORK/selfcheck.log" "$OUT/selfcheck.txt" 2>/dev/null
+else skip_part selfcheck; fi
 
 if wants tests; then
   # On the GPU machine's 16 cores the tests' Triton compiles run in parallel (pytest-xdist).
@@ -166,10 +191,7 @@ if wants bench_compile; then
   bench_part bench_compile step "$B_COMPILE" -k compile
 else skip_part bench_compile; fi
 
-QUICK_FLAG=()
-[ "$QUICK" = 1 ] && QUICK_FLAG=(--quick)
-"$PY" benchmarks/report.py summarize --work "$WORK" --out "$OUT" --mode "$MODE" \
-  "${QUICK_FLAG[@]}" --command "$COMMAND" 2>> "$LOG"
+"${COLLECT[@]}" --print 2>> "$LOG"
 rc=$?
 rm -rf "$WORK"
 exit $rc

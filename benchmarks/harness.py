@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: sizes per device, FLOP counts, timing, the providers.
 
 Imported by the ``test_bench_*.py`` modules (pytest puts this folder on ``sys.path``) and by
-``report.py`` (FLOP counts). Nothing here depends on pytest.
+``report.py`` (the backends of the device check's training runs). Nothing here depends on pytest.
 
 Timing model: pytest-benchmark's wall clock around a callable that ends with
 ``torch.cuda.synchronize()`` on a GPU, so every round is the time until the device finished.

@@ -1,17 +1,15 @@
-"""Device-check results: collect, render, store, and the README's performance section.
+"""Device-check results: one JSON per run, one markdown rendering of it, and the README summary.
 
-Subcommands (``python benchmarks/report.py <cmd> --help``):
+For users (standard library only)::
 
-``env``            print this machine's description (GPU, versions, commit) as JSON;
-``train-configs``  print the training runs of the device check, one per line: name, flags;
-``summarize``      turn a device check's work folder into ``device_check.json`` + ``.md`` under
-                   ``--out`` and print the markdown (what ``device_check.sh`` calls last);
-``save``           copy a device check's ``device_check.json``/``.md`` to
-                   ``benchmarks/results/<date>-<gpu|cpu>.json/.md``, then run ``readme``;
-``readme``         rewrite the README's text between ``<!-- perf:start -->`` and
-                   ``<!-- perf:end -->`` from the latest GPU and the latest CPU result.
+    python benchmarks/report.py save DIR  # DIR: a device check's $OUT. Copies its
+                                          # device_check.json to benchmarks/results/<date>-<device>
+                                          # .json, renders the .md beside it, then does `readme`
+    python benchmarks/report.py readme    # re-renders every benchmarks/results/*.md from its
+                                          # JSON and rewrites the README's summary (markers)
 
-Only ``env`` and ``train-configs`` import torch / fer_fast; the rest is standard library.
+For ``benchmarks/device_check.sh``: ``env`` (this machine as JSON), ``train-configs`` (its
+training runs, one per line) and ``collect`` (its work folder -> ``device_check.json`` + ``.md``).
 """
 from __future__ import annotations
 
@@ -21,7 +19,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,40 +31,44 @@ README = ROOT / "README.md"
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 SCHEMA = 1
 
+#: Benchmark tables in report order: the first word of the pytest-benchmark group -> (title,
+#: baselines tried in order; each row's speed-up is over the first one found, in its own group).
+TABLES = {
+    "train": ("Training step: augmentation → forward → loss → backward → SGD step",
+                   ("eager+eager",)),
+    "augment": ("Augmentation, ten crops per image", ("authors", "eager")),
+    "block": ("Conv + BN + ReLU (+ pool) block per VGG layer, forward + backward", ("eager",)),
+    "conv": ("Convolution alone per VGG layer and pass (`torch`: cuDNN on a GPU, oneDNN on a CPU)",
+             ("torch",)),
+}
+
 
 class ReportError(RuntimeError):
     """A results file or README that cannot be used; the message says which and why."""
 
 
 # ----------------------------------------------------------------------------------------------
-# env / train-configs (run on the measured machine)
+# env / train-configs: run on the measured machine
 # ----------------------------------------------------------------------------------------------
 
-def _git(*args: str) -> str | None:
+def _run(*cmd: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def machine_env() -> dict:
-    """GPU model, driver, versions, CPU, load and the commit: the header of every result."""
+    """GPU, driver, versions, CPU, load and commit: the header of every result."""
     import torch
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")), None) if cpuinfo.exists() else None
     env = {"torch": torch.__version__, "cuda": torch.version.cuda,
-           "python": sys.version.split()[0], "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-           "loadavg_1m": os.getloadavg()[0], "commit": _git("rev-parse", "--short", "HEAD"),
-           "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+           "python": sys.version.split()[0], "cpu": cpu, "cpu_count": os.cpu_count(),
+           "loadavg_1m": os.getloadavg()[0], "commit": _run("git", "rev-parse", "--short", "HEAD"),
+           "dirty": bool(_run("git", "status", "--porcelain", "--untracked-files=no"))}
     try:
         import triton
         env["triton"] = triton.__version__
@@ -78,18 +79,13 @@ def machine_env() -> dict:
         props = torch.cuda.get_device_properties(0)
         env["gpu_memory_gib"] = round(props.total_memory / 2 ** 30, 1)
         env["gpu_sms"] = props.multi_processor_count
-        try:
-            env["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20).stdout.strip() or None
-        except (OSError, subprocess.TimeoutExpired):
-            env["driver"] = None
+        env["driver"] = _run("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader")
     return env
 
 
 def train_configs(mode: str) -> list[tuple[str, list[str]]]:
-    """The device check's training runs: the eager reference and each fast block backend with the
-    best augmentation backend, all on the same synthetic data and seed."""
+    """The device check's training runs: the eager reference and each fast model backend with
+    the best augmentation backend, all on the same synthetic data and seed."""
     import torch
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from harness import best_augment, model_backends
@@ -101,7 +97,7 @@ def train_configs(mode: str) -> list[tuple[str, list[str]]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# summarize: work folder -> one JSON + one markdown table
+# collect: device_check.sh's work folder -> device_check.json + device_check.md
 # ----------------------------------------------------------------------------------------------
 
 def _read_json(path: Path):
@@ -111,87 +107,41 @@ def _read_json(path: Path):
         return None
 
 
-def read_parts(work: Path) -> list[dict]:
-    """parts.tsv rows (name, rc, seconds, limit) written by device_check.sh, with log tails."""
+def _parts(work: Path) -> list[dict]:
+    """parts.tsv (name, rc, seconds, limit; rc -1 skipped, -2 no time left) with the log tail of
+    each part that did not succeed."""
     parts = []
     path = work / "parts.tsv"
-    if not path.exists():
-        return parts
-    for line in path.read_text().splitlines():
+    for line in path.read_text().splitlines() if path.exists() else []:
         name, rc, seconds, limit = line.split("\t")
-        rc, seconds, limit = int(rc), int(seconds), int(limit)
-        if rc == -1:
-            status = "skipped"
-        elif rc == -2:
-            status = "no time left"
-        elif rc in (124, 137):
-            status = "timeout"
-        else:
-            status = "ok" if rc == 0 else "failed"
+        rc = int(rc)
+        status = {-1: "skipped", -2: "no time left", 0: "ok", 124: "timeout",
+                  137: "timeout"}.get(rc, "failed")
         log = work / f"{name}.log"
-        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
-        parts.append({"name": name, "status": status, "rc": rc, "seconds": seconds,
-                      "limit_s": limit, "tail": tail if status != "ok" else tail[-3:]})
+        tail = log.read_text(errors="replace").splitlines()[-10:] \
+            if status not in ("ok", "skipped") and log.exists() else []
+        parts.append({"name": name, "status": status, "rc": rc, "seconds": int(seconds),
+                      "limit_s": int(limit), "tail": tail})
     return parts
 
 
-def read_junit(path: Path) -> dict | None:
-    """passed / failed / errors / skipped counts and the skip reasons of a pytest junit XML."""
-    if not path.exists():
-        return None
+def _junit(path: Path) -> tuple[dict, dict] | None:
+    """(passed/failed/errors/skipped counts, skip reason per test) of a pytest junit XML."""
     try:
         root = ET.parse(path).getroot()
-    except ET.ParseError:
+    except (OSError, ET.ParseError):
         return None
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    counts = dict.fromkeys(("passed", "failed", "errors", "skipped"), 0)
     skips = {}
     for case in root.iter("testcase"):
-        kinds = [child.tag for child in case]
-        if "failure" in kinds:
-            counts["failed"] += 1
-        elif "error" in kinds:
-            counts["errors"] += 1
-        elif "skipped" in kinds:
-            counts["skipped"] += 1
-            msg = case.find("skipped").get("message", "")
-            skips[case.get("name")] = re.sub(r"^Skipped: ", "", msg)
-        else:
-            counts["passed"] += 1
-    return {**counts, "skips": skips}
-
-
-def read_benchmarks(path: Path) -> tuple[list[dict], dict]:
-    """Compact rows of a pytest-benchmark JSON, and its fer_fast metadata."""
-    data = _read_json(path)
-    if not data:
-        return [], {}
-    rows = []
-    for b in data.get("benchmarks", []):
-        s = b["stats"]
-        rows.append({"group": b["group"], "name": b["name"], "rounds": s["rounds"],
-                     "mean_s": s["mean"], "min_s": s["min"],
-                     **b["extra_info"], "median_s": s["median"], "iqr_s": s["iqr"]})
-    return rows, data.get("fer_fast", {})
-
-
-def read_training(work: Path) -> list[dict]:
-    """metrics.csv (+ summary.json) of each training run listed in train_runs.tsv."""
-    runs = []
-    index = work / "train_runs.tsv"
-    if not index.exists():
-        return runs
-    for line in index.read_text().splitlines():
-        name, flags = line.split("\t")
-        run_dir = work / f"train-{name}"
-        rows = []
-        metrics = run_dir / "metrics.csv"
-        if metrics.exists():
-            with open(metrics, newline="") as f:
-                for row in csv.DictReader(f):
-                    rows.append({k: _number(v) for k, v in row.items()})
-        runs.append({"name": name, "flags": flags, "epochs": rows,
-                     "summary": _read_json(run_dir / "summary.json")})
-    return runs
+        kinds = {child.tag for child in case}
+        kind = next((k for t, k in (("failure", "failed"), ("error", "errors"),
+                                    ("skipped", "skipped")) if t in kinds), "passed")
+        counts[kind] += 1
+        if kind == "skipped":
+            message = case.find("skipped").get("message", "")
+            skips[case.get("name")] = re.sub(r"^Skipped: ", "", message)
+    return counts, skips
 
 
 def _number(text: str):
@@ -204,248 +154,198 @@ def _number(text: str):
     return int(value) if value.is_integer() and "." not in text else value
 
 
-def summarize(work: Path, out: Path, mode: str, quick: bool, command: str) -> dict:
-    benchmarks, meta, skipped, raw = [], {}, {}, {}
+def _training(work: Path) -> list[dict]:
+    """metrics.csv and summary.json of each training run listed in train_runs.tsv."""
+    runs = []
+    index = work / "train_runs.tsv"
+    for line in index.read_text().splitlines() if index.exists() else []:
+        name, flags = line.split("\t")
+        run_dir = work / f"train-{name}"
+        epochs = []
+        if (run_dir / "metrics.csv").exists():
+            with open(run_dir / "metrics.csv", newline="") as f:
+                epochs = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        runs.append({"name": name, "flags": flags, "epochs": epochs,
+                     "summary": _read_json(run_dir / "summary.json")})
+    return runs
+
+
+def collect(work: Path, out: Path, mode: str, quick: bool, command: str) -> dict:
+    """Everything a device check measured, as one dict; written to ``out/device_check.json``
+    and rendered to ``out/device_check.md``. The selfcheck's own JSON is read from
+    ``out/selfcheck.json``, where its part writes it."""
+    benchmarks, meta, skipped = [], {}, {}
     for path in sorted(work.glob("bench*.json")):
-        rows, m = read_benchmarks(path)
-        benchmarks += rows
-        meta.update({k: v for k, v in m.items() if v is not None})
-        raw[path.stem] = _read_json(path)
+        data = _read_json(path) or {}
+        meta.update({k: v for k, v in data.get("fer_fast", {}).items() if v is not None})
+        for b in data.get("benchmarks", []):
+            s = b["stats"]
+            benchmarks.append({"group": b["group"], "name": b["name"], "rounds": s["rounds"],
+                               "mean_s": s["mean"], "min_s": s["min"], **b["extra_info"],
+                               "median_s": s["median"], "iqr_s": s["iqr"]})
     for path in sorted(work.glob("bench*.xml")):
-        skipped.update((read_junit(path) or {"skips": {}})["skips"])
-    tests = read_junit(work / "tests.xml")
+        skipped.update((_junit(path) or ({}, {}))[1])
+    tests = _junit(work / "tests.xml")
     result = {
         "schema": SCHEMA, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mode": mode, "quick": quick, "command": command,
-        "env": _read_json(work / "env.json") or {}, "parts": read_parts(work),
-        "tests": {k: v for k, v in tests.items() if k != "skips"} if tests else None,
-        "matmul_peak": meta.get("matmul_peak"), "bench_device": meta.get("device_name"),
-        "benchmarks": benchmarks, "skipped_benchmarks": skipped,
-        "training": read_training(work),
+        "env": _read_json(work / "env.json") or {}, "parts": _parts(work),
+        "selfcheck": _read_json(out / "selfcheck.json"),
+        "tests": tests[0] if tests else None,
+        "matmul_peak": meta.get("matmul_peak"), "benchmarks": benchmarks, "skipped_benchmarks": skipped, "training": _training(work),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "device_check.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "device_check.md").write_text(render(result, level=2))
-    if raw:
-        (out / "benchmarks_raw.json").write_text(json.dumps(raw) + "\n")
+    (out / "device_check.md").write_text(render(result))
     return result
 
 
 # ----------------------------------------------------------------------------------------------
-# render: one result -> markdown
+# render: one result -> markdown (the only JSON -> markdown step)
 # ----------------------------------------------------------------------------------------------
 
-def _f(value, fmt: str = "{:.3g}", none: str = "–") -> str:
-    return none if value is None else fmt.format(value)
+def _cell(value) -> str:
+    """A table cell: numbers to 3 significant digits (thousands grouped), booleans as pass/FAIL."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "pass" if value else "**FAIL**"
+    if isinstance(value, (int, float)):
+        return f"{value:,.0f}" if isinstance(value, int) or abs(value) >= 1000 else f"{value:.3g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def result_title(result: dict) -> str:
-    env = result.get("env", {})
-    what = env.get("gpu") if result["mode"] == "gpu" else f"CPU ({env.get('cpu') or 'unknown'}, " \
-        f"{env.get('cpu_count')} cores)"
-    return f"{what or 'unknown device'}, {result['date'][:10]}"
+    env = result.get("env") or {}
+    if result["mode"] == "gpu":
+        return env.get("gpu") or "unknown GPU"
+    return f"CPU ({env.get('cpu') or 'unknown'}, {env.get('cpu_count')} cores)"
 
 
 def _header(result: dict) -> str:
-    env = result.get("env", {})
-    bits = [f"torch {env.get('torch')}", f"triton {env.get('triton')}"]
-    if env.get("cuda"):
-        bits.append(f"CUDA {env['cuda']}")
-    if env.get("driver"):
-        bits.append(f"driver {env['driver']}")
+    env = result.get("env") or {}
+    bits = [f"{k} {env[k]}" for k in ("torch", "triton", "cuda", "driver") if env.get(k)]
     bits.append(f"commit {env.get('commit')}{' (dirty)' if env.get('dirty') else ''}")
-    if result["mode"] == "cpu":
-        bits.append(f"load average {_f(env.get('loadavg_1m'), '{:.1f}')} at the start")
+    if result["mode"] == "cpu" and env.get("loadavg_1m") is not None:
+        bits.append(f"load average {env['loadavg_1m']:.1f} at the start")
+    text = (", ".join(bits) + f".\nCommand: `{result['command']}`"
+            + (" (quick sizes: a smoke run, not a measurement)" if result.get("quick") else "")
+            + ".\n")
     peak = result.get("matmul_peak")
-    lines = [", ".join(bits) + ".",
-             f"Command: `{result['command']}`" + (" (quick sizes: a smoke run, not a measurement)"
-                                                  if result.get("quick") else "") + "."]
     if peak:
-        what = (f"{peak['dtype']} {peak['n']}³ matmul" if result["mode"] != "cpu" else
-                f"better of a {peak['dtype']} {peak['n']}³ matmul and a 3×3 convolution")
-        lines.append(f"Measured matmul peak (roofline ceiling, best of repeats): "
-                     f"{peak['flops_per_s'] / 1e12:.3g} TFLOP/s ({what}).")
-    return "\n".join(lines) + "\n"
+        text += (f"Measured {peak['dtype']} matmul peak (the roofline ceiling of the % columns): "
+                 f"{peak['flops_per_s'] / 1e12:.3g} TFLOP/s.\n")
+    return text
 
 
-def _parts(result: dict) -> str:
+def _parts_table(result: dict) -> str:
     rows = []
     for p in result.get("parts", []):
-        note = ""
+        note = p["tail"][-1][:160] if p.get("tail") and p["status"] != "ok" else ""
         if p["name"] == "tests" and result.get("tests"):
-            t = result["tests"]
-            note = f"{t['passed']} passed, {t['failed']} failed, {t['errors']} errors, " \
-                   f"{t['skipped']} skipped"
-        elif p["status"] not in ("ok", "skipped") and p.get("tail"):
-            note = p["tail"][-1][:120].replace("|", "\\|")
+            note = ", ".join(f"{v} {k}" for k, v in result["tests"].items())
         rows.append([p["name"], p["status"], f"{p['seconds']} s / {p['limit_s']} s", note])
     return _table(["part", "status", "time / limit", "note"], rows) if rows else ""
 
 
-def _by_group(result: dict, prefix: str) -> list[dict]:
-    return [b for b in result.get("benchmarks", []) if b["group"].startswith(prefix)]
-
-
-def _train_step(result: dict) -> str:
-    rows = _by_group(result, "train-step")
-    if not rows:
+def _selfcheck_table(result: dict) -> str:
+    """The selfcheck's rows as they come, one column per key."""
+    check = result.get("selfcheck")
+    if not isinstance(check, dict):
         return ""
-    # baselines: eager (with eager and with the best augmentation) and torch.compile
-    bases = {r["provider"]: r["median_s"] for r in rows
-             if r["provider"].split("+")[0] in ("eager", "compile")}
-    out = []
-    for r in sorted(rows, key=lambda r: r["median_s"]):
-        out.append([f"`{r['provider']}`", _f(r.get("images_per_s"), "{:,.0f}"),
-                    _f(r["median_s"] * 1e3, "{:.2f}"), _f(r["iqr_s"] * 1e3, "{:.2f}"),
-                    _f(r.get("peak_mem_mb"), "{:,.0f}"),
-                    _f(r.get("roofline_frac") and 100 * r["roofline_frac"], "{:.1f} %")]
-                   + [f"{base / r['median_s']:.2f}×" for base in bases.values()])
-    first = rows[0]
-    text = (f"**Training step** ({first['items_per_call']} images × 10 crops, width "
-            f"{first.get('width')}; augmentation → forward → loss → backward → SGD step):\n\n")
-    return text + _table(["provider (model+augmentation)", "images/s", "median ms", "IQR ms",
-                          "peak MB", "% of matmul peak"] + [f"× `{b}`" for b in bases], out)
+    rows = check.get("rows") or []
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    verdict = {True: ": every backend passed", False: ": **a backend failed**"}.get(
+        check.get("passed"), "")
+    text = f"**Selfcheck** on `{check.get('device')}`{verdict}.\n\n"
+    return text + (_table(columns, [[row.get(c) for c in columns] for row in rows]) if rows else "")
 
 
-def _augment(result: dict) -> str:
-    rows = _by_group(result, "augment")
-    if not rows:
-        return ""
-    authors = next((r.get("images_per_s") for r in rows if r.get("backend") == "authors"), None)
-    fastest_step = min((r["median_s"] for r in _by_group(result, "train-step")), default=None)
-    step_device = "cuda" if result["mode"] == "gpu" else "cpu"
-    out = []
+def _label(row: dict) -> str:
+    """The benchmark's pytest id, e.g. ``1b-fused`` of ``test_block[1b-fused]``."""
+    found = re.search(r"\[(.*)\]$", row["name"])
+    return found.group(1) if found else row.get("provider") or row.get("backend") or row["name"]
+
+
+def _who(row: dict) -> str | None:
+    return row.get("provider") or row.get("backend")
+
+
+def _benchmark_table(rows: list[dict], title: str, baselines: tuple[str, ...]) -> str:
+    """One row per benchmark; a column only where some row has a value for it."""
+    base_name = next((b for b in baselines if any(_who(r) == b for r in rows)), None)
+    base = {}
     for r in rows:
-        ratio = authors and r.get("images_per_s") and r.get("device") == "cpu" \
-            and r.get("threads") == 1 and r["backend"] != "authors" and r["images_per_s"] / authors
-        seconds = r["device_ms"] / 1e3 if r.get("device_ms") else r["median_s"]
-        share = fastest_step and r.get("device") == step_device and seconds / fastest_step
-        out.append([r.get("device", ""), f"`{r['backend']}`", _f(r.get("threads"), "{}"),
-                    _f(r.get("images_per_s"), "{:,.0f}"), _f(r["median_s"] * 1e6, "{:,.1f}"),
-                    _f(r.get("device_ms") and r["device_ms"] * 1e3, "{:,.1f}"),
-                    _f(ratio or None, "{:.1f}×"), _f(share and 100 * share, "{:.2g} %")])
-    text = (f"**Augmentation** ({rows[0]['items_per_call']} images → 10 crops each per call; "
-            f"share = time per call ÷ the fastest training step of as many images):\n\n")
-    native = next((r for r in rows if r.get("backend") == "native" and r.get("device") == "cpu"
-                   and r.get("threads") == 1 and r.get("images_per_s")), None)
-    if authors and native:
-        text += (f"Native CPU kernel on one thread: **{native['images_per_s'] / authors:.1f}×** "
-                 f"the authors' torchvision pipeline on one thread "
-                 f"({native['images_per_s']:,.0f} vs {authors:,.0f} images/s).\n\n")
-    return text + _table(["device", "backend", "threads", "images/s", "µs per call (wall)",
-                          "µs (CUDA events)", "× authors, 1 thread", "share of step"], out)
+        if _who(r) == base_name:
+            base.setdefault(r["group"], r["median_s"])
+    first = rows[0]
+    item = first.get("item", "items")
+    columns = [
+        ("case", lambda r: f"`{_label(r)}`"),
+        ("shape", lambda r: r.get("shape") and
+         "{}×{}→{}×{}²".format(*r["shape"]) + (" +pool" if r.get("pool") else "")),
+        (f"{item}/s", lambda r: r.get(f"{item}_per_s")),
+        ("median ms", lambda r: r["median_s"] * 1e3),
+        ("IQR ms", lambda r: r["iqr_s"] * 1e3),
+        ("device ms", lambda r: r.get("device_ms")),
+        ("TFLOP/s", lambda r: r.get("tflops_per_s")),
+        ("% of peak", lambda r: r.get("roofline_frac") and f"{100 * r['roofline_frac']:.1f} %"),
+        ("peak MB", lambda r: r.get("peak_mem_mb")),
+        (f"× `{base_name}`",
+         lambda r: r["group"] in base and f"{base[r['group']] / r['median_s']:.2f}×"),
+    ]
+    columns = [(name, get) for name, get in columns if any(get(r) for r in rows)]
+    where = f"{first['items_per_call']} {item} per call" + (
+        f", VGG width {first['width']}" if first.get("width") else "")
+    return (f"**{title}** ({where}):\n\n"
+            + _table([name for name, _ in columns],
+                     [[get(r) or None for _, get in columns] for r in rows]))
 
 
-def _blocks(result: dict) -> str:
-    rows = _by_group(result, "block-")
-    if not rows:
-        return ""
-    names = sorted({r["backend"] for r in rows}, key=lambda n: (n != "eager", n))
-    layers = sorted({r["layer"] for r in rows})
+def _training_table(result: dict) -> str:
     out = []
-    for layer in layers:
-        cells = {r["backend"]: r for r in rows if r["layer"] == layer}
-        any_row = next(iter(cells.values()))
-        n, cin, cout, hw = any_row["shape"]
-        line = [layer, f"{n}×{cin}→{cout}×{hw}²{' +pool' if any_row['pool'] else ''}"]
-        for name in names:
-            r = cells.get(name)
-            line.append("–" if r is None else
-                        f"{r['median_s'] * 1e3:.2f} ({_f(r.get('tflops_per_s'), '{:.3g}')})")
-        out.append(line)
-    text = ("**Block forward + backward** per VGG layer: median ms (conv TFLOP/s); "
-            "batch × C_in → C_out × H²:\n\n")
-    return text + _table(["layer", "shape"] + [f"`{n}`" for n in names], out)
-
-
-def _convs(result: dict) -> str:
-    rows = _by_group(result, "conv-")
-    if not rows:
-        return ""
-    columns = sorted({(r["conv_pass"], r["backend"]) for r in rows},
-                     key=lambda c: (("fwd", "dgrad", "wgrad").index(c[0]), c[1] != "torch", c[1]))
-    out = []
-    for layer in sorted({r["layer"] for r in rows}):
-        cells = {(r["conv_pass"], r["backend"]): r for r in rows if r["layer"] == layer}
-        n, cin, cout, hw = next(iter(cells.values()))["shape"]
-        line = [layer, f"{n}×{cin}→{cout}×{hw}²"]
-        for col in columns:
-            r = cells.get(col)
-            line.append("–" if r is None else
-                        f"{_f(r.get('tflops_per_s'), '{:.3g}')} "
-                        f"({_f(r.get('roofline_frac') and 100 * r['roofline_frac'], '{:.0f} %')})")
-        out.append(line)
-    text = ("**Convolution alone** per layer and pass: TFLOP/s (% of the matmul peak); `torch` = "
-            "cuDNN (GPU) / oneDNN (CPU):\n\n")
-    return text + _table(["layer", "shape"] + [f"{p} `{b}`" for p, b in columns], out)
-
-
-def _training(result: dict) -> str:
-    runs = result.get("training", [])
-    if not runs:
-        return ""
-    out = []
-    for run in runs:
-        rows = run["epochs"]
-        if not rows:
-            out.append([run["name"], run["flags"], "no metrics"] + ["–"] * 5)
-            continue
-        last = rows[-1]
-        times = [r["epoch_time_s"] for r in rows if r.get("epoch_time_s") is not None]
-        steady = statistics.median(times[1:]) if len(times) > 1 else (times[0] if times else None)
+    for run in result.get("training", []):
+        last = run["epochs"][-1] if run["epochs"] else {}
+        times = [e["epoch_time_s"] for e in run["epochs"] if e.get("epoch_time_s") is not None]
         test = (run.get("summary") or {}).get("test_acc_last")
-        out.append([run["name"], run["flags"], str(len(rows)), _f(last.get("train_loss"), "{:.4f}"),
-                    _f(last.get("train_acc") and 100 * last["train_acc"], "{:.1f} %"),
-                    _f(last.get("val_acc") and 100 * last["val_acc"], "{:.1f} %"),
-                    _f(test and 100 * test, "{:.1f} %"),
-                    f"{_f(times[0] if times else None, '{:.1f}')} / {_f(steady, '{:.1f}')}"])
-    text = "**Training on the synthetic data** (same seed and data; last epoch):\n\n"
-    return text + _table(["run", "flags", "epochs", "train loss", "train acc", "val acc",
-                          "test acc", "epoch s (first / rest)"], out)
+        percent = [f"{100 * v:.1f} %" if v is not None else "–"
+                   for v in (last.get("train_acc"), last.get("val_acc"), test)]
+        out.append([run["name"], f"`{run['flags']}`", len(run["epochs"]),
+                    f"{last['train_loss']:.4f}" if last.get("train_loss") is not None else "–",
+                    *percent, times[0] if times else None,
+                    statistics.median(times[1:]) if len(times) > 1 else None])
+    if not out:
+        return ""
+    return ("**Training on the synthetic data** (same data and seed; last epoch):\n\n"
+            + _table(["run", "flags", "epochs", "train loss", "train acc", "val acc", "test acc",
+                      "first epoch s", "later epochs s"], out))
 
 
 def _skips(result: dict) -> str:
-    """Skipped benchmarks grouped by reason."""
     by_reason: dict[str, list[str]] = {}
     for name, reason in sorted((result.get("skipped_benchmarks") or {}).items()):
-        by_reason.setdefault(reason, []).append(name)
-    lines = []
-    for reason, names in by_reason.items():
-        shown = ", ".join(f"`{n}`" for n in names[:3]) + (f" and {len(names) - 3} more"
-                                                          if len(names) > 3 else "")
-        lines.append(f"- {shown}: {reason}")
-    return ("Skipped:\n" + "\n".join(lines) + "\n") if lines else ""
+        by_reason.setdefault(reason, []).append(f"`{name}`")
+    lines = [f"- {', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}: "
+             f"{reason}" for reason, names in by_reason.items()]
+    return "Skipped benchmarks:\n" + "\n".join(lines) + "\n" if lines else ""
 
 
-def _parts_line(result: dict) -> str:
-    """The parts table in one line (README)."""
-    bits = []
-    for p in result.get("parts", []):
-        if p["status"] == "skipped":
-            continue
-        bit = f"{p['name']} {p['status']} ({p['seconds']} s"
-        if p["name"] == "tests" and result.get("tests"):
-            t = result["tests"]
-            bit += f": {t['passed']} passed, {t['failed']} failed, {t['errors']} errors"
-        bits.append(bit + ")")
-    return ("Parts: " + ", ".join(bits) + ".\n") if bits else ""
-
-
-def render(result: dict, level: int = 2, compact: bool = False) -> str:
-    """Markdown of one result: header, parts, training step, augmentation, blocks, convs,
-    training runs; ``compact`` gives the parts as one line (the README)."""
-    h = "#" * level
-    sections = [f"{h} {result_title(result)}\n", _header(result),
-                _parts_line(result) if compact else _parts(result),
-                _train_step(result), _augment(result), _blocks(result), _convs(result),
-                _training(result),
-                _skips(result)]
+def render(result: dict) -> str:
+    """Markdown of one result: header, parts, selfcheck, benchmarks, training runs, skips."""
+    sections = [f"## {result_title(result)}, {result['date'][:10]}\n", _header(result),
+                _parts_table(result), _selfcheck_table(result)]
+    rows = result.get("benchmarks", [])
+    for kind, (title, baselines) in TABLES.items():
+        mine = [r for r in rows if r["group"].split("-")[0] == kind]
+        if mine:
+            sections.append(_benchmark_table(mine, title, baselines))
+    sections += [_training_table(result), _skips(result)]
     return "\n".join(s for s in sections if s)
 
 
@@ -460,74 +360,106 @@ def load_result(path: Path) -> dict:
     return data
 
 
-def result_slug(result: dict) -> str:
-    """``<date>-<gpu>``: e.g. 2026-11-20-h100, or 2026-11-20-cpu."""
+def device_slug(result: dict) -> str:
+    """``h100``, ``h200``, ``a100``..., or ``cpu``."""
     if result["mode"] == "cpu":
-        device = "cpu"
-    else:
-        name = (result.get("env", {}).get("gpu") or "gpu").lower()
-        model = re.search(r"\b([a-z]{1,2}\d{2,4}[a-z]?)\b", name)
-        device = model.group(1) if model else re.sub(r"[^a-z0-9]+", "-", name).strip("-")
-    return f"{result['date'][:10]}-{device}"
+        return "cpu"
+    name = ((result.get("env") or {}).get("gpu") or "gpu").lower()
+    model = re.search(r"\b([a-z]{1,2}\d{2,4}[a-z]?)\b", name)
+    return model.group(1) if model else re.sub(r"[^a-z0-9]+", "-", name).strip("-")
 
 
 def save(device_out: Path, results: Path) -> Path:
-    """Copy device_check.json/.md to results/<date>-<gpu>.json/.md (never over another run)."""
+    """Copy ``device_out/device_check.json`` to ``results/<date>-<device>[-n].json`` (the same run
+    again replaces its own file, never another run's) and render the .md beside it."""
     result = load_result(device_out / "device_check.json")
     results.mkdir(parents=True, exist_ok=True)
-    slug, n = result_slug(result), 1
-    stem = slug
-    while (results / f"{stem}.json").exists():
-        if load_result(results / f"{stem}.json")["date"] == result["date"]:
-            break  # the same run again: overwrite
+    slug = f"{result['date'][:10]}-{device_slug(result)}"
+    stem, n = slug, 1
+    while (results / f"{stem}.json").exists() and \
+            load_result(results / f"{stem}.json")["date"] != result["date"]:
         n += 1
         stem = f"{slug}-{n}"
-    shutil.copyfile(device_out / "device_check.json", results / f"{stem}.json")
-    md = device_out / "device_check.md"
-    (results / f"{stem}.md").write_text(md.read_text() if md.exists() else render(result))
+    (results / f"{stem}.json").write_text((device_out / "device_check.json").read_text())
+    (results / f"{stem}.md").write_text(render(result))
     return results / f"{stem}.json"
 
 
-def latest(results: Path) -> dict[str, tuple[Path, dict]]:
-    """The newest full (not quick) result per mode ("gpu", "cpu")."""
-    best: dict[str, tuple[Path, dict]] = {}
+def headlines(result: dict) -> list[str]:
+    """A few lines for the README: selfcheck verdict, fastest training step, augmentation,
+    tests, and the parts that did not finish."""
+    lines = []
+    check = result.get("selfcheck")
+    if isinstance(check, dict) and check.get("rows"):
+        verdicts = [r for r in check["rows"] if isinstance(r.get("passed"), bool)]
+        failed = [f"{r.get('op')}/{r.get('backend')}" for r in verdicts if not r["passed"]]
+        lines.append(f"selfcheck: {len(verdicts) - len(failed)} of {len(verdicts)} checks passed"
+                     + (f"; failed: {', '.join(dict.fromkeys(failed))}" if failed else ""))
+    steps = [r for r in result.get("benchmarks", []) if r["group"] == "train-step"]
+    if steps:
+        best = min(steps, key=lambda r: r["median_s"])
+        eager = next((r for r in steps if r.get("provider") == "eager+eager"), None)
+        speedup = f", {eager['median_s'] / best['median_s']:.2f}× `eager+eager`" if eager else ""
+        lines.append(f"training step: {_cell(best.get('images_per_s'))} images/s with "
+                     f"`{best.get('provider')}`{speedup}")
+    augment = [r for r in result.get("benchmarks", []) if r["group"] == "augment"]
+    if augment:
+        best = min(augment, key=lambda r: r["median_s"])
+        line = f"augmentation: {_cell(best.get('images_per_s'))} images/s with `{_label(best)}`"
+        ratio = max(augment, key=lambda r: r.get("ratio_vs_authors_1thread") or 0)
+        if ratio.get("ratio_vs_authors_1thread"):
+            line += (f"; `{_label(ratio)}` makes {ratio['ratio_vs_authors_1thread']:.1f}× the "
+                     f"images/s of the authors' pipeline, both on one thread")
+        lines.append(line)
+    if result.get("tests"):
+        lines.append("tests: " + ", ".join(f"{v} {k}" for k, v in result["tests"].items()))
+    unfinished = [f"{p['name']} ({p['status']})" for p in result.get("parts", [])
+                  if p["status"] not in ("ok", "skipped")]
+    if unfinished:
+        lines.append("did not finish: " + ", ".join(unfinished))
+    return lines
+
+
+def summary(results: Path, root: Path) -> str:
+    """The README text between the markers: the latest full run per device, newest first."""
+    latest: dict[str, tuple[Path, dict]] = {}
     for path in sorted(results.glob("*.json")):
         result = load_result(path)
+        key = device_slug(result)
         if result.get("quick"):
             continue
-        mode = result["mode"]
-        if mode not in best or result["date"] > best[mode][1]["date"]:
-            best[mode] = (path, result)
-    return best
-
-
-def perf_section(results: Path, root: Path) -> str:
-    """The README text between the markers."""
-    found = latest(results)
-    parts = ["_Generated by `python benchmarks/report.py readme` from the latest results in "
-             "`benchmarks/results/`; do not edit by hand._\n"]
-    if "gpu" not in found:
-        parts.append("No GPU result yet: run `benchmarks/device_check.sh` on a GPU machine, then "
-                     "`python benchmarks/report.py save <its $OUT>`.\n")
-    for mode in ("gpu", "cpu"):
-        if mode in found:
-            path, result = found[mode]
-            rel = path.relative_to(root) if path.is_relative_to(root) else path
-            parts.append(render(result, level=3, compact=True)
-                         + f"\nFull result: [`{rel}`]({rel}).\n")
-    return "\n".join(parts)
+        if key not in latest or result["date"] > latest[key][1]["date"]:
+            latest[key] = (path, result)
+    text = ["_Generated by `python benchmarks/report.py readme` from `benchmarks/results/`: the "
+            "latest full device check per device; the full tables are in the linked files._\n"]
+    if not any(r["mode"] == "gpu" for _, r in latest.values()):
+        text.append("No GPU result yet: run `benchmarks/device_check.sh` on a GPU machine, then "
+                    "`python benchmarks/report.py save <its $OUT>`.\n")
+    newest_first = sorted(latest.values(), key=lambda pr: pr[1]["date"], reverse=True)
+    for path, result in sorted(newest_first, key=lambda pr: pr[1]["mode"] != "gpu"):
+        md = path.with_suffix(".md")
+        rel = md.relative_to(root) if md.is_relative_to(root) else md
+        env = result.get("env") or {}
+        text.append(f"**{result_title(result)}**, {result['date'][:10]} (torch {env.get('torch')}, "
+                    f"triton {env.get('triton')}, commit {env.get('commit')}; "
+                    f"[full tables]({rel})):\n")
+        text.append("".join(f"- {line}\n" for line in headlines(result)))
+    return "\n".join(text)
 
 
 def update_readme(readme: Path, results: Path) -> None:
-    """Replace the text between the perf markers of ``readme``; everything else is kept."""
+    """Re-render every results/*.md from its JSON, then replace the README's text between the
+    markers with :func:`summary`; everything else in the README is kept."""
     if not readme.exists():
         raise ReportError(f"{readme}: no such file")
     text = readme.read_text()
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
         raise ReportError(f"{readme}: needs exactly one '{START}' followed by one '{END}'")
+    for path in sorted(results.glob("*.json")):
+        path.with_suffix(".md").write_text(render(load_result(path)))
     head, rest = text.split(START)
-    _, tail = rest.split(END)
-    body = perf_section(results, readme.resolve().parent)
+    tail = rest.split(END)[1]
+    body = summary(results, readme.resolve().parent)
     readme.write_text(f"{head}{START}\n{body.rstrip()}\n{END}{tail}")
 
 
@@ -538,18 +470,21 @@ def update_readme(readme: Path, results: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/report.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("env")
-    tc = sub.add_parser("train-configs")
+    sub.add_parser("env", help="this machine (GPU, versions, commit) as JSON")
+    tc = sub.add_parser("train-configs", help="the device check's training runs: name, flags")
     tc.add_argument("--mode", choices=("gpu", "cpu"), required=True)
-    s = sub.add_parser("summarize")
-    s.add_argument("--work", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--mode", choices=("gpu", "cpu"), required=True)
-    s.add_argument("--quick", action="store_true")
-    s.add_argument("--command", required=True)
-    sv = sub.add_parser("save")
+    c = sub.add_parser("collect", help="a device check's work folder -> device_check.json/.md")
+    c.add_argument("--work", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--mode", choices=("gpu", "cpu"), required=True)
+    c.add_argument("--quick", action="store_true")
+    c.add_argument("--command", required=True)
+    c.add_argument("--print", action="store_true",
+                   help="print the markdown, then the headline numbers (what a log's tail shows)")
+    sv = sub.add_parser("save", help="store a device check's result in benchmarks/results/")
     sv.add_argument("device_out", type=Path, help="folder holding device_check.json (its $OUT)")
-    for q in (sv, sub.add_parser("readme")):
+    rd = sub.add_parser("readme", help="re-render the results' .md and the README summary")
+    for q in (sv, rd):
         q.add_argument("--results", type=Path, default=RESULTS)
         q.add_argument("--readme", type=Path, default=README)
     args = p.parse_args(argv)
@@ -559,13 +494,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "train-configs":
             for name, flags in train_configs(args.mode):
                 print(name, *flags)
-        elif args.cmd == "summarize":
-            print(render(summarize(args.work, args.out, args.mode, args.quick, args.command)))
+        elif args.cmd == "collect":
+            result = collect(args.work, args.out, args.mode, args.quick, args.command)
+            if args.print:
+                print(render(result) + "\nHeadlines:")
+                print("".join(f"- {line}\n" for line in headlines(result)), end="")
         else:
             if args.cmd == "save":
                 print(f"saved {save(args.device_out, args.results)}")
             update_readme(args.readme, args.results)
-            print(f"updated {args.readme}")
+            print(f"updated {args.readme} and the .md of {args.results}")
     except ReportError as err:
         print(f"report.py: {err}", file=sys.stderr)
         return 2
