@@ -21,7 +21,7 @@ def tiny(monkeypatch):
     """Runs on a small easy dataset, one thread; the per-run pictures are tested in
     test_plots.py, here they are skipped (the no-matplotlib path) to save time."""
     import torch
-    monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes:
+    monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes, **_:
                         easy_data(28, 14, 14, seed=seed))
 
     def no_matplotlib(*args, **kwargs):

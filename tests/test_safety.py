@@ -32,7 +32,7 @@ class _Payload:
 @pytest.fixture
 def easy(monkeypatch):
     """Runs on the easy data whatever --data says (--data paths pick a seed: 'other' -> 1)."""
-    monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes:
+    monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes, **_:
                         easy_data(seed=1 if path and "other" in str(path) else 0))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -53,7 +53,7 @@ def finished_run(tmp_path_factory):
     """A finished 2-epoch run (checkpoint every epoch) to resume, evaluate and corrupt."""
     out = tmp_path_factory.mktemp("finished") / "run"
     mp = pytest.MonkeyPatch()
-    mp.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes: easy_data(seed=0))
+    mp.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes, **_: easy_data(seed=0))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
