@@ -89,18 +89,18 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
         raise
 
 
-def _verify_checksum(path: Path) -> None:
+def _verify_checksum(path: Path) -> bool:
+    """Raise if ``path``'s sidecar does not match it; False when it has none."""
     sidecar = checksum_path(path)
     if not sidecar.is_file():
-        print(f"note: {path}: no checksum file {sidecar.name}; loading it unverified",
-              file=sys.stderr)
-        return
+        return False
     expected = sidecar.read_text().split()[:1]
     actual = file_sha256(path)
     if expected != [actual]:
         raise CheckpointError(f"{path}: corrupted or modified: its sha256 {actual[:16]}... does "
                               f"not match {sidecar.name} "
                               f"({expected[0][:16] + '...' if expected else 'empty'})")
+    return True
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, trust: bool = False) -> dict:
@@ -109,7 +109,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, trust: bool 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    _verify_checksum(path)
+    verified = _verify_checksum(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as e:
@@ -126,6 +126,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, trust: bool 
         raise CheckpointError(f"{path}: expected a dict with a 'params' state_dict, got "
                               f"{type(ckpt).__name__}"
                               + (f" with keys {sorted(ckpt)}" if isinstance(ckpt, dict) else ""))
+    if not verified:  # said only of a file that is a checkpoint
+        print(f"note: {path}: no checksum file {checksum_path(path).name}; loaded unverified",
+              file=sys.stderr)
     return ckpt
 
 

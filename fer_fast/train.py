@@ -257,7 +257,8 @@ def _parse_resume(p: argparse.ArgumentParser, path: Path, given: dict) -> tuple[
     if "epochs" in given and given["epochs"] <= done:
         p.error(f"--resume {path}: the run has already done {done} epoch{_s(done)}; "
                 f"--epochs {given['epochs']} must be larger to train further")
-    if "epochs" not in given and done >= config.epochs:
+    finished = (path.parent / "result.json").is_file()  # written last by _finish
+    if "epochs" not in given and done >= config.epochs and finished:
         p.error(f"--resume {path}: the run is finished ({done} of {config.epochs} "
                 f"epoch{_s(config.epochs)}); to train it further pass --epochs N with N > {done}")
     config.trust_checkpoint = False  # trust is given per invocation, never inherited

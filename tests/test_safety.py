@@ -139,7 +139,7 @@ def test_authors_file_without_checksum_loads_with_a_note(tmp_path, capsys):
     logs = ([1.9, 1.1], [1.8, 1.2], [25.0, 60.5], [27.0, 58.0])
     torch.save({"logs": logs, "params": VGG(width=0.0625).state_dict()}, path)
     assert load_checkpoint(path)["logs"] == logs
-    assert "no checksum file epoch_300.sha256; loading it unverified" in capsys.readouterr().err
+    assert "no checksum file epoch_300.sha256; loaded unverified" in capsys.readouterr().err
     assert status(evaluate.main, [str(path), "--splits", "test", "--synthetic-sizes", "8,8,8",
                                   "--device", "cpu"]) == 0
 
