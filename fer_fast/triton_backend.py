@@ -31,13 +31,11 @@ Runs on CUDA, and on CPU tensors when Triton runs under ``TRITON_INTERPRET=1`` (
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch.autograd.function import once_differentiable
 
 from . import backends
-from .kernels import bn_act
+from .kernels import bn_act, is_interpreter
 from .kernels import conv as K
 
 __all__ = ["features_triton", "supports"]
@@ -46,7 +44,7 @@ __all__ = ["features_triton", "supports"]
 def supports(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available()
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return device.type == "cpu" and is_interpreter()
 
 
 def _batch_norm_args(bn, gamma, beta, training):
@@ -73,7 +71,7 @@ def _prologue(coef, order):
     """Conv-kernel prologue arguments that apply a block's BN (+ ReLU) to its stored output."""
     if coef is None:
         return dict(pro=K.PRO_NONE, scale=None, shift=None)
-    pro = K.PRO_AFFINE_RELU if order == "bn_relu" else K.PRO_AFFINE
+    pro = K.PRO_BN_RELU if order == "bn_relu" else K.PRO_BN
     return dict(pro=pro, scale=coef[2], shift=coef[3])
 
 
