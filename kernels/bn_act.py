@@ -440,9 +440,13 @@ def _check_dout(dout, y, shape) -> None:
 def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
             running_mean: torch.Tensor | None, running_var: torch.Tensor | None, *,
             training: bool, momentum: float, eps: float, order: str, pool: bool):
-    """Block output of conv output ``y`` (NHWC) and the fp32 coefficients [4, C] (``COEF_ROWS``)
-    that ``backward`` needs. Training normalises with the batch statistics and updates the
-    running ones in place (when given); eval uses the running statistics."""
+    """Block output of conv output ``y`` and the coefficients that ``backward`` needs.
+
+    y: [N, C, H, W] channels_last (NHWC in memory), fp16 / bf16 / fp32; gamma, beta and the
+    running statistics (both or neither): contiguous [C], one dtype. Returns (out, coef): out
+    [N, C, H', W'] channels_last in y's dtype (H' = H // 2 with ``pool``), coef fp32 [4, C]
+    (``COEF_ROWS``). Training normalises with the batch statistics and updates the running ones
+    in place (when given); eval uses the running statistics."""
     check_forward_inputs(y, gamma, beta, running_mean, running_var, training=training,
                          order=order, pool=pool)
     relu_first = _relu_first(order)
@@ -470,8 +474,12 @@ def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
 
 
 def apply(y: torch.Tensor, coef: torch.Tensor, *, order: str, pool: bool) -> torch.Tensor:
-    """Block output pool?(act(y * scale + shift)) of conv output ``y`` (NHWC) with the
-    coefficients [mean, rstd, scale, shift] (``COEF_ROWS``) of its BatchNorm; one launch."""
+    """Block output pool?(act(y * scale + shift)) of conv output ``y`` with the coefficients
+    ``coef`` of its BatchNorm; one launch.
+
+    y: [N, C, H, W] channels_last, fp16 / bf16 / fp32; coef: contiguous fp32 [4, C]
+    (``COEF_ROWS``). Returns [N, C, H', W'] channels_last in y's dtype (H' = H // 2 with
+    ``pool``)."""
     check_backward_inputs(None, y, coef, order=order, pool=pool)
     n, c, h, w = y.shape
     ho, wo = _pooled_size(h, w, pool)
@@ -487,8 +495,12 @@ def apply(y: torch.Tensor, coef: torch.Tensor, *, order: str, pool: bool) -> tor
 
 def backward(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, *, training: bool,
              order: str, pool: bool):
-    """Gradient w.r.t. the conv output ``y`` and the fp32 sums [sum(dz), sum(dz * x_hat)] per
-    channel (= dbeta, dgamma), given the gradient ``dout`` of the block output (NHWC)."""
+    """Gradient w.r.t. the conv output ``y`` and the per-channel sums that are the BN's
+    parameter gradients.
+
+    dout: gradient of the block output, [N, C, H', W'] channels_last in y's dtype; y: the saved
+    conv output [N, C, H, W] channels_last; coef: ``forward``'s fp32 [4, C]. Returns (dy, sums):
+    dy like y (channels_last), sums fp32 [2, C] = [sum(dz), sum(dz * x_hat)] (dbeta, dgamma)."""
     check_backward_inputs(dout, y, coef, order=order, pool=pool)
     relu_first = _relu_first(order)
     n, c, h, w = y.shape

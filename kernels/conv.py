@@ -515,6 +515,9 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
             relu=False, bn: BatchNormArgs | None = None):
     """Fused 3x3 conv over NHWC ``x`` with packed weight ``wp`` [9*C_in, C_out] (``pack_weight``).
 
+    x: [N, H_in, W_in, C_in] (NHWC), fp16 / bf16 / fp32, any strides (contiguous gets the
+    vectorised configs); wp: x's dtype, contiguous; bias: [C_out]; scale, shift (with ``pro``
+    other than PRO_NONE): contiguous fp32 [C_in], the previous block's BN coefficients.
     Input seen by the conv: ``pool2x2(prologue(x))`` (pool optional; see PRO_*), zero padded.
     Returns y [N, H, W, C_out] (x's dtype, contiguous) = relu?(conv + bias), and with ``bn``
     (y, coef): the coefficients [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] fp32 [4, C_out]
@@ -660,7 +663,8 @@ def _num_sms(device):
 def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bias_grad=True,
                   bn=None, relu_first=False):
     """Weight (and bias) gradient of ``conv3x3`` with the same input / prologue arguments;
-    ``dy``, ``bn``, ``relu_first``: the conv-output gradient as in ``conv3x3_dgrad``.
+    ``dy`` [N, H, W, C_out] contiguous NHWC in x's dtype, ``bn``, ``relu_first``: the
+    conv-output gradient as in ``conv3x3_dgrad``.
 
     Returns (dw packed [9*C_in, C_out] fp32 — see ``unpack_weight_grad`` — , db [C_out] fp32
     or None). The sum over N*H*W is split so that the grid fills the GPU; fp32 partials."""

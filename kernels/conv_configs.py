@@ -32,8 +32,15 @@ __all__ = ["TARGET_SHARED", "FWD_CONFIGS", "FWD_POOL_CONFIGS", "DGRAD_CONFIGS",
 TARGET_SHARED = {"sm_90a": 232448, "sm_80": 166912, "sm_89": 101376}
 
 _ALL = ("sm_90a", "sm_80", "sm_89")
-_BIG = ("sm_90a", "sm_80")  # too much shared memory for 99 KB GPUs
+_BIG = ("sm_90a", "sm_80")  # too much shared memory (or spills) on 99 KB GPUs
 _HOPPER = ("sm_90a",)
+_TRITON = tuple(int(part) for part in triton.__version__.split(".")[:2])
+
+
+def _before(version, older, targets):
+    """``older`` on Triton releases before ``version`` (where the config spills), else
+    ``targets``: the tables follow the compiler, each checked by the AOT test of its release."""
+    return older if _TRITON < version else targets
 
 
 def _cfg(bm, bn, bk, warps, stages, targets=_ALL):
@@ -47,12 +54,13 @@ def _cfg(bm, bn, bk, warps, stages, targets=_ALL):
 #: K rows of the weight-gradient tile (whose reduction step over N*H*W is BM).
 #: Tables for fp16 / bf16 (2-byte operands, HGMMA on sm_90a).
 FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4, _BIG),
-               _cfg(128, 256, 64, 8, 3, _HOPPER), _cfg(256, 128, 32, 8, 3, _BIG),
+               _cfg(128, 256, 64, 8, 3, _HOPPER),
+               _cfg(256, 128, 32, 8, 3, _before((3, 9), _HOPPER, _BIG)),
                _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
 FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3, _HOPPER), _cfg(128, 256, 32, 8, 3, _HOPPER),
                     _cfg(128, 64, 32, 4, 3))
-DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4, _BIG),
-                 _cfg(256, 64, 32, 8, 4), _cfg(128, 64, 64, 8, 3))
+DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3, _BIG), _cfg(128, 128, 64, 8, 4, _BIG),
+                 _cfg(256, 64, 32, 8, 4, _BIG), _cfg(128, 64, 64, 8, 3))
 DGRAD_POOL_CONFIGS = (_cfg(64, 64, 64, 8, 3), _cfg(64, 64, 64, 8, 4))
 WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, _HOPPER), _cfg(64, 128, 64, 8, 3),
                  _cfg(64, 64, 128, 8, 3, _HOPPER), _cfg(64, 64, 64, 4, 3))
@@ -60,8 +68,9 @@ WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, _HOPPER), _cfg(64, 128, 64, 8, 3),
 SMALL_K_CONFIGS = (_cfg(64, 64, 16, 8, 3),)
 #: fp32 (exact "ieee" FMA dot, 4-byte tiles): smaller tiles than fp16's.
 FWD_CONFIGS_FP32 = (_cfg(64, 64, 32, 4, 3, _HOPPER), _cfg(128, 64, 32, 8, 3, _HOPPER),
-                    _cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
-FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
+                    _cfg(64, 128, 32, 8, 3, _before((3, 9), ("sm_80", "sm_89"), _ALL)),
+                    _cfg(128, 128, 32, 8, 2, _BIG))
+FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2, _BIG))
 DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(32, 64, 32, 4, 3))
 DGRAD_POOL_CONFIGS_FP32 = (_cfg(64, 32, 32, 4, 3), _cfg(32, 32, 32, 4, 3))
 WGRAD_CONFIGS_FP32 = (_cfg(16, 64, 64, 4, 3), _cfg(32, 64, 32, 4, 3))
