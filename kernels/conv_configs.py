@@ -7,12 +7,8 @@ RTX 3090 / 4090 / 5090, sm_86 / sm_89 / sm_120). A config lists the targets it i
 the AOT test compiles it for each of them and asserts no spills and shared memory within the
 target's limit. A device gets the configs of the largest class that fits it (``device_target``).
 
-The tuner times each candidate once per (device, shape key) and keeps the fastest. It is not
-``triton.autotune``: a training-mode launch updates the running statistics, which must happen
-exactly once per call, so timing runs are launched with the update switched off (a launch
-argument, not a value ``restore_value`` could snapshot and restore without an extra copy per
-timing run), and the fallbacks below (OutOfResources, graph capture) need control over which
-launch is the final one.
+The tuner (``tuned``) times each candidate once per (GPU model, shape key) and keeps the
+fastest.
 """
 from __future__ import annotations
 
@@ -134,6 +130,10 @@ def tuned(key: tuple, device: torch.device, configs: list[dict], launch):
     forbids): an untuned key launches the first config that fits, and is not cached. To capture
     tuned kernels, run the captured calls once eagerly first (the warm-up torch.cuda.graph asks
     for anyway): that compiles and tunes every shape.
+
+    Not ``triton.autotune``: its timing runs would update the running statistics (restoring
+    them with ``restore_value`` costs a copy per run, and it neither keys its cache by GPU model,
+    retries a cached config that no longer fits, nor avoids timing under graph capture).
     """
     key = (_device_signature(device), *key)
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
