@@ -133,7 +133,7 @@ def tuned(key: tuple, device: torch.device, configs: list[dict], launch):
 
     Not ``triton.autotune``: its timing runs would update the running statistics (restoring
     them with ``restore_value`` costs a copy per run, and it neither keys its cache by GPU model,
-    retries a cached config that no longer fits, nor avoids timing under graph capture).
+    falls back from a cached config that no longer fits, nor avoids timing under capture).
     """
     key = (_device_signature(device), *key)
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
