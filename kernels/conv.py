@@ -521,7 +521,7 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
     Input seen by the conv: ``pool2x2(prologue(x))`` (pool optional; see PRO_*), zero padded.
     Returns y [N, H, W, C_out] (x's dtype, contiguous) = relu?(conv + bias), and with ``bn``
     (y, coef): the coefficients [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] fp32 [4, C_out]
-    (``bn_act.COEF_ROWS``) of the BatchNorm of y, from y's batch statistics (training, computed
+    (``bn_stats.COEF_ROWS``) of the BatchNorm of y, from y's batch statistics (training, computed
     from the values as stored, running statistics updated as nn.BatchNorm2d does) or its
     running statistics (eval) — in the same kernel."""
     nb, h, w, c_in = _check_input(x, pro, scale, shift, pool)
