@@ -55,7 +55,7 @@ FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4, _BIG),
                _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
 FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3, _HOPPER), _cfg(128, 256, 32, 8, 3, _HOPPER),
                     _cfg(128, 64, 32, 4, 3))
-DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3, _BIG), _cfg(128, 128, 64, 8, 4, _BIG),
+DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3, _HOPPER), _cfg(128, 128, 64, 8, 4, _BIG),
                  _cfg(256, 64, 32, 8, 4, _BIG), _cfg(128, 64, 64, 8, 3))
 DGRAD_POOL_CONFIGS = (_cfg(64, 64, 64, 8, 3), _cfg(64, 64, 64, 8, 4))
 WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, _HOPPER), _cfg(64, 128, 64, 8, 3),
