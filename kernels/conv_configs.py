@@ -30,6 +30,7 @@ TARGET_SHARED = {"sm_90a": 232448, "sm_80": 166912, "sm_89": 101376}
 _ALL = ("sm_90a", "sm_80", "sm_89")
 _BIG = ("sm_90a", "sm_80")  # too much shared memory (or spills) on 99 KB GPUs
 _HOPPER = ("sm_90a",)
+_SMALL_SHARED = ("sm_89",)  # smaller tiles where the others do not fit 99 KB
 _TRITON = tuple(int(part) for part in triton.__version__.split(".")[:2])
 
 
@@ -55,20 +56,23 @@ FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4, _BIG),
                _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
 FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3, _HOPPER), _cfg(128, 256, 32, 8, 3, _HOPPER),
                     _cfg(128, 64, 32, 4, 3))
-DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3, _HOPPER), _cfg(128, 128, 64, 8, 4, _BIG),
+DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3, _HOPPER), _cfg(128, 128, 64, 8, 4, _HOPPER),
                  _cfg(256, 64, 32, 8, 4, _BIG), _cfg(128, 64, 64, 8, 3))
 DGRAD_POOL_CONFIGS = (_cfg(64, 64, 64, 8, 3), _cfg(64, 64, 64, 8, 4))
-WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, _HOPPER), _cfg(64, 128, 64, 8, 3),
-                 _cfg(64, 64, 128, 8, 3, _HOPPER), _cfg(64, 64, 64, 4, 3))
+WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, _HOPPER), _cfg(64, 128, 64, 8, 3, _BIG),
+                 _cfg(64, 64, 128, 8, 3, _HOPPER), _cfg(64, 64, 64, 4, 3, _BIG),
+                 _cfg(64, 64, 32, 4, 3, _SMALL_SHARED))
 #: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
-SMALL_K_CONFIGS = (_cfg(64, 64, 16, 8, 3),)
+SMALL_K_CONFIGS = (_cfg(64, 64, 16, 8, 3, ("sm_90a", "sm_89")),
+                   _cfg(32, 32, 16, 4, 3, ("sm_80",)))
 #: fp32 (exact "ieee" FMA dot, 4-byte tiles): smaller tiles than fp16's.
 FWD_CONFIGS_FP32 = (_cfg(64, 64, 32, 4, 3, _HOPPER), _cfg(128, 64, 32, 8, 3, _HOPPER),
                     _cfg(64, 128, 32, 8, 3, _before((3, 9), ("sm_80", "sm_89"), _ALL)),
                     _cfg(128, 128, 32, 8, 2, _BIG))
-FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2, _BIG))
-DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(32, 64, 32, 4, 3))
-DGRAD_POOL_CONFIGS_FP32 = (_cfg(64, 32, 32, 4, 3), _cfg(32, 32, 32, 4, 3))
+FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3, _BIG), _cfg(128, 128, 32, 8, 2, _BIG),
+                         _cfg(64, 64, 32, 4, 3, _SMALL_SHARED))
+DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3, _BIG), _cfg(32, 64, 32, 4, 3))
+DGRAD_POOL_CONFIGS_FP32 = (_cfg(64, 32, 32, 4, 3, _BIG), _cfg(32, 32, 32, 4, 3))
 WGRAD_CONFIGS_FP32 = (_cfg(16, 64, 64, 4, 3), _cfg(32, 64, 32, 4, 3))
 SMALL_K_CONFIGS_FP32 = (_cfg(32, 32, 16, 4, 3),)
 #: under the interpreter: one small config (BN narrowed to 16 for C_out <= 16, ``candidates``)
