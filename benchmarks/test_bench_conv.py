@@ -40,7 +40,7 @@ def _triton_pass(name, x, w, b, dy, fused=False, pool=False):
     if fused:
         cin, cout, dev = x.shape[1], dy.shape[1], x.device
         scale, shift = torch.rand(cin, device=dev) + 0.5, torch.randn(cin, device=dev)
-        fusion = dict(pool=pool, pro=K.PRO_AFFINE_RELU if cin > 1 else K.PRO_NONE, scale=scale,
+        fusion = dict(pool=pool, pro=K.PRO_BN_RELU if cin > 1 else K.PRO_NONE, scale=scale,
                       shift=shift)
         # this block's BN backward formed while loading dy (from dz and the stored conv output)
         grad_fusion = dict(bn=(torch.randn_like(dy_nhwc), torch.randn(4, cout, device=dev)))

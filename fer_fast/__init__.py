@@ -13,7 +13,6 @@ from .predict import Face, Predictor  # noqa: E402
 
 # fast backends register themselves in fer_fast.backends on import
 from . import _ext  # noqa: E402,F401  "native" augment (fer_fast._C: C++ / CUDA)
-from .kernels import augment as _augment_triton  # noqa: E402,F401  "triton" augment
 from . import fused  # noqa: E402,F401  "fused" block (Triton BN/ReLU/pool around the library conv)
 from . import triton_backend  # noqa: E402,F401  "triton" features (implicit-GEMM conv kernels)
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 
 from . import backends, devices
+from .kernels import augment as _augment_kernel
+from .kernels import is_interpreter
 
 __all__ = [
     "IMAGE_SIZE", "CROP_SIZE", "NUM_CROPS", "CROP_CORNERS", "RECIPES", "AugmentParams",
@@ -329,6 +331,30 @@ def _is_any(device: torch.device) -> bool:
 
 
 backends.register("augment", "eager", augment_ref, supports=_is_any, priority=0)
+
+
+# "triton": the fused Triton kernel, built for this module's geometry
+if (_augment_kernel.IMAGE_SIZE, _augment_kernel.CROP_SIZE, _augment_kernel.NUM_CROPS,
+        _augment_kernel.GEOM_SIZE) != (IMAGE_SIZE, CROP_SIZE, NUM_CROPS, GEOM_SIZE):
+    raise ImportError("fer_fast.kernels.augment is built for another crop geometry")
+
+
+def augment_triton(images: torch.Tensor, params: AugmentParams,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [B, 48, 48] + params -> crops [B*10, 1, 40, 40] in ``dtype``, one Triton launch
+    (CUDA; the CPU under TRITON_INTERPRET=1)."""
+    check_inputs(images, params)
+    check_dtype(dtype)
+    return _augment_kernel.ten_crop_augment(images, params.geom, params.erase, dtype)
+
+
+def _triton_auto(device: torch.device) -> bool:
+    """"auto" never picks the interpreter: it is a test vehicle, far slower than native/eager."""
+    return not is_interpreter() and _augment_kernel.runs_on(device)
+
+
+backends.register("augment", "triton", augment_triton, supports=_augment_kernel.runs_on,
+                  auto=_triton_auto, priority=20)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ tensor's device current for the launch and restores the caller's afterwards.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
-__all__ = ["on_device", "interpreted", "refuse_bf16_dot_under_interpreter"]
+from .kernels import is_interpreter
+
+__all__ = ["on_device", "refuse_bf16_dot_under_interpreter"]
 
 
 def on_device(tensor: torch.Tensor):
@@ -27,11 +28,6 @@ def on_device(tensor: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def interpreted() -> bool:
-    """Whether Triton kernels run under the interpreter (``TRITON_INTERPRET=1``, CPU tensors)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def refuse_bf16_dot_under_interpreter(op: str, dtype: torch.dtype) -> None:
     """Raise for bfloat16 data in a kernel using ``tl.dot`` under the Triton interpreter, where
     ``tl.dot`` on bfloat16 operands returns garbage (wrong by orders of magnitude, an upstream
@@ -39,7 +35,7 @@ def refuse_bf16_dot_under_interpreter(op: str, dtype: torch.dtype) -> None:
     ``tl.dot`` (BatchNorm/ReLU/pool, the augmentation) are not affected: there the interpreter
     only rounds bfloat16 stores differently from a GPU (at most one bfloat16 ulp, within the
     bfloat16 tolerances), so they run."""
-    if dtype == torch.bfloat16 and interpreted():
+    if dtype == torch.bfloat16 and is_interpreter():
         raise ValueError(f"{op}: bfloat16 is not supported under the Triton interpreter "
                          f"(TRITON_INTERPRET=1): its tl.dot returns wrong values for bfloat16; "
                          f"use float16 or float32 here, or run on a GPU")

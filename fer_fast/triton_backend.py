@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 
 from . import backends, devices
-from .kernels import bn_act
+from .kernels import bn_act, is_interpreter
 from .kernels import conv as K
 
 __all__ = ["features_triton", "supports"]
@@ -53,7 +53,7 @@ _OP_NAME = "triton features backend (implicit-GEMM conv stack)"
 def supports(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available()
-    return device.type == "cpu" and devices.interpreted()
+    return device.type == "cpu" and is_interpreter()
 
 
 def _batch_norm_args(i, gammas, betas, running_means, running_vars, num_batches_tracked,
@@ -74,7 +74,7 @@ def _prologue(coef, order):
     """Conv-kernel prologue arguments that apply a block's BN (+ ReLU) to its stored output."""
     if coef is None:
         return dict(pro=K.PRO_NONE, scale=None, shift=None)
-    pro = K.PRO_AFFINE_RELU if order == "bn_relu" else K.PRO_AFFINE
+    pro = K.PRO_BN_RELU if order == "bn_relu" else K.PRO_BN
     return dict(pro=pro, scale=coef[2], shift=coef[3])
 
 

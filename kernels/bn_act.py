@@ -38,13 +38,15 @@ import torch
 import triton
 import triton.language as tl
 
+from . import is_interpreter
+from .bn_stats import (COEF_MEAN, COEF_ROWS, COEF_RSTD, COEF_SCALE, COEF_SHIFT, chan_merge,
+                       store_coefficients, update_running_stats)
+
 __all__ = ["ORDERS", "COEF_ROWS", "GPU_TILES", "INTERPRETER_TILES", "runs_on",
            "check_forward_inputs", "check_backward_inputs", "forward", "backward", "AOT_SPECS"]
 
 #: block orders: "bn_relu" = relu(bn(y)), "relu_bn" = bn(relu(y)) (kernel flag relu_first)
 ORDERS = ("bn_relu", "relu_bn")
-#: rows of the fp32 coefficient tensor [4, C] returned by ``forward`` and taken by ``backward``
-COEF_ROWS = ("mean", "rstd", "scale", "shift")
 
 
 @dataclass(frozen=True)
@@ -105,60 +107,6 @@ def _stats_kernel(y_ptr, part_ptr, M, C, CHUNKS_PER_PROG, relu_first,
     base = part_ptr + pid_m.to(tl.int64) * 2 * C
     tl.store(base + cols, mean, mask=cmask)
     tl.store(base + C + cols, m2, mask=cmask)
-
-
-@triton.jit
-def chan_merge(ptr, first, count, M, rows, C, cols, cmask, BLOCK_P: tl.constexpr,
-               BLOCK_C: tl.constexpr):
-    """Chan's parallel combine, in item order, of items [first, first + count) of ``ptr``
-    [*, 2, C] = per-channel (mean, M2) over ``rows`` rows each (item i covers rows
-    [i*rows, (i+1)*rows) of M, the last one partial): (mean, M2) over all of them. Loads bypass
-    L1, so that items written by other programs of the same launch are read from L2."""
-    n_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for p0 in range(0, count, BLOCK_P):
-        ps = first + p0 + tl.arange(0, BLOCK_P)
-        pmask = p0 + tl.arange(0, BLOCK_P) < count
-        mask = pmask[:, None] & cmask[None, :]
-        n_p = tl.where(pmask, tl.minimum(M - ps * rows, rows), 0).to(tl.float32)[:, None]
-        offs = ps[:, None] * (2 * C) + cols[None, :]
-        mean_p = tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
-        m2_p = tl.load(ptr + offs + C, mask=mask, other=0.0, cache_modifier=".cg")
-        n_b = tl.sum(n_p, axis=0)
-        mean_b = tl.sum(n_p * mean_p, axis=0) / n_b
-        dev = tl.where(mask, mean_p - mean_b[None, :], 0.0)
-        m2_b = tl.sum(m2_p + n_p * dev * dev, axis=0)
-        n_new = n_acc + n_b
-        delta = mean_b - mean
-        mean = mean + delta * (n_b / n_new)
-        m2 = m2 + m2_b + delta * delta * (n_acc * (n_b / n_new))
-        n_acc = n_new
-    return mean, m2
-
-
-@triton.jit
-def update_running_stats(rmean_ptr, rvar_ptr, cols, cmask, mean, m2, M, momentum):
-    """The running statistics as nn.BatchNorm2d updates them: momentum average, unbiased
-    variance m2 / (M - 1)."""
-    rmean = tl.load(rmean_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    rvar = tl.load(rvar_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    rmean = (1.0 - momentum) * rmean + momentum * mean
-    rvar = (1.0 - momentum) * rvar + momentum * (m2 / (M - 1))
-    tl.store(rmean_ptr + cols, rmean.to(rmean_ptr.dtype.element_ty), mask=cmask)
-    tl.store(rvar_ptr + cols, rvar.to(rvar_ptr.dtype.element_ty), mask=cmask)
-
-
-@triton.jit
-def store_coefficients(coef_ptr, cols, cmask, mean, var, gamma_ptr, beta_ptr, C, eps):
-    """coef[:, cols] = [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] (``COEF_ROWS``)."""
-    rstd = 1.0 / tl.sqrt_rn(var + eps)
-    scale = tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * rstd
-    shift = tl.load(beta_ptr + cols, mask=cmask, other=0.0).to(tl.float32) - mean * scale
-    tl.store(coef_ptr + cols, mean, mask=cmask)
-    tl.store(coef_ptr + C + cols, rstd, mask=cmask)
-    tl.store(coef_ptr + 2 * C + cols, scale, mask=cmask)
-    tl.store(coef_ptr + 3 * C + cols, shift, mask=cmask)
 
 
 @triton.jit(do_not_specialize=["training", "update_running"])
@@ -230,8 +178,8 @@ def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, relu_first
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     mask = (sites < n_sites)[:, None] & cmask[None, :]
-    scale = tl.load(coef_ptr + 2 * C + cols, mask=cmask, other=0.0)[None, :]
-    shift = tl.load(coef_ptr + 3 * C + cols, mask=cmask, other=0.0)[None, :]
+    scale = tl.load(coef_ptr + COEF_SCALE * C + cols, mask=cmask, other=0.0)[None, :]
+    shift = tl.load(coef_ptr + COEF_SHIFT * C + cols, mask=cmask, other=0.0)[None, :]
     dtype = out_ptr.dtype.element_ty
     relu_last = relu_first == 0
     if POOL:
@@ -268,10 +216,10 @@ def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_s
     pid_c = tl.program_id(1)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    mean = tl.load(coef_ptr + cols, mask=cmask, other=0.0)[None, :]
-    rstd = tl.load(coef_ptr + C + cols, mask=cmask, other=0.0)[None, :]
-    scale = tl.load(coef_ptr + 2 * C + cols, mask=cmask, other=0.0)[None, :]
-    shift = tl.load(coef_ptr + 3 * C + cols, mask=cmask, other=0.0)[None, :]
+    mean = tl.load(coef_ptr + COEF_MEAN * C + cols, mask=cmask, other=0.0)[None, :]
+    rstd = tl.load(coef_ptr + COEF_RSTD * C + cols, mask=cmask, other=0.0)[None, :]
+    scale = tl.load(coef_ptr + COEF_SCALE * C + cols, mask=cmask, other=0.0)[None, :]
+    shift = tl.load(coef_ptr + COEF_SHIFT * C + cols, mask=cmask, other=0.0)[None, :]
     dtype = y_ptr.dtype.element_ty
     relu_last = relu_first == 0
     acc_dz = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
@@ -325,10 +273,10 @@ def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO,
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     smask = sites < n_sites
-    mean = tl.load(coef_ptr + cols, mask=cmask, other=0.0)[None, :]
-    rstd = tl.load(coef_ptr + C + cols, mask=cmask, other=0.0)[None, :]
-    scale = tl.load(coef_ptr + 2 * C + cols, mask=cmask, other=0.0)[None, :]
-    shift = tl.load(coef_ptr + 3 * C + cols, mask=cmask, other=0.0)[None, :]
+    mean = tl.load(coef_ptr + COEF_MEAN * C + cols, mask=cmask, other=0.0)[None, :]
+    rstd = tl.load(coef_ptr + COEF_RSTD * C + cols, mask=cmask, other=0.0)[None, :]
+    scale = tl.load(coef_ptr + COEF_SCALE * C + cols, mask=cmask, other=0.0)[None, :]
+    shift = tl.load(coef_ptr + COEF_SHIFT * C + cols, mask=cmask, other=0.0)[None, :]
     mean_dz = tl.zeros([1, BLOCK_C], dtype=tl.float32)
     mean_dzx = tl.zeros([1, BLOCK_C], dtype=tl.float32)
     if training != 0:
@@ -383,8 +331,7 @@ def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO,
 def runs_on(device: torch.device) -> bool:
     """Whether these kernels run on ``device``: CUDA, or CPU tensors when Triton was imported
     with TRITON_INTERPRET=1 (the interpreter is chosen when a kernel is defined)."""
-    interpreted = not isinstance(_apply_kernel, triton.runtime.jit.JITFunction)
-    return device.type == ("cpu" if interpreted else "cuda")
+    return device.type == ("cpu" if is_interpreter() else "cuda")
 
 
 def _tiles(device: torch.device) -> Tiles:
@@ -493,9 +440,13 @@ def _check_dout(dout, y, shape) -> None:
 def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
             running_mean: torch.Tensor | None, running_var: torch.Tensor | None, *,
             training: bool, momentum: float, eps: float, order: str, pool: bool):
-    """Block output of conv output ``y`` (NHWC) and the fp32 coefficients [4, C] (``COEF_ROWS``)
-    that ``backward`` needs. Training normalises with the batch statistics and updates the
-    running ones in place (when given); eval uses the running statistics."""
+    """Block output of conv output ``y`` and the coefficients that ``backward`` needs.
+
+    y: [N, C, H, W] channels_last (NHWC in memory), fp16 / bf16 / fp32; gamma, beta and the
+    running statistics (both or neither): contiguous [C], one dtype. Returns (out, coef): out
+    [N, C, H', W'] channels_last in y's dtype (H' = H // 2 with ``pool``), coef fp32 [4, C]
+    (``COEF_ROWS``). Training normalises with the batch statistics and updates the running ones
+    in place (when given); eval uses the running statistics."""
     check_forward_inputs(y, gamma, beta, running_mean, running_var, training=training,
                          order=order, pool=pool)
     relu_first = _relu_first(order)
@@ -523,8 +474,12 @@ def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
 
 
 def apply(y: torch.Tensor, coef: torch.Tensor, *, order: str, pool: bool) -> torch.Tensor:
-    """Block output pool?(act(y * scale + shift)) of conv output ``y`` (NHWC) with the
-    coefficients [mean, rstd, scale, shift] (``COEF_ROWS``) of its BatchNorm; one launch."""
+    """Block output pool?(act(y * scale + shift)) of conv output ``y`` with the coefficients
+    ``coef`` of its BatchNorm; one launch.
+
+    y: [N, C, H, W] channels_last, fp16 / bf16 / fp32; coef: contiguous fp32 [4, C]
+    (``COEF_ROWS``). Returns [N, C, H', W'] channels_last in y's dtype (H' = H // 2 with
+    ``pool``)."""
     check_backward_inputs(None, y, coef, order=order, pool=pool)
     n, c, h, w = y.shape
     ho, wo = _pooled_size(h, w, pool)
@@ -540,8 +495,12 @@ def apply(y: torch.Tensor, coef: torch.Tensor, *, order: str, pool: bool) -> tor
 
 def backward(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, *, training: bool,
              order: str, pool: bool):
-    """Gradient w.r.t. the conv output ``y`` and the fp32 sums [sum(dz), sum(dz * x_hat)] per
-    channel (= dbeta, dgamma), given the gradient ``dout`` of the block output (NHWC)."""
+    """Gradient w.r.t. the conv output ``y`` and the per-channel sums that are the BN's
+    parameter gradients.
+
+    dout: gradient of the block output, [N, C, H', W'] channels_last in y's dtype; y: the saved
+    conv output [N, C, H, W] channels_last; coef: ``forward``'s fp32 [4, C]. Returns (dy, sums):
+    dy like y (channels_last), sums fp32 [2, C] = [sum(dz), sum(dz * x_hat)] (dbeta, dgamma)."""
     check_backward_inputs(dout, y, coef, order=order, pool=pool)
     relu_first = _relu_first(order)
     n, c, h, w = y.shape

@@ -14,7 +14,7 @@ from NHWC rows (contiguous along C: 16-byte loads).
   Epilogue: bias, optional ReLU, store in the activation dtype, and the coefficients of the
   BatchNorm that follows (``BN_MODE``): in training per-tile, per-channel mean and M2 =
   sum((y - tile mean)^2) of the STORED (rounded) values, merged with Chan's formula in tile
-  order inside the kernel (``_reduce_tree``: the last program to finish a group of GROUP tiles
+  order inside the kernel (``reduce_tree``: the last program to finish a group of GROUP tiles
   merges the group, the last group merges the groups, found with arrival counters; no
   separate finalize launch, and a critical path of a few merge steps instead of one program
   looping over thousands of partials); that last program also updates the running statistics
@@ -30,58 +30,65 @@ from NHWC rows (contiguous along C: 16-byte loads).
   block's BN output and its stored conv output (``_load_grad``; the weight gradient reads dy
   the same way), the epilogue goes back through the previous block's pool (argmax recomputed)
   and ReLU, stores that block's dz and reduces sum(dz), sum(dz * x_hat) over the grid into
-  dgamma, dbeta and the coefficients of that block's BN backward (``_reduce_tree``) — so no
+  dgamma, dbeta and the coefficients of that block's BN backward (``reduce_tree``) — so no
   conv-output gradient is ever written and no separate reduction is launched.
 
 ``K_ALIGNED`` (C_in a multiple of BK) makes every K step one tap with contiguous channels; the
 generic path (C_in = 1 on the first layer, channel counts that are not multiples of 16) decodes
 (tap, channel) per element and masks K up to the tl.dot minimum.
 
-Block-size choice is per shape (``_tuned``): on a GPU each candidate config is timed once per
-shape key and the fastest kept; under ``TRITON_INTERPRET=1`` a single small config is used.
-K-aligned configs are offered only to contiguous NHWC inputs with C_in % BK == 0 and C_in, C_out
-multiples of 16 (``_aligned``), which is what their AOT specs state through divisibility hints:
-the A gathers then compile to 16-byte cp.async (LDGSTS.128) and the stores to STG.128.
+Block sizes: ``conv_configs`` (tables per GPU class, tuned per shape and device). K-aligned
+configs are offered only to contiguous NHWC inputs with C_in % BK == 0 and C_in, C_out multiples
+of 16 (``conv_configs.aligned``), which is what their AOT specs state through divisibility
+hints: the A gathers then compile to 16-byte cp.async (LDGSTS.128) and the stores to STG.128.
+
+Indexing: pixel indices (N*H*W, of every operand) are int32 (the launchers check that they fit);
+element offsets (pixel index * channels, image index * batch stride) are int64, so an operand
+may have 2**31 elements or more.
+
+Block order: a block is ``relu(bn(y))`` ("bn_relu") or ``bn(relu(y))`` ("relu_bn", ReLU first);
+the flags name it the same way everywhere: prologues ``PRO_BN_RELU`` / ``PRO_RELU_BN``,
+gradient operands ``G_BN`` (bn_relu: the ReLU mask was applied where dz was formed) /
+``G_RELU_BN``, and ``RELU_FIRST`` (= ``bn_act``'s ``relu_first``) in the data gradient's epilogue.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.errors import OutOfResources
 
-from .bn_act import chan_merge, store_coefficients, update_running_stats
+from . import conv_configs as configs
+from . import is_interpreter
+from .bn_stats import (COEF_MEAN, COEF_RSTD, COEF_SCALE, COEF_SHIFT, GPU_GROUP, GROUP,
+                       reduce_tree, statistics_buffers, store_coefficients, update_running_stats)
 
+__all__ = ["PRO_NONE", "PRO_BN", "PRO_BN_RELU", "PRO_RELU_BN", "G_DENSE", "G_BN", "G_RELU_BN",
+           "GCOEF_ROWS", "MAX_PIXELS", "pack_weight", "pack_weight_dgrad", "unpack_weight_grad",
+           "conv3x3", "conv3x3_dgrad", "conv3x3_wgrad", "BatchNormArgs", "AOT_SPECS"]
 
-__all__ = ["PRO_NONE", "PRO_AFFINE", "PRO_AFFINE_RELU", "PRO_RELU_AFFINE", "G_DENSE", "G_BN",
-           "G_BN_RELU_FIRST", "pack_weight", "pack_weight_dgrad", "unpack_weight_grad", "conv3x3",
-           "conv3x3_dgrad", "conv3x3_wgrad", "BatchNormArgs",
-           "AOT_SPECS"]
-
-#: prologue on the loaded input: none, x*scale+shift, relu(x*scale+shift), relu(x)*scale+shift
-PRO_NONE, PRO_AFFINE, PRO_AFFINE_RELU, PRO_RELU_AFFINE = 0, 1, 2, 3
-#: how the gradient kernels read a conv-output gradient (``_load_grad``): as stored, or formed
-#: from the stored gradient of the block's BN output (BN backward; ReLU-before-BN mask)
-G_DENSE, G_BN, G_BN_RELU_FIRST = 0, 1, 2
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-#: M tiles per group of the in-kernel statistics reduction (``_reduce_tree``): 8000 tiles of a
-#: stage-1 layer reduce as 125 groups of 64; under the interpreter 2, so that the tests, with
-#: few tiles, go through both levels
-GPU_GROUP = 64
-GROUP = 2 if _INTERPRET else GPU_GROUP
+#: prologue on the loaded input (the previous block's BN, from its coefficients): none,
+#: bn = x*scale+shift, bn_relu = relu(bn(x)), relu_bn = bn(relu(x))
+PRO_NONE, PRO_BN, PRO_BN_RELU, PRO_RELU_BN = (tl.constexpr(v) for v in range(4))
+#: how the gradient kernels read a conv-output gradient (``_load_grad``): as stored (dense), or
+#: formed from the stored gradient of the block's BN output: BN backward (G_BN), and for a
+#: relu_bn block times the ReLU mask (G_RELU_BN)
+G_DENSE, G_BN, G_RELU_BN = (tl.constexpr(v) for v in range(3))
+#: rows of the fp32 gradient coefficients [4, C] with which ``_load_grad`` forms dL/dy
+GCOEF_ROWS = ("c1", "c2", "c3", "mean")
+GCOEF_C1, GCOEF_C2, GCOEF_C3, GCOEF_MEAN = (tl.constexpr(v) for v in range(4))
+#: the kernels index pixels (N*H*W of every operand) with int32
+MAX_PIXELS = 2 ** 31 - 1
 
 
 @triton.jit
-def _prologue(v, scale, shift, PRO: tl.constexpr):
-    if PRO == 1:
+def _apply_prologue(v, scale, shift, PRO: tl.constexpr):
+    if PRO == PRO_BN:
         v = v * scale + shift
-    elif PRO == 2:
+    elif PRO == PRO_BN_RELU:
         v = tl.maximum(v * scale + shift, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    elif PRO == 3:
+    elif PRO == PRO_RELU_BN:
         v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL) * scale + shift
     return v
 
@@ -93,27 +100,31 @@ def _load_a(x_ptr, scale_ptr, shift_ptr, n, ih, iw, c, m_ok, k_ok, H, W, sxn, sx
     0 where m_ok & k_ok is false or the tap is outside the image; ``POOL`` reads the 2x2 window
     at (2*ih, 2*iw)."""
     inside = m_ok & k_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    if PRO == 0 and not POOL:
-        v = tl.load(x_ptr + n * sxn + ih * sxh + iw * sxw + c * sxc, mask=inside, other=0.0)
+    image = x_ptr + n.to(tl.int64) * sxn  # int64: the batch may span 2**31 elements
+    if PRO == PRO_NONE and not POOL:
+        v = tl.load(image + (ih * sxh + iw * sxw) + c * sxc, mask=inside, other=0.0)
         return v.to(OUT_DTYPE)
     scale = 1.0
     shift = 0.0
-    if PRO != 0:
+    if PRO != PRO_NONE:
         scale = tl.load(scale_ptr + c, mask=k_ok, other=0.0)
         shift = tl.load(shift_ptr + c, mask=k_ok, other=0.0)
     if POOL:
-        base = x_ptr + n * sxn + (2 * ih) * sxh + (2 * iw) * sxw + c * sxc
-        v00 = _prologue(tl.load(base, mask=inside, other=0.0).to(tl.float32), scale, shift, PRO)
-        v01 = _prologue(tl.load(base + sxw, mask=inside, other=0.0).to(tl.float32), scale, shift, PRO)
-        v10 = _prologue(tl.load(base + sxh, mask=inside, other=0.0).to(tl.float32), scale, shift, PRO)
-        v11 = _prologue(tl.load(base + sxh + sxw, mask=inside, other=0.0).to(tl.float32), scale,
-                        shift, PRO)
+        base = image + ((2 * ih) * sxh + (2 * iw) * sxw) + c * sxc
+        v00 = tl.load(base, mask=inside, other=0.0).to(tl.float32)
+        v01 = tl.load(base + sxw, mask=inside, other=0.0).to(tl.float32)
+        v10 = tl.load(base + sxh, mask=inside, other=0.0).to(tl.float32)
+        v11 = tl.load(base + sxh + sxw, mask=inside, other=0.0).to(tl.float32)
+        v00 = _apply_prologue(v00, scale, shift, PRO)
+        v01 = _apply_prologue(v01, scale, shift, PRO)
+        v10 = _apply_prologue(v10, scale, shift, PRO)
+        v11 = _apply_prologue(v11, scale, shift, PRO)
         v = tl.maximum(tl.maximum(v00, v01, propagate_nan=tl.PropagateNan.ALL),
                        tl.maximum(v10, v11, propagate_nan=tl.PropagateNan.ALL),
                        propagate_nan=tl.PropagateNan.ALL)
     else:
-        v = tl.load(x_ptr + n * sxn + ih * sxh + iw * sxw + c * sxc, mask=inside, other=0.0)
-        v = _prologue(v.to(tl.float32), scale, shift, PRO)
+        v = tl.load(image + (ih * sxh + iw * sxw) + c * sxc, mask=inside, other=0.0)
+        v = _apply_prologue(v.to(tl.float32), scale, shift, PRO)
     return tl.where(inside, v, 0.0).to(OUT_DTYPE)
 
 
@@ -137,69 +148,6 @@ def _a_indices(k0, rk, h, w, C_in, K_total, K_ALIGNED: tl.constexpr, BK: tl.cons
         ih = h[:, None] + kh[None, :] - 1
         iw = w[:, None] + kw[None, :] - 1
         return ih, iw, c[None, :], (k < K_total)[None, :]
-
-
-@triton.jit
-def _last_to_arrive(counter_ptr, expected):
-    """Whether this program is the last of ``expected`` to arrive at ``counter_ptr``; that one
-    re-arms the counter to 0. The barrier puts every thread's stores before the release, and
-    the acquire makes the other programs' stores visible to the last one."""
-    tl.debug_barrier()
-    last = tl.atomic_add(counter_ptr, 1, sem="acq_rel") == expected - 1
-    if last:
-        tl.store(counter_ptr, 0)
-    return last
-
-
-@triton.jit
-def _sum_pairs(ptr, first, count, C, rn, n_ok, BP: tl.constexpr, BN: tl.constexpr):
-    """Per-channel sums, in item order, of items [first, first + count) of ``ptr`` [*, 2, C]."""
-    s0 = tl.zeros((BP, BN), dtype=tl.float32)
-    s1 = tl.zeros((BP, BN), dtype=tl.float32)
-    for p0 in range(0, count, BP):
-        ps = first + p0 + tl.arange(0, BP)
-        mask = (p0 + tl.arange(0, BP) < count)[:, None] & n_ok[None, :]
-        offs = ps[:, None] * (2 * C) + rn[None, :]
-        s0 += tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
-        s1 += tl.load(ptr + offs + C, mask=mask, other=0.0, cache_modifier=".cg")
-    return tl.sum(s0, axis=0), tl.sum(s1, axis=0)
-
-
-@triton.jit
-def _reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M, C, rn, n_ok, v0, v1,
-                 CHAN: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Per-channel reduction of a tile-level pair (v0, v1) over every M tile of the grid, in two
-    levels of "the last program to arrive merges": groups of GROUP consecutive tiles into
-    ``gpart_ptr``, then the groups. ``CHAN``: pairs are (mean, M2) merged with Chan's formula,
-    else sums. Returns (is_last, r0, r1), r valid in the one program (per channel tile) for which
-    is_last holds. The result is deterministic: merges go in tile order whoever arrives last.
-    ``count_ptr``: zeroed int32 [channel tiles, groups + 1], left zeroed."""
-    BP: tl.constexpr = 32
-    tiles_m = tl.cdiv(M, BM)
-    tl.store(part_ptr + 2 * pid_m * C + rn, v0, mask=n_ok)
-    tl.store(part_ptr + (2 * pid_m + 1) * C + rn, v1, mask=n_ok)
-    n_groups = tl.cdiv(tiles_m, GROUP)
-    grp = pid_m // GROUP
-    first = grp * GROUP
-    count = tl.minimum(GROUP, tiles_m - first)
-    counters = count_ptr + pid_n * (n_groups + 1)
-    is_last = False
-    r0 = tl.zeros((BN,), dtype=tl.float32)
-    r1 = tl.zeros((BN,), dtype=tl.float32)
-    if _last_to_arrive(counters + grp, count):
-        if CHAN:
-            g0, g1 = chan_merge(part_ptr, first, count, M, BM, C, rn, n_ok, BP, BN)
-        else:
-            g0, g1 = _sum_pairs(part_ptr, first, count, C, rn, n_ok, BP, BN)
-        tl.store(gpart_ptr + 2 * grp * C + rn, g0, mask=n_ok)
-        tl.store(gpart_ptr + (2 * grp + 1) * C + rn, g1, mask=n_ok)
-        if _last_to_arrive(counters + n_groups, n_groups):
-            is_last = True
-            if CHAN:
-                r0, r1 = chan_merge(gpart_ptr, 0, n_groups, M, GROUP * BM, C, rn, n_ok, BP, BN)
-            else:
-                r0, r1 = _sum_pairs(gpart_ptr, 0, n_groups, C, rn, n_ok, BP, BN)
-    return is_last, r0, r1
 
 
 @triton.jit
@@ -231,7 +179,7 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, g
     tile), C_out tiles fastest (``_output_tile``).
 
     ``BN_MODE`` (the BatchNorm that follows): 0 none; 1 training: per-tile (mean, M2) of the
-    stored values, reduced over all M tiles by ``_reduce_tree``, whose last program writes the
+    stored values, reduced over all M tiles by ``reduce_tree``, whose last program writes the
     coefficients ``coef_ptr`` [4, C_out] and (``update_running``) the running statistics;
     2 eval: the coefficients from the running statistics, written by the first M tile."""
     pid_m, pid_n, rm, rn, m_ok, n_ok, n, h, w_ = _output_tile(M, H, W, C_out, BM, BN)
@@ -253,13 +201,13 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, g
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     out = acc.to(y_ptr.dtype.element_ty)
     mask = m_ok[:, None] & n_ok[None, :]
-    tl.store(y_ptr + rm[:, None] * C_out + rn[None, :], out, mask=mask)
+    tl.store(y_ptr + rm.to(tl.int64)[:, None] * C_out + rn[None, :], out, mask=mask)
     if BN_MODE == 1:  # per-tile (mean, M2) of the stored values
         v = tl.where(mask, out.to(tl.float32), 0.0)
         cnt = tl.minimum(M - pid_m * BM, BM).to(tl.float32)
         mean = tl.sum(v, axis=0) / cnt
         d = tl.where(mask, v - mean[None, :], 0.0)
-        is_last, mean, m2 = _reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M, C_out,
+        is_last, mean, m2 = reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M, C_out,
                                          rn, n_ok, mean, tl.sum(d * d, axis=0), True, GROUP,
                                          BM, BN)
         if is_last:
@@ -274,22 +222,23 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, g
 
 
 @triton.jit
-def _load_grad(dz_ptr, gy_ptr, gcoef_ptr, offs, mask, c, c_ok, C, G: tl.constexpr,
+def _load_grad(dz_ptr, gy_ptr, gcoef_ptr, rows, cols, mask, c, c_ok, C, G: tl.constexpr,
                OUT_DTYPE: tl.constexpr):
-    """dL/dy of a conv output at ``offs`` (0 where not ``mask``): the stored tensor itself
-    (``G_DENSE``), or formed from the stored gradient dz of the block's BN output and the stored
-    conv output y with the coefficients [c1, c2, c3, mean] that ``conv3x3_dgrad_kernel``
-    computed for the block:
-    dL/dy = c1*dz + c2*(x - mean) + c3, x = y (G_BN); 0 where y <= 0 (G_BN_RELU_FIRST)."""
-    v = tl.load(dz_ptr + offs, mask=mask, other=0.0)
-    if G != 0:
-        y = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        c1 = tl.load(gcoef_ptr + c, mask=c_ok, other=0.0)
-        c2 = tl.load(gcoef_ptr + C + c, mask=c_ok, other=0.0)
-        c3 = tl.load(gcoef_ptr + 2 * C + c, mask=c_ok, other=0.0)
-        mean = tl.load(gcoef_ptr + 3 * C + c, mask=c_ok, other=0.0)
+    """dL/dy of a conv output at element offsets ``rows + cols`` (``rows``: int64 pixel offsets
+    [BM, 1], ``cols``: channels [1, B*]; 0 where not ``mask``; ``c``, ``c_ok``: the channels of
+    the coefficient loads): the stored tensor itself (``G_DENSE``), or formed
+    from the stored gradient dz of the block's BN output and the stored conv output y with the
+    coefficients ``GCOEF_ROWS`` [c1, c2, c3, mean] that ``conv3x3_dgrad_kernel`` computed for
+    the block: dL/dy = c1*dz + c2*(y - mean) + c3 (G_BN); 0 where y <= 0 (G_RELU_BN)."""
+    v = tl.load(dz_ptr + rows + cols, mask=mask, other=0.0)
+    if G != G_DENSE:
+        y = tl.load(gy_ptr + rows + cols, mask=mask, other=0.0).to(tl.float32)
+        c1 = tl.load(gcoef_ptr + GCOEF_C1 * C + c, mask=c_ok, other=0.0)
+        c2 = tl.load(gcoef_ptr + GCOEF_C2 * C + c, mask=c_ok, other=0.0)
+        c3 = tl.load(gcoef_ptr + GCOEF_C3 * C + c, mask=c_ok, other=0.0)
+        mean = tl.load(gcoef_ptr + GCOEF_MEAN * C + c, mask=c_ok, other=0.0)
         v = c1 * v.to(tl.float32) + c2 * (y - mean) + c3
-        if G == 2:
+        if G == G_RELU_BN:
             v = tl.where(y <= 0, 0.0, v)  # as threshold_backward: NaN passes
         v = tl.where(mask, v, 0.0)
     return v.to(OUT_DTYPE)
@@ -330,13 +279,13 @@ def conv3x3_wgrad_kernel(x_ptr, dy_ptr, gy_ptr, gcoef_ptr, scale_ptr, shift_ptr,
         ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED, BK)
         a = _load_a(x_ptr, scale_ptr, shift_ptr, n[:, None], ih, iw, c, m_ok[:, None], k_ok,
                     H, W, sxn, sxh, sxw, sxc, PRO, POOL, dtype)
-        g = _load_grad(dy_ptr, gy_ptr, gcoef_ptr, rm[:, None] * C_out + rn[None, :],
-                       m_ok[:, None] & n_ok[None, :], rn, n_ok, C_out, G, dtype)
+        g = _load_grad(dy_ptr, gy_ptr, gcoef_ptr, rm.to(tl.int64)[:, None] * C_out,
+                       rn[None, :], m_ok[:, None] & n_ok[None, :], rn, n_ok, C_out, G, dtype)
         acc = tl.dot(tl.trans(a), g, acc, input_precision=DOT_PREC)
         if HAS_DB:
             dbias += tl.sum(g.to(tl.float32), axis=0)
     kk = k0 + rk
-    tl.store(dw_ptr + (pid_s * K_total + kk[:, None]) * C_out + rn[None, :], acc,
+    tl.store(dw_ptr + (pid_s * K_total + kk).to(tl.int64)[:, None] * C_out + rn[None, :], acc,
              mask=(kk < K_total)[:, None] & n_ok[None, :])
     if HAS_DB:
         if pid_k == 0:
@@ -375,7 +324,7 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
     shift]: route g to the window's argmax (first maximum, NaN wins, of z as stored), apply the
     ReLU mask when ReLU follows BN, store dz (the gradient of the previous BN's output, full
     resolution), and reduce [sum dz, sum dz * x_hat] per channel over all tiles
-    (``_reduce_tree``, ``inv_count`` = 1 / (N*EH*EW)), whose last program writes them to
+    (``reduce_tree``, ``inv_count`` = 1 / (N*EH*EW)), whose last program writes them to
     ``sums_ptr`` [2, C_dx] (dbeta, dgamma of the previous BN) and that BN's backward as the
     coefficients ``pcoef_ptr`` [c1, c2, c3, mean] with which ``_load_grad`` forms its dy: in
     training scale * (dz - mean(dz) - x_hat * mean(dz * x_hat)), i.e. c1 = scale,
@@ -389,8 +338,9 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
     for k0 in range(0, K_total, BK):
         ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_dy, K_total, K_ALIGNED, BK)
         inside = m_ok[:, None] & k_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = _load_grad(dz_ptr, gy_ptr, gcoef_ptr, ((n[:, None] * H + ih) * W + iw) * C_dy + c,
-                       inside, c, k_ok, C_dy, G, dtype)
+        pixel = (n[:, None] * H + ih) * W + iw
+        a = _load_grad(dz_ptr, gy_ptr, gcoef_ptr, pixel.to(tl.int64) * C_dy, c, inside, c, k_ok,
+                       C_dy, G, dtype)
         kk = k0 + rk
         b = tl.load(w_ptr + kk[:, None] * C_dx + rn[None, :],
                     mask=(kk < K_total)[:, None] & n_ok[None, :], other=0.0)
@@ -398,15 +348,15 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
     mask = m_ok[:, None] & n_ok[None, :]
     g = acc.to(dtype)
     if EPI == 0:
-        tl.store(out_ptr + rm[:, None] * C_dx + rn[None, :], g, mask=mask)
+        tl.store(out_ptr + rm.to(tl.int64)[:, None] * C_dx + rn[None, :], g, mask=mask)
     else:
         g = g.to(tl.float32)
-        mean = tl.load(ecoef_ptr + rn, mask=n_ok, other=0.0)[None, :]
-        rstd = tl.load(ecoef_ptr + C_dx + rn, mask=n_ok, other=0.0)[None, :]
-        scale = tl.load(ecoef_ptr + 2 * C_dx + rn, mask=n_ok, other=0.0)[None, :]
-        shift = tl.load(ecoef_ptr + 3 * C_dx + rn, mask=n_ok, other=0.0)[None, :]
+        mean = tl.load(ecoef_ptr + COEF_MEAN * C_dx + rn, mask=n_ok, other=0.0)[None, :]
+        rstd = tl.load(ecoef_ptr + COEF_RSTD * C_dx + rn, mask=n_ok, other=0.0)[None, :]
+        scale = tl.load(ecoef_ptr + COEF_SCALE * C_dx + rn, mask=n_ok, other=0.0)[None, :]
+        shift = tl.load(ecoef_ptr + COEF_SHIFT * C_dx + rn, mask=n_ok, other=0.0)[None, :]
         if EPI == 1:
-            offs = rm[:, None] * C_dx + rn[None, :]
+            offs = rm.to(tl.int64)[:, None] * C_dx + rn[None, :]
             y = tl.load(ey_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             x_hat, z = _block_output(y, mean, rstd, scale, shift, RELU_FIRST)
             if not RELU_FIRST:
@@ -416,7 +366,8 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
             sum_dz = tl.sum(dz, axis=0)
             sum_dzx = tl.sum(dz * x_hat, axis=0)
         else:  # full-resolution window (2h, 2w) of the previous block's output
-            base = ((n * EH + 2 * h) * EW + 2 * w_)[:, None] * C_dx + rn[None, :]
+            pixel = (n * EH + 2 * h) * EW + 2 * w_
+            base = pixel.to(tl.int64)[:, None] * C_dx + rn[None, :]
             step_h = EW * C_dx
             best = tl.zeros((BM, BN), dtype=tl.float32)
             for k in tl.static_range(4):  # the window's maximum, as the forward's pool took it
@@ -442,7 +393,7 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
                 tl.store(out_ptr + offs, dz.to(dtype), mask=mask)
                 sum_dz += tl.sum(dz, axis=0)
                 sum_dzx += tl.sum(dz * x_hat, axis=0)
-        is_last, sum_dz, sum_dzx = _reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M,
+        is_last, sum_dz, sum_dzx = reduce_tree(part_ptr, gpart_ptr, count_ptr, pid_n, pid_m, M,
                                                 C_dx, rn, n_ok, sum_dz, sum_dzx, False, GROUP,
                                                 BM, BN)
         if is_last:
@@ -453,10 +404,10 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
             if training == 0:
                 c2 = tl.zeros_like(c2)
                 c3 = tl.zeros_like(c3)
-            tl.store(pcoef_ptr + rn[None, :], scale, mask=n_ok[None, :])
-            tl.store(pcoef_ptr + C_dx + rn[None, :], c2, mask=n_ok[None, :])
-            tl.store(pcoef_ptr + 2 * C_dx + rn[None, :], c3, mask=n_ok[None, :])
-            tl.store(pcoef_ptr + 3 * C_dx + rn[None, :], mean, mask=n_ok[None, :])
+            tl.store(pcoef_ptr + GCOEF_C1 * C_dx + rn[None, :], scale, mask=n_ok[None, :])
+            tl.store(pcoef_ptr + GCOEF_C2 * C_dx + rn[None, :], c2, mask=n_ok[None, :])
+            tl.store(pcoef_ptr + GCOEF_C3 * C_dx + rn[None, :], c3, mask=n_ok[None, :])
+            tl.store(pcoef_ptr + GCOEF_MEAN * C_dx + rn[None, :], mean, mask=n_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,116 +431,6 @@ def unpack_weight_grad(dw: torch.Tensor, c_in: int) -> torch.Tensor:
     return dw.reshape(3, 3, c_in, dw.shape[1]).permute(3, 2, 0, 1).contiguous()
 
 
-#: AOT targets (tests/aot.py) and the devices they stand for (``_target``)
-_BOTH = ("sm_90a", "sm_80")
-
-
-def _cfg(bm, bn, bk, warps, stages, targets=_BOTH):
-    """A launch config; ``targets``: where its shared memory fits (checked by the AOT test)."""
-    return dict(BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages, targets=targets)
-
-
-#: GPU candidates per kernel, all in AOT_SPECS (spill-free, HGMMA on sm_90a). The K-aligned
-#: ones (every table but the SMALL_K ones) are offered only when ``_aligned`` holds, which is
-#: what the AOT specs assume through their divisibility hints; BK is the K step of the forward
-#: and data gradient and the K rows of the weight-gradient tile (whose reduction step over
-#: N*H*W is BM).
-#: Registers on sm_90a (AOT, fp16), epilogues with the in-kernel statistics tree included:
-#: fused forward 128x128x64 175 (with pool 200), 128x256 241, 256x128 254 (128x256 spills
-#: 24-32 bytes on sm_80: sm_90 only); data gradient with the BN-backward prologue and
-#: epilogue 162-244; with the pool epilogue (the window maximum and the gradient stay live)
-#: 64x64 tiles, ~204: 128x64 spilled 8-32 bytes, 128x128 1.3 KB; weight gradient with the
-#: BN-backward prologue 181-240 (64x128x64 and 64x64x128 need 8 warps, with 4 they spilled).
-#: Shared memory (per block: 232,448 bytes on sm_90, 166,912 on sm_80): the pool prologue
-#: pipelines its four loads, so 128x128x64 with pool needs 197,632 bytes on sm_90a (181,248 on
-#: sm_80: sm_90 only); wgrad 64x128x128 and 64x64x128 need 231,424 / 190,464 (sm_90 only).
-#: Tables for fp16 / bf16 (2-byte operands, HGMMA on sm_90a).
-FWD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4),
-               _cfg(128, 256, 64, 8, 3, ("sm_90a",)), _cfg(256, 128, 32, 8, 3),
-               _cfg(128, 64, 64, 8, 3), _cfg(256, 64, 32, 8, 4))
-FWD_POOL_CONFIGS = (_cfg(128, 128, 64, 8, 3, ("sm_90a",)), _cfg(128, 256, 32, 8, 3, ("sm_90a",)),
-                    _cfg(128, 64, 32, 4, 3))
-DGRAD_CONFIGS = (_cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(256, 64, 32, 8, 4),
-                 _cfg(128, 64, 64, 8, 3))
-DGRAD_POOL_CONFIGS = (_cfg(64, 64, 64, 8, 3), _cfg(64, 64, 64, 8, 4))
-WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, ("sm_90a",)), _cfg(64, 128, 64, 8, 3),
-                 _cfg(64, 64, 128, 8, 3, ("sm_90a",)), _cfg(64, 64, 64, 4, 3))
-#: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
-SMALL_K_CONFIGS = (_cfg(64, 64, 16, 8, 3),)
-#: fp32 (exact "ieee" FMA dot, 4-byte tiles): the fp16 tiles need up to 526 KB of shared memory
-#: and spill, so smaller ones, spill-free where offered (the 64-wide forward tiles spill 8 bytes
-#: on sm_80: sm_90 only).
-FWD_CONFIGS_FP32 = (_cfg(64, 64, 32, 4, 3, ("sm_90a",)), _cfg(128, 64, 32, 8, 3, ("sm_90a",)),
-                    _cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
-FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(128, 128, 32, 8, 2))
-DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3), _cfg(32, 64, 32, 4, 3))
-DGRAD_POOL_CONFIGS_FP32 = (_cfg(64, 32, 32, 4, 3), _cfg(32, 32, 32, 4, 3))
-WGRAD_CONFIGS_FP32 = (_cfg(16, 64, 64, 4, 3), _cfg(32, 64, 32, 4, 3))
-SMALL_K_CONFIGS_FP32 = (_cfg(32, 32, 16, 4, 3),)
-_INTERPRET_CONFIG = _cfg(64, 32, 16, 4, 1)
-_TUNED: dict = {}
-
-
-def _target(device) -> str:
-    """The AOT target whose shared-memory budget this GPU has: sm_90a from Hopper on, else sm_80
-    (a smaller GPU may still reject some; ``_tuned`` skips those)."""
-    return "sm_90a" if torch.cuda.get_device_capability(device)[0] >= 9 else "sm_80"
-
-
-def _candidates(table, x: torch.Tensor, c_out: int):
-    """Configs for this shape and GPU: the table's K-aligned ones that fit the device's target
-    when ``_aligned`` holds for their BK, else the generic small-K one of x's dtype."""
-    if _INTERPRET:
-        cfg = dict(_INTERPRET_CONFIG)
-        cfg["BN"] = 16 if c_out <= 16 else 32
-        return [cfg]
-    target = _target(x.device)
-    ok = [c for c in table if target in c["targets"] and _aligned(x, c_out, c["BK"])]
-    return ok or list(SMALL_K_CONFIGS_FP32 if x.dtype == torch.float32 else SMALL_K_CONFIGS)
-
-
-def _aligned(x: torch.Tensor, c_out: int, bk: int) -> bool:
-    """What the K-aligned AOT specs assume (``_ALIGNED_ARGS``): every K step is one tap of BK
-    contiguous channels, and C_in, C_out and the NHWC strides are multiples of 16."""
-    c_in = x.shape[3]
-    return x.is_contiguous() and c_in % bk == 0 and c_in % 16 == 0 and c_out % 16 == 0
-
-
-def _tuned(key, candidates, launch):
-    """Run ``launch(cfg, final=True)`` with the fastest candidate for ``key``, timing each once
-    per key with ``final=False``.
-
-    ``launch`` must be idempotent (every output overwritten, nothing accumulated) and, when not
-    ``final``, leave no other trace (no running-statistics update), so that the timing runs are
-    invisible. A candidate the GPU rejects (OutOfResources: shared memory, registers) is
-    skipped; only when none fits is it an error."""
-    cfg = _TUNED.get(key)
-    if cfg is not None:
-        return launch(cfg, final=True)
-    times, rejected = {}, []
-    for i, c in enumerate(candidates):
-        try:
-            times[i] = (triton.testing.do_bench(lambda c=c: launch(c, final=False), warmup=5,
-                                                rep=20)
-                        if len(candidates) > 1 else 0.0)
-        except OutOfResources as exc:
-            rejected.append(f"{_cfg_name(c)}: {exc}")
-    if not times:
-        raise _no_config_fits(key, rejected)
-    cfg = candidates[min(times, key=times.__getitem__)]
-    try:
-        out = launch(cfg, final=True)
-    except OutOfResources as exc:
-        raise _no_config_fits(key, rejected + [f"{_cfg_name(cfg)}: {exc}"]) from exc
-    _TUNED[key] = cfg
-    return out
-
-
-def _no_config_fits(key, rejected):
-    return RuntimeError(f"conv3x3 ({key[0]}, shape key {key[1:]}): no config fits this GPU: "
-                        + "; ".join(rejected))
-
-
 def _dot_precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -607,11 +448,11 @@ def _check(name, t, *, dtype=None, device=None, shape=None, contiguous=False):
         raise ValueError(f"{name} must be contiguous")
 
 
-def _check_int32(name: str, numel: int) -> None:
-    """The kernels index with int32: every operand must have fewer than 2**31 elements."""
-    if numel >= 2 ** 31:
-        raise ValueError(f"{name} would have {numel} elements; the conv kernels index with int32 "
-                         f"(< 2**31): use a smaller batch")
+def _check_pixels(name: str, pixels: int) -> None:
+    """The kernels index pixels (N*H*W) with int32; element offsets are int64."""
+    if pixels > MAX_PIXELS:
+        raise ValueError(f"{name} has {pixels} pixels (N*H*W); the conv kernels index pixels "
+                         f"with int32 (at most {MAX_PIXELS}): use a smaller batch")
 
 
 def _check_packed_weight(wp, x):
@@ -630,8 +471,12 @@ def _check_input(x, pro, scale, shift, pool):
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"x has dtype {x.dtype}; supported: float16, bfloat16, float32")
     nb, hx, wx, c_in = x.shape
-    _check_int32("x", x.numel())
-    if pro not in (PRO_NONE, PRO_AFFINE, PRO_AFFINE_RELU, PRO_RELU_AFFINE):
+    _check_pixels("x", nb * hx * wx)
+    # within one image offsets are int32: (ih * sxh + iw * sxw) + c * sxc
+    if sum((d - 1) * abs(st) for d, st in zip(x.shape[1:], x.stride()[1:])) > MAX_PIXELS:
+        raise ValueError(f"one image of x (shape {tuple(x.shape)}, strides {x.stride()}) spans "
+                         f"2**31 elements or more")
+    if pro not in (PRO_NONE, PRO_BN, PRO_BN_RELU, PRO_RELU_BN):
         raise ValueError(f"unknown prologue {pro!r}")
     if pro != PRO_NONE:
         for nm, t in (("scale", scale), ("shift", shift)):
@@ -666,42 +511,17 @@ class BatchNormArgs:
             raise ValueError("BatchNorm in eval mode needs running_mean and running_var")
 
 
-#: zeroed arrival counters of the training-statistics epilogue, per (device, stream)
-_COUNTERS: dict = {}
-
-
-def _statistics_buffers(device: torch.device, channel_tiles: int, tiles_m: int, c: int):
-    """Tile partials, group partials and arrival counters of ``_reduce_tree`` for a grid of
-    (channel_tiles, tiles_m) programs over c channels."""
-    groups = triton.cdiv(tiles_m, GROUP)
-    part = torch.empty((tiles_m, 2, c), device=device, dtype=torch.float32)
-    gpart = torch.empty((groups, 2, c), device=device, dtype=torch.float32)
-    return part, gpart, _arrival_counters(device, channel_tiles * (groups + 1))
-
-
-def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
-    """n zeroed int32 counters for ``_reduce_tree``. Every launch leaves them zero (the last
-    program to arrive at a counter re-arms it), so one set serves every launch of a stream,
-    whose launches run one after another. A CUDA graph being captured gets its own (a captured
-    zero fill), since its replays may run beside other work of the capture stream."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return torch.zeros(n, device=device, dtype=torch.int32)
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    counters = _COUNTERS.get((device, stream))
-    if counters is None or counters.numel() < n:
-        counters = torch.zeros(max(n, 64), device=device, dtype=torch.int32)
-        _COUNTERS[(device, stream)] = counters
-    return counters
-
-
 def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=False,
             relu=False, bn: BatchNormArgs | None = None):
     """Fused 3x3 conv over NHWC ``x`` with packed weight ``wp`` [9*C_in, C_out] (``pack_weight``).
 
+    x: [N, H_in, W_in, C_in] (NHWC), fp16 / bf16 / fp32, any strides (contiguous gets the
+    vectorised configs); wp: x's dtype, contiguous; bias: [C_out]; scale, shift (with ``pro``
+    other than PRO_NONE): contiguous fp32 [C_in], the previous block's BN coefficients.
     Input seen by the conv: ``pool2x2(prologue(x))`` (pool optional; see PRO_*), zero padded.
     Returns y [N, H, W, C_out] (x's dtype, contiguous) = relu?(conv + bias), and with ``bn``
     (y, coef): the coefficients [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] fp32 [4, C_out]
-    (``bn_act.COEF_ROWS``) of the BatchNorm of y, from y's batch statistics (training, computed
+    (``bn_stats.COEF_ROWS``) of the BatchNorm of y, from y's batch statistics (training, computed
     from the values as stored, running statistics updated as nn.BatchNorm2d does) or its
     running statistics (eval) — in the same kernel."""
     nb, h, w, c_in = _check_input(x, pro, scale, shift, pool)
@@ -710,7 +530,6 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
     if bias is not None:
         _check("bias", bias, device=x.device, shape=(c_out,), contiguous=True)
     m = nb * h * w
-    _check_int32("the conv output", m * c_out)
     mode = 0
     if bn is not None:
         bn.check(c_out, x.device)
@@ -731,23 +550,23 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
         tiles_n = triton.cdiv(c_out, cfg["BN"])
         part = gpart = counters = y
         if mode == 1:
-            part, gpart, counters = _statistics_buffers(x.device, tiles_n, tiles_m, c_out)
+            part, gpart, counters = statistics_buffers(x.device, tiles_n, tiles_m, c_out)
         conv3x3_kernel[(tiles_m * tiles_n,)](
             x, wp, bias if bias is not None else y, scale if pro else y, shift if pro else y, y,
             part, gpart, counters, gamma, beta, rmean, rvar, coef, m, h, w, c_in, c_out,
             *x.stride(),
             bn.eps if mode else 0.0, (bn.momentum or 0.0) if mode else 0.0,
-            int(final and mode == 1 and track), PRO=pro, POOL=pool,
+            int(final and mode == 1 and track), PRO=int(pro), POOL=pool,
             HAS_BIAS=bias is not None, RELU_OUT=relu, BN_MODE=mode,
             K_ALIGNED=c_in % cfg["BK"] == 0, DOT_PREC=_dot_precision(x.dtype), GROUP=GROUP,
             BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"])
 
     if x.dtype == torch.float32:
-        table = FWD_POOL_CONFIGS_FP32 if pool else FWD_CONFIGS_FP32
+        table = configs.FWD_POOL_CONFIGS_FP32 if pool else configs.FWD_CONFIGS_FP32
     else:
-        table = FWD_POOL_CONFIGS if pool else FWD_CONFIGS
-    _tuned(key, _candidates(table, x, c_out), launch)
+        table = configs.FWD_POOL_CONFIGS if pool else configs.FWD_CONFIGS
+    configs.tuned(key, x.device, configs.candidates(table, x, c_out), launch)
     return (y, coef) if mode else y
 
 
@@ -759,15 +578,15 @@ def _grad_operand(dy, bn, relu_first):
     if dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"dy has dtype {dy.dtype}; supported: float16, bfloat16, float32")
     _check("dy", dy, contiguous=True)
-    _check_int32("dy", dy.numel())
+    _check_pixels("dy", dy.shape[0] * dy.shape[1] * dy.shape[2])
     if bn is None:
-        return G_DENSE, dy, dy
+        return int(G_DENSE), dy, dy
     y, gcoef = bn
     _check("the block's conv output y", y, dtype=dy.dtype, device=dy.device, shape=dy.shape,
            contiguous=True)
     _check("gradient coefficients", gcoef, dtype=torch.float32, device=dy.device,
            shape=(4, dy.shape[3]), contiguous=True)
-    return (G_BN_RELU_FIRST if relu_first else G_BN), y, gcoef
+    return int(G_RELU_BN if relu_first else G_BN), y, gcoef
 
 
 def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, training=True):
@@ -791,7 +610,6 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
     _check_packed_weight(wd, dy)
     c_dx = wd.shape[1]
     m = nb * h * w
-    _check_int32("the data gradient", m * c_dx)
     if prev is None:
         epi, eh, ew = 0, h, w
         out = torch.empty((nb, h, w, c_dx), device=dy.device, dtype=dy.dtype)
@@ -799,12 +617,12 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
     else:
         ey, ecoef = prev
         _check("previous conv output", ey, dtype=dy.dtype, device=dy.device, contiguous=True)
-        _check_int32("previous conv output", ey.numel())
         eh, ew = ey.shape[1:3] if ey.dim() == 4 else (0, 0)
         expected = (nb, 2 * h + eh % 2, 2 * w + ew % 2, c_dx) if pool else (nb, h, w, c_dx)
         if tuple(ey.shape) != expected:
             raise ValueError(f"previous conv output has shape {tuple(ey.shape)}, expected "
                              f"{expected} for dy {tuple(dy.shape)} (pool={pool})")
+        _check_pixels("previous conv output", nb * eh * ew)
         _check("previous coefficients", ecoef, dtype=torch.float32, device=dy.device,
                shape=(4, c_dx), contiguous=True)
         epi = 2 if pool else 1
@@ -820,7 +638,7 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
         tiles_n = triton.cdiv(c_dx, cfg["BN"])
         part = gpart = counters = out
         if epi:
-            part, gpart, counters = _statistics_buffers(dy.device, tiles_n, tiles_m, c_dx)
+            part, gpart, counters = statistics_buffers(dy.device, tiles_n, tiles_m, c_dx)
         conv3x3_dgrad_kernel[(tiles_m * tiles_n,)](
             dy, gy, gcoef, wd, ey, ecoef, out, part, gpart, counters, sums, pcoef,
             m, h, w, c_dy, c_dx, eh, ew, 1.0 / (nb * eh * ew), int(training),
@@ -829,10 +647,10 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
             BK=cfg["BK"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
     if dy.dtype == torch.float32:
-        table = DGRAD_POOL_CONFIGS_FP32 if epi == 2 else DGRAD_CONFIGS_FP32
+        table = configs.DGRAD_POOL_CONFIGS_FP32 if epi == 2 else configs.DGRAD_CONFIGS_FP32
     else:
-        table = DGRAD_POOL_CONFIGS if epi == 2 else DGRAD_CONFIGS
-    _tuned(key, _candidates(table, dy, c_dx), launch)
+        table = configs.DGRAD_POOL_CONFIGS if epi == 2 else configs.DGRAD_CONFIGS
+    configs.tuned(key, dy.device, configs.candidates(table, dy, c_dx), launch)
     return (out, sums, pcoef) if epi else out
 
 
@@ -845,7 +663,8 @@ def _num_sms(device):
 def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bias_grad=True,
                   bn=None, relu_first=False):
     """Weight (and bias) gradient of ``conv3x3`` with the same input / prologue arguments;
-    ``dy``, ``bn``, ``relu_first``: the conv-output gradient as in ``conv3x3_dgrad``.
+    ``dy`` [N, H, W, C_out] contiguous NHWC in x's dtype, ``bn``, ``relu_first``: the
+    conv-output gradient as in ``conv3x3_dgrad``.
 
     Returns (dw packed [9*C_in, C_out] fp32 — see ``unpack_weight_grad`` — , db [C_out] fp32
     or None). The sum over N*H*W is split so that the grid fills the GPU; fp32 partials."""
@@ -859,7 +678,7 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
     m = nb * h * w
     k_total = 9 * c_in
     key = ("wgrad", m, h, w, c_in, c_out, x.dtype, x.stride(), pro, pool, bias_grad, g_mode)
-    target = 2 if _INTERPRET else 2 * _num_sms(x.device)
+    target = 2 if is_interpreter() else 2 * _num_sms(x.device)
 
     def launch(cfg, final):
         tiles = triton.cdiv(k_total, cfg["BK"]) * triton.cdiv(c_out, cfg["BN"])
@@ -873,79 +692,33 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
         conv3x3_wgrad_kernel[grid](
             x, dy, gy, gcoef, scale if pro else db_p, shift if pro else db_p, dw_p, db_p,
             m, h, w, c_in, c_out, *x.stride(), per_split,
-            PRO=pro, POOL=pool, G=g_mode, HAS_DB=bias_grad, K_ALIGNED=c_in % cfg["BK"] == 0,
+            PRO=int(pro), POOL=pool, G=g_mode, HAS_DB=bias_grad, K_ALIGNED=c_in % cfg["BK"] == 0,
             DOT_PREC=_dot_precision(x.dtype), BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return dw_p, db_p
 
-    table = WGRAD_CONFIGS_FP32 if x.dtype == torch.float32 else WGRAD_CONFIGS
-    dw_p, db_p = _tuned(key, _candidates(table, x, c_out), launch)
+    table = configs.WGRAD_CONFIGS_FP32 if x.dtype == torch.float32 else configs.WGRAD_CONFIGS
+    dw_p, db_p = configs.tuned(key, x.device, configs.candidates(table, x, c_out), launch)
     return dw_p.sum(0), (db_p.sum(0) if bias_grad else None)
 
 
 # ----------------------------------------------------------------------------------------------
 # Ahead-of-time compile specs (tests/aot.py): every config, with the heaviest fusion variant.
 
-#: integer arguments that are multiples of 16 whenever a K-aligned config is launched
-#: (``_aligned``: C_in % BK == 0, C_out % 16 == 0, contiguous NHWC, so every stride too)
-_ALIGNED_ARGS = ("C_in", "C_out", "sxn", "sxh", "sxw", "C_dy", "C_dx")
-
-
-def _aot_spec(name, fn, constexprs, cfg, dtype="fp16"):
-    """fp32 specs get the launcher's exact dot (no HGMMA); each spec is checked on the targets
-    its config is offered on."""
-    pointers = {"x_ptr", "w_ptr", "b_ptr", "y_ptr", "dy_ptr", "dz_ptr", "gy_ptr", "ey_ptr",
-                "out_ptr"}
-    fp32_pointers = {"scale_ptr", "shift_ptr", "part_ptr", "dw_ptr", "db_ptr", "gcoef_ptr",
-                     "ecoef_ptr", "gamma_ptr", "beta_ptr", "rmean_ptr", "rvar_ptr", "coef_ptr",
-                     "gpart_ptr", "sums_ptr", "pcoef_ptr"}
-    fp32_scalars = {"eps", "momentum", "inv_count"}
-    constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"])
-    if "GROUP" in fn.arg_names:
-        constexprs["GROUP"] = GPU_GROUP
-    if "sxc" in fn.arg_names:  # as the JIT specialises a contiguous NHWC input
-        constexprs["sxc"] = 1
-    if dtype == "fp32":
-        constexprs["DOT_PREC"] = "ieee"
-    signature = {}
-    for arg in fn.arg_names:
-        if arg in constexprs:
-            signature[arg] = "constexpr"
-        elif arg in pointers:
-            signature[arg] = f"*{dtype}"
-        elif arg in fp32_pointers:
-            signature[arg] = "*fp32"
-        elif arg == "count_ptr":
-            signature[arg] = "*i32"
-        elif arg in fp32_scalars:
-            signature[arg] = "fp32"
-        else:
-            signature[arg] = "i32"
-    aligned = constexprs["K_ALIGNED"]
-    return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
-            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-            "hgmma": dtype != "fp32", "divisible": _ALIGNED_ARGS if aligned else (),
-            "targets": cfg["targets"]}
-
-
-def _cfg_name(cfg):
-    return f"BM{cfg['BM']}_BN{cfg['BN']}_BK{cfg['BK']}_w{cfg['num_warps']}_s{cfg['num_stages']}"
-
-
-_FWD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, HAS_BIAS=True, RELU_OUT=False, BN_MODE=1,
+_FWD_FUSED = dict(PRO=PRO_BN_RELU, POOL=True, HAS_BIAS=True, RELU_OUT=False, BN_MODE=1,
                   K_ALIGNED=True, DOT_PREC="tf32")
 #: forward variants: released order (BN, ReLU in the prologue) and paper (ReLU in the epilogue)
 _FWD = {"fused_": dict(_FWD_FUSED, POOL=False),
-        "paper_": dict(_FWD_FUSED, PRO=PRO_AFFINE, POOL=False, RELU_OUT=True)}
+        "paper_": dict(_FWD_FUSED, PRO=PRO_BN, POOL=False, RELU_OUT=True)}
 _FWD_POOL = {"fused_pool_": _FWD_FUSED,
-             "paper_pool_": dict(_FWD_FUSED, PRO=PRO_AFFINE, RELU_OUT=True)}
+             "paper_pool_": dict(_FWD_FUSED, PRO=PRO_BN, RELU_OUT=True)}
 #: data gradient across a boundary, per order: (G, RELU_FIRST) = released (BN; ReLU mask in the
 #: epilogue) and paper (ReLU mask in the prologue)
 _DGRAD = {"": dict(G=G_BN, EPI=1, RELU_FIRST=False, K_ALIGNED=True, DOT_PREC="tf32"),
-          "paper_": dict(G=G_BN_RELU_FIRST, EPI=1, RELU_FIRST=True, K_ALIGNED=True,
+          "paper_": dict(G=G_RELU_BN, EPI=1, RELU_FIRST=True, K_ALIGNED=True,
                          DOT_PREC="tf32")}
 _DGRAD_POOL = {k + "pool_": dict(v, EPI=2) for k, v in _DGRAD.items()}
-_WGRAD_FUSED = dict(PRO=PRO_AFFINE_RELU, POOL=True, G=G_BN_RELU_FIRST, HAS_DB=True,
+_WGRAD_FUSED = dict(PRO=PRO_BN_RELU, POOL=True, G=G_RELU_BN, HAS_DB=True,
                     K_ALIGNED=True, DOT_PREC="tf32")
 #: the generic (K decoded per element) path as the first layer and odd channel counts use it
 _SMALL = {"fwd": (conv3x3_kernel, dict(_FWD_FUSED, K_ALIGNED=False)),
@@ -954,26 +727,31 @@ _SMALL = {"fwd": (conv3x3_kernel, dict(_FWD_FUSED, K_ALIGNED=False)),
 
 
 def _specs(kind, fn, variants, table, dtype="fp16"):
-    return [_aot_spec(f"{kind}_{v}{dtype}_{_cfg_name(c)}", fn, constexprs, c, dtype)
+    return [configs.aot_spec(f"{kind}_{v}{dtype}_{configs.cfg_name(c)}", fn,
+                             {k: int(v) if isinstance(v, tl.constexpr) else v
+                              for k, v in constexprs.items()}, c, GPU_GROUP, dtype)
             for v, constexprs in variants.items() for c in table]
 
 
+_C = configs
 AOT_SPECS = (
-    _specs("fwd", conv3x3_kernel, _FWD, FWD_CONFIGS)
-    + _specs("fwd", conv3x3_kernel, _FWD_POOL, FWD_POOL_CONFIGS)
-    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD, DGRAD_CONFIGS)
-    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD_POOL, DGRAD_POOL_CONFIGS)
+    _specs("fwd", conv3x3_kernel, _FWD, _C.FWD_CONFIGS)
+    + _specs("fwd", conv3x3_kernel, _FWD_POOL, _C.FWD_POOL_CONFIGS)
+    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD, _C.DGRAD_CONFIGS)
+    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD_POOL, _C.DGRAD_POOL_CONFIGS)
     # bf16 compiles to the same code with other HGMMA operand types
-    + _specs("dgrad", conv3x3_dgrad_kernel, {"": _DGRAD[""]}, DGRAD_CONFIGS[:1], "bf16")
+    + _specs("dgrad", conv3x3_dgrad_kernel, {"": _DGRAD[""]}, _C.DGRAD_CONFIGS[:1], "bf16")
     + _specs("wgrad", conv3x3_wgrad_kernel, {"pool_": _WGRAD_FUSED,
-                                             "": dict(_WGRAD_FUSED, POOL=False)}, WGRAD_CONFIGS)
-    + _specs("fwd", conv3x3_kernel, _FWD, FWD_CONFIGS_FP32, "fp32")
-    + _specs("fwd", conv3x3_kernel, _FWD_POOL, FWD_POOL_CONFIGS_FP32, "fp32")
-    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD, DGRAD_CONFIGS_FP32, "fp32")
-    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD_POOL, DGRAD_POOL_CONFIGS_FP32, "fp32")
-    + _specs("wgrad", conv3x3_wgrad_kernel, {"pool_": _WGRAD_FUSED}, WGRAD_CONFIGS_FP32, "fp32")
+                                             "": dict(_WGRAD_FUSED, POOL=False)},
+             _C.WGRAD_CONFIGS)
+    + _specs("fwd", conv3x3_kernel, _FWD, _C.FWD_CONFIGS_FP32, "fp32")
+    + _specs("fwd", conv3x3_kernel, _FWD_POOL, _C.FWD_POOL_CONFIGS_FP32, "fp32")
+    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD, _C.DGRAD_CONFIGS_FP32, "fp32")
+    + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD_POOL, _C.DGRAD_POOL_CONFIGS_FP32, "fp32")
+    + _specs("wgrad", conv3x3_wgrad_kernel, {"pool_": _WGRAD_FUSED}, _C.WGRAD_CONFIGS_FP32,
+             "fp32")
     + [dict(spec, hgmma=spec["hgmma"] and kind != "wgrad")  # first layer: K = 9 rows < 64
        for kind, (fn, constexprs) in _SMALL.items()
-       for table, dtype in ((SMALL_K_CONFIGS, "fp16"), (SMALL_K_CONFIGS_FP32, "fp32"))
+       for table, dtype in ((_C.SMALL_K_CONFIGS, "fp16"), (_C.SMALL_K_CONFIGS_FP32, "fp32"))
        for spec in _specs(f"{kind}_small_k", fn, {"": constexprs}, table, dtype)]
 )

@@ -19,10 +19,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-#: (name, capability): sm_90a (Hopper, wgmma) and sm_80 (Ampere).
-TARGETS = (("sm_90a", 90), ("sm_80", 80))
-#: opt-in shared memory per block (bytes): 227 KiB on H100 (sm_90), 163 KiB on A100 (sm_80)
-SHARED_LIMIT = {"sm_90a": 232448, "sm_80": 166912}
+#: (name, capability): sm_90a (Hopper, wgmma), sm_80 (A100) and sm_89 (RTX 4090; it stands for
+#: the 99 KB GPUs: sm_86 and sm_120 compile to the same mma.sync code under the same limit)
+TARGETS = (("sm_90a", 90), ("sm_80", 80), ("sm_89", 89))
+#: opt-in shared memory per block (bytes): 227 KiB on H100 (sm_90), 163 KiB on A100 (sm_80),
+#: 99 KiB on sm_86 / sm_89 / sm_120
+SHARED_LIMIT = {"sm_90a": 232448, "sm_80": 166912, "sm_89": 101376}
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 

@@ -1,13 +1,15 @@
 """Every Triton kernel of the project, with every autotune config, compiles ahead of time for
-sm_90a and sm_80 (each spec on the targets it is offered on) with no register spills and within
-the target's shared memory per block; GEMM kernels use HGMMA on sm_90a.
+sm_90a, sm_80 and sm_89 (each spec on the targets it is offered on) with no register spills and
+within the target's shared memory per block; GEMM kernels use HGMMA on sm_90a.
 
-Kernel modules list their specialisations in ``AOT_SPECS`` (see tests/aot.py). Compilation runs
+Kernel modules list their specialisations in ``AOT_SPECS`` (see tests/aot.py); modules of jit
+helpers only (``bn_stats``) are compiled inside the kernels that call them. Compilation runs
 in a subprocess without TRITON_INTERPRET, since interpreted kernels cannot be compiled.
 """
 import json
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,11 @@ import pytest
 import fer_fast.kernels
 from aot import SHARED_LIMIT
 
-MODULES = sorted(f"fer_fast.kernels.{m.name}" for m in pkgutil.iter_modules(fer_fast.kernels.__path__))
+KERNELS_DIR = Path(fer_fast.kernels.__path__[0])
+SOURCES = {f"fer_fast.kernels.{m.name}": (KERNELS_DIR / f"{m.name}.py").read_text()
+           for m in pkgutil.iter_modules(fer_fast.kernels.__path__)}
+#: modules that define launchable kernels (``def name_kernel(``) and so must list AOT specs
+MODULES = sorted(m for m, src in SOURCES.items() if re.search(r"^def \w+_kernel\(", src, re.M))
 
 
 def _compile(module: str) -> list[dict]:
@@ -31,8 +37,16 @@ def _compile(module: str) -> list[dict]:
 def test_every_kernel_module_lists_aot_specs():
     assert MODULES, "no kernel modules found"
     for module in MODULES:
-        src = Path(fer_fast.kernels.__path__[0], module.rsplit(".", 1)[1] + ".py").read_text()
-        assert "AOT_SPECS" in src, f"{module} defines no AOT_SPECS"
+        assert "AOT_SPECS" in SOURCES[module], f"{module} defines no AOT_SPECS"
+
+
+def test_conv_config_targets_are_the_aot_targets():
+    """The GPU classes the conv launchers pick configs for are the ones compiled here, with the
+    same shared-memory limits, and every config names only those."""
+    from fer_fast.kernels import conv, conv_configs
+    assert conv_configs.TARGET_SHARED == SHARED_LIMIT
+    for spec in conv.AOT_SPECS:
+        assert spec["targets"] and set(spec["targets"]) <= set(SHARED_LIMIT), spec["name"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from conftest import requires_cuda
 from tolerances import tolerance
 
+from fer_fast.kernels import bn_stats
 from fer_fast.kernels import conv as K
+from fer_fast.kernels import conv_configs as C
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16]
@@ -29,11 +31,11 @@ def _nchw(t):
 def _prologue_ref(x, scale, shift, pro, pool):
     """Eager composition of what the conv sees: pool2x2(prologue(x)), fp32, NCHW."""
     s, b = scale[None, :, None, None], shift[None, :, None, None]
-    if pro == K.PRO_AFFINE:
+    if pro == K.PRO_BN:
         x = x * s + b
-    elif pro == K.PRO_AFFINE_RELU:
+    elif pro == K.PRO_BN_RELU:
         x = F.relu(x * s + b)
-    elif pro == K.PRO_RELU_AFFINE:
+    elif pro == K.PRO_RELU_BN:
         x = F.relu(x) * s + b
     return F.max_pool2d(x, 2, 2) if pool else x
 
@@ -95,8 +97,8 @@ def _stats_bn(c, device=DEVICE):
     return K.BatchNormArgs(ones, torch.zeros_like(ones), eps=0.0)
 
 
-FUSIONS = [(K.PRO_AFFINE_RELU, False, False), (K.PRO_AFFINE_RELU, True, False),
-           (K.PRO_RELU_AFFINE, True, True), (K.PRO_AFFINE, False, True), (K.PRO_NONE, True, False)]
+FUSIONS = [(K.PRO_BN_RELU, False, False), (K.PRO_BN_RELU, True, False),
+           (K.PRO_RELU_BN, True, True), (K.PRO_BN, False, True), (K.PRO_NONE, True, False)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -144,7 +146,7 @@ def test_statistics_are_stable_for_a_large_offset():
 
 def _tuning_configs():
     """Two interpreter-sized candidates with different tilings (several M tiles each)."""
-    small = dict(K._INTERPRET_CONFIG, BN=16)
+    small = dict(C.INTERPRETER_CONFIG, BN=16)
     return [dict(small, BM=32), small]
 
 
@@ -166,9 +168,9 @@ def test_tuning_runs_leave_running_statistics_and_counters_untouched(training, m
             fn()
         return float(len(timed))
 
-    monkeypatch.setattr(K, "_TUNED", {})
-    monkeypatch.setattr(K, "_candidates", lambda *a, **k: [dict(configs[0]), *configs])
-    monkeypatch.setattr(K.triton.testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(C, "_TUNED", {})
+    monkeypatch.setattr(C, "candidates", lambda *a, **k: [dict(configs[0]), *configs])
+    monkeypatch.setattr(C.triton.testing, "do_bench", fake_do_bench)
     g = torch.Generator().manual_seed(12)
     nb, cin, cout, h, w = 3, 5, 7, 6, 5
     x = torch.randn(nb, cin, h, w, generator=g).to(DEVICE)
@@ -191,10 +193,10 @@ def test_tuning_runs_leave_running_statistics_and_counters_untouched(training, m
     rstd = (var + 1e-3).rsqrt()
     torch.testing.assert_close(coef, torch.stack([mean, rstd, gamma * rstd,
                                                   beta - mean * gamma * rstd]), **tol)
-    assert all(not c.any() for c in K._COUNTERS.values()), "arrival counters must end at 0"
+    assert all(not c.any() for c in bn_stats._COUNTERS.values()), "arrival counters must end at 0"
 
 
-@pytest.mark.parametrize("pro,pool", [(K.PRO_AFFINE_RELU, True), (K.PRO_RELU_AFFINE, False)])
+@pytest.mark.parametrize("pro,pool", [(K.PRO_BN_RELU, True), (K.PRO_RELU_BN, False)])
 def test_weight_gradient_recomputes_the_normalised_input(pro, pool):
     nb, cin, cout, hin, win = 2, 20, 6, 6, 5
     g = torch.Generator().manual_seed(4)
@@ -317,7 +319,7 @@ def test_repeated_launches_are_identical_and_leave_counters_zero(dtype):
     outs = []
     for _ in range(2):
         y, coef = K.conv3x3(x, wp, scale=coef_prev[2], shift=coef_prev[3],
-                            pro=K.PRO_AFFINE_RELU, pool=True,
+                            pro=K.PRO_BN_RELU, pool=True,
                             bn=K.BatchNormArgs(ones, torch.zeros_like(ones)))
         dz = torch.randn(y.shape, generator=torch.Generator().manual_seed(15)).to(DEVICE, dtype)
         gcoef = torch.stack([coef[2], -coef[1], torch.full_like(ones, 0.1), coef[0]])
@@ -325,7 +327,7 @@ def test_repeated_launches_are_identical_and_leave_counters_zero(dtype):
             10, 6, 3, 3, generator=torch.Generator().manual_seed(16)), dtype).to(DEVICE),
             bn=(y, gcoef), prev=(x, coef_prev), pool=True)
         outs.append((y, coef, *grads))
-        assert all(not c.any() for c in K._COUNTERS.values()), "counters must be re-armed"
+        assert all(not c.any() for c in bn_stats._COUNTERS.values()), "counters must be re-armed"
     for first, second in zip(*outs):
         assert torch.equal(first, second)
 
@@ -341,7 +343,7 @@ def test_bad_inputs_are_rejected_with_a_clear_error():
         K.conv3x3(x, K.pack_weight(torch.randn(5, 4, 3, 3, device=DEVICE), torch.float32))
     with pytest.raises(ValueError, match="scale has dtype"):
         K.conv3x3(x, wp, scale=torch.ones(3, dtype=torch.float16, device=DEVICE),
-                  shift=torch.zeros(3, device=DEVICE), pro=K.PRO_AFFINE)
+                  shift=torch.zeros(3, device=DEVICE), pro=K.PRO_BN)
     with pytest.raises(ValueError, match="dy has shape"):
         K.conv3x3_wgrad(x, torch.randn(1, 4, 3, 5, device=DEVICE))
     ones = torch.ones(5, device=DEVICE)
@@ -365,28 +367,162 @@ def test_gpu_configs_are_compiled_ahead_of_time_and_offered_only_when_aligned():
     """Every GPU config is an AOT spec (spill / HGMMA checked by test_aot), and the K-aligned
     ones, whose specs assume 16-divisible channels and strides, only serve shapes that are."""
     names = {s["name"] for s in K.AOT_SPECS}
-    tables = {"fwd_fused_": (K.FWD_CONFIGS, K.FWD_CONFIGS_FP32),
-              "fwd_paper_": (K.FWD_CONFIGS, K.FWD_CONFIGS_FP32),
-              "fwd_fused_pool_": (K.FWD_POOL_CONFIGS, K.FWD_POOL_CONFIGS_FP32),
-              "fwd_paper_pool_": (K.FWD_POOL_CONFIGS, K.FWD_POOL_CONFIGS_FP32),
-              "dgrad_": (K.DGRAD_CONFIGS, K.DGRAD_CONFIGS_FP32),
-              "dgrad_paper_": (K.DGRAD_CONFIGS, K.DGRAD_CONFIGS_FP32),
-              "dgrad_pool_": (K.DGRAD_POOL_CONFIGS, K.DGRAD_POOL_CONFIGS_FP32),
-              "dgrad_paper_pool_": (K.DGRAD_POOL_CONFIGS, K.DGRAD_POOL_CONFIGS_FP32),
-              "wgrad_pool_": (K.WGRAD_CONFIGS, K.WGRAD_CONFIGS_FP32),
-              "fwd_small_k_": (K.SMALL_K_CONFIGS, K.SMALL_K_CONFIGS_FP32),
-              "dgrad_small_k_": (K.SMALL_K_CONFIGS, K.SMALL_K_CONFIGS_FP32),
-              "wgrad_small_k_": (K.SMALL_K_CONFIGS, K.SMALL_K_CONFIGS_FP32)}
+    tables = {"fwd_fused_": (C.FWD_CONFIGS, C.FWD_CONFIGS_FP32),
+              "fwd_paper_": (C.FWD_CONFIGS, C.FWD_CONFIGS_FP32),
+              "fwd_fused_pool_": (C.FWD_POOL_CONFIGS, C.FWD_POOL_CONFIGS_FP32),
+              "fwd_paper_pool_": (C.FWD_POOL_CONFIGS, C.FWD_POOL_CONFIGS_FP32),
+              "dgrad_": (C.DGRAD_CONFIGS, C.DGRAD_CONFIGS_FP32),
+              "dgrad_paper_": (C.DGRAD_CONFIGS, C.DGRAD_CONFIGS_FP32),
+              "dgrad_pool_": (C.DGRAD_POOL_CONFIGS, C.DGRAD_POOL_CONFIGS_FP32),
+              "dgrad_paper_pool_": (C.DGRAD_POOL_CONFIGS, C.DGRAD_POOL_CONFIGS_FP32),
+              "wgrad_pool_": (C.WGRAD_CONFIGS, C.WGRAD_CONFIGS_FP32),
+              "fwd_small_k_": (C.SMALL_K_CONFIGS, C.SMALL_K_CONFIGS_FP32),
+              "dgrad_small_k_": (C.SMALL_K_CONFIGS, C.SMALL_K_CONFIGS_FP32),
+              "wgrad_small_k_": (C.SMALL_K_CONFIGS, C.SMALL_K_CONFIGS_FP32)}
     for prefix, (fp16, fp32) in tables.items():
         for table, dtype in ((fp16, "fp16"), (fp32, "fp32")):
             for cfg in table:
-                assert f"{prefix}{dtype}_{K._cfg_name(cfg)}" in names
+                assert f"{prefix}{dtype}_{C.cfg_name(cfg)}" in names
     x = torch.empty(2, 5, 5, 64)
-    assert K._aligned(x, 128, 64) and K._aligned(x, 64, 32)
-    assert not K._aligned(x, 100, 64)  # C_out not a multiple of 16
-    assert not K._aligned(x, 128, 128)  # C_in not a multiple of BK
-    assert not K._aligned(torch.empty(2, 5, 5, 24), 128, 8)  # C_in not a multiple of 16
-    assert not K._aligned(x.permute(0, 2, 1, 3), 128, 64)  # not contiguous NHWC
+    assert C.aligned(x, 128, 64) and C.aligned(x, 64, 32)
+    assert not C.aligned(x, 100, 64)  # C_out not a multiple of 16
+    assert not C.aligned(x, 128, 128)  # C_in not a multiple of BK
+    assert not C.aligned(torch.empty(2, 5, 5, 24), 128, 8)  # C_in not a multiple of 16
+    assert not C.aligned(x.permute(0, 2, 1, 3), 128, 64)  # not contiguous NHWC
+
+
+@pytest.mark.parametrize("capability,shared,target", [
+    ((9, 0), 232448, "sm_90a"), ((10, 0), 232448, "sm_90a"), ((8, 0), 166912, "sm_80"),
+    ((9, 0), 166912, "sm_80"), ((8, 9), 101376, "sm_89"), ((8, 6), 101376, "sm_89"),
+    ((12, 0), 101376, "sm_89"), ((7, 5), 65536, "sm_89")])
+def test_device_gets_the_configs_of_its_shared_memory_class(capability, shared, target,
+                                                            monkeypatch):
+    """A GPU runs the configs of the largest class whose shared memory per block it has, and on
+    the 99 KB class (RTX 3090 / 4090 / 5090) every kernel still has K-aligned configs."""
+    monkeypatch.setattr(C, "_max_shared", lambda device: shared)
+    monkeypatch.setattr(C.torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert C.device_target(torch.device("cuda")) == target
+    monkeypatch.setattr(C, "is_interpreter", lambda: False)
+    x = torch.empty(2, 5, 5, 64, dtype=torch.float16)
+    tables = (C.FWD_CONFIGS, C.FWD_POOL_CONFIGS, C.DGRAD_CONFIGS, C.DGRAD_POOL_CONFIGS,
+              C.WGRAD_CONFIGS)
+    fp32_tables = (C.FWD_CONFIGS_FP32, C.FWD_POOL_CONFIGS_FP32, C.DGRAD_CONFIGS_FP32,
+                   C.DGRAD_POOL_CONFIGS_FP32, C.WGRAD_CONFIGS_FP32)
+    for table, dtype in [(t, torch.float16) for t in tables] + [(t, torch.float32)
+                                                               for t in fp32_tables]:
+        offered = C.candidates(table, x.to(dtype), 64)
+        assert offered and all(c in table and target in c["targets"] for c in offered), (
+            f"{target}: no K-aligned config of {[C.cfg_name(c) for c in table]}")
+
+
+def _fake_configs(n):
+    return [dict(BM=16 * (i + 1), BN=16, BK=16, num_warps=4, num_stages=1, targets=("sm_89",))
+            for i in range(n)]
+
+
+def _fake_launch(log, rejects=()):
+    """A launch that records (config index, final) and raises OutOfResources for ``rejects``."""
+    from triton.runtime.errors import OutOfResources
+
+    def launch(cfg, final):
+        i = cfg["BM"] // 16 - 1
+        if i in rejects:
+            raise OutOfResources(300000, 101376, "shared memory")
+        log.append((i, final))
+        return i
+    return launch
+
+
+def test_tuning_cache_is_keyed_by_device_model(monkeypatch):
+    """A config tuned on one GPU model / capability is not replayed on another: the second one
+    is timed afresh (here it finds another config fastest)."""
+    configs = _fake_configs(3)
+    device = {"sig": ("NVIDIA H100", (9, 0)), "fastest": 2}
+    monkeypatch.setattr(C, "_TUNED", {})
+    monkeypatch.setattr(C, "_device_signature", lambda d: device["sig"])
+
+    def fake_do_bench(fn, **_):
+        return 0.0 if fn() == device["fastest"] else 1.0
+    monkeypatch.setattr(C.triton.testing, "do_bench", fake_do_bench)
+    log = []
+    assert C.tuned(("fwd", 1), torch.device("cpu"), configs, _fake_launch(log)) == 2
+    assert C.tuned(("fwd", 1), torch.device("cpu"), configs, _fake_launch(log)) == 2
+    device.update(sig=("NVIDIA A100", (8, 0)), fastest=0)
+    assert C.tuned(("fwd", 1), torch.device("cpu"), configs, _fake_launch(log)) == 0
+    assert len(C._TUNED) == 2 and {k[0] for k in C._TUNED} == {("NVIDIA H100", (9, 0)),
+                                                               ("NVIDIA A100", (8, 0))}
+    finals = [i for i, final in log if final]
+    assert finals == [2, 2, 0]
+
+
+def test_cached_config_that_no_longer_fits_falls_back(monkeypatch):
+    """A cached config the GPU rejects (OutOfResources) is dropped and the shape re-tuned among
+    the others, instead of crashing; only when nothing fits is it an error, naming the configs."""
+    configs = _fake_configs(3)
+    monkeypatch.setattr(C, "_TUNED", {})
+    monkeypatch.setattr(C.triton.testing, "do_bench", lambda fn, **_: float(fn()))
+    log = []
+    assert C.tuned(("k",), torch.device("cpu"), configs, _fake_launch(log)) == 0
+    assert C.tuned(("k",), torch.device("cpu"), configs, _fake_launch(log, rejects={0})) == 1
+    assert list(C._TUNED.values()) == [configs[1]]
+    with pytest.raises(RuntimeError, match=r"no config fits.*BM32_BN16\S* \(cached\).*BM16_BN16.*BM48_BN16"):
+        C.tuned(("k",), torch.device("cpu"), configs, _fake_launch(log, rejects={0, 1, 2}))
+
+
+def test_no_tuning_during_cuda_graph_capture(monkeypatch):
+    """Under graph capture nothing is timed (timing synchronises): the first config that fits
+    is launched once and not cached, so eager calls still tune."""
+    configs = _fake_configs(3)
+    monkeypatch.setattr(C, "_TUNED", {})
+    monkeypatch.setattr(C, "_device_signature", lambda d: ("GPU", (8, 9)))
+    monkeypatch.setattr(C.torch.cuda, "is_current_stream_capturing", lambda: True)
+
+    def no_timing(fn, **_):
+        raise AssertionError("timed during capture")
+    monkeypatch.setattr(C.triton.testing, "do_bench", no_timing)
+    log = []
+    assert C.tuned(("k",), torch.device("cuda"), configs, _fake_launch(log, rejects={0})) == 1
+    assert log == [(1, True)] and C._TUNED == {}
+
+
+class _GridRecorder:
+    """Stands in for a kernel: records the launch grid instead of running."""
+
+    def __init__(self):
+        self.grids = []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return lambda *args, **kwargs: None
+
+
+def test_operands_of_2_31_elements_or_more_are_accepted(monkeypatch):
+    """Element offsets are int64: a forward whose output has more than 2**31 elements, a data
+    gradient into such a previous conv output and a weight gradient over such an input pass the
+    launchers' checks and launch one grid covering every pixel (meta tensors, kernels recorded);
+    only pixel counts (N*H*W) are bounded by int32."""
+    for name in ("conv3x3_kernel", "conv3x3_dgrad_kernel", "conv3x3_wgrad_kernel"):
+        monkeypatch.setattr(K, name, _GridRecorder())
+    nb, h, w, c = 20000, 40, 40, 64  # 32e6 pixels x 64 channels = 2.05e9 elements
+    assert nb * h * w * c >= 2 ** 31
+    meta = torch.device("meta")
+    x = torch.empty(nb, h, w, c, dtype=torch.float16, device=meta)
+    wp = torch.empty(9 * c, c, dtype=torch.float16, device=meta)
+    ones = torch.ones(c, device=meta)
+    y, _ = K.conv3x3(x, wp, bn=K.BatchNormArgs(ones, ones, ones, ones))
+    assert y.shape == (nb, h, w, c)
+    cfg = C.INTERPRETER_CONFIG
+    (grid,), = K.conv3x3_kernel.grids
+    assert grid == -(-nb * h * w // cfg["BM"]) * -(-c // 32)
+    dy = torch.empty(nb, h // 2, w // 2, c, dtype=torch.float16, device=meta)
+    dz, _, _ = K.conv3x3_dgrad(dy, wp, bn=(dy, torch.empty(4, c, device=meta)),
+                               prev=(x, torch.empty(4, c, device=meta)), pool=True)
+    assert dz.shape == x.shape and len(K.conv3x3_dgrad_kernel.grids) == 1
+    dw, db = K.conv3x3_wgrad(x, torch.empty(nb, h, w, c, dtype=torch.float16, device=meta))
+    assert dw.shape == (9 * c, c) and len(K.conv3x3_wgrad_kernel.grids) == 1
+    too_many = torch.empty(2 ** 31 // (h * w) + 1, h, w, 1, dtype=torch.float16, device=meta)
+    with pytest.raises(ValueError, match="pixels"):
+        K.conv3x3(too_many, torch.empty(9, c, dtype=torch.float16, device=meta))
 
 
 #: the eight VGG conv layers at batch 640: (C_in, C_out, H of the conv, pool on the input)
@@ -404,7 +540,7 @@ def test_vgg_shapes_on_gpu(cin, cout, h, pool):
     weight = (torch.randn(cout, cin, 3, 3, device="cuda") / (3 * cin ** 0.5)).half().float()
     bias = torch.randn(cout, device="cuda").half().float()
     scale, shift = torch.rand(cin, device="cuda") + 0.5, torch.randn(cin, device="cuda")
-    pro = K.PRO_AFFINE_RELU if cin > 1 else K.PRO_NONE
+    pro = K.PRO_BN_RELU if cin > 1 else K.PRO_NONE
     y, coef = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.half(),
                         scale=scale, shift=shift, pro=pro, pool=pool, bn=_stats_bn(cout, "cuda"))
     var = coef[1] ** -2
