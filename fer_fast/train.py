@@ -46,6 +46,7 @@ from .data import DataError, FERData, Split
 from .evaluate import sizes_arg, evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, load_run_data
 from .model import CLASS_NAMES, VGG, model_backends, resolve_backend
+from .verdict import prepare_auto
 
 __all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "parse_args", "train",
            "main"]
@@ -336,6 +337,7 @@ def _fmt_postfix(values: dict) -> dict:
 def train(config: Config, resume: Path | None = None) -> dict:
     """Run (or continue) a training run; returns the final summary (also in ``summary.json``)."""
     device = resolve_device(config.device)
+    auto = prepare_auto(device, needed="auto" in (config.block_backend, config.augment_backend))
     block_backend = resolve_backend(config.block_backend, device)
     precision = resolve_precision(config.precision, device)
     dtype = _DTYPES[precision]
@@ -390,7 +392,7 @@ def train(config: Config, resume: Path | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     config.out = str(run_dir)
     resolved = {"device": str(device), "block_backend": block_backend, "precision": precision,
-                "data_source": data.source, "torch": torch.__version__,
+                "data_source": data.source, "torch": torch.__version__, "auto": auto,
                 "sizes": {"train": loader.num_images, "val": len(data.val), "test": len(data.test)}}
     (run_dir / "config.json").write_text(json.dumps(
         {**dataclasses.asdict(config), "resolved": resolved}, indent=2) + "\n")
