@@ -1,4 +1,4 @@
-"""``python -m fer_fast {train,evaluate,saliency,selfcheck} ...``: the command-line tools under one name."""
+"""``python -m fer_fast {train,evaluate,saliency,selfcheck} ...``: the command-line tools."""
 import sys
 
 USAGE = ("usage: python -m fer_fast {train,evaluate,saliency,selfcheck} [options]\n"

@@ -50,7 +50,7 @@ from .nn import conv_bn_act_ref
 from .tolerances import tolerance
 from .verdict import ensure_verdict
 
-__all__ = ["run", "main", "ensure_verdict", "VGG_LAYERS", "OPS"]
+__all__ = ["run", "main", "ensure_verdict", "interpreter_conflict", "VGG_LAYERS", "OPS"]
 
 OPS = ("augment", "block", "features")
 #: (name, C_in, C_out, H = W, max-pool after) of the VGG's eight blocks
@@ -483,6 +483,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def interpreter_conflict() -> str | None:
+    """Why the Triton interpreter cannot run here, or None: before Triton 3.7 it converts
+    1-element arrays with ``int()``, which numpy 2.4 refuses."""
+    import numpy
+    import triton
+
+    def major_minor(version):
+        return tuple(int(p) for p in version.split(".")[:2])
+
+    if major_minor(triton.__version__) < (3, 7) and major_minor(numpy.__version__) >= (2, 4):
+        return (f"the Triton {triton.__version__} interpreter fails on numpy "
+                f"{numpy.__version__}: install numpy<2.4 with triton<3.7")
+    return None
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if os.environ.get(_ABORT_ENV) == "1":
@@ -495,6 +510,9 @@ def main(argv=None) -> int:
         return 2
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"selfcheck: --device {args.device}: no CUDA device is usable here", file=sys.stderr)
+        return 2
+    if device.type == "cpu" and interpreter_conflict():
+        print(f"selfcheck: {interpreter_conflict()}", file=sys.stderr)
         return 2
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         # the Triton kernels are interpreted only when defined under TRITON_INTERPRET=1
