@@ -144,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--block-backend", choices=tuple(model_backends()),
-                   help="model backend: auto (fused blocks on GPU, eager on CPU), a block backend "
+                   help="model backend: auto (GPU: the fastest that passed the selfcheck there; CPU: "
+                        "eager), a block backend "
                         "(eager, fused) or a whole-stack one (triton)")
     p.add_argument("--augment-backend", choices=("auto",) + tuple(backends.names("augment")))
     p.add_argument("--precision", choices=PRECISIONS,
