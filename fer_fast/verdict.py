@@ -127,6 +127,10 @@ def verdict_path(device: torch.device | str, env: dict | None = None) -> Path:
     return verdict_dir() / f"verdict-{env['device_type']}-{_key_hash(env)}.json"
 
 
+def _cuda_usable() -> bool:
+    return torch.cuda.is_available()
+
+
 def _cache_key(device: torch.device) -> str:
     return f"{device.type}:{device.index or 0}" if device.type == "cuda" else device.type
 
@@ -134,6 +138,8 @@ def _cache_key(device: torch.device) -> str:
 def load(device: torch.device | str) -> dict | None:
     """The verdict for ``device`` (read once per process), or None."""
     device = torch.device(device)
+    if device.type == "cuda" and not _cuda_usable():
+        return None  # no such device here: nothing was verified on it
     slot = _cache_key(device)
     if slot not in _cache:
         path = verdict_path(device)

@@ -25,6 +25,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv("FER_FAST_SELFCHECK", raising=False)
     monkeypatch.setattr(verdict, "_cache", {})
     monkeypatch.setattr(verdict, "_warned", set())
+    monkeypatch.setattr(verdict, "_cuda_usable", lambda: True)
     real_env = verdict.environment
 
     def fake_env(device):
@@ -211,3 +212,16 @@ def test_cli_prints_the_table_and_writes_json(cache, tmp_path):
         assert set(r) >= {"op", "backend", "check", "passed", "max_error", "tolerance",
                           "time_ms", "speedup"}
     assert not list(cache.glob("verdict-*.json"))  # a partial run is not stored
+
+
+def test_interpreter_numpy_constraint_is_named(monkeypatch):
+    import numpy
+    import triton
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.1")
+    assert "numpy<2.4 with triton<3.7" in selfcheck.interpreter_conflict()
+    monkeypatch.setattr(numpy, "__version__", "2.3.5")
+    assert selfcheck.interpreter_conflict() is None
+    monkeypatch.setattr(triton, "__version__", "3.9.0")
+    monkeypatch.setattr(numpy, "__version__", "2.5.0")
+    assert selfcheck.interpreter_conflict() is None
