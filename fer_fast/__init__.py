@@ -15,6 +15,7 @@ from .predict import Face, Predictor  # noqa: E402
 from . import _ext  # noqa: E402,F401  "native" augment (fer_fast._C: C++ / CUDA)
 from . import fused  # noqa: E402,F401  "fused" block (Triton BN/ReLU/pool around the library conv)
 from . import triton_backend  # noqa: E402,F401  "triton" features (implicit-GEMM conv kernels)
+from . import verdict  # noqa: E402,F401  "auto" decided by the selfcheck's cached verdict
 
 __version__ = "0.1.0"
 __all__ = ["backends", "AugmentParams", "augment", "sample_params", "ten_crop", "VGG",

@@ -11,6 +11,7 @@ COMMANDS = {
     "predict": ("fer_fast.predict", "expressions of the faces in photos, folders, videos, a webcam"),
     "export": ("fer_fast.export", "a checkpoint as ONNX and/or safetensors"),
     "demo": ("fer_fast.demo", "a local web page: upload a photo, see each face's expression"),
+    "selfcheck": ("fer_fast.selfcheck", "verify and time the fast backends on this machine"),
 }
 
 USAGE = (f"usage: python -m fer_fast {{{','.join(COMMANDS)}}} [options]\n"

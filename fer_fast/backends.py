@@ -6,7 +6,9 @@ device)`` with an explicit backend name or ``"auto"`` (the highest-priority back
 for the device whose optional ``auto`` predicate allows it: a backend that runs somewhere only
 for testing, such as a Triton kernel under the CPU interpreter, is never chosen by "auto").
 The eager PyTorch reference of each op is registered as ``"eager"`` and is always available:
-it is the oracle that every fast backend is tested against.
+it is the oracle that every fast backend is tested against. Where a policy is set
+(``fer_fast.verdict``: the selfcheck's cached verdict), it filters and orders "auto"'s
+candidates and is told when a backend is asked for by name.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["register", "resolve", "available", "auto_choice", "names"]
+__all__ = ["register", "resolve", "available", "auto_choice", "names", "eligible",
+           "set_auto_policy"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,15 @@ class _Backend:
 
 
 _REGISTRY: dict[str, dict[str, _Backend]] = {}
+#: (order(op, device, candidates) -> candidates, on_explicit(op, name, device)) or None
+_POLICY: tuple[Callable, Callable] | None = None
+
+
+def set_auto_policy(order: Callable, on_explicit: Callable) -> None:
+    """Let ``order`` filter and reorder "auto"'s candidates (best first), and ``on_explicit``
+    see every backend asked for by name."""
+    global _POLICY
+    _POLICY = (order, on_explicit)
 
 
 def register(op: str, name: str, fn: Callable, *, supports: Callable[[torch.device], bool],
@@ -51,11 +63,19 @@ def available(op: str, device: torch.device | str) -> list[str]:
     return [n for _, n in sorted(ok, reverse=True)]
 
 
+def eligible(op: str, device: torch.device | str) -> list[str]:
+    """Backends of ``op`` that "auto" may consider on ``device`` (before any policy), best first."""
+    device = torch.device(device)
+    impls = _REGISTRY.get(op, {})
+    return [n for n in available(op, device) if impls[n].auto(device)]
+
+
 def auto_choice(op: str, device: torch.device | str) -> str | None:
     """The backend "auto" takes for ``op`` on ``device`` (None when none may be chosen)."""
     device = torch.device(device)
-    impls = _REGISTRY.get(op, {})
-    best = [n for n in available(op, device) if impls[n].auto(device)]
+    best = eligible(op, device)
+    if _POLICY is not None:
+        best = _POLICY[0](op, device, best)
     return best[0] if best else None
 
 
@@ -76,4 +96,6 @@ def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
     if not impls[backend].supports(device):
         raise RuntimeError(f"backend {backend!r} of op {op!r} is not available on device {device}; "
                            f"available there: {available(op, device)}")
+    if _POLICY is not None:
+        _POLICY[1](op, backend, device)
     return impls[backend].fn

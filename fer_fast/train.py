@@ -50,6 +50,7 @@ from .evaluate import evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, augment_batch, load_run_data
 from .model import CLASS_NAMES, VGG, model_backends, resolve_backend
 from .plots import write_run_outputs
+from .verdict import prepare_auto
 
 __all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "parse_args", "train",
            "TrainStep", "setup", "run_epoch", "end_epoch", "main"]
@@ -173,10 +174,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ... "
                    "(default: auto)")
     p.add_argument("--block-backend", choices=tuple(model_backends()),
-                   help="model backend: auto (fused blocks on GPU, eager on CPU), a block backend "
-                        "(eager, fused) or a whole-stack one (triton) (default: auto)")
+                   help="model backend: auto (GPU: the fastest that passed the selfcheck there; "
+                        "CPU: eager), a block backend (eager, fused) or a whole-stack one (triton) "
+                        "(default: auto)")
     p.add_argument("--augment-backend", choices=("auto",) + tuple(backends.names("augment")),
-                   help="(default: auto)")
+                   help="auto (GPU: the fastest that passed the selfcheck there) (default: auto)")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="auto: fp16 autocast + GradScaler on CUDA, fp32 on CPU (default: auto)")
     p.add_argument("--init", metavar="CHECKPOINT",
@@ -531,6 +533,7 @@ def setup(config: Config, resume: Path | None = None) -> Run:
     load the data, build model / loader / optimizer / scheduler, and restore the checkpoint's
     state when resuming; writes config.json and the (resumed) metrics.csv."""
     device = cli.resolve_device(config.device)
+    auto = prepare_auto(device, needed="auto" in (config.block_backend, config.augment_backend))
     try:
         block_backend = resolve_backend(config.block_backend, device)
         augment_backend = (backends.auto_choice("augment", device)
@@ -582,7 +585,7 @@ def setup(config: Config, resume: Path | None = None) -> Run:
     config.out = str(run_dir)
     resolved = {"device": str(device), "block_backend": block_backend, "precision": precision,
                 "augment_backend": augment_backend, "data_source": data.source,
-                "data_sha256": data_id["sha256"], "torch": torch.__version__,
+                "data_sha256": data_id["sha256"], "torch": torch.__version__, "auto": auto,
                 "sizes": {"train": loader.num_images, "val": len(data.val), "test": len(data.test)}}
     (run_dir / "config.json").write_text(json.dumps(
         {**dataclasses.asdict(config), "resolved": resolved}, indent=2) + "\n")

@@ -284,6 +284,7 @@ def features_triton(x, convs, bns, pools, *, order):
     return out
 
 
-# Not chosen by "auto" until a GPU run has measured it against the "fused" blocks; ask for it by name.
+# "auto" takes it on CUDA where the selfcheck verdict has it passing and faster than the best
+# block backend (fer_fast.verdict); never under the CPU interpreter.
 backends.register("features", "triton", features_triton, supports=supports, priority=20,
-                  auto=lambda device: False)
+                  auto=lambda device: torch.device(device).type == "cuda" and supports(device))

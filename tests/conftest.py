@@ -13,6 +13,12 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from fer_fast.selfcheck import interpreter_conflict  # noqa: E402
+    if interpreter_conflict():
+        pytest.exit(f"cannot run the Triton kernels under the interpreter: "
+                    f"{interpreter_conflict()}", returncode=2)
+
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; the CPU counterpart "
                                    "of this test runs the same kernel under TRITON_INTERPRET=1")

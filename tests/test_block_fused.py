@@ -173,9 +173,11 @@ def test_nonfinite_values_propagate(order):
 
 def test_module_and_model_use_the_fused_backend():
     """ConvBNReLU2d(backend="fused") loads the eager block's state_dict and matches it; the
-    backend is registered for CPU and CUDA and is the best one."""
+    backend is registered for CPU and CUDA and is the best one by priority (which "auto" takes
+    where the selfcheck passed it: tests/test_selfcheck.py)."""
     assert "fused" in backends.available("block", "cpu")
-    assert backends.resolve("block", "auto", "cuda") is fused.conv_bn_act_fused
+    assert backends.available("block", "cuda")[0] == "fused"
+    assert backends.resolve("block", "fused", "cuda") is fused.conv_bn_act_fused
     torch.manual_seed(0)
     ref = ConvBNReLU2d(3, 5, order="relu_bn", pool=True)
     blk = ConvBNReLU2d(3, 5, order="relu_bn", pool=True, backend="fused")

@@ -1,0 +1,312 @@
+"""What "auto" may choose on this machine: the cached outcome ("verdict") of ``python -m fer_fast
+selfcheck``, one file per machine and software.
+
+A verdict is the selfcheck's JSON (its ``rows``: parity per op, backend and check, and the
+measured time of each passing backend) plus the ``key`` it holds for: device kind and name,
+compute capability, driver, torch, triton, fer_fast version and the sha256 of the kernel
+sources (``kernels/*.py``, the native extension's sources or binary, the fast-path modules).
+Any change of these makes a new key, hence a new selfcheck. Files:
+``$FER_FAST_VERDICT_DIR`` or ``$XDG_CACHE_HOME/fer_fast`` or ``~/.cache/fer_fast``, named
+``verdict-<device type>-<first 16 hex digits of the key's sha256>.json``.
+
+"auto" per op (``fer_fast.backends`` asks :func:`auto_order`):
+
+- With a verdict: only backends whose every parity row passed there (``eager``, the reference,
+  always), fastest measured first; the whole-stack ``features`` backends only when measured
+  faster than every passing block backend (both timed as the VGG's conv stack, forward and
+  backward, at the training shape). A backend that failed is never chosen; naming it explicitly
+  still runs it, with a warning naming the failed check.
+- On CUDA without a verdict: the eager reference, with one warning saying how to get a verdict
+  (``python -m fer_fast selfcheck`` or :func:`ensure_verdict`; the trainer calls the latter,
+  which runs the selfcheck in a child process so that a faulting kernel cannot take the
+  caller's CUDA context down).
+- On the CPU without a verdict: the registry's own choices (native C++ augmentation, eager
+  blocks; interpreter-only backends never).
+- ``FER_FAST_SELFCHECK=0`` (or ``off``): no selfcheck is run and no verdict read; on CUDA "auto"
+  takes the eager reference (and says so once), on the CPU the registry's choices.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import backends
+
+__all__ = ["verdict_dir", "disabled", "environment", "verdict_path", "load", "save",
+           "ensure_verdict", "auto_order", "prepare_auto", "passed_backends"]
+
+_PACKAGE = Path(__file__).resolve().parent
+#: modules whose code runs on the fast paths (their hash is part of the key)
+_FAST_MODULES = ("augment.py", "_ext.py", "fused.py", "triton_backend.py", "nn.py", "backends.py",
+                 "tolerances.py", "selfcheck.py", "verdict.py")
+#: seconds the trainer waits for the selfcheck child (``FER_FAST_SELFCHECK_TIMEOUT`` overrides)
+DEFAULT_TIMEOUT_S = 1200
+_cache: dict[str, dict | None] = {}
+_warned: set = set()
+
+
+def disabled() -> bool:
+    """``FER_FAST_SELFCHECK`` is 0/off/false/no: no selfcheck runs, no verdict is read."""
+    return os.environ.get("FER_FAST_SELFCHECK", "1").strip().lower() in ("0", "off", "false",
+                                                                           "no")
+
+
+def verdict_dir() -> Path:
+    """``$FER_FAST_VERDICT_DIR``, else ``$XDG_CACHE_HOME/fer_fast``, else ``~/.cache/fer_fast``."""
+    if os.environ.get("FER_FAST_VERDICT_DIR"):
+        return Path(os.environ["FER_FAST_VERDICT_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "fer_fast"
+
+
+def source_hash() -> str:
+    """sha256 over the kernel sources, the native extension and the fast-path modules."""
+    files = sorted((_PACKAGE / "kernels").glob("*.py"))
+    csrc = _PACKAGE.parent / "csrc"  # a source checkout; an installed package hashes its binary
+    files += sorted(p for p in csrc.glob("*") if p.is_file()) if csrc.is_dir() else []
+    files += sorted(_PACKAGE.glob("_C*.so")) + [_PACKAGE / m for m in _FAST_MODULES]
+    digest = hashlib.sha256()
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _driver() -> str:
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # no NVML (CPU machine, driver without it): the CUDA runtime's version
+        return f"cuda {torch.version.cuda}" if torch.version.cuda else "none"
+
+
+def environment(device: torch.device | str) -> dict:
+    """What a verdict holds for: the device and the software (the selfcheck's ``env``)."""
+    device = torch.device(device)
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    from . import __version__
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        name, capability = props.name, f"{props.major}.{props.minor}"
+        driver = _driver()
+    else:
+        name, capability, driver = platform.processor() or platform.machine(), None, None
+    return {"device_type": device.type, "gpu_name" if device.type == "cuda" else "cpu": name,
+            "capability": capability, "driver": driver, "torch": torch.__version__,
+            "triton": triton_version, "fer_fast": __version__, "python": platform.python_version(),
+            "kernel_source_sha256": source_hash()}
+
+
+def _key_hash(env: dict) -> str:
+    key = {k: v for k, v in env.items() if k != "python"}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def verdict_path(device: torch.device | str, env: dict | None = None) -> Path:
+    """Where the verdict for ``device`` with this software is (or would be) stored."""
+    env = env or environment(device)
+    return verdict_dir() / f"verdict-{env['device_type']}-{_key_hash(env)}.json"
+
+
+def _cuda_usable() -> bool:
+    return torch.cuda.is_available()
+
+
+def _cache_key(device: torch.device) -> str:
+    return f"{device.type}:{device.index or 0}" if device.type == "cuda" else device.type
+
+
+def load(device: torch.device | str) -> dict | None:
+    """The verdict for ``device`` (read once per process), or None."""
+    device = torch.device(device)
+    if device.type == "cuda" and not _cuda_usable():
+        return None  # no such device here: nothing was verified on it
+    slot = _cache_key(device)
+    if slot not in _cache:
+        path = verdict_path(device)
+        try:
+            result = json.loads(path.read_text())
+            result["path"] = str(path)
+        except (OSError, ValueError):
+            result = None
+        _cache[slot] = result
+    return _cache[slot]
+
+
+def save(device: torch.device | str, result: dict) -> Path:
+    """Store ``result`` (a selfcheck JSON) as the verdict for ``device``; returns the path."""
+    device = torch.device(device)
+    path = verdict_path(device, result.get("env"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdict-", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
+    _cache.pop(_cache_key(device), None)
+    return path
+
+
+def _failed_checks(verdict: dict, op: str) -> dict[str, list[str]]:
+    failed: dict[str, list[str]] = {}
+    for row in verdict.get("rows", []):
+        if row["op"] == op and not row["passed"]:
+            failed.setdefault(row["backend"], []).append(row["check"])
+    return failed
+
+
+def passed_backends(verdict: dict, op: str) -> set[str]:
+    """Backends of ``op`` with at least one parity row in ``verdict`` and none failed."""
+    checked = {r["backend"] for r in verdict.get("rows", []) if r["op"] == op
+               and r["check"] != "time"}
+    return checked - set(_failed_checks(verdict, op))
+
+
+def _times(verdict: dict, op: str) -> dict[str, float]:
+    return {r["backend"]: r["time_ms"] for r in verdict.get("rows", [])
+            if r["op"] == op and r["check"] == "time" and r.get("time_ms") is not None}
+
+
+def _warn_once(key, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def auto_order(op: str, device: torch.device, candidates: list[str]) -> list[str]:
+    """The backends "auto" may take for ``op`` on ``device``, best first, out of ``candidates``
+    (the registry's, best first by priority); see the module docstring."""
+    if disabled():
+        if device.type != "cuda":
+            return candidates
+        _warn_once(("disabled", op), f"FER_FAST_SELFCHECK={os.environ['FER_FAST_SELFCHECK']}: "
+                   f"backend 'auto' of {op!r} takes the eager reference on {device}")
+        return [n for n in candidates if n == "eager"]
+    verdict = load(device)
+    if verdict is None:
+        if device.type != "cuda":
+            return candidates
+        _warn_once(("none", _cache_key(device)),
+                   f"no selfcheck verdict for {device} in {verdict_dir()}: backend 'auto' takes "
+                   f"the eager reference; run `python -m fer_fast selfcheck --device {device}` "
+                   f"or call fer_fast.selfcheck.ensure_verdict() to verify and time the fast "
+                   f"backends here")
+        return [n for n in candidates if n == "eager"]
+    passed, times = passed_backends(verdict, op), _times(verdict, op)
+    ok = [n for n in candidates if n == "eager" or n in passed]
+    inf = float("inf")
+    ok.sort(key=lambda n: times.get(n, inf))  # stable: unmeasured keep the registry's order
+    if op == "features":  # a whole-stack backend only where it beats every passing block backend
+        block = _times(verdict, "block")
+        best_block = min((t for n, t in block.items()
+                          if n == "eager" or n in passed_backends(verdict, "block")), default=inf)
+        ok = [n for n in ok if times.get(n, inf) < best_block]
+    return ok
+
+
+def check_explicit(op: str, name: str, device: torch.device) -> None:
+    """Warn (once) when ``name`` is asked for by name although it failed the selfcheck here."""
+    if disabled() or name == "eager":
+        return
+    verdict = load(device)
+    failed = _failed_checks(verdict, op).get(name) if verdict else None
+    if failed:
+        _warn_once(("explicit", op, name, _cache_key(device)),
+                   f"backend {name!r} of op {op!r} FAILED the selfcheck on {device} "
+                   f"({', '.join(failed)}; verdict {verdict['path']}); running it as asked")
+
+
+backends.set_auto_policy(auto_order, check_explicit)
+
+
+def _failure_verdict(device: torch.device, why: str) -> dict:
+    """A verdict for a selfcheck that did not finish: every fast backend failed there."""
+    rows = [{"op": op, "backend": name, "check": "selfcheck child", "passed": False,
+             "max_error": None, "tolerance": None, "time_ms": None, "speedup": None,
+             "detail": why}
+            for op in ("augment", "block", "features")
+            for name in backends.available(op, device) if name != "eager"]
+    return {"device": str(device), "env": environment(device), "rows": rows, "passed": False}
+
+
+def ensure_verdict(device: torch.device | str, *, timeout: float | None = None) -> tuple[dict, str]:
+    """The verdict for ``device``, running ``python -m fer_fast selfcheck --quick`` in a child
+    process first when there is none; returns (verdict, what happened in one line). A child
+    that crashes, faults or outlives ``timeout`` (default ``FER_FAST_SELFCHECK_TIMEOUT`` or
+    1200 s) is recorded as a verdict in which every fast backend failed."""
+    device = torch.device(device)
+    verdict = load(device)
+    if verdict is not None:
+        return verdict, f"selfcheck verdict for {device}: {verdict['path']} (cached)"
+    if timeout is None:
+        timeout = float(os.environ.get("FER_FAST_SELFCHECK_TIMEOUT", DEFAULT_TIMEOUT_S))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "selfcheck.json"
+        cmd = [sys.executable, "-m", "fer_fast", "selfcheck", "--device", str(device), "--quick",
+               "--json", str(out)]
+        try:
+            child = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            code = child.returncode
+            if code < 0:
+                why = f"selfcheck child killed by {signal.Signals(-code).name}"
+            elif code not in (0, 1) or not out.exists():
+                why = f"selfcheck child exited with status {code}: {child.stderr.strip()[-300:]}"
+            else:
+                why = None
+        except subprocess.TimeoutExpired:
+            why = f"selfcheck child ran past the {timeout:.0f} s limit"
+        result = json.loads(out.read_text()) if why is None else _failure_verdict(device, why)
+    path = save(device, result)
+    verdict = load(device)
+    state = "passed" if result["passed"] else (why or "some backends failed parity")
+    return verdict, (f"ran the selfcheck for {device} in a child process: {state}; verdict "
+                     f"{path}")
+
+
+def prepare_auto(device: torch.device, *, needed: bool) -> dict:
+    """For a training run: make sure "auto" has a verdict to decide by on ``device`` (running
+    the selfcheck child when needed), print what happened in one line, and return what
+    config.json records: the verdict file, what happened, and what "auto" takes and why."""
+    device = torch.device(device)
+    if disabled():
+        note, path = "FER_FAST_SELFCHECK disables the selfcheck: 'auto' takes eager-safe backends", None
+    elif device.type != "cuda" and load(device) is None:
+        note, path = f"no selfcheck verdict needed on {device}: 'auto' takes the registry's CPU choices", None
+    elif needed:
+        verdict, note = ensure_verdict(device)
+        path = verdict["path"]
+    else:
+        verdict = load(device)
+        note, path = "no 'auto' backend asked for", verdict["path"] if verdict else None
+    if needed and (device.type == "cuda" or path is not None):
+        print(f"fer_fast.train: {note}", flush=True)
+    from .nn import resolve_backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, augment = resolve_backend("auto", device), backends.auto_choice("augment", device)
+    verdict = load(device) if not disabled() else None
+    why = ("fastest measured of those that passed the selfcheck here" if verdict
+           else "eager reference (no verdict)" if device.type == "cuda"
+           else "registry priority (CPU)")
+    failed = {op: sorted(_failed_checks(verdict, op)) for op in ("augment", "block", "features")
+              } if verdict else {}
+    return {"verdict": path, "selfcheck": note, "auto_model_backend": model,
+            "auto_augment_backend": augment, "why": why, "failed": failed}

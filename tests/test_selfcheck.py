@@ -1,0 +1,227 @@
+"""The selfcheck and the verdict "auto" decides by, on the CPU: fake verdict files (passed,
+failed, faster, slower) for a CUDA device and what "auto" then takes, a backend broken on
+purpose (the selfcheck fails it, exits 1, "auto" skips it, naming it still runs it with a
+warning), a selfcheck child that aborts (recorded as every fast backend failed), the
+disabled mode, and the CLI's table and JSON at reduced sizes.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fer_fast import backends, selfcheck, verdict
+from fer_fast.nn import conv_bn_act_ref, resolve_backend
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty verdict directory, and a fake CUDA device whose environment is fixed."""
+    monkeypatch.setenv("FER_FAST_VERDICT_DIR", str(tmp_path))
+    monkeypatch.delenv("FER_FAST_SELFCHECK", raising=False)
+    monkeypatch.setattr(verdict, "_cache", {})
+    monkeypatch.setattr(verdict, "_warned", set())
+    monkeypatch.setattr(verdict, "_cuda_usable", lambda: True)
+    real_env = verdict.environment
+
+    def fake_env(device):
+        if torch.device(device).type == "cuda":
+            return {"device_type": "cuda", "gpu_name": "Test GPU", "capability": "9.0",
+                    "driver": "1.0", "torch": torch.__version__, "triton": "x",
+                    "fer_fast": "0.1.0", "kernel_source_sha256": verdict.source_hash()}
+        return real_env(device)
+
+    monkeypatch.setattr(verdict, "environment", fake_env)
+    return tmp_path
+
+
+@pytest.fixture
+def fake_cuda_backends(monkeypatch):
+    """Every fast backend "runs" on the fake CUDA device (nothing is launched here)."""
+    for op, names in (("augment", ("native", "triton")), ("block", ("fused",)),
+                      ("features", ("triton",))):
+        for name in names:
+            b = backends._REGISTRY[op][name]
+            on_cuda = lambda d: torch.device(d).type == "cuda"  # noqa: E731
+            monkeypatch.setitem(backends._REGISTRY[op], name, backends._Backend(
+                b.fn, lambda d, b=b: on_cuda(d) or b.supports(d), b.priority,
+                lambda d, b=b: on_cuda(d) or b.auto(d)))
+
+
+def _time(op, name, ms):
+    return {"op": op, "backend": name, "check": "time", "passed": True, "time_ms": ms}
+
+
+def _parity(op, name, passed, check="forward fp16"):
+    return {"op": op, "backend": name, "check": check, "passed": passed}
+
+
+def _write(rows):
+    result = {"device": "cuda", "env": verdict.environment(CUDA), "rows": rows,
+              "passed": all(r["passed"] for r in rows)}
+    return verdict.save(CUDA, result)
+
+
+def test_verdict_location_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("FER_FAST_VERDICT_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert verdict.verdict_dir() == tmp_path / "xdg" / "fer_fast"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert verdict.verdict_dir() == tmp_path / "home" / ".cache" / "fer_fast"
+    monkeypatch.setenv("FER_FAST_VERDICT_DIR", str(tmp_path / "v"))
+    assert verdict.verdict_dir() == tmp_path / "v"
+
+
+def test_key_changes_with_the_software(cache):
+    env = verdict.environment(CUDA)
+    path = verdict.verdict_path(CUDA, env)
+    assert path.parent == cache and path.name.startswith("verdict-cuda-")
+    assert verdict.verdict_path(CUDA, {**env, "triton": "y"}) != path
+    assert verdict.verdict_path(CUDA, {**env, "kernel_source_sha256": "0" * 64}) != path
+
+
+def test_auto_takes_the_fastest_that_passed(cache, fake_cuda_backends):
+    _write([_parity("augment", "triton", True), _parity("augment", "native", True),
+            _time("augment", "eager", 10.0), _time("augment", "triton", 2.0),
+            _time("augment", "native", 1.0),
+            _parity("block", "fused", True), _time("block", "eager", 10.0),
+            _time("block", "fused", 5.0), _parity("features", "triton", True),
+            _time("features", "triton", 4.0)])
+    assert backends.auto_choice("augment", CUDA) == "native"  # faster, despite lower priority
+    assert resolve_backend("auto", CUDA) == "triton"  # the whole stack beats the fused blocks
+
+
+def test_a_slower_whole_stack_backend_is_not_taken(cache, fake_cuda_backends):
+    _write([_parity("block", "fused", True), _time("block", "eager", 10.0),
+            _time("block", "fused", 5.0), _parity("features", "triton", True),
+            _time("features", "triton", 6.0)])
+    assert resolve_backend("auto", CUDA) == "fused"
+
+
+def test_a_failed_backend_is_never_taken_but_runs_by_name_with_a_warning(cache,
+                                                                         fake_cuda_backends):
+    _write([_parity("augment", "triton", False, "parity fp16"), _parity("augment", "native", True),
+            _time("augment", "eager", 10.0), _time("augment", "native", 5.0),
+            _parity("block", "fused", False, "gradients fp16"), _time("block", "eager", 10.0),
+            _parity("features", "triton", True), _time("features", "triton", 20.0)])
+    assert backends.auto_choice("augment", CUDA) == "native"
+    assert resolve_backend("auto", CUDA) == "eager"  # fused failed, triton slower than eager
+    with pytest.warns(RuntimeWarning, match=r"'fused'.*FAILED.*gradients fp16"):
+        backends.resolve("block", "fused", CUDA)
+
+
+def test_no_verdict_on_cuda_means_the_eager_reference(cache, fake_cuda_backends):
+    with pytest.warns(RuntimeWarning, match="no selfcheck verdict"):
+        assert resolve_backend("auto", CUDA) == "eager"
+    assert backends.auto_choice("augment", CUDA) == "eager"
+
+
+def test_disabled_means_eager_on_cuda_and_todays_choices_on_cpu(cache, fake_cuda_backends,
+                                                                 monkeypatch):
+    _write([_parity("block", "fused", True), _time("block", "eager", 10.0),
+            _time("block", "fused", 5.0)])
+    monkeypatch.setenv("FER_FAST_SELFCHECK", "off")
+    with pytest.warns(RuntimeWarning, match="FER_FAST_SELFCHECK=off"):
+        assert resolve_backend("auto", CUDA) == "eager"
+    assert backends.auto_choice("augment", "cpu") == "native"
+    record = verdict.prepare_auto(CUDA, needed=True)
+    assert record["verdict"] is None and "disables" in record["selfcheck"]
+
+
+def test_cpu_without_a_verdict_keeps_the_registry_choices(cache):
+    assert backends.auto_choice("augment", "cpu") == "native"
+    assert resolve_backend("auto", "cpu") == "eager"
+
+
+def _broken_block(x, weight, bias, *args, **kwargs):
+    """The eager block, off by 1 % of its output: must fail parity."""
+    return conv_bn_act_ref(x, weight, bias, *args, **kwargs) * 1.01
+
+
+def test_a_broken_backend_fails_the_selfcheck_and_auto_skips_it(cache, monkeypatch, capsys):
+    monkeypatch.setitem(backends._REGISTRY["block"], "broken", backends._Backend(
+        _broken_block, lambda d: True, 50, lambda d: True))
+    out = cache / "sc.json"
+    code = selfcheck.main(["--device", "cpu", "--op", "block", "--backend", "broken",
+                           "--json", str(out)])
+    assert code == 1
+    result = json.loads(out.read_text())
+    rows = {r["check"]: r for r in result["rows"] if r["backend"] == "broken"}
+    assert not rows["forward fp32"]["passed"] and rows["forward fp32"]["max_error"] > 0
+    assert not result["passed"]
+    assert "FAILED" in capsys.readouterr().out
+    assert backends.auto_choice("block", "cpu") == "broken"  # priority, before any verdict
+    verdict.save("cpu", result)
+    assert backends.auto_choice("block", "cpu") == "eager"
+
+
+def _run_child(env_extra, cache):
+    env = dict(os.environ, FER_FAST_VERDICT_DIR=str(cache), **env_extra)
+    code = ("import torch, fer_fast; from fer_fast import verdict;"
+            "v, note = verdict.ensure_verdict('cpu', timeout=120); print(note);"
+            "print(fer_fast.nn.resolve_backend('auto', 'cpu'),"
+            " fer_fast.backends.auto_choice('augment', 'cpu'))")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_faulting_selfcheck_child_is_recorded_as_failed(cache):
+    out = _run_child({"FER_FAST_SELFCHECK_TEST_ABORT": "1"}, cache)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SIGABRT" in out.stdout
+    assert out.stdout.split()[-2:] == ["eager", "eager"]  # the native kernel failed: eager
+    (path,) = cache.glob("verdict-cpu-*.json")
+    rows = json.loads(path.read_text())["rows"]
+    assert rows and all(not r["passed"] and "SIGABRT" in r["detail"] for r in rows)
+    assert {(r["op"], r["backend"]) for r in rows} >= {("augment", "native")}
+    _, note = verdict.ensure_verdict("cpu")
+    assert "(cached)" in note  # recorded: not run again
+
+
+def test_training_proceeds_on_safe_backends_after_a_faulting_child(cache, tmp_path):
+    """The verdict an aborted child leaves (every fast backend failed): the trainer runs on
+    the eager backends and config.json records the verdict, what happened and why."""
+    from fer_fast import train
+    verdict.save("cpu", verdict._failure_verdict(torch.device("cpu"), "killed by SIGABRT"))
+    config, _ = train.parse_args(["--epochs", "1", "--out", str(tmp_path / "run"),
+                                  "--synthetic-sizes", "20,10,10", "--width", "0.0625"])
+    train.train(config)
+    auto = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["auto"]
+    assert auto["auto_augment_backend"] == "eager" and auto["auto_model_backend"] == "eager"
+    assert "native" in auto["failed"]["augment"]
+    assert auto["verdict"].startswith(str(cache))
+
+
+def test_cli_prints_the_table_and_writes_json(cache, tmp_path):
+    out = tmp_path / "sc.json"
+    code = selfcheck.main(["--device", "cpu", "--op", "augment", "--backend", "native",
+                           "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["passed"] and result["device"] == "cpu"
+    assert set(result["env"]) >= {"torch", "triton", "fer_fast", "kernel_source_sha256"}
+    checks = {(r["backend"], r["check"]) for r in result["rows"]}
+    assert {("native", "parity fp32"), ("native", "parity fp16"), ("eager", "time"),
+            ("native", "time")} <= checks
+    for r in result["rows"]:
+        assert set(r) >= {"op", "backend", "check", "passed", "max_error", "tolerance",
+                          "time_ms", "speedup"}
+    assert not list(cache.glob("verdict-*.json"))  # a partial run is not stored
+
+
+def test_interpreter_numpy_constraint_is_named(monkeypatch):
+    import numpy
+    import triton
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.1")
+    assert "numpy<2.4 with triton<3.7" in selfcheck.interpreter_conflict()
+    monkeypatch.setattr(numpy, "__version__", "2.3.5")
+    assert selfcheck.interpreter_conflict() is None
+    monkeypatch.setattr(triton, "__version__", "3.9.0")
+    monkeypatch.setattr(numpy, "__version__", "2.5.0")
+    assert selfcheck.interpreter_conflict() is None
