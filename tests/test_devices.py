@@ -11,7 +11,7 @@ import fer_fast
 from fer_fast import _ext, devices
 from fer_fast.augment import augment_ref, sample_params
 from fer_fast.kernels import augment as augment_kernels
-from fer_fast.kernels import bn_act
+from fer_fast.kernels import bn_act, is_interpreter
 from fer_fast.kernels import conv as conv_kernels
 from fer_fast.nn import ConvBNReLU2d, ConvBNReLUStack
 from tolerances import tolerance
@@ -108,7 +108,7 @@ def _images(b, seed):
     return images, sample_params("released", b, gen)
 
 
-@pytest.mark.skipif(not augment_kernels.INTERPRETED, reason="needs TRITON_INTERPRET=1")
+@pytest.mark.skipif(not is_interpreter(), reason="needs TRITON_INTERPRET=1")
 def test_triton_augmentation_launches_inside_the_guard(guarded):
     guard, launches = guarded
     images, params = _images(2, 1)
