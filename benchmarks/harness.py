@@ -92,7 +92,7 @@ def forward_flops_per_crop(width: float = 1.0) -> int:
 
 
 def train_flops_per_image(width: float = 1.0) -> int:
-    """SPEC's roofline count: 3x forward, 10 crops per image (about 21 GFLOP at width 1)."""
+    """The roofline count of docs/spec.md: 3x forward, 10 crops per image (about 21 GFLOP at width 1)."""
     return 3 * NUM_CROPS * forward_flops_per_crop(width)
 
 

@@ -23,8 +23,8 @@ def test_train_step(benchmark, provider, device, quick, matmul_peak, pytestconfi
     compile_mode = pytestconfig.getoption("--bench-compile-mode")
     if model_name == "compile":
         if device.type == "cpu" and not pytestconfig.getoption("--bench-compile-cpu"):
-            pytest.skip("torch.compile on a CPU: the first step took 139 s at width 0.125 on the "
-                        "2-core development CPU (--bench-compile-cpu runs it)")
+            pytest.skip("torch.compile on a CPU: the first step takes minutes (docs/notes.md; "
+                        "--bench-compile-cpu runs it)")
         if compile_mode is None and device.type == "cuda":
             compile_mode = "max-autotune"
     sizes = harness.sizes_for(device, quick)

@@ -1,6 +1,6 @@
 """Training: ``python -m fer_fast.train [--data PATH] [--preset full|quick] ...``.
 
-The released recipe (SPEC "Training"): SGD + Nesterov (lr 0.01, momentum 0.9, weight decay 1e-4
+The released recipe (docs/spec.md, "Training"): SGD + Nesterov (lr 0.01, momentum 0.9, weight decay 1e-4
 on every parameter), ReduceLROnPlateau(max, factor 0.75, patience 5) stepped per epoch on the
 validation ten-crop accuracy, mean cross-entropy over the 640 crops of a 64-image batch, fp16
 autocast with dynamic loss scaling on CUDA, ten-crop validation each epoch, best / periodic /
@@ -12,13 +12,8 @@ default without ``--data``). Explicit flags override the preset; with ``--resume
 saved configuration is used and only ``--epochs``, ``--save-every``, ``--test-every``,
 ``--progress``/``--no-progress`` and ``--out`` may change.
 
-Precision on CPU defaults to fp32. Measured on the 2-core development CPU (AMD EPYC with
-avx512_bf16, OMP_WAIT_POLICY=PASSIVE): a bf16-autocast training step of the width-0.125 VGG takes
-20-30 % less CPU time than fp32, but the whole quick run is no faster (81 vs 87 CPU s: data, the
-fp32 evaluation and the optimizer do not shrink) and reached a lower accuracy (67 % vs 74 %).
-
-On a busy machine, OpenMP's default spin-waiting made two-thread CPU steps up to 5x slower than
-with OMP_WAIT_POLICY=PASSIVE (which must be set before torch is imported).
+Precision on CPU defaults to fp32: bf16 autocast makes a step cheaper but not the whole run, and
+learns less (docs/notes.md).
 """
 from __future__ import annotations
 
