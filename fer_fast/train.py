@@ -167,8 +167,7 @@ def _parser() -> argparse.ArgumentParser:
                    "the combined data (validation accuracy then no longer measures "
                    f"generalisation) (default: {d.train_on})")
     p.add_argument("--seed", type=int, **default("seed"))
-    p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ... "
-                   "(default: auto)")
+    cli.add_device_arg(p, default=None)
     p.add_argument("--block-backend", choices=tuple(model_backends()),
                    help="model backend: auto (GPU: the fastest that passed the selfcheck there; "
                         "CPU: eager), a block backend (eager, fused) or a whole-stack one (triton) "
