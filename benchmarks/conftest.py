@@ -27,7 +27,7 @@ def pytest_addoption(parser):
                          "(default: max-autotune on a GPU, default on a CPU)")
     group.addoption("--bench-compile-cpu", action="store_true",
                     help="also run the 'compile' provider on a CPU (skipped by default: its first "
-                         "step took 139 s at width 0.125 on a 2-core CPU)")
+                         "step takes minutes there)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,6 +11,7 @@ L2 cache flushed before each repeat (their inputs fit in the 50 MB L2 of an H100
 from __future__ import annotations
 
 import contextlib
+import itertools
 import platform
 import statistics
 import time
@@ -20,9 +21,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-import fer_fast
-from fer_fast import backends
-from fer_fast.augment import CROP_SIZE, NUM_CROPS, augment, sample_params
+from fer_fast import backends, train
+from fer_fast.augment import CROP_SIZE, NUM_CROPS
+from fer_fast.data import Split
+from fer_fast.loader import DeviceLoader
 from fer_fast.model import BLOCKS, stage_channels
 
 #: (name, C_in, C_out, H = W, max-pool after) of the eight conv blocks at width 1.
@@ -90,7 +92,7 @@ def forward_flops_per_crop(width: float = 1.0) -> int:
 
 
 def train_flops_per_image(width: float = 1.0) -> int:
-    """SPEC's roofline count: 3x forward, 10 crops per image (about 21 GFLOP at width 1)."""
+    """The roofline count of docs/spec.md: 3x forward, 10 crops per image (about 21 GFLOP at width 1)."""
     return 3 * NUM_CROPS * forward_flops_per_crop(width)
 
 
@@ -323,53 +325,42 @@ def synthetic_u8(n: int, device: torch.device, seed: int = 0) -> tuple[torch.Ten
 
 def make_train_step(provider: str, device: torch.device, sizes: Sizes,
                     compile_mode: str | None = None) -> Callable[[], None]:
-    """One training step of ``provider``: data -> augmentation -> forward -> loss -> backward ->
-    SGD-Nesterov step; fp16 autocast with a GradScaler on a GPU, fp32 on a CPU."""
+    """One training step of ``provider`` as ``fer_fast.train`` runs it: the model, optimizer,
+    precision and loss scaler built by ``fer_fast.train``'s functions, batches from its
+    ``DeviceLoader``, then ``TrainStep`` (augmentation -> forward -> loss -> scaled backward ->
+    SGD-Nesterov step): fp16 autocast with a GradScaler on a GPU, fp32 on a CPU."""
     model_name, _, aug = provider.partition("+")
-    cuda = device.type == "cuda"
-    torch.backends.cudnn.benchmark = True
-    block_backend = "eager" if model_name in ("authors", "compile") else model_name
-    model = fer_fast.VGG("released", width=sizes.step_width, backend=block_backend).to(device)
-    if model_name != "authors":
-        model = model.to(memory_format=torch.channels_last)
-    scaler = torch.amp.GradScaler("cuda") if cuda else None
-    # as fer_fast.train: fused SGD on CUDA takes the scaler's inf check without a host sync
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
-                          weight_decay=1e-4, fused=cuda or None)
+    config = train.Config(width=sizes.step_width, batch_size=sizes.step_images)
+    precision = train.resolve_precision(config.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = train.make_model(config, device,
+                             "eager" if model_name in ("authors", "compile") else model_name)
+    optimizer = train.make_optimizer(config, model.parameters(), fused=device.type == "cuda")
     forward = torch.compile(model, mode=compile_mode) if model_name == "compile" else model
-    crop_dtype = torch.float16 if cuda else torch.float32
+    step = train.TrainStep(forward, optimizer, train.make_scaler(device, precision),
+                           device_type=device.type, precision=precision,
+                           augment_backend=aug or "auto")
     b = sizes.step_images
-    images, labels = synthetic_u8(max(8 * b, 512), device)
+    images, labels = synthetic_u8(b * max(8, -(-512 // b)), device)
 
     if model_name == "authors":
+        # the authors' crops come augmented from torchvision on the CPU, so only the step after
+        # the augmentation (TrainStep.on_crops) is theirs and ours alike
         batches = authors_loader(images, labels, b)
 
-        def next_batch():
+        def run() -> None:
             crops, y = next(batches)
-            x = crops.reshape(b * NUM_CROPS, 1, CROP_SIZE, CROP_SIZE).to(device, non_blocking=True)
-            return x, y.to(device, non_blocking=True).repeat_interleave(NUM_CROPS)
+            step.on_crops(crops.reshape(b * NUM_CROPS, 1, CROP_SIZE, CROP_SIZE).to(device),
+                          y.to(device).repeat_interleave(NUM_CROPS))
+            sync(device)
     else:
-        gen = torch.Generator(device=device).manual_seed(0)
+        loader = DeviceLoader(Split(images, labels), batch_size=b, device=device,
+                              recipe=config.recipe, augment_backend=aug)
+        batches = itertools.chain.from_iterable(loader.batches() for _ in itertools.count())
 
-        def next_batch():
-            idx = torch.randint(0, images.shape[0], (b,), device=device, generator=gen)
-            params = sample_params("released", b, generator=gen)
-            x = augment(images[idx], params, backend=aug, dtype=crop_dtype)
-            return x.contiguous(memory_format=torch.channels_last), \
-                labels[idx].repeat_interleave(NUM_CROPS)
+        def run() -> None:
+            step(*next(batches))
+            sync(device)
 
-    def step() -> None:
-        x, y = next_batch()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-            loss = torch.nn.functional.cross_entropy(forward(x), y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        sync(device)
-
-    return step
+    return run

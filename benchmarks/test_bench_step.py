@@ -1,11 +1,12 @@
-"""The full training step: uint8 images -> augmentation -> forward -> loss -> backward -> SGD step.
+"""The full training step as ``fer_fast.train`` runs it (``TrainStep``): uint8 images ->
+augmentation -> forward -> loss -> scaled backward -> SGD-Nesterov step.
 
 Providers ``<model>+<augmentation>`` (see ``harness.step_providers``): ``authors`` (torchvision/PIL
-pipeline in a DataLoader feeding the eager model), ``eager+eager`` (device-resident data, eager
-augmentation, channels_last, AMP, cudnn.benchmark), ``eager+<best>`` and ``compile+<best>`` (the
-same with the fastest augmentation backend; torch.compile max-autotune on a GPU), and every other
-registered block backend. GPU: 64 images x 10 crops at width 1, fp16 autocast + GradScaler. CPU:
-width 0.125, fp32, few rounds.
+pipeline in a DataLoader feeding the eager model's step), ``eager+eager`` (device-resident data,
+eager augmentation, channels_last, AMP, cudnn.benchmark), ``eager+<best>`` and ``compile+<best>``
+(the same with the fastest augmentation backend; torch.compile max-autotune on a GPU), and every
+other registered model backend. GPU: 64 images x 10 crops at width 1, fp16 autocast + GradScaler.
+CPU: width 0.125, fp32, few rounds.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def test_train_step(benchmark, provider, device, quick, matmul_peak, pytestconfi
     compile_mode = pytestconfig.getoption("--bench-compile-mode")
     if model_name == "compile":
         if device.type == "cpu" and not pytestconfig.getoption("--bench-compile-cpu"):
-            pytest.skip("torch.compile on a CPU: the first step took 139 s at width 0.125 on the "
-                        "2-core development CPU (--bench-compile-cpu runs it)")
+            pytest.skip("torch.compile on a CPU: the first step takes minutes (docs/notes.md; "
+                        "--bench-compile-cpu runs it)")
         if compile_mode is None and device.type == "cuda":
             compile_mode = "max-autotune"
     sizes = harness.sizes_for(device, quick)

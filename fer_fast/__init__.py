@@ -2,7 +2,7 @@
 import os
 
 # Passive OpenMP waiting, set before torch loads its OpenMP runtime: on a busy CPU, spinning
-# threads slowed CPU training up to 5x (measured on a loaded 2-core machine).
+# threads slow CPU training several-fold (docs/notes.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import backends  # noqa: E402

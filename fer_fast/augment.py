@@ -1,6 +1,6 @@
 """Ten-crop augmentation: parameter sampling, the eager reference, and backend dispatch.
 
-The SPEC's augmentation is split in two steps so that every backend computes the same thing:
+The augmentation of docs/spec.md is split in two steps so that every backend computes the same thing:
 
 1. ``sample_params(recipe, batch, generator)`` draws all random choices of a batch at once into
    a small :class:`AugmentParams` (on the generator's device, no host round-trip);
@@ -110,7 +110,7 @@ def check_dtype(dtype: torch.dtype) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Parameter sampling (vectorised over the batch, torchvision semantics per the SPEC)
+# Parameter sampling (vectorised over the batch, torchvision semantics per docs/spec.md)
 # ----------------------------------------------------------------------------------------------
 
 def _affine_rows(a, b, c, d, e, f) -> torch.Tensor:

@@ -204,9 +204,11 @@ def add_debug_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device`` (for ``resolve_device``); ``default`` None: the parser's ``argument_default``
+    decides (train: absent flags stay absent, its Config holds "auto")."""
     kwargs = {} if default is None else {"default": default}
-    p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ...",
-                   **kwargs)
+    p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ... "
+                   f"(default: {default or 'auto'})", **kwargs)
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:

@@ -8,11 +8,12 @@ Built with Gradio (``pip install fer_fast[demo]``); the page is served on this m
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
+
+from . import cli
 
 __all__ = ["build_demo", "main"]
 
@@ -85,39 +86,34 @@ def build_demo(predictor):
     return page
 
 
+@cli.command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_fast demo", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.Parser(prog="python -m fer_fast demo", description=__doc__.split("\n")[0])
     p.add_argument("model", help="checkpoint (.pt), or .safetensors / .onnx of fer_fast export")
-    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
+    p.add_argument("--port", type=cli.number(int, low=1, high=65535), default=7860,
+                   help="port on 127.0.0.1")
     p.add_argument("--detector", default="haar",
                    help="haar, none (the photo is one face), or an OpenCV .xml/.onnx model")
-    p.add_argument("--device", default="auto")
+    cli.add_device_arg(p)
+    cli.add_debug_arg(p)
     args = p.parse_args(argv)
-    from .predict import Predictor, PredictError
+    from .predict import Predictor
 
-    try:
-        predictor = Predictor(args.model, device=args.device, detector=args.detector)
-    except PredictError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    predictor = Predictor(args.model, device=args.device, detector=args.detector)
     try:
         import gradio  # noqa: F401
     except ImportError:
-        print("error: the demo page needs Gradio: pip install fer_fast[demo]", file=sys.stderr)
-        return 2
+        raise cli.UserError("the demo page needs Gradio: pip install fer_fast[demo]") from None
     page = build_demo(predictor)
     print(f"serving on http://127.0.0.1:{args.port} (Ctrl-C stops)")
     try:
         page.launch(server_name="127.0.0.1", server_port=args.port, share=False,
                     inbrowser=False, show_error=True)
     except OSError as exc:
-        print(f"error: cannot serve on 127.0.0.1:{args.port} ({exc})", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"cannot serve on 127.0.0.1:{args.port} ({exc})") from None
     except KeyboardInterrupt:
         pass
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """Ten-crop evaluation: ``python -m fer_fast.evaluate CHECKPOINT [--data PATH]``.
 
-The SPEC's protocol: fp32, BatchNorm in eval mode, TenCrop(40) of the unmodified image, the
+The protocol of docs/spec.md: fp32, BatchNorm in eval mode, TenCrop(40) of the unmodified image, the
 logits of the 10 crops averaged, argmax. Prints the accuracy of every split and the confusion
 matrix (rows = true class) of each. Without ``--data`` it evaluates on the data the
 checkpoint's run was trained on (from its saved configuration).
@@ -23,7 +23,7 @@ __all__ = ["predict", "confusion_matrix", "evaluate_split", "format_confusion", 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: TenCropBatches) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted classes, true labels) of every image of ``batches``, on the device.
-    Evaluation is fp32 (SPEC): TF32 convolutions and matmuls are off while it runs."""
+    Evaluation is fp32 (docs/spec.md): TF32 convolutions and matmuls are off while it runs."""
     was_training = model.training
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     model.eval()

@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import train
+from . import cli, train
 from .plots import RESULT_FILE, new_figure, read_metrics
 
 __all__ = ["STUDIES", "SCHEDULE_PARAMETERS", "OPTIMIZER_REGIMES", "STUDY_LR", "FINETUNE_LR",
@@ -91,7 +91,7 @@ STUDY_FLAGS = ("--optimizer", "--scheduler", "--lr", "--train-on", "--init", "--
 PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv"}
 
 
-class StudyError(Exception):
+class StudyError(cli.UserError):
     """A study that cannot go on as asked; the message says what to do (exit code 2)."""
 
 
@@ -569,7 +569,7 @@ def write_report(out: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m fer_fast.experiments",
         description="The paper's studies (optimizers, schedulers, finetune, all) as resumable "
                     "sets of fer_fast.train runs; 'report DIR' tabulates and plots them.",
@@ -581,9 +581,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data)")
     p.add_argument("--preset", choices=("full", "quick"), help="the trainer's preset (default: "
                    "full with --data, quick without)")
-    p.add_argument("--epochs", type=int, help="epochs of every run, fine-tuning included "
+    p.add_argument("--epochs", type=cli.number(int, low=1), help="epochs of every run, fine-tuning included "
                    f"(default: the preset's; fine-tuning {FINETUNE_EPOCHS} with the full preset)")
-    p.add_argument("--width", type=float, help="channel multiplier of the VGG (fine-tuning "
+    p.add_argument("--width", type=cli.number(float, low=0, low_open=True), help="channel multiplier of the VGG (fine-tuning "
                    "runs take their --init checkpoint's)")
     p.add_argument("--init", metavar="CHECKPOINT", help="finetune: start from these weights "
                    "instead of the schedulers study's best run")
@@ -593,6 +593,7 @@ def _parser() -> argparse.ArgumentParser:
                    "--run $SLURM_ARRAY_TASK_ID)")
     p.add_argument("--devices", help="comma-separated local GPU indices: one training process "
                    "per GPU")
+    cli.add_debug_arg(p)
     return p
 
 
@@ -603,8 +604,6 @@ def _settings(args, extra: list[str], p: argparse.ArgumentParser) -> Settings:
         if token.split("=")[0] in STUDY_FLAGS:
             p.error(f"{token.split('=')[0]} after -- : the study sets it (use the study's own "
                     f"flag where it has one: --data, --preset, --epochs, --width, --init)")
-    if args.epochs is not None and args.epochs < 1:
-        p.error(f"--epochs must be >= 1, got {args.epochs}")
     preset = args.preset or ("full" if args.data else "quick")
     epochs = args.epochs or train.PRESETS[preset].get("epochs", train.Config.epochs)
     finetune_epochs = args.epochs or (FINETUNE_EPOCHS if preset == "full" else epochs)
@@ -634,6 +633,7 @@ def _list(runs: list[Run], settings: Settings) -> None:
         print(f"{i:3d}  {run.name:28s} {state:12s} {line}")
 
 
+@cli.command
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = []
@@ -642,34 +642,30 @@ def main(argv=None) -> int:
         argv, extra = argv[:cut], argv[cut + 1:]
     p = _parser()
     args = p.parse_args(argv)
-    try:
-        if args.study == "report":
-            out = Path(args.report_dir or args.out or "")
-            if not args.report_dir and not args.out:
-                p.error("report needs the study directory: report DIR")
-            if not out.is_dir():
-                raise StudyError(f"{out}: no such study directory")
-            for path in write_report(out):
-                print(f"wrote {path}")
-            return 0
-        if args.report_dir is not None:
-            p.error(f"unexpected argument {args.report_dir!r} (the runs go to --out DIR)")
-        settings = _settings(args, extra, p)
-        runs = plan(args.study)
-        train.parse_args(trainer_argv(runs[0], settings))  # bad extra arguments: exit 2 now
-        if args.list:
-            _list(runs, settings)
-            return 0
-        devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
-        if args.run is not None:
-            if not 0 <= args.run < len(runs):
-                raise StudyError(f"--run {args.run}: the {args.study} study has runs "
-                                 f"0..{len(runs) - 1}")
-            runs = runs[args.run:args.run + 1]
-        return run_study(runs, settings, devices)
-    except StudyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.study == "report":
+        out = Path(args.report_dir or args.out or "")
+        if not args.report_dir and not args.out:
+            p.error("report needs the study directory: report DIR")
+        if not out.is_dir():
+            raise StudyError(f"{out}: no such study directory")
+        for path in write_report(out):
+            print(f"wrote {path}")
+        return 0
+    if args.report_dir is not None:
+        p.error(f"unexpected argument {args.report_dir!r} (the runs go to --out DIR)")
+    settings = _settings(args, extra, p)
+    runs = plan(args.study)
+    train.parse_args(trainer_argv(runs[0], settings))  # bad extra arguments: exit 2 now
+    if args.list:
+        _list(runs, settings)
+        return 0
+    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
+    if args.run is not None:
+        if not 0 <= args.run < len(runs):
+            raise StudyError(f"--run {args.run}: the {args.study} study has runs "
+                             f"0..{len(runs) - 1}")
+        runs = runs[args.run:args.run + 1]
+    return run_study(runs, settings, devices)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ crops and on crops of face-like images and prints the largest logit difference; 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import cli
 from .model import BLOCKS, CLASS_NAMES, NUM_CLASSES, VGG
 
 __all__ = ["ONNX_OPSET", "ONNX_TOLERANCE", "ExportError", "folded_blocks", "onnx_model",
@@ -44,7 +44,7 @@ ONNX_TOLERANCE = 1e-4
 _FORMAT = "fer_fast.VGG"
 
 
-class ExportError(ValueError):
+class ExportError(cli.UserError):
     """A model or file that cannot be exported or loaded; the message says which and why."""
 
 
@@ -227,53 +227,49 @@ def _check_crops(seed: int = 0) -> torch.Tensor:
     return torch.cat([torch.rand(6, 1, 40, 40, generator=g), real])
 
 
+@cli.command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_fast export",
-                                description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.Parser(prog="python -m fer_fast export", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="a .pt checkpoint of fer_fast.train (or the authors')")
     p.add_argument("--onnx", metavar="PATH", help="write the ONNX evaluation graph here")
     p.add_argument("--weights", metavar="PATH", help="write the weights as safetensors here")
     p.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset")
+    cli.add_debug_arg(p)
     args = p.parse_args(argv)
     if not args.onnx and not args.weights:
         p.error("nothing to do: give --onnx PATH and/or --weights PATH")
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         p.error(f"--opset must be in {MIN_OPSET}..{MAX_OPSET} (ONNX IR version 8), "
                 f"got {args.opset}")
-    from .checkpoint import CheckpointError, model_from_checkpoint
+    from .checkpoint import model_from_checkpoint
 
-    try:
-        for out in filter(None, (args.onnx, args.weights)):
-            _refuse_existing(Path(out))
-        model, _ = model_from_checkpoint(args.checkpoint)
-        model.eval()
-        if args.onnx:
-            try:
-                export_onnx(model, args.onnx, opset=args.opset)
-            except ImportError as exc:
-                raise ExportError(f"ONNX export needs onnx and onnxruntime "
-                                  f"(pip install fer_fast[onnx]): {exc}") from None
-            diff, scale = onnx_max_difference(model, args.onnx, _check_crops())
-            ok = diff <= ONNX_TOLERANCE * max(1.0, scale)
-            print(f"wrote {args.onnx} (opset {args.opset}, VGG(recipe={model.recipe!r}, "
-                  f"width={model.width})); onnxruntime vs PyTorch: max |logit difference| "
-                  f"{diff:.2e} (largest |logit| {scale:.2f}, tolerance "
-                  f"{ONNX_TOLERANCE:g} x max(1, that)) {'ok' if ok else 'TOO LARGE'}")
-            if not ok:
-                print(f"error: {args.onnx}: the ONNX model does not match the checkpoint",
-                      file=sys.stderr)
-                return 1
-        if args.weights:
-            try:
-                save_safetensors(model, args.weights)
-            except ImportError as exc:
-                raise ExportError(f"safetensors export needs safetensors "
-                                  f"(pip install fer_fast[onnx]): {exc}") from None
-            print(f"wrote {args.weights} (safetensors; architecture in the metadata)")
-    except (CheckpointError, ExportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for out in filter(None, (args.onnx, args.weights)):
+        _refuse_existing(Path(out))
+    model, _ = model_from_checkpoint(args.checkpoint)
+    model.eval()
+    if args.onnx:
+        try:
+            export_onnx(model, args.onnx, opset=args.opset)
+        except ImportError as exc:
+            raise ExportError(f"ONNX export needs onnx and onnxruntime "
+                              f"(pip install fer_fast[onnx]): {exc}") from None
+        diff, scale = onnx_max_difference(model, args.onnx, _check_crops())
+        ok = diff <= ONNX_TOLERANCE * max(1.0, scale)
+        print(f"wrote {args.onnx} (opset {args.opset}, VGG(recipe={model.recipe!r}, "
+              f"width={model.width})); onnxruntime vs PyTorch: max |logit difference| "
+              f"{diff:.2e} (largest |logit| {scale:.2f}, tolerance "
+              f"{ONNX_TOLERANCE:g} x max(1, that)) {'ok' if ok else 'TOO LARGE'}")
+        if not ok:
+            print(f"error: {args.onnx}: the ONNX model does not match the checkpoint",
+                  file=sys.stderr)
+            return 1
+    if args.weights:
+        try:
+            save_safetensors(model, args.weights)
+        except ImportError as exc:
+            raise ExportError(f"safetensors export needs safetensors "
+                              f"(pip install fer_fast[onnx]): {exc}") from None
+        print(f"wrote {args.weights} (safetensors; architecture in the metadata)")
     return 0
 
 

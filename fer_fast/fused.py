@@ -131,8 +131,11 @@ def _(dout, y, coef, training, order, pool):
 class BNActFunction(torch.autograd.Function):
     """BatchNorm + ReLU (+ 2x2 max-pool) of a conv output, with the recomputing backward.
 
-    ``apply(y, gamma, beta, running_mean, running_var, training, momentum, eps, order, pool)``;
-    ``y`` must be channels_last; running_mean/var are updated in place when training.
+    ``apply(y, gamma, beta, running_mean, running_var, training, momentum, eps, order, pool)``:
+    ``y`` the conv output [N, C, H, W], channels_last, fp16 / bf16 / fp32; ``gamma``, ``beta``
+    [C] (any float dtype; their gradients come back in it); ``running_mean``/``running_var``
+    fp32 [C] or None, updated in place when training. Returns [N, C, H, W] ([N, C, H//2, W//2]
+    with ``pool``), channels_last, in y's dtype.
     """
 
     @staticmethod
@@ -157,8 +160,10 @@ class BNActFunction(torch.autograd.Function):
 def conv_bn_act_fused(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, *,
                       training: bool, momentum: float, eps: float, order: str, pool: bool):
     """Fused block with the signature of :func:`fer_fast.nn.conv_bn_act_ref`: conv3x3 (padding
-    1) by ``F.conv2d`` on channels_last activations, then :class:`BNActFunction`. Returns a
-    channels_last tensor. CPU: eager math unless TRITON_INTERPRET=1 (see module docstring)."""
+    1) by ``F.conv2d`` on channels_last activations, then :class:`BNActFunction`. ``x``
+    [N, C_in, H, W] in any layout (made channels_last), fp32 or fp16/bf16 under autocast; returns
+    [N, C_out, H, W] (halved with ``pool``), channels_last, in the conv's dtype. CPU: eager math
+    unless TRITON_INTERPRET=1 (see module docstring)."""
     y = F.conv2d(x.contiguous(memory_format=_CL), weight, bias, padding=1)
     y = y.contiguous(memory_format=_CL)
     c = y.shape[1]

@@ -23,13 +23,18 @@ BLOCKS = (("1a", 0, False), ("1b", 0, True), ("2a", 1, False), ("2b", 1, True),
 
 
 def stage_channels(width: float) -> tuple[int, int, int, int]:
+    """Channels of the four stages at ``width`` (1: 64, 128, 256, 512), at least 1 each."""
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     return tuple(max(1, round(c * width)) for c in (64, 128, 256, 512))
 
 
 class VGG(nn.Module):
-    """VGG for 1x40x40 crops: 4 stages of (block, block, max-pool), then a 3-layer MLP head."""
+    """VGG for 1x40x40 crops: 4 stages of (block, block, max-pool), then a 3-layer MLP head.
+
+    ``forward(x)``: crops [N, 1, 40, 40], float (pixels / 255; fp32, or fp16/bf16 under
+    autocast), NCHW (with one channel also channels_last) -> logits [N, num_classes]. ``width``
+    scales every channel count (1: the paper's 64..512 and 4096 hidden units)."""
 
     def __init__(self, recipe: str = "released", *, width: float = 1.0, dropout: float = 0.2,
                  num_classes: int = NUM_CLASSES, backend: str = "eager"):

@@ -27,7 +27,13 @@ RECIPE_ORDER = {"released": "bn_relu", "paper": "relu_bn"}
 
 def conv_bn_act_ref(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, *,
                     training: bool, momentum: float, eps: float, order: str, pool: bool):
-    """Eager reference block; updates running_mean/var in place when training (like BatchNorm2d)."""
+    """Eager reference block; updates running_mean/var in place when training (like BatchNorm2d).
+
+    x: [N, C_in, H, W], fp32 (or fp16/bf16 under autocast), any memory layout; weight
+    [C_out, C_in, 3, 3], bias / bn_weight / bn_bias [C_out]; running_mean / running_var fp32
+    [C_out] or None (batch statistics only). Returns [N, C_out, H, W] ([N, C_out, H//2, W//2] with
+    ``pool``), in the layout F.conv2d gives (channels_last for channels_last inputs).
+    ``order``: "bn_relu" or "relu_bn"."""
     y = F.conv2d(x, weight, bias, padding=1)
     if order == "bn_relu":
         y = F.relu(F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training,
@@ -43,7 +49,10 @@ backends.register("block", "eager", conv_bn_act_ref, supports=lambda device: Tru
 
 def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *, order: str,
                 pool: bool, backend: str = "eager") -> torch.Tensor:
-    """Run one block with the parameters and buffers of ``conv`` and ``bn``."""
+    """Run one block with the parameters and buffers of ``conv`` (nn.Conv2d 3x3, padding 1) and
+    ``bn`` (nn.BatchNorm2d) on ``x`` [N, C_in, H, W]; returns [N, C_out, H, W] (halved H, W with
+    ``pool``). dtype and layout as the backend's (every backend takes fp32 and fp16/bf16 under
+    autocast; "fused" returns channels_last)."""
     if order not in ORDERS:
         raise ValueError(f"unknown block order {order!r}; choose one of {ORDERS}")
     fn = backends.resolve("block", backend, x.device)
@@ -62,7 +71,9 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *, order: 
 
 class ConvBNReLU2d(nn.Module):
     """Drop-in block: Conv2d(cin, cout, 3, padding=1) with BatchNorm2d and ReLU in ``order``,
-    followed by MaxPool2d(2, 2) when ``pool``; ``backend`` picks the implementation."""
+    followed by MaxPool2d(2, 2) when ``pool``; ``backend`` picks the implementation.
+    Input [N, in_channels, H, W], output [N, out_channels, H, W] (H//2, W//2 with ``pool``);
+    see ``conv_bn_act`` for dtypes and layouts."""
 
     def __init__(self, in_channels: int, out_channels: int, *, order: str = "bn_relu",
                  pool: bool = False, backend: str = "eager"):
@@ -104,7 +115,9 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 def conv_bn_act_stack(x: torch.Tensor, convs, bns, pools, *, order: str,
                       backend: str = "eager") -> torch.Tensor:
     """Run the chain of blocks (``convs[i]``, ``bns[i]``, max-pool after block i when
-    ``pools[i]``): with a whole-stack backend as one op, else block by block."""
+    ``pools[i]``): with a whole-stack backend as one op, else block by block. ``x``
+    [N, C_in, H, W], fp32 (fp16/bf16 under autocast); returns [N, C_last, H', W'] with H, W halved
+    at each pool, NCHW-shaped (channels_last in memory for the fused and triton backends)."""
     if not len(convs) == len(bns) == len(pools) or not convs:
         raise ValueError(f"a block chain needs as many convs, BatchNorms and pool flags, at least "
                          f"one: got {len(convs)}, {len(bns)}, {len(pools)}")

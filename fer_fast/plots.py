@@ -18,12 +18,12 @@ still finishes and says how to draw them later: ``python -m fer_fast plot RUN_DI
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
 from pathlib import Path
 
+from . import cli
 from .model import CLASS_NAMES
 
 __all__ = ["RESULT_FILE", "run_result", "write_run_outputs", "read_metrics", "draw_run",
@@ -167,30 +167,27 @@ def draw_run(run_dir, result: dict | None = None) -> list[Path]:
     return written
 
 
+@cli.command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_fast plot",
-                                description="(Re)draw curves.png and confusion.png of a finished "
-                                            "training run.")
+    p = cli.Parser(prog="python -m fer_fast plot",
+                   description="(Re)draw curves.png and confusion.png of a finished training run.")
     p.add_argument("run_dir", help="a run directory written by fer_fast.train")
+    cli.add_debug_arg(p)
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)
     for name in ("metrics.csv", RESULT_FILE):
         if not (run_dir / name).is_file():
-            print(f"error: {run_dir}: no {name} (not a finished fer_fast.train run directory)",
-                  file=sys.stderr)
-            return 2
+            raise cli.UserError(f"{run_dir}: no {name} (not a finished fer_fast.train run "
+                                f"directory)")
     try:
         written = draw_run(run_dir)
     except ImportError:
-        print('error: plotting needs matplotlib: pip install "fer_fast[plot]"', file=sys.stderr)
-        return 2
+        raise cli.UserError('plotting needs matplotlib: pip install "fer_fast[plot]"') from None
     except (ValueError, KeyError) as e:
-        print(f"error: {run_dir}: unreadable run files ({e})", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"{run_dir}: unreadable run files ({e})") from None
     for path in written:
         print(f"wrote {path}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import cli
 from .augment import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
 from .model import CLASS_NAMES, VGG
 from .preprocess import ImageError, load_gray, to_fer_image
@@ -36,7 +37,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 
-class PredictError(ValueError):
+class PredictError(cli.UserError):
     """A model, detector or input the predictor cannot use; the message says which and why."""
 
 
@@ -184,17 +185,7 @@ class Predictor:
             raise PredictError(f"margin must be a fraction in [0, 1], got {margin!r}")
         if batch_size < 1:
             raise PredictError(f"batch_size must be >= 1, got {batch_size}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            parsed = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise PredictError(f"unknown device {device!r} (auto, cpu, cuda, cuda:1, ...)") \
-                from None
-        if parsed.type == "cuda" and (not torch.cuda.is_available() or (
-                parsed.index or 0) >= torch.cuda.device_count()):
-            raise PredictError(f"device {device!r}: this machine has "
-                               f"{torch.cuda.device_count()} CUDA device(s)")
+        device = str(cli.resolve_device(str(device), flag="device"))
         self.device, self.tta, self.margin, self.batch_size = device, tta, margin, batch_size
         self.classifier = self._classifier(model, device)
         self.class_names = self.classifier.class_names
@@ -499,9 +490,7 @@ def _expand(inputs: list[str]) -> tuple[list[tuple[Path, Path | None]], list[str
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fer_fast predict",
-                                description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.Parser(prog="python -m fer_fast predict", description=__doc__.split("\n")[0])
     p.add_argument("model", help="checkpoint (.pt), or .safetensors / .onnx of fer_fast export")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="image files, folders (searched recursively) and video files")
@@ -515,40 +504,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="haar",
                    help="haar, none (each image is one face), or an OpenCV .xml/.onnx model")
     p.add_argument("--tta", choices=TTA, default="tencrop", help="ten-crop average or centre crop")
-    p.add_argument("--margin", type=float, default=0.1,
+    p.add_argument("--margin", type=cli.number(float, low=0, high=1), default=0.1,
                    help="fraction of a face box added on each side")
-    p.add_argument("--min-face", type=int, default=24, help="smallest face side in pixels")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--max-frames", type=int, default=None,
+    p.add_argument("--min-face", type=cli.number(int, low=1), default=24,
+                   help="smallest face side in pixels")
+    cli.add_device_arg(p)
+    p.add_argument("--max-frames", type=cli.number(int, low=1), default=None,
                    help="stop each video / the camera after this many frames")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bars on stderr")
+    cli.add_debug_arg(p)
     return p
 
 
+@cli.command
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return _main(args)
-    except PredictError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-def _main(args) -> int:
     # OpenCV's own warnings (codec probing, camera back-ends) would bury the one-line messages
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if not args.inputs and args.camera is None:
         raise PredictError("nothing to predict: give image, folder or video INPUTs, or "
                            "--camera N")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise PredictError(f"--max-frames must be >= 1, got {args.max_frames}")
-    if args.min_face < 1:
-        raise PredictError(f"--min-face must be >= 1, got {args.min_face}")
     files, notes = _expand(args.inputs)
     if args.out:
         out = Path(args.out)

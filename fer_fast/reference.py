@@ -1,4 +1,4 @@
-"""The eager PyTorch oracle of the whole SPEC, in one import.
+"""The eager PyTorch oracle of the whole computation of docs/spec.md, in one import.
 
 Every fast path of fer_fast is tested against these functions on fresh random inputs:
 ``augment_ref`` (ten-crop augmentation), ``sample_params`` (the random choices),

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import backends, verdict
+from . import backends, cli, verdict
 from .augment import augment_ref, sample_params
 from .model import VGG
 from .nn import conv_bn_act_ref
@@ -470,12 +470,11 @@ def format_table(result: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fer_fast selfcheck", description=(
+    p = cli.Parser(prog="python -m fer_fast selfcheck", description=(
         "Verify every fast backend against the eager reference on this device, time those that "
         "passed, print one table; exit 1 if any parity check failed. A full run is stored as "
         "this machine's verdict, which backend='auto' decides by."))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="device to check (default: cuda when available, else cpu)")
+    cli.add_device_arg(p)
     p.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     p.add_argument("--quick", action="store_true",
                    help="fewer training steps and timing repetitions")
@@ -483,6 +482,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="check only this op (repeatable; a partial run is not stored)")
     p.add_argument("--backend", action="append",
                    help="check only this backend (repeatable; a partial run is not stored)")
+    cli.add_debug_arg(p)
     return p
 
 
@@ -501,29 +501,20 @@ def interpreter_conflict() -> str | None:
     return None
 
 
+@cli.command
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
     if os.environ.get(_ABORT_ENV) == "1":
         os.abort()
     args = _parser().parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        print(f"selfcheck: bad --device {args.device!r}: {err}", file=sys.stderr)
-        return 2
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"selfcheck: --device {args.device}: no CUDA device is usable here", file=sys.stderr)
-        return 2
+    device = cli.resolve_device(args.device)
     if device.type == "cpu" and interpreter_conflict():
-        print(f"selfcheck: {interpreter_conflict()}", file=sys.stderr)
-        return 2
+        raise cli.UserError(interpreter_conflict())
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         # the Triton kernels are interpreted only when defined under TRITON_INTERPRET=1
         env = dict(os.environ, TRITON_INTERPRET="1")
         os.execve(sys.executable, [sys.executable, "-m", "fer_fast", "selfcheck", *argv], env)
     if args.json is not None and args.json.is_dir():
-        print(f"selfcheck: --json {args.json} is a directory; give a file path", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"--json {args.json}: is a directory; give a file path")
     t0 = time.perf_counter()
     result = run(device, quick=args.quick, ops=tuple(args.op or OPS),
                  only_backends=set(args.backend) if args.backend else None,

@@ -1,6 +1,6 @@
 """Training: ``python -m fer_fast.train [--data PATH] [--preset full|quick] ...``.
 
-The released recipe (SPEC "Training"): SGD + Nesterov (lr 0.01, momentum 0.9, weight decay 1e-4
+The released recipe (docs/spec.md, "Training"): SGD + Nesterov (lr 0.01, momentum 0.9, weight decay 1e-4
 on every parameter), ReduceLROnPlateau(max, factor 0.75, patience 5) stepped per epoch on the
 validation ten-crop accuracy, mean cross-entropy over the 640 crops of a 64-image batch, fp16
 autocast with dynamic loss scaling on CUDA, ten-crop validation each epoch, best / periodic /
@@ -12,13 +12,8 @@ default without ``--data``). Explicit flags override the preset; with ``--resume
 saved configuration is used and only ``--epochs``, ``--save-every``, ``--test-every``,
 ``--progress``/``--no-progress`` and ``--out`` may change.
 
-Precision on CPU defaults to fp32. Measured on the 2-core development CPU (AMD EPYC with
-avx512_bf16, OMP_WAIT_POLICY=PASSIVE): a bf16-autocast training step of the width-0.125 VGG takes
-20-30 % less CPU time than fp32, but the whole quick run is no faster (81 vs 87 CPU s: data, the
-fp32 evaluation and the optimizer do not shrink) and reached a lower accuracy (67 % vs 74 %).
-
-On a busy machine, OpenMP's default spin-waiting made two-thread CPU steps up to 5x slower than
-with OMP_WAIT_POLICY=PASSIVE (which must be set before torch is imported).
+Precision on CPU defaults to fp32: bf16 autocast makes a step cheaper but not the whole run, and
+learns less (docs/notes.md).
 """
 from __future__ import annotations
 
@@ -53,7 +48,8 @@ from .plots import write_run_outputs
 from .verdict import prepare_auto
 
 __all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "parse_args", "train",
-           "TrainStep", "setup", "run_epoch", "end_epoch", "main"]
+           "TrainStep", "make_model", "make_optimizer", "make_scaler", "setup", "run_epoch",
+           "end_epoch", "main"]
 
 OPTIMIZERS = ("sgd", "nesterov", "asgd", "adam", "amsgrad", "adadelta", "adagrad")
 SCHEDULERS = ("plateau", "cosine", "cosine-wr", "onecycle", "step", "constant")
@@ -171,8 +167,7 @@ def _parser() -> argparse.ArgumentParser:
                    "the combined data (validation accuracy then no longer measures "
                    f"generalisation) (default: {d.train_on})")
     p.add_argument("--seed", type=int, **default("seed"))
-    p.add_argument("--device", help="auto (cuda when available), cpu, cuda, cuda:1, ... "
-                   "(default: auto)")
+    cli.add_device_arg(p, default=None)
     p.add_argument("--block-backend", choices=tuple(model_backends()),
                    help="model backend: auto (GPU: the fastest that passed the selfcheck there; "
                         "CPU: eager), a block backend (eager, fused) or a whole-stack one (triton) "
@@ -285,6 +280,20 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_model(config: Config, device: torch.device, backend: str) -> VGG:
+    """The run's VGG on ``device`` with the resolved block ``backend``."""
+    model = VGG(config.recipe, width=config.width, dropout=config.dropout,
+                backend=backend).to(device)
+    if device.type == "cuda":  # NHWC activations: what cuDNN's fp16 kernels and the fused blocks want
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for fp16; a pass-through scaler otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def make_optimizer(config: Config, params, *, fused: bool = False) -> torch.optim.Optimizer:
@@ -465,7 +474,9 @@ class TrainStep:
 
     ``step(images, params, labels)``: uint8 ``images`` [b, 48, 48] and int64 ``labels`` [b] on
     the model's device, ``params`` their ``AugmentParams``; returns the detached loss (a 0-d
-    tensor) and logits [b*10, 7], without a host synchronisation.
+    tensor) and logits [b*10, 7], without a host synchronisation. The crops go to the model as
+    the augmentation writes them, contiguous [b*10, 1, 40, 40]: with one channel that is also the
+    channels_last layout of the CUDA model (the same strides), so no conversion is needed.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -480,6 +491,12 @@ class TrainStep:
                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         crops, crop_labels = augment_batch(images, params, labels, backend=self.augment_backend,
                                            dtype=self.dtype)
+        return self.on_crops(crops, crop_labels)
+
+    def on_crops(self, crops: torch.Tensor,
+                 crop_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step after the augmentation: ``crops`` [b*10, 1, 40, 40] (float, pixels / 255)
+        and int64 ``crop_labels`` [b*10] on the model's device."""
         with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.autocast):
             logits = self.model(crops)
             loss = F.cross_entropy(logits, crop_labels)
@@ -552,10 +569,7 @@ def setup(config: Config, resume: Path | None = None) -> Run:
     ckpt = _resume_checkpoint(resume, config, device, precision)
     data, data_id = _run_data(config, ckpt, resume)
 
-    model = VGG(config.recipe, width=config.width, dropout=config.dropout,
-                backend=block_backend).to(device)
-    if device.type == "cuda":  # NHWC activations: what cuDNN's fp16 kernels and the fused blocks want
-        model = model.to(memory_format=torch.channels_last)
+    model = make_model(config, device, block_backend)
     if config.init and ckpt is None:
         load_params(model, load_checkpoint(config.init, trust=config.trust_checkpoint)["params"],
                     config.init)
@@ -566,7 +580,7 @@ def setup(config: Config, resume: Path | None = None) -> Run:
                                 augment_backend=augment_backend) for split in (data.val, data.test))
     optimizer = make_optimizer(config, model.parameters(), fused=device.type == "cuda")
     scheduler, sched_unit = make_scheduler(config, optimizer, len(loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = make_scaler(device, precision)
     step = TrainStep(model, optimizer, scaler, device_type=device.type, precision=precision,
                      augment_backend=augment_backend,
                      scheduler=scheduler if sched_unit == "step" else None)

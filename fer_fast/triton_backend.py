@@ -18,7 +18,7 @@ cast eager autocast does too), the bias cast, one ``num_batches_tracked += 1`` l
 whole stack, and in training a copy of each running statistic (the kernels update the copy: the
 forward op mutates none of its inputs) with two foreach launches copying them back.
 
-Backward, per block in reverse. The last block: ``bn_act.backward`` (issue 5's fused kernels)
+Backward, per block in reverse. The last block: ``bn_act.backward`` (the fused BN+ReLU kernels)
 turns the gradient of the block output into the gradient dy of its stored conv output. Then per
 block the weight-gradient kernel (the normalised input recomputed on the fly from the previous
 block's stored output and coefficients) and, at each block boundary, ONE data-gradient kernel
@@ -51,6 +51,7 @@ _OP_NAME = "triton features backend (implicit-GEMM conv stack)"
 
 
 def supports(device: torch.device) -> bool:
+    """CUDA, or the CPU under the Triton interpreter."""
     if device.type == "cuda":
         return torch.cuda.is_available()
     return device.type == "cpu" and is_interpreter()
@@ -246,7 +247,10 @@ _stack_fwd.register_autograd(_stack_backward, setup_context=_setup_stack_context
 
 def features_triton(x, convs, bns, pools, *, order):
     """The conv stack of the VGG: ``convs``/``bns`` (nn.Conv2d 3x3 pad 1 / nn.BatchNorm2d per
-    block), max-pool after block i when ``pools[i]``; returns the last block's output (NCHW)."""
+    block), max-pool after block i when ``pools[i]``. ``x`` [N, C_in, H, W] in any layout, fp32
+    (fp16/bf16 under autocast: the stack then computes in that dtype); returns the last block's
+    output [N, C_last, H', W'] (H, W halved at each pool), channels_last in memory, in the
+    compute dtype. Running statistics are updated when the BatchNorms train."""
     if x.dim() != 4:
         raise ValueError(f"features input must be [N, C, H, W], got shape {tuple(x.shape)}")
     for conv in convs:

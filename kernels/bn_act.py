@@ -62,7 +62,7 @@ class Tiles:
 
 #: GPU: a row of 64 channels is 128 B (fp16) contiguous; tiles of 4096 elements per 8 warps.
 GPU_TILES = Tiles(c=64, rows=64, windows=32, partials=32, warps=8)
-#: Interpreter: every Triton op costs ~0.1 ms of Python whatever its size, so few big tiles.
+#: Interpreter: every Triton op has a fixed Python cost whatever its size, so few big tiles.
 INTERPRETER_TILES = Tiles(c=32, rows=1024, windows=512, partials=32, warps=1)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)

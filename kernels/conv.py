@@ -414,20 +414,23 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
 # Host side: weight packing, per-shape config choice, launchers.
 
 def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[C_out, C_in, 3, 3] -> the forward's B matrix [9*C_in, C_out], k = (kh*3 + kw)*C_in + ci."""
+    """[C_out, C_in, 3, 3] (any float dtype) -> the forward's B matrix [9*C_in, C_out] in
+    ``dtype``, contiguous, k = (kh*3 + kw)*C_in + ci."""
     c_out, c_in = weight.shape[:2]
     return weight.permute(2, 3, 1, 0).reshape(9 * c_in, c_out).to(dtype).contiguous()
 
 
 def pack_weight_dgrad(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[C_out, C_in, 3, 3] -> the data gradient's B matrix [9*C_out, C_in]: flipped taps,
-    channels transposed, so that dx = conv3x3(dy) with the forward's kernel."""
+    """[C_out, C_in, 3, 3] -> the data gradient's B matrix [9*C_out, C_in] in ``dtype``,
+    contiguous: flipped taps, channels transposed, so that dx = conv3x3(dy) with the forward's
+    kernel."""
     c_out, c_in = weight.shape[:2]
     return weight.flip(2, 3).permute(2, 3, 0, 1).reshape(9 * c_out, c_in).to(dtype).contiguous()
 
 
 def unpack_weight_grad(dw: torch.Tensor, c_in: int) -> torch.Tensor:
-    """Inverse of ``pack_weight``'s layout: [9*C_in, C_out] -> [C_out, C_in, 3, 3]."""
+    """Inverse of ``pack_weight``'s layout: [9*C_in, C_out] -> [C_out, C_in, 3, 3], contiguous,
+    in dw's dtype."""
     return dw.reshape(3, 3, c_in, dw.shape[1]).permute(3, 2, 0, 1).contiguous()
 
 

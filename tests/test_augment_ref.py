@@ -1,4 +1,4 @@
-"""The eager reference augmentation and the parameter sampler against the SPEC."""
+"""The eager reference augmentation and the parameter sampler against docs/spec.md."""
 import math
 import random
 

@@ -16,6 +16,7 @@ from fer_fast.export import (ONNX_TOLERANCE, export_onnx, load_safetensors, onnx
                              save_safetensors)
 from fer_fast.export import main as export_main
 from fer_fast.model import CLASS_NAMES
+from fer_fast.cli import UserError
 from fer_fast.predict import PredictError
 from fer_fast.predict import main as predict_main
 from fer_fast.preprocess import to_fer_image
@@ -119,10 +120,10 @@ def test_detector_none_and_predict_batch_on_fer_images(files):
 def test_predictor_refuses_bad_arguments(files, tmp_path):
     with pytest.raises(PredictError, match="no such model file"):
         Predictor(tmp_path / "missing.pt")
-    with pytest.raises(PredictError, match="unknown device 'gpu7'"):
+    with pytest.raises(UserError, match="device gpu7: unknown device"):
         Predictor(files["model"], device="gpu7")
     if not torch.cuda.is_available():
-        with pytest.raises(PredictError, match="this machine has 0 CUDA device"):
+        with pytest.raises(UserError, match="device cuda: this machine has no CUDA device"):
             Predictor(files["model"], device="cuda")
     with pytest.raises(PredictError, match="tta must be one of"):
         Predictor(files["model"], tta="mirror")
@@ -219,11 +220,15 @@ def test_cli_bad_inputs(files, tmp_path, capsys):
     for argv, message in (([str(tmp_path / "missing.pt"), one], "missing.pt: no such model file"),
                           ([ckpt, str(tmp_path / "nope.jpg")], "nope.jpg: no such file or folder"),
                           ([str(notes), one], f"{notes}: "),  # not a checkpoint
-                          ([ckpt], "nothing to predict"),
-                          ([ckpt, one, "--max-frames", "0"], "--max-frames must be >= 1")):
+                          ([ckpt], "nothing to predict")):
         assert predict_main(argv + ["--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit) as info:  # a bad flag value: the parser's one line
+        predict_main([ckpt, one, "--max-frames", "0", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--max-frames: must be >= 1" in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("recipe", ["released", "paper"])

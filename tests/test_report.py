@@ -48,7 +48,7 @@ def test_flops_match_a_real_forward(width):
 
 
 def test_flops_match_spec_figures():
-    # SPEC: forward about 0.70 GFLOP per crop, training about 21 GFLOP per image.
+    # docs/spec.md: forward about 0.70 GFLOP per crop, training about 21 GFLOP per image.
     assert harness.forward_flops_per_crop(1.0) == pytest.approx(0.70e9, rel=0.02)
     assert harness.train_flops_per_image(1.0) == pytest.approx(21e9, rel=0.02)
     assert harness.conv_flops(640, 64, 64, 40) == 2 * 640 * 40 * 40 * 64 * 64 * 9

@@ -33,7 +33,7 @@ def easy_data(n_train=64, n_val=24, n_test=24, seed=0) -> FERData:
 @pytest.fixture
 def easy(monkeypatch):
     """Runs on easy_data, single-threaded: on a busy 2-core machine two spinning OpenMP threads
-    measured 5x slower than one (and a fixed thread count keeps CPU results reproducible)."""
+    are several times slower than one (and a fixed thread count keeps CPU results reproducible)."""
     monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes, **_: easy_data(seed=seed))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
