@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from . import backends, cli, verdict
 from .augment import augment_ref, sample_params
+from .kernels import INTERPRETER_ENV, is_interpreter
 from .model import VGG
 from .nn import conv_bn_act_ref
 from .tolerances import tolerance
@@ -509,9 +510,9 @@ def main(argv=None) -> int:
     device = cli.resolve_device(args.device)
     if device.type == "cpu" and interpreter_conflict():
         raise cli.UserError(interpreter_conflict())
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device.type == "cpu" and not is_interpreter():
         # the Triton kernels are interpreted only when defined under TRITON_INTERPRET=1
-        env = dict(os.environ, TRITON_INTERPRET="1")
+        env = dict(os.environ, **{INTERPRETER_ENV: "1"})
         os.execve(sys.executable, [sys.executable, "-m", "fer_fast", "selfcheck", *argv], env)
     if args.json is not None and args.json.is_dir():
         raise cli.UserError(f"--json {args.json}: is a directory; give a file path")

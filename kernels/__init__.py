@@ -13,7 +13,11 @@ the model and user-facing checks live there). Modules:
 """
 import triton
 
-__all__ = ["is_interpreter"]
+__all__ = ["is_interpreter", "INTERPRETER_ENV"]
+
+#: the environment variable that makes Triton define kernels for its CPU interpreter (read by
+#: Triton when a kernel is defined; a process sets it for a child, never reads it itself)
+INTERPRETER_ENV = "TRITON_INTERPRET"
 
 
 @triton.jit
