@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import fer_fast
 from fer_fast import backends
-from fer_fast.augment import CROP_SIZE, NUM_CROPS, augment, sample_params
+from fer_fast.augmentation import CROP_SIZE, NUM_CROPS, augment, sample_params
 from fer_fast.model import BLOCKS, stage_channels
 
 #: (name, C_in, C_out, H = W, max-pool after) of the eight conv blocks at width 1.
@@ -296,10 +296,10 @@ def best_augment(device: torch.device) -> str:
     return backends.available("augment", device)[0]
 
 
-def model_backends(device: torch.device) -> list[str]:
+def available_model_backends(device: torch.device) -> list[str]:
     """Backends ``VGG(backend=...)`` takes on ``device``: those of op "block" (one block per call)
-    and of op "features" (the whole conv stack per call), best first, "eager" included."""
-    names = backends.available("features", device) + backends.available("block", device)
+    and of op "stack" (the whole conv stack per call), best first, "eager" included."""
+    names = backends.available("stack", device) + backends.available("block", device)
     return list(dict.fromkeys(names))
 
 
@@ -307,7 +307,7 @@ def step_providers(device: torch.device) -> list[str]:
     """Provider ids "<model>+<augmentation>": the authors' pipeline, eager with the eager and the
     best augmentation, torch.compile, and every other registered model backend."""
     aug = best_augment(device)
-    models = ["eager", "compile"] + [b for b in model_backends(device) if b != "eager"]
+    models = ["eager", "compile"] + [b for b in available_model_backends(device) if b != "eager"]
     providers = ["authors", "eager+eager"]
     providers += [f"{m}+{aug}" for m in models if f"{m}+{aug}" not in providers]
     return providers
@@ -328,8 +328,8 @@ def make_train_step(provider: str, device: torch.device, sizes: Sizes,
     model_name, _, aug = provider.partition("+")
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = True
-    block_backend = "eager" if model_name in ("authors", "compile") else model_name
-    model = fer_fast.VGG("released", width=sizes.step_width, backend=block_backend).to(device)
+    model_backend = "eager" if model_name in ("authors", "compile") else model_name
+    model = fer_fast.VGG("released", width=sizes.step_width, backend=model_backend).to(device)
     if model_name != "authors":
         model = model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler("cuda") if cuda else None

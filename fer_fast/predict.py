@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
+from .augmentation import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
 from .model import CLASS_NAMES, VGG
 from .preprocess import ImageError, load_gray, to_fer_image
 

@@ -5,7 +5,7 @@ import torch
 
 import fer_fast
 from fer_fast import backends
-from fer_fast.augment import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams, augment,
+from fer_fast.augmentation import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams, augment,
                               augment_ref, identity_params, sample_params, ten_crop)
 from tolerances import tolerance
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import requires_cuda
-from fer_fast import ConvBNReLU2d, VGG, backends, fused
+from fer_fast import ConvBNReLU2d, VGG, backends, block
 from fer_fast.kernels import bn_act
-from fer_fast.nn import conv_bn_act_ref
+from fer_fast.block import conv_bn_act_ref
 from tolerances import tolerance
 
 ORDERS = ("bn_relu", "relu_bn")
@@ -55,7 +55,7 @@ def _check(x, params, stats, *, training, order, pool, seed, tie_fraction=0.0):
     orders), so the pool routes their gradient to another position; the gradient as a whole
     must still agree within the tolerance."""
     dtype = x.dtype
-    got = _run(fused.conv_bn_act_fused, x, params, stats, training=training, order=order,
+    got = _run(block.conv_bn_act_fused, x, params, stats, training=training, order=order,
                pool=pool, grad_seed=seed)
     want = _run(conv_bn_act_ref, x, params, stats, training=training, order=order, pool=pool,
                 grad_seed=seed)
@@ -162,7 +162,7 @@ def test_nonfinite_values_propagate(order):
     y[1, 2, 3, 1] = float("inf")
     y.requires_grad_(True)
     gamma, beta = (p.detach().requires_grad_(True) for p in params[2:])
-    out = fused.BNActFunction.apply(y, gamma, beta, stats[0].clone(), stats[1].clone(), True,
+    out = block.BNActFunction.apply(y, gamma, beta, stats[0].clone(), stats[1].clone(), True,
                                     0.1, 1e-5, order, True)
     assert not torch.isfinite(out[:, 2]).any()
     assert torch.isfinite(out[:, [0, 1, 3]]).all()
@@ -177,7 +177,7 @@ def test_module_and_model_use_the_fused_backend():
     where the selfcheck passed it: tests/test_selfcheck.py)."""
     assert "fused" in backends.available("block", "cpu")
     assert backends.available("block", "cuda")[0] == "fused"
-    assert backends.resolve("block", "fused", "cuda") is fused.conv_bn_act_fused
+    assert backends.resolve("block", "fused", "cuda") is block.conv_bn_act_fused
     torch.manual_seed(0)
     ref = ConvBNReLU2d(3, 5, order="relu_bn", pool=True)
     blk = ConvBNReLU2d(3, 5, order="relu_bn", pool=True, backend="fused")
