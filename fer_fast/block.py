@@ -35,11 +35,13 @@ from torch import nn
 from . import backends, devices
 from .kernels import bn_act
 
-__all__ = ["ORDERS", "RECIPE_ORDER", "check_order", "conv_bn_act_ref", "conv_bn_act",
-           "ConvBNReLU2d", "conv_bn_act_fused", "BNActFunction"]
+__all__ = ["ORDERS", "RECIPE_ORDER", "check_order", "is_relu_first", "conv_bn_act_ref",
+           "conv_bn_act", "ConvBNReLU2d", "conv_bn_act_fused", "BNActFunction"]
 
+#: The block orders, defined once, in the kernel library whose launchers take them:
 #: "bn_relu": conv -> BatchNorm -> ReLU (released code); "relu_bn": conv -> ReLU -> BatchNorm (paper).
-ORDERS = ("bn_relu", "relu_bn")
+ORDERS = bn_act.ORDERS
+#: recipe -> block order
 RECIPE_ORDER = {"released": "bn_relu", "paper": "relu_bn"}
 
 _CL = torch.channels_last
@@ -49,6 +51,13 @@ def check_order(order: str) -> None:
     """Raise a clear error for a block order that is not one of ``ORDERS``."""
     if order not in ORDERS:
         raise ValueError(f"unknown block order {order!r}; choose one of {ORDERS}")
+
+
+def is_relu_first(order: str) -> bool:
+    """The conv kernels' flag for ``order`` (``relu_first`` / ``relu``): whether the ReLU comes
+    before the BatchNorm."""
+    check_order(order)
+    return order == "relu_bn"
 
 
 # ----------------------------------------------------------------------------------------------

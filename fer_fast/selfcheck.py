@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from . import backends, verdict
 from .augmentation import augment_ref, sample_params
-from .block import conv_bn_act_ref
+from .block import ORDERS, conv_bn_act_ref
 from .kernels import is_interpreter
 from .model import VGG
 from .tolerances import tolerance
@@ -192,7 +192,7 @@ def check_block(name, device, sz: Sizes) -> list[dict]:
         for k, (layer, cin, cout, hw, pool) in enumerate(VGG_LAYERS):
             cin, cout = max(1, cin // sz.channel_div), max(1, cout // sz.channel_div)
             hw = max(2, hw // sz.spatial_div)
-            orders = ("bn_relu", "relu_bn") if sz.both_orders else (("bn_relu", "relu_bn")[k % 2],)
+            orders = ORDERS if sz.both_orders else (ORDERS[k % 2],)
             for order in orders:
                 x, params, stats = _block_inputs(sz.block_batch, cin, cout, hw, dtype, device,
                                                  seed=k)

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from . import backends, devices
-from .block import ConvBNReLU2d, check_order, conv_bn_act
+from .block import ConvBNReLU2d, check_order, conv_bn_act, is_relu_first
 from .kernels import bn_act, is_interpreter
 from .kernels import conv as K
 
@@ -83,11 +83,11 @@ def _batch_norm_args(i, gammas, betas, running_means, running_vars, num_batches_
                            momentum=momentum if training else 0.0, eps=eps[i])
 
 
-def _prologue(coef, order):
+def _prologue_args(coef, order):
     """Conv-kernel prologue arguments that apply a block's BN (+ ReLU) to its stored output."""
     if coef is None:
         return dict(pro=K.PRO_NONE, scale=None, shift=None)
-    pro = K.PRO_BN_RELU if order == "bn_relu" else K.PRO_BN
+    pro = K.PRO_BN if is_relu_first(order) else K.PRO_BN_RELU
     return dict(pro=pro, scale=coef[2], shift=coef[3])
 
 
@@ -128,8 +128,8 @@ def _stack_fwd(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.
             bn = _batch_norm_args(i, gammas, betas, running_means, running_vars,
                                   num_batches_tracked, momentums, cumulative, eps, training)
             y, coef = K.conv3x3(h, K.pack_weight(weights[i], dtype), biases[i].to(dtype),
-                                pool=pool_in, relu=order == "relu_bn", bn=bn,
-                                **_prologue(coef, order))
+                                pool=pool_in, relu=is_relu_first(order), bn=bn,
+                                **_prologue_args(coef, order))
             ys.append(y)
             coefs.append(coef)
             pool_in = pools[i]
@@ -179,7 +179,7 @@ def _stack_bwd(grad_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tens
     loading."""
     devices.refuse_bf16_dot_under_interpreter(_OP_NAME, dtype)
     nblocks = len(weights)
-    relu_first = order == "relu_bn"
+    relu_first = is_relu_first(order)
     with devices.on_device(grad_out):
         x_nhwc = _nhwc(x, dtype)
         last = nblocks - 1
@@ -195,7 +195,7 @@ def _stack_bwd(grad_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tens
             pool_in = i > 0 and pools[i - 1]
             if weight_grads[i]:
                 dw, db = K.conv3x3_wgrad(h, dz, pool=pool_in, bn=bn, relu_first=relu_first,
-                                         **_prologue(coefs[i - 1] if i > 0 else None, order))
+                                         **_prologue_args(coefs[i - 1] if i > 0 else None, order))
                 dweights.insert(0, K.unpack_weight_grad(dw, h.shape[3]))
                 dbiases.insert(0, db)
             bn_grads[i] = sums

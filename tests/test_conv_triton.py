@@ -564,6 +564,7 @@ def test_vgg_shapes_on_gpu(cin, cout, h, pool):
 import copy  # noqa: E402
 
 import fer_fast  # noqa: E402
+from fer_fast.block import ORDERS  # noqa: E402
 
 
 def _vgg_pair(recipe, seed=0, width=1 / 16):
@@ -709,7 +710,7 @@ def test_features_backward_launches_per_block(monkeypatch):
                         "_bwd_reduce_kernel": 1, "_bwd_dy_kernel": 1}
 
 
-@pytest.mark.parametrize("order", ["bn_relu", "relu_bn"])
+@pytest.mark.parametrize("order", ORDERS)
 def test_conv_bn_relu_stack_module_matches_eager(order):
     """``fer_fast.ConvBNReLUStack`` (for users' own networks): any chain of blocks (here 3
     input channels, odd sizes 9x10 through two pools, channels 5 / 7 / 6) with the triton
