@@ -100,8 +100,8 @@ def _nhwc(x, dtype):
 # Custom ops: the whole forward and the whole backward are each one opaque torch.library op
 # (the per-block tensors as lists), so torch.compile(fullgraph=True) traces a model using the
 # stack. The forward op is functional (torch.compile cannot functionalise a mutating op that
-# returns tensor lists): it returns the updated running statistics, which ``conv_bn_act_stack_triton``
-# copies into the BatchNorms' buffers (one foreach launch each).
+# returns tensor lists): it returns the updated running statistics, which
+# ``conv_bn_act_stack_triton`` copies into the BatchNorms' buffers (one foreach launch each).
 # ----------------------------------------------------------------------------------------------
 @torch.library.custom_op("fer_fast::conv_stack_fwd", mutates_args=())
 def _stack_fwd(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],

@@ -12,9 +12,9 @@ import torch
 
 from conftest import HAS_CUDA, requires_cuda
 from fer_fast import backends
-from fer_fast.augmentation import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams, augment_ref,
-                              augment_triton,
-                              identity_params, paper_geometry, released_geometry, sample_params)
+from fer_fast.augmentation import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams,
+                                   augment_ref, augment_triton, identity_params, paper_geometry,
+                                   released_geometry, sample_params)
 from tolerances import tolerance
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"

@@ -15,9 +15,9 @@ import torch
 
 from conftest import HAS_CUDA, requires_cuda
 from fer_fast import augmentation, backends
-from fer_fast.augmentation import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams, augment,
-                              augment_ref, identity_params, paper_geometry, released_geometry,
-                              sample_params)
+from fer_fast.augmentation import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams,
+                                   augment, augment_ref, identity_params, paper_geometry,
+                                   released_geometry, sample_params)
 from fer_fast.augmentation import augment_native
 from tolerances import tolerance
 
