@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import harness
+from fer_fast.kernels import is_interpreter
 
 
 def pytest_addoption(parser):
@@ -31,7 +32,7 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if is_interpreter():
         skip = pytest.mark.skip(reason="TRITON_INTERPRET=1: Triton would run in its interpreter; "
                                 "unset it to benchmark")
         for item in items:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_fast import backends, train
-from fer_fast.augment import CROP_SIZE, NUM_CROPS
+from fer_fast.augmentation import CROP_SIZE, NUM_CROPS
 from fer_fast.data import Split
 from fer_fast.loader import DeviceLoader
 from fer_fast.model import BLOCKS, stage_channels
@@ -298,10 +298,10 @@ def best_augment(device: torch.device) -> str:
     return backends.available("augment", device)[0]
 
 
-def model_backends(device: torch.device) -> list[str]:
+def available_model_backends(device: torch.device) -> list[str]:
     """Backends ``VGG(backend=...)`` takes on ``device``: those of op "block" (one block per call)
-    and of op "features" (the whole conv stack per call), best first, "eager" included."""
-    names = backends.available("features", device) + backends.available("block", device)
+    and of op "stack" (the whole conv stack per call), best first, "eager" included."""
+    names = backends.available("stack", device) + backends.available("block", device)
     return list(dict.fromkeys(names))
 
 
@@ -309,7 +309,7 @@ def step_providers(device: torch.device) -> list[str]:
     """Provider ids "<model>+<augmentation>": the authors' pipeline, eager with the eager and the
     best augmentation, torch.compile, and every other registered model backend."""
     aug = best_augment(device)
-    models = ["eager", "compile"] + [b for b in model_backends(device) if b != "eager"]
+    models = ["eager", "compile"] + [b for b in available_model_backends(device) if b != "eager"]
     providers = ["authors", "eager+eager"]
     providers += [f"{m}+{aug}" for m in models if f"{m}+{aug}" not in providers]
     return providers

@@ -88,12 +88,12 @@ def train_configs(mode: str) -> list[tuple[str, list[str]]]:
     the best augmentation backend, all on the same synthetic data and seed."""
     import torch
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from harness import best_augment, model_backends
+    from harness import available_model_backends, best_augment
     device = torch.device("cuda" if mode == "gpu" else "cpu")
     aug = best_augment(device)
     runs = [("reference", "eager", "eager")]
-    runs += [(f"fer_fast-{b}", b, aug) for b in model_backends(device) if b != "eager"]
-    return [(name, ["--block-backend", block, "--augment-backend", a]) for name, block, a in runs]
+    runs += [(f"fer_fast-{b}", b, aug) for b in available_model_backends(device) if b != "eager"]
+    return [(name, ["--model-backend", model, "--augment-backend", a]) for name, model, a in runs]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 
 import harness
 from fer_fast import backends
-from fer_fast.augment import sample_params
+from fer_fast.augmentation import sample_params
 
 ALL_THREADS = os.cpu_count() or 1
 #: images/s of the authors' pipeline measured in this session (for the ratio in extra_info)

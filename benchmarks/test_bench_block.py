@@ -12,7 +12,7 @@ import torch
 
 import harness
 from fer_fast import backends
-from fer_fast.nn import RECIPE_ORDER
+from fer_fast.block import RECIPE_ORDER
 
 
 def _cases():

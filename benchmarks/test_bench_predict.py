@@ -11,7 +11,7 @@ import torch
 
 import harness
 from fer_fast import VGG, Predictor
-from fer_fast.augment import NUM_CROPS
+from fer_fast.augmentation import NUM_CROPS
 from fer_fast.synthetic import generate
 
 

@@ -213,7 +213,7 @@ def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> 
 
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """The arguments of the commands that load a trained model and its data."""
-    from .model import model_backends
+    from .stack import model_backend_choices
 
     p.add_argument("checkpoint", help="a .pt file written by fer_fast.train, or the authors' "
                    "{'params': state_dict} file")
@@ -227,7 +227,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     add_device_arg(p)
     p.add_argument("--batch-size", type=number(int, low=1), default=256,
                    help="images per batch")
-    p.add_argument("--block-backend", default="eager", choices=tuple(model_backends()),
+    p.add_argument("--model-backend", default="eager", choices=tuple(model_backend_choices()),
                    help="model backend (eager: the fp32 reference of the evaluation protocol)")
     p.add_argument("--augment-backend", default="auto", help="ten-crop backend")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -243,14 +243,14 @@ def load_model_and_data(args: argparse.Namespace, splits=("train", "val", "test"
     those that must hold images."""
     from .checkpoint import model_from_checkpoint
     from .loader import load_run_data
-    from .model import resolve_backend
+    from .stack import resolve_model_backend
 
     device = resolve_device(args.device)
     try:
-        resolve_backend(args.block_backend, device)
+        resolve_model_backend(args.model_backend, device)
     except (ValueError, RuntimeError) as e:
-        raise UserError(f"--block-backend {args.block_backend}: {e}") from None
-    model, ckpt = model_from_checkpoint(args.checkpoint, device=device, backend=args.block_backend,
+        raise UserError(f"--model-backend {args.model_backend}: {e}") from None
+    model, ckpt = model_from_checkpoint(args.checkpoint, device=device, backend=args.model_backend,
                                         trust=args.trust_checkpoint)
     config = ckpt.get("config") or {}
     path = args.data

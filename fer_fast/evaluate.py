@@ -12,7 +12,7 @@ import sys
 import torch
 
 from . import cli
-from .augment import NUM_CROPS
+from .augmentation import NUM_CROPS
 from .data import SPLITS
 from .loader import TenCropBatches
 from .model import CLASS_NAMES, NUM_CLASSES

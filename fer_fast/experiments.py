@@ -210,7 +210,7 @@ _UNCOMPARED = {"out", "progress", "device", "init", "save_every", "test_every"}
 def _check_matches(run: Run, settings: Settings) -> None:
     """A run directory already there must hold the run this study asks for (the same settings),
     or the study would silently mix runs of different settings."""
-    saved = _read_json(settings.out / run.name / "config.json")
+    saved = train.saved_config(_read_json(settings.out / run.name / "config.json"))
     planned = vars(train.parse_args(trainer_argv(run, settings))[0])
     skip = _UNCOMPARED | ({"recipe", "width"} if run.study == "finetune" else set())
     diff = [f"{k} {saved.get(k)!r} (asked {v!r})" for k, v in planned.items()

@@ -218,7 +218,7 @@ def _write_new(path: Path, payload: bytes) -> None:
 
 def _check_crops(seed: int = 0) -> torch.Tensor:
     """Random crops and the ten crops of face-like images: what the ONNX check runs."""
-    from .augment import ten_crop
+    from .augmentation import ten_crop
     from .synthetic import generate
 
     g = torch.Generator().manual_seed(seed)

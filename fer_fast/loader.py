@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from .augment import NUM_CROPS, RECIPES, AugmentParams, augment, sample_params, ten_crop
+from .augmentation import NUM_CROPS, RECIPES, AugmentParams, augment, sample_params, ten_crop
 from .data import SPLITS, FERData, Split, load_data
 from .synthetic import SyntheticSpec
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import RECIPE_ORDER, conv_bn_act_stack, model_backends, resolve_backend
+from .block import RECIPE_ORDER
+from .stack import conv_bn_act_stack
 
-__all__ = ["VGG", "BLOCKS", "NUM_CLASSES", "CLASS_NAMES", "stage_channels", "model_backends",
-           "resolve_backend"]
+__all__ = ["VGG", "BLOCKS", "NUM_CLASSES", "CLASS_NAMES", "stage_channels"]
 
 NUM_CLASSES = 7
 CLASS_NAMES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
@@ -57,7 +57,7 @@ class VGG(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The conv stack, through ``conv_bn_act_stack`` with the model's ``backend``: "auto",
-        a whole-stack ("features") backend such as "triton", or a block backend such as
+        a whole-stack (op "stack") backend such as "triton", or a block backend such as
         "eager" or "fused"."""
         convs = [getattr(self, f"conv{name}") for name, _, _ in BLOCKS]
         bns = [getattr(self, f"bn{name}") for name, _, _ in BLOCKS]

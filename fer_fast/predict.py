@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import cli
-from .augment import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
+from .augmentation import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
 from .model import CLASS_NAMES, VGG
 from .preprocess import ImageError, load_gray, to_fer_image
 

@@ -5,7 +5,7 @@ pixels, shown beside and over the image. The loss is that of the evaluation prot
 BatchNorm in eval mode): cross-entropy of the ten-crop-averaged logits against the true label.
 The gradient is taken w.r.t. the pixels of the 40x40 crops the model sees; every crop pixel is a
 copy of one pixel of the 48x48 image (crops 5..9 from the mirrored image, see
-``fer_fast.augment.CROP_CORNERS``), so the map of an image is the sum of the crops' |gradient|
+``fer_fast.augmentation.CROP_CORNERS``), so the map of an image is the sum of the crops' |gradient|
 at their source positions, normalised per image to a maximum of 1.
 
 Writes ``saliency.npz`` (images, maps, labels, predictions, indices in the split) and, when
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cli
-from .augment import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE, NUM_CROPS, crop_grid, ten_crop
+from .augmentation import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE, NUM_CROPS, crop_grid, ten_crop
 from .data import SPLITS
 from .evaluate import predict
 from .loader import TenCropBatches

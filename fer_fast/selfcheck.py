@@ -9,10 +9,10 @@ Per op and backend available on the device (``fer_fast.backends.available``):
 - ``block``: one conv+BN+ReLU(+pool) block at each of the VGG's eight layer shapes, both orders,
   training mode, fp32 and fp16: forward output, gradients of input, weight, bias, gamma, beta,
   and the running statistics.
-- ``features``: the VGG's whole conv stack at once (the same eight layers): output, input and
+- ``stack``: the VGG's whole conv stack at once (the same eight layers): output, input and
   parameter gradients, running statistics; fp16 under autocast, measured against the fp32
   reference within twice the error of eager autocast plus the tolerance.
-- ``train``: each block / features backend trains a whole VGG a few SGD-Nesterov steps; the
+- ``train``: each block / whole-stack backend trains a whole VGG a few SGD-Nesterov steps; the
   losses and every parameter and buffer stay within the ``convergence`` tolerance of eager.
 - ``time``: each passing backend that "auto" may take here, and eager, at the training shape
   (augmentation of 64 images; the VGG's conv stack forward + backward on 640 crops, fp16
@@ -46,16 +46,16 @@ import torch
 import torch.nn.functional as F
 
 from . import backends, cli, verdict
-from .augment import augment_ref, sample_params
+from .augmentation import augment_ref, sample_params
+from .block import ORDERS, conv_bn_act_ref
 from .kernels import INTERPRETER_ENV, is_interpreter
 from .model import VGG
-from .nn import conv_bn_act_ref
 from .tolerances import tolerance
 from .verdict import ensure_verdict
 
 __all__ = ["run", "main", "ensure_verdict", "interpreter_conflict", "VGG_LAYERS", "OPS"]
 
-OPS = ("augment", "block", "features")
+OPS = ("augment", "block", "stack")
 #: (name, C_in, C_out, H = W, max-pool after) of the VGG's eight blocks
 VGG_LAYERS = (("1a", 1, 64, 40, False), ("1b", 64, 64, 40, True), ("2a", 64, 128, 20, False),
               ("2b", 128, 128, 20, True), ("3a", 128, 256, 10, False),
@@ -74,9 +74,9 @@ class Sizes:
     channel_div: int  # block parity: the VGG's channel counts / this
     spatial_div: int  # block parity: the VGG's layer sides / this
     both_orders: bool  # block parity: each layer in both orders (else alternating)
-    features_width: float  # conv-stack parity: VGG width
-    features_batch: int
-    features_size: int  # conv-stack parity: crop side (16 or more: four 2x2 pools)
+    stack_width: float  # conv-stack parity: VGG width
+    stack_batch: int
+    stack_size: int  # conv-stack parity: crop side (16 or more: four 2x2 pools)
     train_width: float
     train_batch: int  # crops per training step
     train_steps: int
@@ -89,13 +89,13 @@ class Sizes:
 def sizes(device: torch.device, quick: bool) -> Sizes:
     if device.type == "cuda":
         return Sizes(augment_batch=16, block_batch=8, channel_div=1, spatial_div=1,
-                     both_orders=True, features_width=1.0, features_batch=8, features_size=40,
+                     both_orders=True, stack_width=1.0, stack_batch=8, stack_size=40,
                      train_width=1.0, train_batch=640, train_steps=3 if quick else 6,
                      time_images=64, time_crops=640, time_width=1.0,
                      time_reps=10 if quick else 30)
     return Sizes(augment_batch=1, block_batch=1, channel_div=16, spatial_div=4,
-                 both_orders=False, features_width=1 / 32, features_batch=1,
-                 features_size=16, train_width=1 / 32, train_batch=1, train_steps=2,
+                 both_orders=False, stack_width=1 / 32, stack_batch=1,
+                 stack_size=16, train_width=1 / 32, train_batch=1, train_steps=2,
                  time_images=16, time_crops=32, time_width=0.125, time_reps=2 if quick else 5)
 
 
@@ -192,7 +192,7 @@ def check_block(name, device, sz: Sizes) -> list[dict]:
         for k, (layer, cin, cout, hw, pool) in enumerate(VGG_LAYERS):
             cin, cout = max(1, cin // sz.channel_div), max(1, cout // sz.channel_div)
             hw = max(2, hw // sz.spatial_div)
-            orders = ("bn_relu", "relu_bn") if sz.both_orders else (("bn_relu", "relu_bn")[k % 2],)
+            orders = ORDERS if sz.both_orders else (ORDERS[k % 2],)
             for order in orders:
                 x, params, stats = _block_inputs(sz.block_batch, cin, cout, hw, dtype, device,
                                                  seed=k)
@@ -218,8 +218,8 @@ def check_block(name, device, sz: Sizes) -> list[dict]:
     return rows
 
 
-# --------------------------------------------------------------------------------- features
-def _features_pass(model, x, grad, amp):
+# ------------------------------------------------------------------------------------ stack
+def _stack_pass(model, x, grad, amp):
     x = x.clone().requires_grad_()
     with torch.autocast(x.device.type, dtype=F16, enabled=amp):
         out = model.features(x)
@@ -227,7 +227,7 @@ def _features_pass(model, x, grad, amp):
     return out, x.grad
 
 
-def check_features(name, device, sz: Sizes) -> list[dict]:
+def check_stack(name, device, sz: Sizes) -> list[dict]:
     """The whole conv stack vs the eager fp32 VGG; fp16: autocast, error within twice eager
     autocast's own error plus the tolerance (times the reference's largest magnitude: through
     eight BatchNorms the gradients reach the hundreds)."""
@@ -235,19 +235,19 @@ def check_features(name, device, sz: Sizes) -> list[dict]:
     for dtype in (F32, F16):
         half = dtype == F16
         torch.manual_seed(0)
-        ref = VGG("released", width=sz.features_width, dropout=0.0).to(device)
+        ref = VGG("released", width=sz.stack_width, dropout=0.0).to(device)
         fast = copy.deepcopy(ref)
         fast.backend = name
         amp_ref = copy.deepcopy(ref) if half else None
         gen = torch.Generator().manual_seed(5)
-        x = torch.rand(sz.features_batch, 1, sz.features_size, sz.features_size,
+        x = torch.rand(sz.stack_batch, 1, sz.stack_size, sz.stack_size,
                        generator=gen).to(device)
-        side = sz.features_size // 16
-        grad = torch.randn(sz.features_batch, ref.conv4b.out_channels, side, side,
+        side = sz.stack_size // 16
+        grad = torch.randn(sz.stack_batch, ref.conv4b.out_channels, side, side,
                            generator=gen).to(device)
-        want = _features_pass(ref, x, grad, False)
-        got = _features_pass(fast, x, grad, half)
-        eager_amp = _features_pass(amp_ref, x, grad, True) if half else None
+        want = _stack_pass(ref, x, grad, False)
+        got = _stack_pass(fast, x, grad, half)
+        eager_amp = _stack_pass(amp_ref, x, grad, True) if half else None
         tf, tb, ts = (tolerance(k, dtype) for k in ("block_forward", "block_backward",
                                                       "running_stats"))
         fwd, bwd, stats_err = _Worst(), _Worst(), _Worst()
@@ -280,7 +280,7 @@ def check_features(name, device, sz: Sizes) -> list[dict]:
         how = " x max|ref|" + (" + 2x eager amp error" if half else "")  # see the docstring
         for check, worst, tol in ((f"forward {d}", fwd, tf), (f"gradients {d}", bwd, tb),
                                   (f"running stats {d}", stats_err, ts)):
-            rows.append(_row("features", name, check, worst.ok, worst.error,
+            rows.append(_row("stack", name, check, worst.ok, worst.error,
                              _tol_text(tol) + (how if check != f"running stats {d}" else ""),
                              detail=None if worst.ok else f"first failure: {worst.where}"))
     return rows
@@ -378,7 +378,7 @@ def time_model(name, device, sz: Sizes) -> float:
 
 
 # ---------------------------------------------------------------------------------- the run
-_CHECKS = {"augment": check_augment, "block": check_block, "features": check_features}
+_CHECKS = {"augment": check_augment, "block": check_block, "stack": check_stack}
 
 
 def _guarded(fn, op, name, check):
@@ -421,11 +421,11 @@ def run(device: torch.device | str = "cpu", *, quick: bool = False, ops=OPS,
                 emit(_guarded(lambda: check_train(op, name, device, sz), op, name, "train"))
     # time eager and every backend that passed and that "auto" may take here
     for op in ops:
-        timed_op = "block" if op == "features" else op
+        timed_op = "block" if op == "stack" else op
         names = [n for n in backends.eligible(op, device)
                  if all(r["passed"] for r in rows if r["op"] == op and r["backend"] == n)
                  and any(r["op"] == op and r["backend"] == n for r in rows)]
-        if op != "features":
+        if op != "stack":
             names = ["eager"] + [n for n in names if n != "eager"]
         base = next((r["time_ms"] for r in rows if r["op"] == timed_op
                      and r["backend"] == "eager" and r["check"] == "time"), None)

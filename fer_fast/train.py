@@ -37,13 +37,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import backends, cli, telemetry
-from .augment import NUM_CROPS, RECIPES, AugmentParams
+from .augmentation import NUM_CROPS, RECIPES, AugmentParams
 from .checkpoint import (CheckpointError, checksum_path, infer_architecture, load_checkpoint,
                          load_params, save_atomic)
 from .data import FERData, Split
 from .evaluate import evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, augment_batch, load_run_data
-from .model import CLASS_NAMES, VGG, model_backends, resolve_backend
+from .model import CLASS_NAMES, VGG
+from .stack import model_backend_choices, resolve_model_backend
 from .plots import write_run_outputs
 from .verdict import prepare_auto
 
@@ -84,7 +85,7 @@ class Config:
     train_on: str = "train"
     seed: int = 0
     device: str = "auto"
-    block_backend: str = "auto"
+    model_backend: str = "auto"
     augment_backend: str = "auto"
     precision: str = "auto"
     init: str | None = None  # stored absolute once the run starts
@@ -110,6 +111,16 @@ PRESETS = {
 RESUME_KEYS = {"config", "epoch", "logs", "best", "optimizer", "scheduler", "scaler", "rng"}
 #: fields that may change when resuming a run (--data: the same data, moved)
 RESUMABLE = {"epochs", "save_every", "test_every", "progress", "out", "data", "trust_checkpoint"}
+#: Config fields renamed since runs were first saved: old name -> new name
+_RENAMED_FIELDS = {"block_backend": "model_backend"}
+
+
+def saved_config(config: dict) -> dict:
+    """A saved run configuration (config.json, a checkpoint's "config") with the fields of
+    older runs under their current names."""
+    return {_RENAMED_FIELDS.get(k, k): v for k, v in config.items()}
+
+
 #: training steps timed for the estimate printed early in a run (after a few warm-up steps)
 ESTIMATE_WARMUP, ESTIMATE_STEPS = 3, 20
 
@@ -168,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
                    f"generalisation) (default: {d.train_on})")
     p.add_argument("--seed", type=int, **default("seed"))
     cli.add_device_arg(p, default=None)
-    p.add_argument("--block-backend", choices=tuple(model_backends()),
+    p.add_argument("--model-backend", choices=tuple(model_backend_choices()),
                    help="model backend: auto (GPU: the fastest that passed the selfcheck there; "
                         "CPU: eager), a block backend (eager, fused) or a whole-stack one (triton) "
                         "(default: auto)")
@@ -249,7 +260,7 @@ def _parse_resume(p: argparse.ArgumentParser, path: Path, given: dict) -> tuple[
         p.error(f"--resume continues a run with its saved configuration; these flags cannot "
                 f"change: {', '.join(_flag(k) for k in fixed)}")
     known = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in ckpt["config"].items() if k in known})
+    config = Config(**{k: v for k, v in saved_config(ckpt["config"]).items() if k in known})
     done = ckpt["epoch"]
     if "epochs" in given and given["epochs"] <= done:
         p.error(f"--resume {path}: the run has already done {done} epoch{_s(done)}; "
@@ -283,7 +294,7 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def make_model(config: Config, device: torch.device, backend: str) -> VGG:
-    """The run's VGG on ``device`` with the resolved block ``backend``."""
+    """The run's VGG on ``device`` with the resolved model ``backend``."""
     model = VGG(config.recipe, width=config.width, dropout=config.dropout,
                 backend=backend).to(device)
     if device.type == "cuda":  # NHWC activations: what cuDNN's fp16 kernels and the fused blocks want
@@ -550,9 +561,9 @@ def setup(config: Config, resume: Path | None = None) -> Run:
     load the data, build model / loader / optimizer / scheduler, and restore the checkpoint's
     state when resuming; writes config.json and the (resumed) metrics.csv."""
     device = cli.resolve_device(config.device)
-    auto = prepare_auto(device, needed="auto" in (config.block_backend, config.augment_backend))
+    auto = prepare_auto(device, needed="auto" in (config.model_backend, config.augment_backend))
     try:
-        block_backend = resolve_backend(config.block_backend, device)
+        model_backend = resolve_model_backend(config.model_backend, device)
         augment_backend = (backends.auto_choice("augment", device)
                            if config.augment_backend == "auto" else config.augment_backend)
         backends.resolve("augment", augment_backend or "auto", device)
@@ -569,7 +580,7 @@ def setup(config: Config, resume: Path | None = None) -> Run:
     ckpt = _resume_checkpoint(resume, config, device, precision)
     data, data_id = _run_data(config, ckpt, resume)
 
-    model = make_model(config, device, block_backend)
+    model = make_model(config, device, model_backend)
     if config.init and ckpt is None:
         load_params(model, load_checkpoint(config.init, trust=config.trust_checkpoint)["params"],
                     config.init)
@@ -597,7 +608,7 @@ def setup(config: Config, resume: Path | None = None) -> Run:
             and resume.name == "last.pt":
         _copy_best(resume.parent, run_dir)  # a copy of the run: its best model comes along
     config.out = str(run_dir)
-    resolved = {"device": str(device), "block_backend": block_backend, "precision": precision,
+    resolved = {"device": str(device), "model_backend": model_backend, "precision": precision,
                 "augment_backend": augment_backend, "data_source": data.source,
                 "data_sha256": data_id["sha256"], "torch": torch.__version__, "auto": auto,
                 "sizes": {"train": loader.num_images, "val": len(data.val), "test": len(data.test)}}
@@ -607,7 +618,7 @@ def setup(config: Config, resume: Path | None = None) -> Run:
     print(f"fer_fast.train: {config.preset} preset, VGG(recipe={config.recipe!r}, "
           f"width={config.width}), {config.optimizer}+{config.scheduler}, lr {config.lr}, "
           f"{config.epochs} epoch{_s(config.epochs)} of {loader.num_images} images, batch "
-          f"{config.batch_size}, {device} {precision}, block {block_backend}, augment "
+          f"{config.batch_size}, {device} {precision}, model {model_backend}, augment "
           f"{augment_backend}; data {data.source}; run dir {run_dir}", flush=True)
     return run
 

@@ -12,7 +12,7 @@ Any change of these makes a new key, hence a new selfcheck. Files:
 "auto" per op (``fer_fast.backends`` asks :func:`auto_order`):
 
 - With a verdict: only backends whose every parity row passed there (``eager``, the reference,
-  always), fastest measured first; the whole-stack ``features`` backends only when measured
+  always), fastest measured first; the whole-stack (op ``stack``) backends only when measured
   faster than every passing block backend (both timed as the VGG's conv stack, forward and
   backward, at the training shape). A backend that failed is never chosen; naming it explicitly
   still runs it, with a warning naming the failed check.
@@ -47,8 +47,8 @@ __all__ = ["verdict_dir", "disabled", "environment", "verdict_path", "load", "sa
 
 _PACKAGE = Path(__file__).resolve().parent
 #: modules whose code runs on the fast paths (their hash is part of the key)
-_FAST_MODULES = ("augment.py", "_ext.py", "fused.py", "triton_backend.py", "nn.py", "backends.py",
-                 "tolerances.py", "selfcheck.py", "verdict.py")
+_FAST_MODULES = ("augmentation.py", "block.py", "stack.py", "backends.py", "tolerances.py",
+                 "selfcheck.py", "verdict.py")
 #: seconds the trainer waits for the selfcheck child (``FER_FAST_SELFCHECK_TIMEOUT`` overrides)
 DEFAULT_TIMEOUT_S = 1200
 _cache: dict[str, dict | None] = {}
@@ -214,7 +214,7 @@ def auto_order(op: str, device: torch.device, candidates: list[str]) -> list[str
     ok = [n for n in candidates if n == "eager" or n in passed]
     inf = float("inf")
     ok.sort(key=lambda n: times.get(n, inf))  # stable: unmeasured keep the registry's order
-    if op == "features":  # a whole-stack backend only where it beats every passing block backend
+    if op == "stack":  # a whole-stack backend only where it beats every passing block backend
         block = _times(verdict, "block")
         best_block = min((t for n, t in block.items()
                           if n == "eager" or n in passed_backends(verdict, "block")), default=inf)
@@ -242,7 +242,7 @@ def _failure_verdict(device: torch.device, why: str) -> dict:
     rows = [{"op": op, "backend": name, "check": "selfcheck child", "passed": False,
              "max_error": None, "tolerance": None, "time_ms": None, "speedup": None,
              "detail": why}
-            for op in ("augment", "block", "features")
+            for op in ("augment", "block", "stack")
             for name in backends.available(op, device) if name != "eager"]
     return {"device": str(device), "env": environment(device), "rows": rows, "passed": False}
 
@@ -298,15 +298,16 @@ def prepare_auto(device: torch.device, *, needed: bool) -> dict:
         note, path = "no 'auto' backend asked for", verdict["path"] if verdict else None
     if needed and (device.type == "cuda" or path is not None):
         print(f"fer_fast.train: {note}", flush=True)
-    from .nn import resolve_backend
+    from .stack import resolve_model_backend
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, augment = resolve_backend("auto", device), backends.auto_choice("augment", device)
+        model = resolve_model_backend("auto", device)
+        augment = backends.auto_choice("augment", device)
     verdict = load(device) if not disabled() else None
     why = ("fastest measured of those that passed the selfcheck here" if verdict
            else "eager reference (no verdict)" if device.type == "cuda"
            else "registry priority (CPU)")
-    failed = {op: sorted(_failed_checks(verdict, op)) for op in ("augment", "block", "features")
+    failed = {op: sorted(_failed_checks(verdict, op)) for op in ("augment", "block", "stack")
               } if verdict else {}
     return {"verdict": path, "selfcheck": note, "auto_model_backend": model,
             "auto_augment_backend": augment, "why": why, "failed": failed}

@@ -13,7 +13,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-if os.environ.get("TRITON_INTERPRET") == "1":
+from fer_fast.kernels import is_interpreter  # noqa: E402
+
+if is_interpreter():
     from fer_fast.selfcheck import interpreter_conflict  # noqa: E402
     if interpreter_conflict():
         pytest.exit(f"cannot run the Triton kernels under the interpreter: "

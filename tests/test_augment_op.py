@@ -5,8 +5,9 @@ import torch
 
 import fer_fast
 from fer_fast import backends
-from fer_fast.augment import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams, augment,
-                              augment_ref, identity_params, sample_params, ten_crop)
+from fer_fast.augmentation import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams,
+                                   augment, augment_ref, identity_params, sample_params,
+                                   ten_crop)
 from tolerances import tolerance
 
 
@@ -124,3 +125,10 @@ def test_sample_params_has_no_host_round_trip(recipe):
 def test_identity_params_layout():
     p = identity_params(4)
     assert p.geom.shape == (4, 16) and p.geom.is_contiguous() and not p.erase.any()
+
+
+def test_the_function_and_the_module_have_different_names():
+    """``fer_fast.augment`` is the op; its module, ``fer_fast.augmentation``, stays reachable."""
+    import fer_fast.augmentation
+    assert fer_fast.augment is fer_fast.augmentation.augment
+    assert fer_fast.augmentation.identity_params(2).geom.shape == (2, 16)

@@ -5,8 +5,9 @@ import random
 import pytest
 import torch
 
-from fer_fast.augment import (CROP_SIZE, NUM_CROPS, AugmentParams, augment_ref, identity_params,
-                              paper_geometry, released_geometry, sample_params)
+from fer_fast.augmentation import (CROP_SIZE, NUM_CROPS, AugmentParams, augment_ref,
+                                   identity_params, paper_geometry, released_geometry,
+                                   sample_params)
 
 
 def _images(b, seed=0, low=0):

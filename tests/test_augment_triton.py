@@ -12,9 +12,9 @@ import torch
 
 from conftest import HAS_CUDA, requires_cuda
 from fer_fast import backends
-from fer_fast.augment import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams, augment_ref,
-                              augment_triton,
-                              identity_params, paper_geometry, released_geometry, sample_params)
+from fer_fast.augmentation import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams,
+                                   augment_ref, augment_triton, identity_params, paper_geometry,
+                                   released_geometry, sample_params)
 from tolerances import tolerance
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -146,6 +146,6 @@ def test_triton_cuda_matches_eager_and_native(recipe, dtype):
     out = augment_triton(images, params, dtype)
     _assert_matches(out, augment_ref(images, params, dtype), params, dtype)
     if "native" not in backends.available("augment", "cuda"):
-        pytest.skip(reason="native CUDA backend not built (fer_fast._ext reports it unavailable)")
+        pytest.skip(reason="native CUDA backend not built (fer_fast.augmentation reports it unavailable)")
     native = backends.resolve("augment", "native", "cuda")(images, params, dtype)
     _assert_matches(out, native, params, dtype)

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from conftest import requires_cuda
-from fer_fast import ConvBNReLU2d, VGG, backends, fused
-from fer_fast.kernels import bn_act
-from fer_fast.nn import conv_bn_act_ref
+from fer_fast import ConvBNReLU2d, VGG, backends, block
+from fer_fast.block import ORDERS, conv_bn_act_ref
+from fer_fast.kernels import bn_act, is_interpreter
 from tolerances import tolerance
 
-ORDERS = ("bn_relu", "relu_bn")
 F32, F16 = torch.float32, torch.float16
 
 
@@ -55,7 +54,7 @@ def _check(x, params, stats, *, training, order, pool, seed, tie_fraction=0.0):
     orders), so the pool routes their gradient to another position; the gradient as a whole
     must still agree within the tolerance."""
     dtype = x.dtype
-    got = _run(fused.conv_bn_act_fused, x, params, stats, training=training, order=order,
+    got = _run(block.conv_bn_act_fused, x, params, stats, training=training, order=order,
                pool=pool, grad_seed=seed)
     want = _run(conv_bn_act_ref, x, params, stats, training=training, order=order, pool=pool,
                 grad_seed=seed)
@@ -133,7 +132,7 @@ def test_spatial_one_without_pool():
 def test_split_reduction_over_many_chunks_is_stable():
     """Several programs x several chunks each (Chan's combine), channels with a large mean
     (1e3 x their std): the variance must not cancel."""
-    if not bn_act.runs_on(torch.device("cpu")):
+    if not is_interpreter():
         pytest.skip(reason="needs TRITON_INTERPRET=1")
     gen = torch.Generator().manual_seed(4)
     rows = 5 * bn_act.INTERPRETER_TILES.rows + 17  # 6 row blocks -> 3 programs x 2 chunks
@@ -162,7 +161,7 @@ def test_nonfinite_values_propagate(order):
     y[1, 2, 3, 1] = float("inf")
     y.requires_grad_(True)
     gamma, beta = (p.detach().requires_grad_(True) for p in params[2:])
-    out = fused.BNActFunction.apply(y, gamma, beta, stats[0].clone(), stats[1].clone(), True,
+    out = block.BNActFunction.apply(y, gamma, beta, stats[0].clone(), stats[1].clone(), True,
                                     0.1, 1e-5, order, True)
     assert not torch.isfinite(out[:, 2]).any()
     assert torch.isfinite(out[:, [0, 1, 3]]).all()
@@ -177,7 +176,7 @@ def test_module_and_model_use_the_fused_backend():
     where the selfcheck passed it: tests/test_selfcheck.py)."""
     assert "fused" in backends.available("block", "cpu")
     assert backends.available("block", "cuda")[0] == "fused"
-    assert backends.resolve("block", "fused", "cuda") is fused.conv_bn_act_fused
+    assert backends.resolve("block", "fused", "cuda") is block.conv_bn_act_fused
     torch.manual_seed(0)
     ref = ConvBNReLU2d(3, 5, order="relu_bn", pool=True)
     blk = ConvBNReLU2d(3, 5, order="relu_bn", pool=True, backend="fused")

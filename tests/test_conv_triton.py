@@ -560,10 +560,11 @@ def test_vgg_shapes_on_gpu(cin, cout, h, pool):
 
 
 # ----------------------------------------------------------------------------------------------
-# Integration: fer_fast.VGG(backend="triton") (op "features") against the eager VGG.
+# Integration: fer_fast.VGG(backend="triton") (op "stack") against the eager VGG.
 import copy  # noqa: E402
 
 import fer_fast  # noqa: E402
+from fer_fast.block import ORDERS  # noqa: E402
 
 
 def _vgg_pair(recipe, seed=0, width=1 / 16):
@@ -709,12 +710,12 @@ def test_features_backward_launches_per_block(monkeypatch):
                         "_bwd_reduce_kernel": 1, "_bwd_dy_kernel": 1}
 
 
-@pytest.mark.parametrize("order", ["bn_relu", "relu_bn"])
+@pytest.mark.parametrize("order", ORDERS)
 def test_conv_bn_relu_stack_module_matches_eager(order):
-    """``fer_fast.nn.ConvBNReLUStack`` (for users' own networks): any chain of blocks (here 3
+    """``fer_fast.ConvBNReLUStack`` (for users' own networks): any chain of blocks (here 3
     input channels, odd sizes 9x10 through two pools, channels 5 / 7 / 6) with the triton
     backend matches the eager blocks: output, input and parameter gradients, running stats."""
-    from fer_fast.nn import ConvBNReLUStack
+    from fer_fast import ConvBNReLUStack
     torch.manual_seed(3)
     ref = ConvBNReLUStack(3, [(5, False), (7, True), (6, True)], order=order).to(DEVICE)
     fast = copy.deepcopy(ref)
@@ -760,7 +761,7 @@ def test_conv_bn_relu_stack_under_torch_compile_fullgraph():
     outputs, gradients, running statistics and batch counters over two steps; a BatchNorm with
     momentum None (cumulative average, read from the counter inside the op) included, checked
     against torch's own modules (conv -> ReLU -> BatchNorm2d -> pool)."""
-    from fer_fast.nn import ConvBNReLUStack
+    from fer_fast import ConvBNReLUStack
     torch.manual_seed(5)
     ref = ConvBNReLUStack(2, [(4, True), (3, False)], order="relu_bn").to(DEVICE)
     ref.blocks[1].bn.momentum = None
@@ -814,10 +815,10 @@ def test_stack_ops_registered_with_fake_impls():
 def test_stack_refuses_bfloat16_under_the_interpreter():
     """tl.dot on bfloat16 returns garbage in the Triton interpreter: a clear error, bf16 input
     or bf16 autocast, instead of silently wrong numbers."""
-    from fer_fast.nn import ConvBNReLUStack
+    from fer_fast import ConvBNReLUStack
     stack = ConvBNReLUStack(1, [(4, False)], backend="triton")
     x = torch.randn(2, 1, 4, 4)
-    with pytest.raises(ValueError, match="triton features backend.*bfloat16.*TRITON_INTERPRET"):
+    with pytest.raises(ValueError, match="triton stack backend.*bfloat16.*TRITON_INTERPRET"):
         stack.to(torch.bfloat16)(x.bfloat16())
     with pytest.raises(ValueError, match="bfloat16.*TRITON_INTERPRET"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -831,18 +832,18 @@ def test_features_bfloat16_autocast_on_gpu():
 
 
 def test_features_rejects_stacks_it_cannot_run():
-    from fer_fast.triton_backend import features_triton
+    from fer_fast.stack import conv_bn_act_stack_triton
     _, fast = _vgg_pair("released")
     convs = [getattr(fast, f"conv{s}") for s in ("1a", "1b")]
     bns = [getattr(fast, f"bn{s}") for s in ("1a", "1b")]
     x = _crops(2, 9, size=8)
     bns[1].eval()
     with pytest.raises(ValueError, match="same mode"):
-        features_triton(x, convs, bns, [False, True], order="bn_relu")
+        conv_bn_act_stack_triton(x, convs, bns, [False, True], order="bn_relu")
     bns[1].train()
     bn = torch.nn.BatchNorm2d(bns[1].num_features, affine=False).to(DEVICE)
     with pytest.raises(ValueError, match="affine BatchNorms"):
-        features_triton(x, convs, [bns[0], bn], [False, True], order="bn_relu")
+        conv_bn_act_stack_triton(x, convs, [bns[0], bn], [False, True], order="bn_relu")
 
 
 @pytest.mark.parametrize("recipe", ["released", "paper"])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from conftest import requires_cuda
 from fer_fast import VGG
-from fer_fast.kernels import bn_act
+from fer_fast.kernels import is_interpreter
 from tolerances import tolerance
 
 
@@ -61,7 +61,7 @@ BACKENDS = ["fused", "triton"]
 #: the interpreter runs the implicit-GEMM convs' programs one by one: fewer, smaller steps
 @pytest.mark.parametrize("backend,batch,steps", [("fused", 4, 4), ("triton", 2, 3)])
 def test_tiny_vgg_trains_like_eager_cpu(backend, batch, steps):
-    if not bn_act.runs_on(torch.device("cpu")):
+    if not is_interpreter():
         pytest.skip(reason="needs TRITON_INTERPRET=1 (the CPU path would be eager math, not Triton)")
     _compare(backend, 1 / 16, batch=batch, steps=steps, device="cpu", amp=False)
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 import fer_fast
-from fer_fast import _ext, devices
-from fer_fast.augment import augment_ref, sample_params
+from fer_fast import augmentation, devices
+from fer_fast.augmentation import augment_ref, sample_params
 from fer_fast.kernels import augment as augment_kernels
 from fer_fast.kernels import bn_act, is_interpreter
 from fer_fast.kernels import conv as conv_kernels
-from fer_fast.nn import ConvBNReLU2d, ConvBNReLUStack
+from fer_fast import ConvBNReLU2d, ConvBNReLUStack
 from tolerances import tolerance
 
-INTERPRETED = bn_act.runs_on(torch.device("cpu"))
+INTERPRETED = is_interpreter()
 
 
 class _GuardRecorder:
@@ -108,7 +108,7 @@ def _images(b, seed):
     return images, sample_params("released", b, gen)
 
 
-@pytest.mark.skipif(not is_interpreter(), reason="needs TRITON_INTERPRET=1")
+@pytest.mark.skipif(not INTERPRETED, reason="needs TRITON_INTERPRET=1")
 def test_triton_augmentation_launches_inside_the_guard(guarded):
     guard, launches = guarded
     images, params = _images(2, 1)
@@ -116,7 +116,7 @@ def test_triton_augmentation_launches_inside_the_guard(guarded):
     _assert_all_guarded(launches, {"_augment_kernel"})
 
 
-@pytest.mark.skipif(not _ext.native_available(), reason="fer_fast._C is not built")
+@pytest.mark.skipif(not augmentation.native_available(), reason="fer_fast._C is not built")
 def test_native_augmentation_runs_inside_the_guard(guarded, monkeypatch):
     guard, _ = guarded
     calls = []
@@ -128,8 +128,8 @@ def test_native_augmentation_runs_inside_the_guard(guarded, monkeypatch):
                 return fn
             return lambda *args: calls.append(list(guard.active)) or fn(*args)
 
-    native = _ext._C
-    monkeypatch.setattr(_ext, "_C", RecordingNative())
+    native = augmentation._C
+    monkeypatch.setattr(augmentation, "_C", RecordingNative())
     images, params = _images(2, 2)
     out = fer_fast.augment(images, params, backend="native")
     assert calls == [[torch.device("cpu")]]
@@ -184,7 +184,7 @@ def test_evaluate_cli_on_the_second_gpu(tmp_path, capsys):
                 path)
     torch.cuda.set_device(0)
     assert main([str(path), "--splits", "test", "--device", "cuda:1",
-                 "--block-backend", "fused"]) == 0
+                 "--model-backend", "fused"]) == 0
     assert "test: ten-crop accuracy" in capsys.readouterr().out
     assert torch.cuda.current_device() == 0
 

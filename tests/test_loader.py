@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fer_fast.augment import augment_ref, sample_params, ten_crop
+from fer_fast.augmentation import augment_ref, sample_params, ten_crop
 from fer_fast.data import Split
 from fer_fast.loader import DeviceLoader, TenCropBatches
 

@@ -107,7 +107,7 @@ def test_momentum_none_is_the_cumulative_average_of_batchnorm(backend, monkeypat
     1 / num_batches_tracked); every backend's running statistics follow it, after 1 and 3 steps.
     The fused and triton kernels run under the Triton interpreter on a CPU."""
     from fer_fast.kernels import bn_act
-    from fer_fast.nn import ConvBNReLUStack
+    from fer_fast import ConvBNReLUStack
     if backend == "fused-eager-math":
         monkeypatch.setattr(bn_act, "runs_on", lambda device: False)
     torch.manual_seed(5)
@@ -145,7 +145,7 @@ def test_bad_configuration_is_rejected():
 def test_auto_backend_on_cpu_runs_the_eager_blocks():
     from fer_fast import backends
     assert backends.auto_choice("block", "cpu") == "eager"  # "fused" on CPU is eager math
-    assert backends.auto_choice("features", "cpu") is None  # Triton only by name on CPU
+    assert backends.auto_choice("stack", "cpu") is None  # Triton only by name on CPU
     torch.manual_seed(0)
     auto, eager = VGG(width=0.0625, backend="auto"), VGG(width=0.0625, backend="eager")
     eager.load_state_dict(auto.state_dict())

@@ -14,18 +14,18 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, requires_cuda
-from fer_fast import _ext, backends
-from fer_fast.augment import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams, augment,
-                              augment_ref, identity_params, paper_geometry, released_geometry,
-                              sample_params)
-from fer_fast._ext import augment_native
+from fer_fast import augmentation, backends
+from fer_fast.augmentation import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams,
+                                   augment, augment_ref, identity_params, paper_geometry,
+                                   released_geometry, sample_params)
+from fer_fast.augmentation import augment_native
 from tolerances import tolerance
 
-requires_native = pytest.mark.skipif(not _ext.native_available(),
+requires_native = pytest.mark.skipif(not augmentation.native_available(),
                                      reason="fer_fast._C is not built (pip install -e .)")
 requires_native_cuda = pytest.mark.skipif(
-    not (HAS_CUDA and _ext.cuda_available()),
-    reason="needs a CUDA GPU that _C's CUDA runtime can use (_ext.cuda_available()); the CPU "
+    not (HAS_CUDA and augmentation.cuda_available()),
+    reason="needs a CUDA GPU that _C's CUDA runtime can use (augmentation.cuda_available()); the CPU "
            "kernel (same per-pixel math) is tested against the reference on CPU")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -158,10 +158,10 @@ def test_native_is_the_cpu_default_and_eager_stays_selectable():
 
 def test_native_cuda_only_where_a_gpu_is_usable():
     on_cuda = backends.available("augment", "cuda")
-    assert ("native" in on_cuda) == _ext.cuda_available()
+    assert ("native" in on_cuda) == augmentation.cuda_available()
     if not HAS_CUDA:
-        assert not _ext.cuda_available()
-    if _ext.cuda_available() and "triton" in on_cuda:  # on a GPU the Triton backend is preferred
+        assert not augmentation.cuda_available()
+    if augmentation.cuda_available() and "triton" in on_cuda:  # on a GPU the Triton backend is preferred
         assert on_cuda.index("triton") < on_cuda.index("native")
 
 
@@ -193,7 +193,7 @@ def test_rejects_bad_inputs_with_clear_errors():
 @requires_native
 def test_extension_checks_its_own_arguments():
     """The raw binding refuses null pointers and bad sizes (std::invalid_argument -> ValueError)."""
-    C = _ext._C
+    C = augmentation._C
     images, params = _images(1, 14), identity_params(1)
     out = torch.empty(10, 1, 40, 40)
     ptrs = [images.data_ptr(), params.geom.data_ptr(), params.erase.data_ptr(), out.data_ptr()]
@@ -215,10 +215,10 @@ def test_cuda_kernels_are_built_when_nvcc_is_present():
         pytest.skip(reason="nvcc is not on PATH: the extension is built CPU-only here")
     if os.environ.get("FER_FAST_CPU_ONLY", "0") not in ("", "0"):
         pytest.skip(reason="FER_FAST_CPU_ONLY is set: the extension is built CPU-only")
-    assert _ext.native_available(), "fer_fast._C is not built"
-    assert _ext._C.has_cuda(), "nvcc is present but fer_fast._C was built without CUDA"
+    assert augmentation.native_available(), "fer_fast._C is not built"
+    assert augmentation._C.has_cuda(), "nvcc is present but fer_fast._C was built without CUDA"
     # static CUDA runtime: the query works (0) even without a driver
-    assert _ext._C.cuda_device_count() >= 0
+    assert augmentation._C.cuda_device_count() >= 0
 
 
 # ---- without the extension ---------------------------------------------------------------------
@@ -226,13 +226,13 @@ def test_cuda_kernels_are_built_when_nvcc_is_present():
 def test_missing_extension_warns_and_returns_none(monkeypatch):
     monkeypatch.setitem(sys.modules, "fer_fast._C", None)  # makes `import fer_fast._C` fail
     with pytest.warns(RuntimeWarning, match=r"fer_fast\._C is not available.*pure-torch"):
-        assert _ext._load_native() is None
+        assert augmentation._load_native() is None
 
 
 def test_pure_torch_path_without_extension(monkeypatch):
     """With _C absent "native" is unavailable everywhere and "auto" falls back to pure torch."""
-    monkeypatch.setattr(_ext, "_C", None)
-    assert not _ext.native_available() and not _ext.cuda_available()
+    monkeypatch.setattr(augmentation, "_C", None)
+    assert not augmentation.native_available() and not augmentation.cuda_available()
     assert "native" not in backends.available("augment", "cpu")
     images, params = _images(2, 15), _sampled("released", 2, 16)
     assert torch.equal(augment(images, params), augment_ref(images, params))

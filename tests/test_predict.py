@@ -10,7 +10,7 @@ from PIL import Image
 
 from face_assets import face_photo
 from fer_fast import VGG, Predictor, ten_crop
-from fer_fast.augment import NUM_CROPS
+from fer_fast.augmentation import NUM_CROPS
 from fer_fast.checkpoint import save_atomic
 from fer_fast.export import (ONNX_TOLERANCE, export_onnx, load_safetensors, onnx_max_difference,
                              save_safetensors)
@@ -302,7 +302,7 @@ def test_checkpoint_written_by_train(files, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--preset", "quick", "--epochs", "1", "--synthetic-sizes", "64,16,16",
                        "--width", str(WIDTH), "--batch-size", "32", "--out", str(run),
-                       "--no-progress", "--device", "cpu", "--block-backend", "eager",
+                       "--no-progress", "--device", "cpu", "--model-backend", "eager",
                        "--augment-backend", "eager"]) == 0
     capsys.readouterr()
     photo = str(files["photos"] / "one.png")

@@ -116,7 +116,7 @@ def _work_folder(tmp_path, rates):
     (work / "tests.xml").write_text(
         '<testsuites><testsuite><testcase name="a"/><testcase name="b"><failure/></testcase>'
         '<testcase name="c"><skipped message="needs a GPU"/></testcase></testsuite></testsuites>')
-    (work / "train_runs.tsv").write_text("reference\t--block-backend eager\n")
+    (work / "train_runs.tsv").write_text("reference\t--model-backend eager\n")
     run = work / "train-reference"
     run.mkdir()
     (run / "metrics.csv").write_text("epoch,train_loss,train_acc,val_acc,epoch_time_s\n"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fer_fast import VGG, ten_crop
-from fer_fast.augment import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE
+from fer_fast.augmentation import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE
 from fer_fast.checkpoint import model_from_checkpoint, save_atomic
 from fer_fast.loader import load_run_data
 from fer_fast.model import NUM_CLASSES
@@ -46,7 +46,7 @@ class PositiveLinear(nn.Module):
 
 
 def _sliced_crops(image):
-    """The ten crops by slicing (independent of fer_fast.augment's index arithmetic)."""
+    """The ten crops by slicing (independent of fer_fast.augmentation's index arithmetic)."""
     mirrored = torch.flip(image, [-1])
     return torch.stack([src[r:r + CROP_SIZE, c:c + CROP_SIZE]
                         for src in (image, mirrored) for r, c in CROP_CORNERS])

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from fer_fast import backends, selfcheck, verdict
-from fer_fast.nn import conv_bn_act_ref, resolve_backend
+from fer_fast.block import conv_bn_act_ref
+from fer_fast.stack import resolve_model_backend
 
 CUDA = torch.device("cuda")
 
@@ -43,7 +44,7 @@ def cache(tmp_path, monkeypatch):
 def fake_cuda_backends(monkeypatch):
     """Every fast backend "runs" on the fake CUDA device (nothing is launched here)."""
     for op, names in (("augment", ("native", "triton")), ("block", ("fused",)),
-                      ("features", ("triton",))):
+                      ("stack", ("triton",))):
         for name in names:
             b = backends._REGISTRY[op][name]
             on_cuda = lambda d: torch.device(d).type == "cuda"  # noqa: E731
@@ -90,17 +91,17 @@ def test_auto_takes_the_fastest_that_passed(cache, fake_cuda_backends):
             _time("augment", "eager", 10.0), _time("augment", "triton", 2.0),
             _time("augment", "native", 1.0),
             _parity("block", "fused", True), _time("block", "eager", 10.0),
-            _time("block", "fused", 5.0), _parity("features", "triton", True),
-            _time("features", "triton", 4.0)])
+            _time("block", "fused", 5.0), _parity("stack", "triton", True),
+            _time("stack", "triton", 4.0)])
     assert backends.auto_choice("augment", CUDA) == "native"  # faster, despite lower priority
-    assert resolve_backend("auto", CUDA) == "triton"  # the whole stack beats the fused blocks
+    assert resolve_model_backend("auto", CUDA) == "triton"  # the whole stack beats the fused blocks
 
 
 def test_a_slower_whole_stack_backend_is_not_taken(cache, fake_cuda_backends):
     _write([_parity("block", "fused", True), _time("block", "eager", 10.0),
-            _time("block", "fused", 5.0), _parity("features", "triton", True),
-            _time("features", "triton", 6.0)])
-    assert resolve_backend("auto", CUDA) == "fused"
+            _time("block", "fused", 5.0), _parity("stack", "triton", True),
+            _time("stack", "triton", 6.0)])
+    assert resolve_model_backend("auto", CUDA) == "fused"
 
 
 def test_a_failed_backend_is_never_taken_but_runs_by_name_with_a_warning(cache,
@@ -108,16 +109,16 @@ def test_a_failed_backend_is_never_taken_but_runs_by_name_with_a_warning(cache,
     _write([_parity("augment", "triton", False, "parity fp16"), _parity("augment", "native", True),
             _time("augment", "eager", 10.0), _time("augment", "native", 5.0),
             _parity("block", "fused", False, "gradients fp16"), _time("block", "eager", 10.0),
-            _parity("features", "triton", True), _time("features", "triton", 20.0)])
+            _parity("stack", "triton", True), _time("stack", "triton", 20.0)])
     assert backends.auto_choice("augment", CUDA) == "native"
-    assert resolve_backend("auto", CUDA) == "eager"  # fused failed, triton slower than eager
+    assert resolve_model_backend("auto", CUDA) == "eager"  # fused failed, triton slower than eager
     with pytest.warns(RuntimeWarning, match=r"'fused'.*FAILED.*gradients fp16"):
         backends.resolve("block", "fused", CUDA)
 
 
 def test_no_verdict_on_cuda_means_the_eager_reference(cache, fake_cuda_backends):
     with pytest.warns(RuntimeWarning, match="no selfcheck verdict"):
-        assert resolve_backend("auto", CUDA) == "eager"
+        assert resolve_model_backend("auto", CUDA) == "eager"
     assert backends.auto_choice("augment", CUDA) == "eager"
 
 
@@ -127,7 +128,7 @@ def test_disabled_means_eager_on_cuda_and_todays_choices_on_cpu(cache, fake_cuda
             _time("block", "fused", 5.0)])
     monkeypatch.setenv("FER_FAST_SELFCHECK", "off")
     with pytest.warns(RuntimeWarning, match="FER_FAST_SELFCHECK=off"):
-        assert resolve_backend("auto", CUDA) == "eager"
+        assert resolve_model_backend("auto", CUDA) == "eager"
     assert backends.auto_choice("augment", "cpu") == "native"
     record = verdict.prepare_auto(CUDA, needed=True)
     assert record["verdict"] is None and "disables" in record["selfcheck"]
@@ -135,7 +136,7 @@ def test_disabled_means_eager_on_cuda_and_todays_choices_on_cpu(cache, fake_cuda
 
 def test_cpu_without_a_verdict_keeps_the_registry_choices(cache):
     assert backends.auto_choice("augment", "cpu") == "native"
-    assert resolve_backend("auto", "cpu") == "eager"
+    assert resolve_model_backend("auto", "cpu") == "eager"
 
 
 def _broken_block(x, weight, bias, *args, **kwargs):
@@ -164,7 +165,7 @@ def _run_child(env_extra, cache):
     env = dict(os.environ, FER_FAST_VERDICT_DIR=str(cache), **env_extra)
     code = ("import torch, fer_fast; from fer_fast import verdict;"
             "v, note = verdict.ensure_verdict('cpu', timeout=120); print(note);"
-            "print(fer_fast.nn.resolve_backend('auto', 'cpu'),"
+            "print(fer_fast.stack.resolve_model_backend('auto', 'cpu'),"
             " fer_fast.backends.auto_choice('augment', 'cpu'))")
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)

@@ -73,12 +73,12 @@ def test_flags_override_presets():
     c, _ = T.parse_args(["--data", "x.csv", "--recipe", "paper", "--optimizer", "adagrad",
                          "--scheduler", "cosine-wr", "--epochs", "7", "--lr", "0.001",
                          "--weight-decay", "0", "--momentum", "0.5", "--batch-size", "32",
-                         "--width", "0.5", "--seed", "4", "--device", "cpu", "--block-backend",
+                         "--width", "0.5", "--seed", "4", "--device", "cpu", "--model-backend",
                          "eager", "--augment-backend", "eager", "--precision", "bf16",
                          "--train-on", "train+val", "--save-every", "3", "--no-progress",
                          "--synthetic-sizes", "10,5,5", "--out", "somewhere"])
     assert (c.recipe, c.optimizer, c.scheduler, c.epochs, c.lr, c.weight_decay, c.momentum,
-            c.batch_size, c.width, c.seed, c.device, c.block_backend, c.augment_backend,
+            c.batch_size, c.width, c.seed, c.device, c.model_backend, c.augment_backend,
             c.precision, c.train_on, c.save_every, c.progress, c.synthetic_sizes, c.out) == (
         "paper", "adagrad", "cosine-wr", 7, 0.001, 0.0, 0.5, 32, 0.5, 4, "cpu", "eager", "eager",
         "bf16", "train+val", 3, False, (10, 5, 5), "somewhere")
@@ -86,7 +86,7 @@ def test_flags_override_presets():
 
 @pytest.mark.parametrize("argv", [["--optimizer", "rmsprop"], ["--scheduler", "poly"],
                                   ["--recipe", "other"], ["--synthetic-sizes", "1,2"],
-                                  ["--epochs", "0"], ["--block-backend", "nope"]])
+                                  ["--epochs", "0"], ["--model-backend", "nope"]])
 def test_bad_flags(argv, capsys):
     with pytest.raises(SystemExit):
         T.parse_args(argv)
@@ -115,6 +115,17 @@ def test_init_takes_architecture_and_resume_rejects_changes(tmp_path, capsys):
         T.parse_args(["--resume", str(resumable), "--lr", "0.1", "--width", "1"])
     assert "cannot change: --lr, --width" in capsys.readouterr().err
 
+
+
+def test_resume_reads_the_configuration_of_a_run_saved_before_the_renames(tmp_path):
+    """A run saved when --model-backend was --block-backend resumes with its model backend."""
+    run = tmp_path / "run"
+    run.mkdir()
+    save_atomic({"params": {}, "config": {"width": 0.0625, "block_backend": "fused"}, "epoch": 1,
+                 "logs": {}, "best": {}, "optimizer": {}, "scheduler": {}, "scaler": {},
+                 "rng": {}}, run / "last.pt")
+    c, _ = T.parse_args(["--resume", str(run), "--epochs", "9"])
+    assert c.model_backend == "fused" and c.width == 0.0625
 
 @pytest.mark.parametrize("name", T.OPTIMIZERS)
 def test_every_optimizer_steps(name):
@@ -161,7 +172,7 @@ def test_short_run_learns_and_writes_its_run_dir(tmp_path, easy, capsys):
         assert (out / name).is_file(), name
     saved = json.loads((out / "config.json").read_text())
     assert saved["width"] == 0.0625 and saved["resolved"]["device"] == "cpu"
-    assert saved["resolved"]["block_backend"] == "eager"  # auto on a CPU
+    assert saved["resolved"]["model_backend"] == "eager"  # auto on a CPU
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["epoch"] == ckpt["best"]["epoch"] and ckpt["config"]["width"] == 0.0625
     assert [r["epoch"] for r in ckpt["logs"]["history"]] == list(range(1, ckpt["epoch"] + 1))
@@ -267,7 +278,7 @@ def test_package_entry_point_dispatches(capsys):
     assert main([]) == 2 and "train" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
-    assert exit_info.value.code == 0 and "--block-backend" in capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--model-backend" in capsys.readouterr().out
 
 
 def test_train_step_is_the_whole_step():

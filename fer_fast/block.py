@@ -1,6 +1,14 @@
-"""The ``"fused"`` block backend: library convolution + fused BatchNorm/ReLU/max-pool kernels.
+"""One block: conv3x3 (padding 1) + BatchNorm + ReLU in either order (+ 2x2 max-pool).
 
-The convolution stays ``F.conv2d`` (cuDNN on a GPU; autograd gives dx, dW, db). Around it, the
+``conv_bn_act_ref`` is the eager reference every fast backend matches (backend ``"eager"``);
+``conv_bn_act`` runs one block with the parameters of an ``nn.Conv2d`` and an ``nn.BatchNorm2d``
+through the backend chosen in ``fer_fast.backends`` (op ``"block"``); ``ConvBNReLU2d`` is the
+same block as a module (children ``conv`` and ``bn``: its state_dict is that of an
+``nn.Conv2d`` plus an ``nn.BatchNorm2d``). The block order (``ORDERS``, ``RECIPE_ORDER``) is
+defined here once.
+
+The ``"fused"`` backend: library convolution + fused BatchNorm/ReLU/max-pool kernels. The
+convolution stays ``F.conv2d`` (cuDNN on a GPU; autograd gives dx, dW, db). Around it, the
 Triton kernels of :mod:`fer_fast.kernels.bn_act` compute the batch statistics, apply BN and ReLU
 in the recipe's order and the 2x2 max-pool in one pass that writes only the block output, and in
 the backward recompute x_hat, the ReLU mask and the pool argmax from the saved conv output.
@@ -14,20 +22,66 @@ The two halves are ``torch.library`` custom ops, ``fer_fast::bn_act_fwd`` (mutat
 statistics) and ``fer_fast::bn_act_bwd``, tied together by :class:`BNActFunction`, so that
 ``torch.compile(..., fullgraph=True)`` traces a model using the block without graph breaks.
 
-Usage: ``fer_fast.nn.ConvBNReLU2d(cin, cout, order="bn_relu", pool=True, backend="fused")`` or
+Usage: ``fer_fast.ConvBNReLU2d(cin, cout, order="bn_relu", pool=True, backend="fused")`` or
 ``fer_fast.VGG(backend="fused")``; the state_dict is that of the eager block.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import backends, devices
 from .kernels import bn_act
 
-__all__ = ["conv_bn_act_fused", "BNActFunction", "supports"]
+__all__ = ["ORDERS", "RECIPE_ORDER", "check_order", "is_relu_first", "conv_bn_act_ref",
+           "conv_bn_act", "ConvBNReLU2d", "conv_bn_act_fused", "BNActFunction"]
+
+#: The block orders, defined once, in the kernel library whose launchers take them:
+#: "bn_relu": conv -> BatchNorm -> ReLU (released code); "relu_bn": conv -> ReLU -> BatchNorm (paper).
+ORDERS = bn_act.ORDERS
+#: recipe -> block order
+RECIPE_ORDER = {"released": "bn_relu", "paper": "relu_bn"}
 
 _CL = torch.channels_last
+
+
+def check_order(order: str) -> None:
+    """Raise a clear error for a block order that is not one of ``ORDERS``."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown block order {order!r}; choose one of {ORDERS}")
+
+
+def is_relu_first(order: str) -> bool:
+    """The conv kernels' flag for ``order`` (``relu_first`` / ``relu``): whether the ReLU comes
+    before the BatchNorm."""
+    check_order(order)
+    return order == "relu_bn"
+
+
+# ----------------------------------------------------------------------------------------------
+# The eager reference (backend "eager")
+# ----------------------------------------------------------------------------------------------
+def conv_bn_act_ref(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, *,
+                    training: bool, momentum: float, eps: float, order: str, pool: bool):
+    """Eager reference block; updates running_mean/var in place when training (like BatchNorm2d).
+
+    x: [N, C_in, H, W], fp32 (or fp16/bf16 under autocast), any memory layout; weight
+    [C_out, C_in, 3, 3], bias / bn_weight / bn_bias [C_out]; running_mean / running_var fp32
+    [C_out] or None (batch statistics only). Returns [N, C_out, H, W] ([N, C_out, H//2, W//2] with
+    ``pool``), in the layout F.conv2d gives (channels_last for channels_last inputs).
+    ``order``: "bn_relu" or "relu_bn"."""
+    y = F.conv2d(x, weight, bias, padding=1)
+    if order == "bn_relu":
+        y = F.relu(F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training,
+                                momentum, eps))
+    else:
+        y = F.batch_norm(F.relu(y), running_mean, running_var, bn_weight, bn_bias, training,
+                         momentum, eps)
+    return F.max_pool2d(y, 2, 2) if pool else y
+
+
+backends.register("block", "eager", conv_bn_act_ref, supports=lambda device: True, priority=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,7 +213,7 @@ class BNActFunction(torch.autograd.Function):
 
 def conv_bn_act_fused(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, *,
                       training: bool, momentum: float, eps: float, order: str, pool: bool):
-    """Fused block with the signature of :func:`fer_fast.nn.conv_bn_act_ref`: conv3x3 (padding
+    """Fused block with the signature of :func:`conv_bn_act_ref`: conv3x3 (padding
     1) by ``F.conv2d`` on channels_last activations, then :class:`BNActFunction`. ``x``
     [N, C_in, H, W] in any layout (made channels_last), fp32 or fp16/bf16 under autocast; returns
     [N, C_out, H, W] (halved with ``pool``), channels_last, in the conv's dtype. CPU: eager math
@@ -175,11 +229,57 @@ def conv_bn_act_fused(x, weight, bias, bn_weight, bn_bias, running_mean, running
                                momentum, eps, order, pool)
 
 
-def supports(device: torch.device) -> bool:
+def _fused_supports(device: torch.device) -> bool:
     """CUDA (Triton kernels) or CPU (eager math, or Triton under TRITON_INTERPRET=1)."""
     return torch.device(device).type in ("cuda", "cpu")
 
 
 # "auto" takes it on CUDA only: on CPU it would run the eager math (or the slow interpreter).
-backends.register("block", "fused", conv_bn_act_fused, supports=supports, priority=10,
+backends.register("block", "fused", conv_bn_act_fused, supports=_fused_supports, priority=10,
                   auto=lambda device: torch.device(device).type == "cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch and module
+# ----------------------------------------------------------------------------------------------
+def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *, order: str,
+                pool: bool, backend: str = "eager") -> torch.Tensor:
+    """Run one block with the parameters and buffers of ``conv`` (nn.Conv2d 3x3, padding 1) and
+    ``bn`` (nn.BatchNorm2d) on ``x`` [N, C_in, H, W]; returns [N, C_out, H, W] (halved H, W with
+    ``pool``). dtype and layout as the backend's (every backend takes fp32 and fp16/bf16 under
+    autocast; "fused" returns channels_last)."""
+    check_order(order)
+    fn = backends.resolve("block", backend, x.device)
+    training = bn.training or not bn.track_running_stats
+    momentum = bn.momentum
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        if momentum is None:  # nn.BatchNorm2d's cumulative moving average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    momentum = 0.0 if momentum is None else momentum  # None and no update: unused
+    return fn(x, conv.weight, conv.bias, bn.weight, bn.bias,
+              bn.running_mean if bn.track_running_stats else None,
+              bn.running_var if bn.track_running_stats else None,
+              training=training, momentum=momentum, eps=bn.eps, order=order, pool=pool)
+
+
+class ConvBNReLU2d(nn.Module):
+    """Drop-in block: Conv2d(cin, cout, 3, padding=1) with BatchNorm2d and ReLU in ``order``,
+    followed by MaxPool2d(2, 2) when ``pool``; ``backend`` picks the implementation.
+    Input [N, in_channels, H, W], output [N, out_channels, H, W] (H//2, W//2 with ``pool``);
+    see ``conv_bn_act`` for dtypes and layouts."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, order: str = "bn_relu",
+                 pool: bool = False, backend: str = "eager"):
+        super().__init__()
+        check_order(order)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.order, self.pool, self.backend = order, pool, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_bn_act(x, self.conv, self.bn, order=self.order, pool=self.pool,
+                           backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"order={self.order!r}, pool={self.pool}, backend={self.backend!r}"
