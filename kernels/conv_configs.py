@@ -63,16 +63,18 @@ WGRAD_CONFIGS = (_cfg(64, 128, 128, 8, 3, _HOPPER), _cfg(64, 128, 64, 8, 3, _BIG
                  _cfg(64, 64, 128, 8, 3, _HOPPER), _cfg(64, 64, 64, 4, 3, _BIG),
                  _cfg(64, 64, 32, 4, 3, _SMALL_SHARED))
 #: first layer / odd channel counts: K decoded per element, padded to the tl.dot minimum
-SMALL_K_CONFIGS = (_cfg(64, 64, 16, 8, 3, ("sm_90a", "sm_89")),
-                   _cfg(32, 32, 16, 4, 3, ("sm_80",)))
+SMALL_K_CONFIGS = (_cfg(64, 64, 16, 8, 3, _before((3, 9), (), ("sm_90a", "sm_89"))),
+                   _cfg(32, 32, 16, 4, 3, _before((3, 9), _ALL, ("sm_80",))))
 #: fp32 (exact "ieee" FMA dot, 4-byte tiles): smaller tiles than fp16's.
 FWD_CONFIGS_FP32 = (_cfg(64, 64, 32, 4, 3, _HOPPER), _cfg(128, 64, 32, 8, 3, _HOPPER),
                     _cfg(64, 128, 32, 8, 3, _before((3, 9), ("sm_80", "sm_89"), _ALL)),
                     _cfg(128, 128, 32, 8, 2, _BIG))
 FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3, _BIG), _cfg(128, 128, 32, 8, 2, _BIG),
                          _cfg(64, 64, 32, 4, 3, _SMALL_SHARED))
-DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3, _BIG), _cfg(32, 64, 32, 4, 3))
-DGRAD_POOL_CONFIGS_FP32 = (_cfg(64, 32, 32, 4, 3, _BIG), _cfg(32, 32, 32, 4, 3))
+DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3, _before((3, 9), _HOPPER, _BIG)),
+                      _cfg(32, 64, 32, 4, 3))
+DGRAD_POOL_CONFIGS_FP32 = (_cfg(64, 32, 32, 4, 3, _BIG),
+                           _cfg(32, 32, 32, 4, 3, _before((3, 9), ("sm_80",), _ALL)))
 WGRAD_CONFIGS_FP32 = (_cfg(16, 64, 64, 4, 3), _cfg(32, 64, 32, 4, 3))
 SMALL_K_CONFIGS_FP32 = (_cfg(32, 32, 16, 4, 3),)
 #: under the interpreter: one small config (BN narrowed to 16 for C_out <= 16, ``candidates``)
@@ -109,7 +111,8 @@ def candidates(table, x: torch.Tensor, c_out: int) -> list[dict]:
         return [dict(INTERPRETER_CONFIG, BN=16 if c_out <= 16 else 32)]
     target = device_target(x.device)
     ok = [c for c in table if target in c["targets"] and aligned(x, c_out, c["BK"])]
-    return ok or list(SMALL_K_CONFIGS_FP32 if x.dtype == torch.float32 else SMALL_K_CONFIGS)
+    small_k = SMALL_K_CONFIGS_FP32 if x.dtype == torch.float32 else SMALL_K_CONFIGS
+    return ok or [c for c in small_k if target in c["targets"]] or list(small_k)
 
 
 def _device_signature(device: torch.device) -> tuple:
