@@ -53,7 +53,8 @@ from .model import VGG
 from .tolerances import tolerance
 from .verdict import ensure_verdict
 
-__all__ = ["run", "main", "ensure_verdict", "interpreter_conflict", "VGG_LAYERS", "OPS"]
+__all__ = ["run", "main", "ensure_verdict", "interpreter_conflict", "sgd_losses", "VGG_LAYERS",
+           "OPS"]
 
 OPS = ("augment", "block", "stack")
 #: (name, C_in, C_out, H = W, max-pool after) of the VGG's eight blocks
@@ -287,13 +288,17 @@ def check_stack(name, device, sz: Sizes) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ train
-def _train(model, images, labels, amp):
+def sgd_losses(model, images, labels, amp: bool) -> torch.Tensor:
+    """Loss per step of ``images.shape[0]`` steps of the released recipe's optimiser (SGD 0.01,
+    Nesterov 0.9, weight decay 1e-4; fp16 autocast + GradScaler when ``amp``) on crops
+    ``images[step]`` [B, 1, 40, 40] with ``labels[step]`` [B]; dropout masks seeded per step, so
+    two backends see the same ones."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
                           weight_decay=1e-4)
     scaler = torch.amp.GradScaler(images.device.type, enabled=amp)
     losses = []
     for step in range(images.shape[0]):
-        torch.manual_seed(100 + step)  # the same dropout masks for both backends
+        torch.manual_seed(100 + step)
         with torch.autocast(images.device.type, dtype=F16, enabled=amp):
             loss = F.cross_entropy(model(images[step]), labels[step])
         opt.zero_grad(set_to_none=True)
@@ -320,7 +325,7 @@ def check_train(op, name, device, sz: Sizes) -> dict:
     labels = torch.randint(0, 7, (sz.train_steps, sz.train_batch), generator=gen).to(device)
     tol = tolerance("convergence", dtype)
     worst = _Worst()
-    worst.add(_train(fast, images, labels, amp), _train(eager, images, labels, amp), **tol,
+    worst.add(sgd_losses(fast, images, labels, amp), sgd_losses(eager, images, labels, amp), **tol,
               name="loss")
     for (pname, a), (_, b) in zip(fast.state_dict().items(), eager.state_dict().items()):
         worst.add(a, b, **tol, name=pname)

@@ -74,7 +74,8 @@ FWD_POOL_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3, _BIG), _cfg(128, 128, 32, 8, 2,
 DGRAD_CONFIGS_FP32 = (_cfg(64, 128, 32, 8, 3, _before((3, 9), _HOPPER, _BIG)),
                       _cfg(32, 64, 32, 4, 3))
 DGRAD_POOL_CONFIGS_FP32 = (_cfg(64, 32, 32, 4, 3, _BIG),
-                           _cfg(32, 32, 32, 4, 3, _before((3, 9), ("sm_80",), _ALL)))
+                           _cfg(32, 32, 32, 4, 3, _before((3, 9), ("sm_80",), _ALL)),
+                           _cfg(32, 32, 32, 4, 2, _before((3, 9), ("sm_90a", "sm_89"), ())))
 WGRAD_CONFIGS_FP32 = (_cfg(16, 64, 64, 4, 3), _cfg(32, 64, 32, 4, 3))
 SMALL_K_CONFIGS_FP32 = (_cfg(32, 32, 16, 4, 3),)
 #: under the interpreter: one small config (BN narrowed to 16 for C_out <= 16, ``candidates``)
@@ -195,8 +196,9 @@ _FP32_SCALARS = {"eps", "momentum", "inv_count"}
 
 def aot_spec(name: str, fn, constexprs: dict, cfg: dict, group: int, dtype: str = "fp16"):
     """The AOT spec of kernel ``fn`` at ``cfg`` with ``constexprs`` and operands of ``dtype``;
-    fp32 specs get the launcher's exact dot (no HGMMA); each spec is checked on the targets its
-    config is offered on."""
+    fp32 specs get the launcher's exact dot (no HGMMA), and so do tiles of fewer than 64 rows
+    (a wgmma tile is 64 rows per warpgroup); each spec is checked on the targets its config is
+    offered on."""
     constexprs = dict(constexprs, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"])
     if "GROUP" in fn.arg_names:
         constexprs["GROUP"] = group
@@ -220,6 +222,6 @@ def aot_spec(name: str, fn, constexprs: dict, cfg: dict, group: int, dtype: str 
             signature[arg] = "i32"
     return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-            "hgmma": dtype != "fp32",
+            "hgmma": dtype != "fp32" and cfg["BM"] >= 64,
             "divisible": ALIGNED_ARGS if constexprs["K_ALIGNED"] else (),
             "targets": cfg["targets"]}

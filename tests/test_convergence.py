@@ -9,30 +9,12 @@ GradScaler, channels_last, as in training.
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import requires_cuda
 from fer_fast import VGG
 from fer_fast.kernels import is_interpreter
+from fer_fast.selfcheck import sgd_losses
 from tolerances import tolerance
-
-
-def _train(model, images, labels, steps, *, amp):
-    """Loss per step of the released recipe's optimiser (SGD 0.01, Nesterov 0.9, wd 1e-4)."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
-                          weight_decay=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    losses = []
-    for step in range(steps):
-        torch.manual_seed(100 + step)  # same dropout masks for both backends
-        with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
-            loss = F.cross_entropy(model(images[step]), labels[step])
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        losses.append(loss.detach().float())
-    return torch.stack(losses)
 
 
 def _compare(backend, width, batch, steps, device, *, amp):
@@ -45,8 +27,8 @@ def _compare(backend, width, batch, steps, device, *, amp):
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(steps, batch, 1, 40, 40, generator=gen).to(device)
     labels = torch.randint(0, 7, (steps, batch), generator=gen).to(device)
-    got = _train(fused, images, labels, steps, amp=amp)
-    want = _train(eager, images, labels, steps, amp=amp)
+    got = sgd_losses(fused, images, labels, amp)
+    want = sgd_losses(eager, images, labels, amp)
     tol = tolerance("convergence", torch.float16 if amp else torch.float32)
     assert torch.isfinite(want).all()
     torch.testing.assert_close(got, want, **tol)
