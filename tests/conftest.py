@@ -24,3 +24,12 @@ if is_interpreter():
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; the CPU counterpart "
                                    "of this test runs the same kernel under TRITON_INTERPRET=1")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (tiny training runs are faster so on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,20 +17,15 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture
-def tiny(monkeypatch):
+def tiny(monkeypatch, one_thread):
     """Runs on a small easy dataset, one thread; the per-run pictures are tested in
     test_plots.py, here they are skipped (the no-matplotlib path) to save time."""
-    import torch
     monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes, **_:
                         easy_data(28, 14, 14, seed=seed))
 
     def no_matplotlib(*args, **kwargs):
         raise ImportError("matplotlib")
     monkeypatch.setattr(plots, "draw_run", no_matplotlib)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

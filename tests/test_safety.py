@@ -30,14 +30,10 @@ class _Payload:
 
 
 @pytest.fixture
-def easy(monkeypatch):
+def easy(monkeypatch, one_thread):
     """Runs on the easy data whatever --data says (--data paths pick a seed: 'other' -> 1)."""
     monkeypatch.setattr(T, "load_run_data", lambda path, seed, synthetic_sizes, **_:
                         easy_data(seed=1 if path and "other" in str(path) else 0))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
