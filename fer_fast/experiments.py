@@ -461,60 +461,54 @@ def _report_text(records: list[RunRecord], out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bar_labels(ax, xs, values, offset):
-    for x, v in zip(xs, values):
-        ax.text(x + offset, 1, "missing" if v is None else f"{v:.1f}", rotation=90, ha="center",
-                va="bottom", fontsize=7)
+def _grouped_bars(path: Path, names, groups, *, title: str, ylabel: str, width: float) -> None:
+    """Two bars per name (``groups``: two (label, color, values, paper) with ``values`` the
+    fractions per name, None = missing, and ``paper`` {name index: the paper's percentage}),
+    each labelled with its value or "missing", the paper's numbers as black ticks."""
+    fig = new_figure(figsize=(width, 4.5))
+    ax = fig.subplots()
+    xs = range(len(names))
+    for offset, (label, color, values, paper) in zip((-0.2, 0.2), groups):
+        values = [None if v is None else 100 * v for v in values]
+        ax.bar([x + offset for x in xs], [v or 0 for v in values], 0.4, color=color, label=label)
+        for x, v in zip(xs, values):
+            ax.text(x + offset, 1, "missing" if v is None else f"{v:.1f}", rotation=90,
+                    ha="center", va="bottom", fontsize=7)
+        if paper:
+            ax.scatter([x + offset for x in paper], list(paper.values()), marker="_", s=400,
+                       color="black", zorder=3, label="paper" if offset < 0 else None)
+    ax.set_xticks(list(xs), names)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_ylim(0, 100)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def _plot_optimizers(records: dict, path: Path) -> None:
-    fig = new_figure(figsize=(9, 4.5))
-    ax = fig.subplots()
-    xs = range(len(train.OPTIMIZERS))
-    for offset, (regime, color, label) in ((-0.2, ("constant", "gold", "constant lr 0.001")),
-                                           (0.2, ("plateau", "darkorange",
-                                                  "decaying lr (plateau from 0.01)"))):
-        vals = [_result(records[f"optimizers/{o}-{regime}"], "best_val_acc")
-                for o in train.OPTIMIZERS]
-        vals = [None if v is None else 100 * v for v in vals]
-        ax.bar([x + offset for x in xs], [v or 0 for v in vals], 0.4, color=color, label=label)
-        _bar_labels(ax, xs, vals, offset)
-        paper = [(x + offset, PAPER["optimizers"][f"{o}-{regime}"]["val"])
-                 for x, o in zip(xs, train.OPTIMIZERS) if f"{o}-{regime}" in PAPER["optimizers"]]
-        if paper:
-            ax.scatter(*zip(*paper), marker="_", s=400, color="black", zorder=3,
-                       label="paper" if regime == "constant" else None)
-    ax.set_xticks(list(xs), train.OPTIMIZERS)
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Optimizers")
-    ax.set_ylim(0, 100)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    groups = []
+    for regime, color, label in (("constant", "gold", "constant lr 0.001"),
+                                 ("plateau", "darkorange", "decaying lr (plateau from 0.01)")):
+        values = [_result(records[f"optimizers/{o}-{regime}"], "best_val_acc")
+                  for o in train.OPTIMIZERS]
+        paper = {i: PAPER["optimizers"][f"{o}-{regime}"]["val"]
+                 for i, o in enumerate(train.OPTIMIZERS) if f"{o}-{regime}" in PAPER["optimizers"]}
+        groups.append((label, color, values, paper))
+    _grouped_bars(path, train.OPTIMIZERS, groups, title="Optimizers",
+                  ylabel="validation accuracy (%)", width=9)
 
 
 def _plot_schedulers(records: dict, path: Path) -> None:
-    fig = new_figure(figsize=(8, 4.5))
-    ax = fig.subplots()
-    xs = range(len(train.SCHEDULERS))
-    for offset, (field, key, color, label) in ((-0.2, ("best_val_acc", "val", "seagreen",
-                                                        "validation")),
-                                               (0.2, ("test_acc", "test", "steelblue", "test"))):
-        vals = [_result(records[f"schedulers/{s}"], field) for s in train.SCHEDULERS]
-        vals = [None if v is None else 100 * v for v in vals]
-        ax.bar([x + offset for x in xs], [v or 0 for v in vals], 0.4, color=color, label=label)
-        _bar_labels(ax, xs, vals, offset)
-        paper = [(x + offset, PAPER["schedulers"][s][key]) for x, s in zip(xs, train.SCHEDULERS)
-                 if key in PAPER["schedulers"].get(s, {})]
-        ax.scatter(*zip(*paper), marker="_", s=400, color="black", zorder=3,
-                   label="paper" if key == "val" else None)
-    ax.set_xticks(list(xs), train.SCHEDULERS)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Schedulers (SGD-Nesterov, lr 0.01)")
-    ax.set_ylim(0, 100)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    groups = []
+    for field, key, color, label in (("best_val_acc", "val", "seagreen", "validation"),
+                                     ("test_acc", "test", "steelblue", "test")):
+        values = [_result(records[f"schedulers/{s}"], field) for s in train.SCHEDULERS]
+        paper = {i: PAPER["schedulers"][s][key] for i, s in enumerate(train.SCHEDULERS)
+                 if key in PAPER["schedulers"].get(s, {})}
+        groups.append((label, color, values, paper))
+    _grouped_bars(path, train.SCHEDULERS, groups, title="Schedulers (SGD-Nesterov, lr 0.01)",
+                  ylabel="accuracy (%)", width=8)
 
 
 def _plot_overlay(records: list[RunRecord], path: Path) -> None:
