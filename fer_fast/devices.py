@@ -11,12 +11,32 @@ tensor's device current for the launch and restores the caller's afterwards.
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
 
 from .kernels import is_interpreter
 
-__all__ = ["on_device", "refuse_bf16_dot_under_interpreter"]
+__all__ = ["on_device", "refuse_bf16_dot_under_interpreter", "cpu_has_native_bf16"]
+
+#: /proc/cpuinfo flags of CPUs with bf16 arithmetic (oneDNN's fast bf16 convolutions and
+#: matmuls); without one, bf16 on a CPU is emulated and slower than fp32
+_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux: its cpuinfo flags; elsewhere False)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & _BF16_CPU_FLAGS) and torch.backends.mkldnn.is_available()
 
 
 def on_device(tensor: torch.Tensor):

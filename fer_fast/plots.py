@@ -8,12 +8,15 @@ everything needed to redraw the pictures and to compare runs without loading a c
 - ``epochs``: epochs done; ``wall_time_s``: training + validation time summed over the epochs
   (resumed runs included, start-up and the final test excluded); ``images_per_s``: training
   images per second over all epochs;
+- ``splits``: the splits the data had (``test_acc``, ``test_acc_last``, ``confusion`` and
+  ``per_class_acc`` are null without a test split: not available, never 0);
 - ``classes``, ``confusion`` (test counts of the ``test_acc`` model, rows = true class, columns =
-  predicted) and ``per_class_acc`` (the recall of each class; null for a class without images).
+  predicted) and ``per_class_acc`` (the recall of each class; null for a class without images);
+  ``val_confusion`` and ``val_per_class_acc``: the same on the validation split (best model).
 
 ``curves.png`` (train loss, train / validation (/ test) accuracy and the learning rate per epoch,
 from ``metrics.csv``) and ``confusion.png`` (the row-normalised test confusion matrix with the
-counts) need matplotlib, an optional extra (``pip install "fer_fast[plot]"``); without it the run
+counts; the validation one when the data has no test split) need matplotlib, an optional extra (``pip install "fer_fast[plot]"``); without it the run
 still finishes and says how to draw them later: ``python -m fer_fast plot RUN_DIR``.
 """
 from __future__ import annotations
@@ -36,9 +39,9 @@ HINT = ('plots not drawn: matplotlib is not installed (pip install "fer_fast[plo
 
 def run_result(summary: dict, confusion, history: list[dict], classes=CLASS_NAMES) -> dict:
     """The content of result.json from the trainer's summary, the test confusion counts (a
-    [C, C] tensor or nested list) and the per-epoch history rows."""
-    counts = [[int(v) for v in row] for row in (confusion.tolist() if hasattr(confusion, "tolist")
-                                                else confusion)]
+    [C, C] tensor or nested list; None without a test split) and the per-epoch history rows."""
+    counts = _counts(confusion)
+    val_counts = _counts(summary.get("val_confusion"))
     train_time = sum(float(r["train_time_s"]) for r in history)
     images = sum(float(r["images_per_s"]) * float(r["train_time_s"]) for r in history)
     return {
@@ -50,10 +53,26 @@ def run_result(summary: dict, confusion, history: list[dict], classes=CLASS_NAME
         "epochs": len(history),
         "wall_time_s": sum(float(r["epoch_time_s"]) for r in history),
         "images_per_s": images / train_time if train_time > 0 else None,
+        "splits": summary.get("splits", ["train", "val", "test"]),
         "classes": list(classes),
         "confusion": counts,
-        "per_class_acc": [row[i] / sum(row) if sum(row) else None for i, row in enumerate(counts)],
+        "per_class_acc": _recalls(counts),
+        "val_confusion": val_counts,
+        "val_per_class_acc": _recalls(val_counts),
     }
+
+
+def _counts(confusion) -> list[list[int]] | None:
+    if confusion is None:
+        return None
+    rows = confusion.tolist() if hasattr(confusion, "tolist") else confusion
+    return [[int(v) for v in row] for row in rows]
+
+
+def _recalls(counts) -> list[float | None] | None:
+    if counts is None:
+        return None
+    return [row[i] / sum(row) if sum(row) else None for i, row in enumerate(counts)]
 
 
 def write_run_outputs(run_dir, summary: dict, confusion, history: list[dict]) -> dict:
@@ -122,9 +141,10 @@ def plot_curves(rows: list[dict], path, title: str = "") -> None:
     fig.savefig(path, dpi=100)
 
 
-def plot_confusion(counts: list[list[int]], classes, path, title: str = "") -> None:
-    """Row-normalised confusion matrix (rows = true class); each cell shows its share of the
-    row and its count."""
+def plot_confusion(counts: list[list[int]], classes, path, title: str = "",
+                   split: str = "test") -> None:
+    """Row-normalised confusion matrix of ``split`` (rows = true class); each cell shows its
+    share of the row and its count."""
     import numpy as np
 
     counts = np.asarray(counts, dtype=np.int64)
@@ -145,7 +165,7 @@ def plot_confusion(counts: list[list[int]], classes, path, title: str = "") -> N
     ax.set_ylabel("true class")
     correct, total = int(np.trace(counts)), int(counts.sum())
     ax.set_title((title + "\n" if title else "")
-                 + f"test: {correct}/{total} = {100 * correct / max(1, total):.2f}%")
+                 + f"{split}: {correct}/{total} = {100 * correct / max(1, total):.2f}%")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -161,9 +181,12 @@ def draw_run(run_dir, result: dict | None = None) -> list[Path]:
     if rows:
         plot_curves(rows, run_dir / "curves.png", title=run_dir.name)
         written.append(run_dir / "curves.png")
-    plot_confusion(result["confusion"], result["classes"], run_dir / "confusion.png",
-                   title=run_dir.name)
-    written.append(run_dir / "confusion.png")
+    split, counts = (("test", result["confusion"]) if result.get("confusion") is not None
+                     else ("validation", result.get("val_confusion")))
+    if counts is not None:
+        plot_confusion(counts, result["classes"], run_dir / "confusion.png", title=run_dir.name,
+                       split=split)
+        written.append(run_dir / "confusion.png")
     return written
 
 

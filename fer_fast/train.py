@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import backends, cli, telemetry
+from . import backends, cli, devices, telemetry
 from .augmentation import NUM_CROPS, RECIPES, AugmentParams
 from .checkpoint import (CheckpointError, checksum_path, infer_architecture, load_checkpoint,
                          load_params, save_atomic)
@@ -105,7 +105,13 @@ PRESETS = {
     # leaves chance; batch 64 at lr 0.01 needs about twice the time on a CPU.
     "quick": dict(width=0.125, epochs=6, batch_size=32, lr=0.02,
                   synthetic_sizes=(1280, 256, 512)),
+    # the bundled model's recipe: about 2 hours of 2 CPU cores on FER2013 (docs/cpu_recipe.md)
+    "cpu": dict(width=0.25, epochs=30, scheduler="cosine", lr=0.02, save_every=5),
 }
+
+#: splits a run needs; without a test split (e.g. FER2013 without PublicTest) the run trains,
+#: chooses best.pt by validation and reports the test accuracy as not available
+REQUIRED_SPLITS = ("train", "val")
 
 #: what a checkpoint must hold to continue its run exactly
 RESUME_KEYS = {"config", "epoch", "logs", "best", "optimizer", "scheduler", "scaler", "rng"}
@@ -287,7 +293,13 @@ def _s(n: int) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    return ("fp16" if device.type == "cuda" else "fp32") if name == "auto" else name
+    """"auto": fp16 on CUDA; on a CPU bf16 where it has native bf16 arithmetic (oneDNN's
+    AVX512-BF16 / AMX kernels: about twice fp32's speed), else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if devices.cpu_has_native_bf16() else "fp32"
 
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -297,9 +309,8 @@ def make_model(config: Config, device: torch.device, backend: str) -> VGG:
     """The run's VGG on ``device`` with the resolved model ``backend``."""
     model = VGG(config.recipe, width=config.width, dropout=config.dropout,
                 backend=backend).to(device)
-    if device.type == "cuda":  # NHWC activations: what cuDNN's fp16 kernels and the fused blocks want
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    # NHWC activations: what cuDNN's fp16 kernels, oneDNN's CPU kernels and the fused blocks want
+    return model.to(memory_format=torch.channels_last)
 
 
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
@@ -535,7 +546,7 @@ class Run:
     model: VGG
     loader: DeviceLoader
     val: TenCropBatches
-    test: TenCropBatches
+    test: TenCropBatches | None  # None: the data has no test split
     optimizer: torch.optim.Optimizer
     scheduler: object
     sched_unit: str
@@ -569,15 +580,16 @@ def setup(config: Config, resume: Path | None = None) -> Run:
         backends.resolve("augment", augment_backend or "auto", device)
     except (ValueError, RuntimeError) as e:
         raise cli.UserError(str(e)) from None
-    precision = resolve_precision(config.precision, device)
     run_dir = _run_dir(config)
     check_run_dir(run_dir, resume)
+    ckpt = _resume_checkpoint(resume, config, device)
+    precision = (ckpt["resolved"]["precision"] if ckpt is not None and "resolved" in ckpt
+                 and config.precision == "auto" else resolve_precision(config.precision, device))
     _warn_before_start(config, device, precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    ckpt = _resume_checkpoint(resume, config, device, precision)
     data, data_id = _run_data(config, ckpt, resume)
 
     model = make_model(config, device, model_backend)
@@ -588,7 +600,8 @@ def setup(config: Config, resume: Path | None = None) -> Run:
                           device=device, recipe=config.recipe, seed=config.seed,
                           augment_backend=augment_backend, dtype=_DTYPES[precision])
     val, test = (TenCropBatches(split, batch_size=config.eval_batch_size, device=device,
-                                augment_backend=augment_backend) for split in (data.val, data.test))
+                                augment_backend=augment_backend) if len(split) else None
+                 for split in (data.val, data.test))
     optimizer = make_optimizer(config, model.parameters(), fused=device.type == "cuda")
     scheduler, sched_unit = make_scheduler(config, optimizer, len(loader))
     scaler = make_scaler(device, precision)
@@ -623,19 +636,22 @@ def setup(config: Config, resume: Path | None = None) -> Run:
     return run
 
 
-def _resume_checkpoint(resume: Path | None, config: Config, device: torch.device,
-                       precision: str) -> dict | None:
-    """The checkpoint to resume from (None for a new run), checked to fit this machine."""
+def _resume_checkpoint(resume: Path | None, config: Config,
+                       device: torch.device) -> dict | None:
+    """The checkpoint to resume from (None for a new run), checked to fit this machine: the
+    same kind of device, and the run's precision ("auto" keeps the one the run started with)."""
     if resume is None:
         return None
     ckpt = load_checkpoint(resume, trust=config.trust_checkpoint)  # on the CPU: RNG states stay there
     saved = ckpt.get("resolved", {})
-    here = {"device_type": device.type, "precision": precision}
-    if saved and saved != here:
+    if saved and saved["device_type"] != device.type:
         raise CheckpointError(f"{resume}: written by a run on {saved['device_type']} in "
                               f"{saved['precision']}, but this machine resolves to "
-                              f"{device.type} in {precision}; resume it on the same kind of "
-                              f"device")
+                              f"{device.type}; resume it on the same kind of device")
+    precision = resolve_precision(config.precision, device)
+    if saved and config.precision != "auto" and saved["precision"] != precision:
+        raise CheckpointError(f"{resume}: the run trains in {saved['precision']}, not in "
+                              f"{precision} (--precision); resume it without --precision")
     return ckpt
 
 
@@ -647,7 +663,7 @@ def _run_data(config: Config, ckpt: dict | None, resume: Path | None) -> tuple[F
         raise cli.UserError(f"the data of run {resume.parent} is no longer at {config.data}; "
                             f"pass --data with its new place")
     data = load_run_data(config.data, seed=config.seed, synthetic_sizes=config.synthetic_sizes,
-                         strict_images=config.strict_images)
+                         splits=REQUIRED_SPLITS, strict_images=config.strict_images)
     data_id = data_fingerprint(data)
     if ckpt is not None and "data" in ckpt and ckpt["data"]["sha256"] != data_id["sha256"]:
         raise cli.UserError(f"--data {config.data or 'synthetic'}: not the data run "
@@ -768,7 +784,7 @@ def end_epoch(run: Run, stats: dict) -> None:
     elif run.sched_unit == "epoch":
         run.scheduler.step()
     test_acc = None
-    if config.test_every and epoch % config.test_every == 0:
+    if config.test_every and epoch % config.test_every == 0 and run.test is not None:
         test_acc, _ = evaluate_split(run.model, run.test)
     row = {**stats, "val_acc": val_acc, "test_acc": test_acc,
            "epoch_time_s": time.perf_counter() - run.epoch_started,
@@ -837,7 +853,7 @@ def train(config: Config, resume: Path | None = None) -> dict:
         raise cli.Interrupted(f"stopped in epoch {epoch}; {_last_checkpoint(run)}") from None
     finally:
         run.meter.close()
-    return _finish(run.model, run.test, run.run_dir, run.best, run.history)
+    return _finish(run.model, run.val, run.test, run.run_dir, run.best, run.history)
 
 
 def _last_checkpoint(run: Run) -> str:
@@ -849,30 +865,44 @@ def _last_checkpoint(run: Run) -> str:
             f"continue with: python -m fer_fast.train --resume {run.run_dir}")
 
 
-def _finish(model: VGG, test: TenCropBatches, run_dir: Path, best: dict,
-            history: list[dict]) -> dict:
-    """Final ten-crop test accuracy of the last model and of the best-validation checkpoint;
-    the best one's confusion matrix goes to test_confusion.csv."""
-    last_acc, cm = evaluate_split(model, test)
-    summary = {"test_acc_last": last_acc, "epochs": len(history),
-               "best_epoch": best["epoch"], "best_val_acc": best["val_acc"]}
-    print(f"test ten-crop accuracy (last model, epoch {len(history)}): {100 * last_acc:.2f}% "
-          f"({int(cm.diagonal().sum())}/{test.num_images})")
+def _finish(model: VGG, val: TenCropBatches, test: TenCropBatches | None, run_dir: Path,
+            best: dict, history: list[dict]) -> dict:
+    """Final ten-crop accuracies of the best-validation checkpoint (validation, and test when
+    the data has a test split) and the test accuracy of the last model; the confusion matrices
+    go to result.json, the best model's test one also to test_confusion.csv."""
+    summary = {"epochs": len(history), "best_epoch": best["epoch"],
+               "best_val_acc": best["val_acc"], "splits": ["train", "val"] + (["test"] if test
+                                                                           else []),
+               "test_acc_last": None, "test_acc_best": None}
+    if test is not None:
+        last_acc, cm = evaluate_split(model, test)
+        summary["test_acc_last"] = last_acc
+        print(f"test ten-crop accuracy (last model, epoch {len(history)}): {100 * last_acc:.2f}% "
+              f"({int(cm.diagonal().sum())}/{test.num_images})")
+    else:
+        print("test accuracy: not available (the data has no test split); best.pt is the model "
+              "of the best validation accuracy")
     best_path = run_dir / "best.pt"
     if best["epoch"] and best["epoch"] != len(history) and best_path.is_file():
         load_params(model, load_checkpoint(best_path)["params"], best_path)
-        best_acc, cm = evaluate_split(model, test)
-    else:
-        best_acc = last_acc
-    summary["test_acc_best"] = best_acc
-    print(f"test ten-crop accuracy (best validation {100 * best['val_acc']:.2f}% at epoch "
-          f"{best['epoch']}): {100 * best_acc:.2f}%")
-    print(format_confusion(cm))
-    with open(run_dir / "test_confusion.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true\\predicted", *CLASS_NAMES])
-        for name, row in zip(CLASS_NAMES, cm.tolist()):
-            writer.writerow([name, *row])
+        if test is not None:
+            summary["test_acc_best"], cm = evaluate_split(model, test)
+    elif test is not None:
+        summary["test_acc_best"] = last_acc
+    _, val_cm = evaluate_split(model, val)
+    summary["val_confusion"], cm = val_cm.tolist(), (cm if test is not None else None)
+    print(f"validation ten-crop accuracy (best model, epoch {best['epoch']}): "
+          f"{100 * best['val_acc']:.2f}%")
+    print(format_confusion(val_cm))
+    if test is not None:
+        print(f"test ten-crop accuracy (best validation {100 * best['val_acc']:.2f}% at epoch "
+              f"{best['epoch']}): {100 * summary['test_acc_best']:.2f}%")
+        print(format_confusion(cm))
+        with open(run_dir / "test_confusion.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["true\\predicted", *CLASS_NAMES])
+            for name, row in zip(CLASS_NAMES, cm.tolist()):
+                writer.writerow([name, *row])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_run_outputs(run_dir, summary, cm, history)  # result.json, curves.png, confusion.png
     files = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".sha256")
