@@ -54,6 +54,7 @@ class CMakeBuild(build_ext):
 setup(
     packages=["fer_fast", "fer_fast.kernels"],
     package_dir={"fer_fast": "fer_fast", "fer_fast.kernels": "kernels"},
+    package_data={"fer_fast": ["models/*"]},  # the bundled model, its card and run files
     ext_modules=[CMakeExtension("fer_fast._C")],
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -252,7 +252,7 @@ def _list_class_files(split_dir: Path, errors: list[str]) -> list[tuple[Path, in
     return out
 
 
-def read_image_folder(root, *, strict: bool = False) -> FERData:
+def read_image_folder(root, *, strict: bool = False, required=SPLITS) -> FERData:
     """Read an image-folder copy of FER2013. Layout (class folder names are case-insensitive:
     angry, disgust, fear, happy, sad, surprise, neutral; files .png/.jpg/.jpeg)::
 
@@ -266,19 +266,21 @@ def read_image_folder(root, *, strict: bool = False) -> FERData:
     conversion): another size is resized, colour becomes gray, 16 bits become 8;
     ``strict=True`` refuses such files instead. Every bad file is reported in one
     :class:`DataError`. Class folders are mapped by name to the CSV class ids; files are read
-    in sorted path order."""
+    in sorted path order. ``required``: the splits that must hold images (with val/, test/ may
+    be absent: a copy without PublicTest)."""
     root = Path(root)
-    for sub in ("train", "test"):
+    has_val = (root / "val").is_dir()
+    for sub in ("train",) + (() if has_val else ("test",)):
         if not (root / sub).is_dir():
             raise DataError(f"{root}: missing folder {sub}/ (expected train/<class>/ and "
                             f"test/<class>/, optionally val/<class>/)")
     errors: list[str] = []
     files: dict[str, list[tuple[Path, int]]] = {name: [] for name in SPLITS}
     files["train"] = _list_class_files(root / "train", errors)
-    has_val = (root / "val").is_dir()
     if has_val:
         files["val"] = _list_class_files(root / "val", errors)
-        files["test"] = _list_class_files(root / "test", errors)
+        if (root / "test").is_dir():
+            files["test"] = _list_class_files(root / "test", errors)
     else:
         for file, label in _list_class_files(root / "test", errors):
             usage = next((u for u in ("PublicTest", "PrivateTest")
@@ -301,7 +303,7 @@ def read_image_folder(root, *, strict: bool = False) -> FERData:
     _report_bad_files(root, errors)
     origin = ({"train": "train/", "val": "val/", "test": "test/"} if has_val else
               {"train": "train/", "val": "test/PrivateTest_*", "test": "test/PublicTest_*"})
-    return _make_data(parts, str(root), origin)
+    return _make_data(parts, str(root), origin, required)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,7 +325,7 @@ def load_data(path=None, *, seed: int = 0, synthetic: SyntheticSpec | None = Non
                           {name: "synthetic, size 0" for name in SPLITS})
     path = Path(os.fspath(path))
     if path.is_dir():
-        return read_image_folder(path, strict=strict_images)
+        return read_image_folder(path, strict=strict_images, required=splits)
     if path.is_file() and path.suffix.lower() == ".csv":
         return read_fer_csv(path, splits)
     what = "not a .csv file or a folder" if path.exists() else "no such file or folder"

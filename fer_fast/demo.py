@@ -89,7 +89,9 @@ def build_demo(predictor):
 @cli.command
 def main(argv=None) -> int:
     p = cli.Parser(prog="python -m fer_fast demo", description=__doc__.split("\n")[0])
-    p.add_argument("model", help="checkpoint (.pt), or .safetensors / .onnx of fer_fast export")
+    p.add_argument("model", nargs="?", default=None,
+                   help="checkpoint (.pt), or .safetensors / .onnx of fer_fast export (default: "
+                        "the bundled model, fer_fast/models/MODEL_CARD.md)")
     p.add_argument("--port", type=cli.number(int, low=1, high=65535), default=7860,
                    help="port on 127.0.0.1")
     p.add_argument("--detector", default="haar",
@@ -97,9 +99,10 @@ def main(argv=None) -> int:
     cli.add_device_arg(p)
     cli.add_debug_arg(p)
     args = p.parse_args(argv)
-    from .predict import Predictor
+    from .predict import Predictor, say_bundled
 
     predictor = Predictor(args.model, device=args.device, detector=args.detector)
+    say_bundled(args.model)
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -73,18 +73,23 @@ def format_confusion(cm: torch.Tensor, names=CLASS_NAMES) -> str:
 def main(argv=None) -> int:
     p = cli.Parser(prog="python -m fer_fast.evaluate", description=__doc__.split("\n")[0])
     cli.add_checkpoint_args(p)
-    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits to evaluate")
+    p.add_argument("--splits", default=None, help="comma-separated splits to evaluate, each of "
+                   f"{', '.join(SPLITS)} (default: every split the data has)")
     args = p.parse_args(argv)
-    splits = [s for s in args.splits.split(",") if s]
+    splits = SPLITS if args.splits is None else [s for s in args.splits.split(",") if s]
     for s in splits:
         if s not in SPLITS:
             p.error(f"--splits: unknown split {s!r}; choose from {SPLITS}")
     if not splits:
         p.error("--splits: no split given")
-    model, data, device = cli.load_model_and_data(args, splits)
+    model, data, device = cli.load_model_and_data(args, () if args.splits is None else splits)
+    present = [name for name in SPLITS if len(data.split(name))]
     print(f"checkpoint {args.checkpoint}: VGG(recipe={model.recipe!r}, width={model.width}); "
-          f"data: {data.source}")
+          f"data: {data.source}; splits in the data: {', '.join(present) or 'none'}")
     for name in splits:
+        if not len(data.split(name)):
+            print(f"\n{name}: not available (the data has no {name} split)")
+            continue
         batches = TenCropBatches(data.split(name), batch_size=args.batch_size, device=device,
                                  augment_backend=args.augment_backend)
         acc, cm = evaluate_split(model, batches)

@@ -31,7 +31,7 @@ from .model import BLOCKS, CLASS_NAMES, NUM_CLASSES, VGG
 
 __all__ = ["ONNX_OPSET", "ONNX_TOLERANCE", "ExportError", "folded_blocks", "onnx_model",
            "export_onnx", "onnx_max_difference", "save_safetensors", "load_safetensors",
-           "main"]
+           "save_checkpoint", "main"]
 
 #: Opset of the exported graph (Conv, Relu, MaxPool, Mul, Add, Flatten, Gemm): onnxruntime
 #: has run opset 17 since 1.12 (2022).
@@ -172,6 +172,17 @@ def save_safetensors(model: VGG, path) -> None:
     _write_new(path, save(tensors, metadata=metadata))
 
 
+def save_checkpoint(model: VGG, path) -> None:
+    """``model`` as a weights-only fer_fast checkpoint (params and the architecture in
+    ``config``), with its sha256 sidecar (refuses an existing file)."""
+    from .checkpoint import save_atomic
+
+    path = Path(path)
+    _refuse_existing(path)
+    save_atomic({"params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "config": {"recipe": model.recipe, "width": float(model.width)}}, path)
+
+
 def load_safetensors(path, *, backend: str = "eager") -> VGG:
     """The VGG saved by :func:`save_safetensors` (architecture from the metadata)."""
     from safetensors import safe_open
@@ -230,22 +241,33 @@ def _check_crops(seed: int = 0) -> torch.Tensor:
 @cli.command
 def main(argv=None) -> int:
     p = cli.Parser(prog="python -m fer_fast export", description=__doc__.split("\n")[0])
-    p.add_argument("checkpoint", help="a .pt checkpoint of fer_fast.train (or the authors')")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="a .pt checkpoint of fer_fast.train (or the authors') (default: the "
+                        "bundled model, fer_fast/models/MODEL_CARD.md)")
     p.add_argument("--onnx", metavar="PATH", help="write the ONNX evaluation graph here")
     p.add_argument("--weights", metavar="PATH", help="write the weights as safetensors here")
+    p.add_argument("--pt", metavar="PATH", help="write the weights as a fer_fast checkpoint (.pt; "
+                   "e.g. for train --init)")
     p.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset")
     cli.add_debug_arg(p)
     args = p.parse_args(argv)
-    if not args.onnx and not args.weights:
-        p.error("nothing to do: give --onnx PATH and/or --weights PATH")
+    if not (args.onnx or args.weights or args.pt):
+        p.error("nothing to do: give --onnx PATH, --weights PATH and/or --pt PATH")
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         p.error(f"--opset must be in {MIN_OPSET}..{MAX_OPSET} (ONNX IR version 8), "
                 f"got {args.opset}")
     from .checkpoint import model_from_checkpoint
 
-    for out in filter(None, (args.onnx, args.weights)):
+    for out in filter(None, (args.onnx, args.weights, args.pt)):
         _refuse_existing(Path(out))
-    model, _ = model_from_checkpoint(args.checkpoint)
+    if args.checkpoint is None:
+        from . import bundled
+        from .predict import say_bundled
+
+        model = bundled.load()
+        say_bundled(None)
+    else:
+        model, _ = model_from_checkpoint(args.checkpoint)
     model.eval()
     if args.onnx:
         try:
@@ -270,6 +292,9 @@ def main(argv=None) -> int:
             raise ExportError(f"safetensors export needs safetensors "
                               f"(pip install fer_fast[onnx]): {exc}") from None
         print(f"wrote {args.weights} (safetensors; architecture in the metadata)")
+    if args.pt:
+        save_checkpoint(model, args.pt)
+        print(f"wrote {args.pt} (fer_fast checkpoint with its sha256 sidecar)")
     return 0
 
 

@@ -167,8 +167,9 @@ class _Detector:
 class Predictor:
     """Facial-expression classifier of whole pictures.
 
-    ``model``: a checkpoint path (``.pt``, ``.pth``: fer_fast.train's or the authors'), a
-    ``.safetensors`` or ``.onnx`` file of ``python -m fer_fast export``, or a ``fer_fast.VGG``.
+    ``model``: None (the model bundled with fer_fast, see ``fer_fast/models/MODEL_CARD.md``), a
+    checkpoint path (``.pt``, ``.pth``: fer_fast.train's or the authors'), a ``.safetensors`` or
+    ``.onnx`` file of ``python -m fer_fast export``, or a ``fer_fast.VGG``.
     ``device``: "auto" (cuda when available), "cpu", "cuda", ... ``detector``: "haar" (OpenCV's
     bundled frontal-face cascade), "none" (each picture is one face: its centred square, e.g. a
     48x48 FER image), or the path of an OpenCV cascade ``.xml`` or YuNet ``.onnx`` model.
@@ -177,7 +178,7 @@ class Predictor:
     smallest face side in pixels the detector reports. ``batch_size``: faces per forward pass.
     """
 
-    def __init__(self, model, *, device: str = "auto", detector="haar", tta: str = "tencrop",
+    def __init__(self, model=None, *, device: str = "auto", detector="haar", tta: str = "tencrop",
                  margin: float = 0.1, min_face: int = 24, batch_size: int = 256):
         if tta not in TTA:
             raise PredictError(f"tta must be one of {TTA}, got {tta!r}")
@@ -193,6 +194,10 @@ class Predictor:
 
     @staticmethod
     def _classifier(model, device: str):
+        if model is None:
+            from . import bundled
+
+            return _TorchClassifier(bundled.load(), device)
         if isinstance(model, VGG):
             return _TorchClassifier(model, device)
         if not isinstance(model, (str, os.PathLike)):
@@ -489,11 +494,36 @@ def _expand(inputs: list[str]) -> tuple[list[tuple[Path, Path | None]], list[str
     return files, notes
 
 
+MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx")
+
+
+def model_argument(model: str | None, inputs: list[str]) -> str | None:
+    """The model a command line names: ``--model``, or a first positional argument with a model
+    file's suffix (the older ``predict MODEL INPUT...`` form; taken out of ``inputs``); None for
+    the bundled model."""
+    if inputs and Path(inputs[0]).suffix.lower() in MODEL_SUFFIXES:
+        if model is not None:
+            raise PredictError(f"two models given: --model {model} and {inputs[0]}")
+        return inputs.pop(0)
+    return model
+
+
+def say_bundled(model) -> None:
+    """One line on stderr when a command runs the bundled model."""
+    if model is None:
+        from . import bundled
+
+        print(f"using {bundled.describe()}", file=sys.stderr)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = cli.Parser(prog="python -m fer_fast predict", description=__doc__.split("\n")[0])
-    p.add_argument("model", help="checkpoint (.pt), or .safetensors / .onnx of fer_fast export")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="image files, folders (searched recursively) and video files")
+                   help="image files, folders (searched recursively) and video files; a first "
+                        "INPUT that is a model file (.pt, .pth, .safetensors, .onnx) is the model, "
+                        "as --model")
+    p.add_argument("--model", metavar="PATH", help="checkpoint (.pt), or .safetensors / .onnx of "
+                   "fer_fast export (default: the bundled model, fer_fast/models/MODEL_CARD.md)")
     p.add_argument("--camera", type=int, metavar="N", help="read webcam N (until Ctrl-C or "
                    "--max-frames)")
     p.add_argument("--json", action="store_true",
@@ -519,10 +549,11 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli.command
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)  # INPUTs may follow options
     # OpenCV's own warnings (codec probing, camera back-ends) would bury the one-line messages
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    args.model = model_argument(args.model, args.inputs)
     if not args.inputs and args.camera is None:
         raise PredictError("nothing to predict: give image, folder or video INPUTs, or "
                            "--camera N")
@@ -534,6 +565,7 @@ def main(argv=None) -> int:
                                f"copies go only into a new or empty folder)")
     predictor = Predictor(args.model, device=args.device, detector=args.detector, tta=args.tta,
                           margin=args.margin, min_face=args.min_face)
+    say_bundled(args.model)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm

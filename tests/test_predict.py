@@ -219,7 +219,8 @@ def test_cli_bad_inputs(files, tmp_path, capsys):
     assert "no image or video files in this folder" in err and "error:" in err
     for argv, message in (([str(tmp_path / "missing.pt"), one], "missing.pt: no such model file"),
                           ([ckpt, str(tmp_path / "nope.jpg")], "nope.jpg: no such file or folder"),
-                          ([str(notes), one], f"{notes}: "),  # not a checkpoint
+                          (["--model", str(notes), one], f"{notes}: "),  # not a checkpoint
+                          ([ckpt, "--model", ckpt, one], "two models given"),
                           ([ckpt], "nothing to predict")):
         assert predict_main(argv + ["--device", "cpu"]) == 2
         err = capsys.readouterr().err

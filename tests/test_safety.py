@@ -373,14 +373,17 @@ def test_evaluate_uses_the_runs_data_and_a_test_only_file(tmp_path, capsys):
     assert f"using the data of the checkpoint's run, {csv}" in out
     assert "test: ten-crop accuracy" in out and "/6)" in out
     assert "nan" not in out and "n/a" in out  # Disgust..: no test image
-    assert status(evaluate.main, [str(ckpt), "--device", "cpu"]) == 2  # train/val asked for: empty
+    assert status(evaluate.main, [str(ckpt), "--device", "cpu"]) == 0  # the splits it has
+    out = capsys.readouterr().out
+    assert "splits in the data: test" in out and "train: not available" in out
+    assert status(evaluate.main, [str(ckpt), "--splits", "train", "--device", "cpu"]) == 2
     assert "split 'train'" in capsys.readouterr().err
 
 
 def test_help_shows_defaults(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # one line per flag
     for main, expected in ((T.main, ["--lr LR", "(default: 0.01)", "(default: 300)"]),
-                           (evaluate.main, ["(default: 256)", "(default: train,val,test)"]),
+                           (evaluate.main, ["(default: 256)", "(default: every split the data has)"]),
                            (saliency.main, ["(default: test)", "(default: ten)"])):
         assert status(main, ["--help"]) == 0
         out = capsys.readouterr().out
