@@ -1,5 +1,5 @@
 // Launchers of the ten-crop augmentation (fer_fast._C). Pointers are raw device or host
-// addresses of contiguous tensors whose dtypes and shapes fer_fast/_ext.py has checked:
+// addresses of contiguous tensors whose dtypes and shapes fer_fast/augmentation.py has checked:
 //   images uint8 [batch, 48, 48], geom float32 [batch, 16], erase int32 [batch, 10, 4],
 //   out [batch * 10, 1, 40, 40] of dtype out_dtype (fer_fast::OutDtype).
 // Each launcher re-checks what it can cheaply (null pointers, sizes) and throws

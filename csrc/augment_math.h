@@ -1,6 +1,6 @@
 // Per-pixel math of the ten-crop augmentation, shared by the CPU (augment_cpu.cpp) and CUDA
 // (augment_cuda.cu) kernels so that both evaluate every output pixel with the same arithmetic
-// as the eager reference fer_fast.augment.augment_ref (layouts: see that module's docstring).
+// as the eager reference fer_fast.augmentation.augment_ref (layouts: see that module's docstring).
 //
 // Bit-exactness with the reference needs every multiply and add rounded separately: compile
 // users with -ffp-contract=off (host) and -fmad=false (nvcc).
@@ -8,13 +8,8 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
-#if defined(__CUDACC__)
-#define FER_HD __host__ __device__ __forceinline__
-#else
-#define FER_HD inline
-#endif
+#include "dtypes.h"
 
 namespace fer_fast {
 
@@ -23,9 +18,6 @@ constexpr int kCrop = 40;      // output crops are kCrop x kCrop
 constexpr int kNumCrops = 10;  // crops 0..4 at kCorners, 5..9 the same corners on the mirror image
 constexpr int kGeomSize = 16;  // floats per image in params.geom
 constexpr int kEraseSize = 4;  // int32 per crop in params.erase: top, left, height, width
-
-// Output dtype codes shared with fer_fast/_ext.py.
-enum OutDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // Top-left corner (row, col) of crop k: (0,0), (0,8), (8,0), (8,8), (4,4), repeated for k >= 5.
 FER_HD int crop_row(int k) { const int j = k % 5; return j == 4 ? 4 : (j >> 1) * 8; }
@@ -103,52 +95,5 @@ FER_HD float sample_pixel(const uint32_t* quads, const float* g, float x, float 
 FER_HD bool erased(const int32_t* box, int u, int v) {
   return (v >= box[0]) & (v < box[0] + box[2]) & (u >= box[1]) & (u < box[1] + box[3]);
 }
-
-FER_HD uint32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
-}
-
-// IEEE binary16 bits of f, round to nearest even (what torch's .to(torch.float16) does).
-// Every case is computed and one selected, in signed ints, so that the CPU loop vectorises.
-FER_HD uint16_t half_bits(float f) {
-  const uint32_t x = float_bits(f);
-  const int32_t ax = static_cast<int32_t>(x & 0x7fffffffu);
-  // normal half: rebias the exponent, round the mantissa from 23 to 10 bits
-  const int32_t normal = (ax - 0x38000000 + 0xfff + ((ax >> 13) & 1)) >> 13;
-  // subnormal half: |f| in units of 2^-24 (exact scaling), rounded to an integer by adding and
-  // subtracting 2^23; |f| is capped at 2^-14 first so that the unused lanes stay finite
-  const float a = fabsf(f) < 6.103515625e-05f ? fabsf(f) : 6.103515625e-05f;
-  const int32_t subnormal = static_cast<int32_t>((a * 16777216.0f + 8388608.0f) - 8388608.0f);
-  const int32_t special = ax > 0x7f800000 ? 0x7e00 : 0x7c00;  // nan; inf and overflow
-  const int32_t h = ax >= 0x477ff000 ? special : (ax >= 0x38800000 ? normal : subnormal);
-  return static_cast<uint16_t>(((x >> 16) & 0x8000u) | static_cast<uint32_t>(h));
-}
-
-// bfloat16 bits of f, round to nearest even, nan kept quiet.
-FER_HD uint16_t bfloat16_bits(float f) {
-  const uint32_t x = float_bits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
-  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-
-// Output element types: storage type and conversion from the fp32 value.
-struct Float32Out {
-  using type = float;
-  static FER_HD float from(float v) { return v; }
-};
-struct Float16Out {
-  using type = uint16_t;
-  static FER_HD uint16_t from(float v) { return half_bits(v); }
-};
-struct BFloat16Out {
-  using type = uint16_t;
-  static FER_HD uint16_t from(float v) { return bfloat16_bits(v); }
-};
 
 }  // namespace fer_fast

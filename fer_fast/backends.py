@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 __all__ = ["register", "resolve", "available", "auto_choice", "names", "eligible",
-           "set_auto_policy"]
+           "set_auto_policy", "verified_only"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class _Backend:
     supports: Callable[[torch.device], bool]
     priority: int
     auto: Callable[[torch.device], bool]
+    verified_only: bool = False  # "auto" takes it only where a selfcheck verdict passed it
 
 
 _REGISTRY: dict[str, dict[str, _Backend]] = {}
@@ -42,10 +43,18 @@ def set_auto_policy(order: Callable, on_explicit: Callable) -> None:
 
 
 def register(op: str, name: str, fn: Callable, *, supports: Callable[[torch.device], bool],
-             priority: int = 0, auto: Callable[[torch.device], bool] | None = None) -> None:
+             priority: int = 0, auto: Callable[[torch.device], bool] | None = None,
+             verified_only: bool = False) -> None:
     """Register ``fn`` as backend ``name`` of ``op``; ``supports(device)`` says where it runs,
-    ``auto(device)`` (default: ``supports``) where "auto" may choose it."""
-    _REGISTRY.setdefault(op, {})[name] = _Backend(fn, supports, priority, auto or supports)
+    ``auto(device)`` (default: ``supports``) where "auto" may choose it; ``verified_only``:
+    only where the selfcheck's verdict has it passing (the policy enforces it)."""
+    _REGISTRY.setdefault(op, {})[name] = _Backend(fn, supports, priority, auto or supports,
+                                                  verified_only)
+
+
+def verified_only(op: str, name: str) -> bool:
+    """Whether "auto" may take backend ``name`` of ``op`` only with a verdict passing it."""
+    return _REGISTRY[op][name].verified_only
 
 
 def names(op: str) -> list[str]:

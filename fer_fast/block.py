@@ -32,10 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backends, devices
+from .augmentation import _C
 from .kernels import bn_act
 
 __all__ = ["ORDERS", "RECIPE_ORDER", "check_order", "is_relu_first", "conv_bn_act_ref",
-           "conv_bn_act", "ConvBNReLU2d", "conv_bn_act_fused", "BNActFunction"]
+           "conv_bn_act", "ConvBNReLU2d", "conv_bn_act_fused", "conv_bn_act_native",
+           "native_supports", "BNActFunction"]
 
 #: The block orders, defined once, in the kernel library whose launchers take them:
 #: "bn_relu": conv -> BatchNorm -> ReLU (released code); "relu_bn": conv -> ReLU -> BatchNorm (paper).
@@ -142,24 +144,107 @@ def _backward_eager(dout, y, coef, *, training, order, pool):
 
 
 # ----------------------------------------------------------------------------------------------
+# Native math (CPU): the C++ kernels of fer_fast._C (csrc/bn_act_cpu.cpp) for the data passes,
+# torch for the [C]-sized coefficients in between (the formulas of _forward_eager). BatchNorm +
+# ReLU only: the block's 2x2 max-pool is torch's (its CPU kernel is vectorised over channels).
+# ----------------------------------------------------------------------------------------------
+#: element dtype codes of csrc/dtypes.h (OutDtype) the native kernels take
+_NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 2}
+
+
+def native_supports(device: torch.device | str) -> bool:
+    """Whether the native BatchNorm kernels run on ``device``: a CPU, with ``_C`` built."""
+    return torch.device(device).type == "cpu" and _C is not None and hasattr(_C, "bn_stats_cpu")
+
+
+def _native_shape(y: torch.Tensor, order: str) -> tuple:
+    """The kernels' shape argument; raises for what they cannot take (checked before any raw
+    address is handed to C++)."""
+    if not native_supports(y.device):
+        raise RuntimeError(f"native block backend: needs a CPU tensor and fer_fast._C built, got "
+                           f"a tensor on {y.device}")
+    if y.dtype not in _NATIVE_DTYPES:
+        raise TypeError(f"native block backend: the conv output must be float32 or bfloat16 "
+                        f"(CPU autocast), got {y.dtype}")
+    if not y.is_contiguous(memory_format=_CL):
+        raise ValueError("native block backend: the conv output must be channels_last contiguous")
+    n, c, h, w = y.shape
+    return (n, c, h, w, _NATIVE_DTYPES[y.dtype], is_relu_first(order))
+
+
+def _forward_native(y, gamma, beta, running_mean, running_var, *, training, momentum, eps, order,
+                    pool):
+    bn_act.check_forward_inputs(y, gamma, beta, running_mean, running_var, training=training,
+                                order=order, pool=pool)
+    if pool:
+        raise ValueError("native block backend: the pool runs outside the BatchNorm kernels")
+    shape = _native_shape(y, order)
+    n, c, h, w = y.shape
+    threads = torch.get_num_threads()
+    if training:
+        sums = torch.empty(3, c, dtype=torch.float64)
+        _C.bn_stats_cpu(y.data_ptr(), shape, sums.data_ptr(), threads)
+        count = n * h * w
+        mean_shift = sums[1] / count
+        mean = (sums[0] + mean_shift).float()
+        var = (sums[2] / count - mean_shift * mean_shift).clamp_min(0).float()
+        if running_mean is not None:
+            running_mean.copy_((1 - momentum) * running_mean.float() + momentum * mean)
+            running_var.copy_((1 - momentum) * running_var.float()
+                              + momentum * var * (count / (count - 1)))
+    else:
+        mean, var = running_mean.float(), running_var.float()
+    rstd = torch.rsqrt(var + eps)
+    scale = gamma.float() * rstd
+    coef = torch.stack([mean, rstd, scale, beta.float() - mean * scale])
+    out = torch.empty_like(y, memory_format=_CL)
+    _C.bn_act_forward_cpu(y.data_ptr(), out.data_ptr(), shape, coef[2].data_ptr(),
+                          coef[3].data_ptr(), threads)
+    return out, coef
+
+
+def _backward_native(dout, y, coef, *, training, order, pool):
+    bn_act.check_backward_inputs(dout, y, coef, order=order, pool=pool)
+    if pool:
+        raise ValueError("native block backend: the pool runs outside the BatchNorm kernels")
+    shape = _native_shape(y, order)
+    if not dout.is_contiguous(memory_format=_CL):
+        raise ValueError("native block backend: the output gradient must be channels_last "
+                         "contiguous")
+    n, c, h, w = y.shape
+    threads = torch.get_num_threads()
+    sums = torch.empty(2, c, dtype=torch.float64)
+    _C.bn_act_backward_sums_cpu(dout.data_ptr(), y.data_ptr(), shape, coef.data_ptr(),
+                                sums.data_ptr(), threads)
+    sums = sums.float()
+    means = (sums / (n * h * w)).contiguous()
+    dy = torch.empty_like(y, memory_format=_CL)
+    _C.bn_act_backward_cpu(dout.data_ptr(), y.data_ptr(), dy.data_ptr(), shape, coef.data_ptr(),
+                           means.data_ptr(), training, threads)
+    return dy, sums
+
+
+# ----------------------------------------------------------------------------------------------
 # Custom ops
 # ----------------------------------------------------------------------------------------------
 @torch.library.custom_op("fer_fast::bn_act_fwd", mutates_args=("running_mean", "running_var"))
 def _bn_act_fwd(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                 running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
                 training: bool, momentum: float, eps: float, order: str,
-                pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(block output, fp32 coefficients [mean, rstd, scale, shift]) of conv output ``y``."""
+                pool: bool, native: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(block output, fp32 coefficients [mean, rstd, scale, shift]) of conv output ``y``;
+    ``native``: the C++ CPU kernels, else the Triton kernels (the eager math on a CPU)."""
     # bfloat16 runs under the Triton interpreter too: these kernels use no tl.dot, which the
     # interpreter gets wrong in bfloat16 (see fer_fast.devices)
-    impl = bn_act.forward if bn_act.runs_on(y.device) else _forward_eager
+    impl = (_forward_native if native else
+            bn_act.forward if bn_act.runs_on(y.device) else _forward_eager)
     with devices.on_device(y):
         return impl(y, gamma, beta, running_mean, running_var, training=training,
                     momentum=momentum, eps=eps, order=order, pool=pool)
 
 
 @_bn_act_fwd.register_fake
-def _(y, gamma, beta, running_mean, running_var, training, momentum, eps, order, pool):
+def _(y, gamma, beta, running_mean, running_var, training, momentum, eps, order, pool, native):
     n, c, h, w = y.shape
     if pool:
         h, w = h // 2, w // 2
@@ -169,15 +254,16 @@ def _(y, gamma, beta, running_mean, running_var, training, momentum, eps, order,
 
 @torch.library.custom_op("fer_fast::bn_act_bwd", mutates_args=())
 def _bn_act_bwd(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, training: bool,
-                order: str, pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                order: str, pool: bool, native: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(gradient w.r.t. ``y``, fp32 [sum(dz), sum(dz * x_hat)] = [dbeta, dgamma])."""
-    impl = bn_act.backward if bn_act.runs_on(y.device) else _backward_eager
+    impl = (_backward_native if native else
+            bn_act.backward if bn_act.runs_on(y.device) else _backward_eager)
     with devices.on_device(y):
         return impl(dout, y, coef, training=training, order=order, pool=pool)
 
 
 @_bn_act_bwd.register_fake
-def _(dout, y, coef, training, order, pool):
+def _(dout, y, coef, training, order, pool, native):
     return (torch.empty_like(y, memory_format=_CL),
             coef.new_empty((2, y.shape[1]), dtype=torch.float32))
 
@@ -185,20 +271,21 @@ def _(dout, y, coef, training, order, pool):
 class BNActFunction(torch.autograd.Function):
     """BatchNorm + ReLU (+ 2x2 max-pool) of a conv output, with the recomputing backward.
 
-    ``apply(y, gamma, beta, running_mean, running_var, training, momentum, eps, order, pool)``:
+    ``apply(y, gamma, beta, running_mean, running_var, training, momentum, eps, order, pool,
+    native)``:
     ``y`` the conv output [N, C, H, W], channels_last, fp16 / bf16 / fp32; ``gamma``, ``beta``
     [C] (any float dtype; their gradients come back in it); ``running_mean``/``running_var``
     fp32 [C] or None, updated in place when training. Returns [N, C, H, W] ([N, C, H//2, W//2]
-    with ``pool``), channels_last, in y's dtype.
+    with ``pool``), channels_last, in y's dtype. ``native``: the C++ CPU kernels (fp32, bf16).
     """
 
     @staticmethod
     def forward(ctx, y, gamma, beta, running_mean, running_var, training, momentum, eps, order,
-                pool):
+                pool, native=False):
         out, coef = torch.ops.fer_fast.bn_act_fwd(y, gamma, beta, running_mean, running_var,
-                                                  training, momentum, eps, order, pool)
+                                                  training, momentum, eps, order, pool, native)
         ctx.save_for_backward(y, coef)
-        ctx.training, ctx.order, ctx.pool = training, order, pool
+        ctx.training, ctx.order, ctx.pool, ctx.native = training, order, pool, native
         ctx.gamma_dtype, ctx.beta_dtype = gamma.dtype, beta.dtype
         return out
 
@@ -206,18 +293,19 @@ class BNActFunction(torch.autograd.Function):
     def backward(ctx, dout):
         y, coef = ctx.saved_tensors
         dy, sums = torch.ops.fer_fast.bn_act_bwd(dout.contiguous(memory_format=_CL), y, coef,
-                                                 ctx.training, ctx.order, ctx.pool)
+                                                 ctx.training, ctx.order, ctx.pool, ctx.native)
         return (dy, sums[1].to(ctx.gamma_dtype), sums[0].to(ctx.beta_dtype),
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def conv_bn_act_fused(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, *,
-                      training: bool, momentum: float, eps: float, order: str, pool: bool):
+                      training: bool, momentum: float, eps: float, order: str, pool: bool,
+                      native: bool = False):
     """Fused block with the signature of :func:`conv_bn_act_ref`: conv3x3 (padding
     1) by ``F.conv2d`` on channels_last activations, then :class:`BNActFunction`. ``x``
     [N, C_in, H, W] in any layout (made channels_last), fp32 or fp16/bf16 under autocast; returns
     [N, C_out, H, W] (halved with ``pool``), channels_last, in the conv's dtype. CPU: eager math
-    unless TRITON_INTERPRET=1 (see module docstring)."""
+    unless TRITON_INTERPRET=1 (see module docstring); ``native``: the C++ CPU kernels."""
     y = F.conv2d(x.contiguous(memory_format=_CL), weight, bias, padding=1)
     y = y.contiguous(memory_format=_CL)
     c = y.shape[1]
@@ -226,7 +314,7 @@ def conv_bn_act_fused(x, weight, bias, bn_weight, bn_bias, running_mean, running
     if bn_bias is None:
         bn_bias = torch.zeros(c, device=y.device, dtype=torch.float32)
     return BNActFunction.apply(y, bn_weight, bn_bias, running_mean, running_var, training,
-                               momentum, eps, order, pool)
+                               momentum, eps, order, pool, native)
 
 
 def _fused_supports(device: torch.device) -> bool:
@@ -237,6 +325,23 @@ def _fused_supports(device: torch.device) -> bool:
 # "auto" takes it on CUDA only: on CPU it would run the eager math (or the slow interpreter).
 backends.register("block", "fused", conv_bn_act_fused, supports=_fused_supports, priority=10,
                   auto=lambda device: torch.device(device).type == "cuda")
+
+
+def conv_bn_act_native(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, *,
+                       training: bool, momentum: float, eps: float, order: str, pool: bool):
+    """The CPU block: ``F.conv2d`` (oneDNN) on channels_last activations, the C++ BatchNorm +
+    ReLU kernels, then ``F.max_pool2d`` when ``pool``; signature, dtypes and layout of
+    :func:`conv_bn_act_fused` (fp32, or bf16 under CPU autocast)."""
+    out = conv_bn_act_fused(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                            training=training, momentum=momentum, eps=eps, order=order,
+                            pool=False, native=True)
+    return F.max_pool2d(out, 2, 2) if pool else out
+
+
+# "auto" takes it on a CPU (above eager) only where the selfcheck verdict has it passing and
+# faster.
+backends.register("block", "native", conv_bn_act_native, supports=native_supports, priority=15,
+                  verified_only=True)
 
 
 # ----------------------------------------------------------------------------------------------

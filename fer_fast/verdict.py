@@ -21,7 +21,8 @@ Any change of these makes a new key, hence a new selfcheck. Files:
   which runs the selfcheck in a child process so that a faulting kernel cannot take the
   caller's CUDA context down).
 - On the CPU without a verdict: the registry's own choices (native C++ augmentation, eager
-  blocks; interpreter-only backends never).
+  blocks; interpreter-only backends never, nor those registered ``verified_only``, such as the
+  native C++ block).
 - ``FER_FAST_SELFCHECK=0`` (or ``off``): no selfcheck is run and no verdict read; on CUDA "auto"
   takes the eager reference (and says so once), on the CPU the registry's choices.
 """
@@ -196,14 +197,14 @@ def auto_order(op: str, device: torch.device, candidates: list[str]) -> list[str
     (the registry's, best first by priority); see the module docstring."""
     if disabled():
         if device.type != "cuda":
-            return candidates
+            return [n for n in candidates if not backends.verified_only(op, n)]
         _warn_once(("disabled", op), f"FER_FAST_SELFCHECK={os.environ['FER_FAST_SELFCHECK']}: "
                    f"backend 'auto' of {op!r} takes the eager reference on {device}")
         return [n for n in candidates if n == "eager"]
     verdict = load(device)
     if verdict is None:
         if device.type != "cuda":
-            return candidates
+            return [n for n in candidates if not backends.verified_only(op, n)]
         _warn_once(("none", _cache_key(device)),
                    f"no selfcheck verdict for {device} in {verdict_dir()}: backend 'auto' takes "
                    f"the eager reference; run `python -m fer_fast selfcheck --device {device}` "
