@@ -1,7 +1,9 @@
 """Build of fer_fast: the Python package, the Triton kernels as ``fer_fast.kernels``, and the
 native extension ``fer_fast._C`` compiled by CMake (see CMakeLists.txt).
 
-``FER_FAST_CPU_ONLY=1`` builds the extension without its CUDA kernels. Works for ``pip install .``
+``FER_FAST_CPU_ONLY=1`` builds the extension without its CUDA kernels. CMake builds in
+``build/cmake-<python>/`` of the source tree and keeps it, so a reinstall recompiles nothing
+unchanged (delete the folder for a clean build). Works for ``pip install .``
 and for editable installs (``pip install -e .``: the .so lands in fer_fast/ of the source tree).
 """
 import os
@@ -34,7 +36,9 @@ class CMakeBuild(build_ext):
         import pybind11
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
-        build_dir = Path(self.build_temp).resolve() / ext.name
+        # a persistent CMake build folder in the source tree (ignored by git): installing again
+        # (an extra, a reinstall) rebuilds only what changed; pip's own build folders are temporary
+        build_dir = ROOT / "build" / f"cmake-{sys.implementation.cache_tag}" / ext.name
         build_dir.mkdir(parents=True, exist_ok=True)
         cpu_only = os.environ.get("FER_FAST_CPU_ONLY", "0") not in ("", "0")
         configure = [

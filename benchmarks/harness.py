@@ -305,12 +305,21 @@ def available_model_backends(device: torch.device) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: the variant of a CPU step provider ("<model>+<augmentation>/<variant>") that runs as the
+#: trainer did before its CPU fast path: fp32, NCHW activations (the baseline of docs/cpu.md)
+CPU_BASELINE = "fp32-nchw"
+
+
 def step_providers(device: torch.device) -> list[str]:
     """Provider ids "<model>+<augmentation>": the authors' pipeline, eager with the eager and the
-    best augmentation, torch.compile, and every other registered model backend."""
+    best augmentation, torch.compile, and every other registered model backend; on a CPU first
+    the eager baseline "eager+<best>/fp32-nchw" (every other provider runs as the trainer does:
+    channels_last, its "auto" precision)."""
     aug = best_augment(device)
     models = ["eager", "compile"] + [b for b in available_model_backends(device) if b != "eager"]
     providers = ["authors", "eager+eager"]
+    if device.type == "cpu":
+        providers.insert(0, f"eager+{aug}/{CPU_BASELINE}")
     providers += [f"{m}+{aug}" for m in models if f"{m}+{aug}" not in providers]
     return providers
 
@@ -328,14 +337,19 @@ def make_train_step(provider: str, device: torch.device, sizes: Sizes,
     """One training step of ``provider`` as ``fer_fast.train`` runs it: the model, optimizer,
     precision and loss scaler built by ``fer_fast.train``'s functions, batches from its
     ``DeviceLoader``, then ``TrainStep`` (augmentation -> forward -> loss -> scaled backward ->
-    SGD-Nesterov step): fp16 autocast with a GradScaler on a GPU, fp32 on a CPU."""
+    SGD-Nesterov step): fp16 autocast with a GradScaler on a GPU, the trainer's "auto" precision
+    on a CPU (fp32 NCHW for the ``/fp32-nchw`` baseline)."""
+    provider, _, variant = provider.partition("/")
     model_name, _, aug = provider.partition("+")
     config = train.Config(width=sizes.step_width, batch_size=sizes.step_images)
-    precision = train.resolve_precision(config.precision, device)
+    precision = "fp32" if variant == CPU_BASELINE else train.resolve_precision(config.precision,
+                                                                                device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = train.make_model(config, device,
                              "eager" if model_name in ("authors", "compile") else model_name)
+    if variant == CPU_BASELINE:
+        model = model.to(memory_format=torch.contiguous_format)
     optimizer = train.make_optimizer(config, model.parameters(), fused=device.type == "cuda")
     forward = torch.compile(model, mode=compile_mode) if model_name == "compile" else model
     step = train.TrainStep(forward, optimizer, train.make_scaler(device, precision),

@@ -11,8 +11,18 @@ from .augmentation import AugmentParams, augment, sample_params, ten_crop  # noq
 from .block import ConvBNReLU2d, conv_bn_act  # noqa: E402
 from .stack import ConvBNReLUStack, conv_bn_act_stack  # noqa: E402
 from .model import VGG  # noqa: E402
-from .predict import Face, Predictor  # noqa: E402
 from . import verdict  # noqa: E402,F401  "auto" decided by the selfcheck's cached verdict
+
+#: public names of modules that only commands and inference need, imported on first use
+_LAZY = {"Face": "predict", "Predictor": "predict"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'fer_fast' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 __all__ = ["backends", "AugmentParams", "augment", "sample_params", "ten_crop", "VGG",

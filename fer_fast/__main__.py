@@ -21,9 +21,13 @@ USAGE = (f"usage: python -m fer_fast {{{','.join(COMMANDS)}}} [options]\n"
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        print(USAGE, file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} "
+              f"(python -m fer_fast lists them)", file=sys.stderr)
+        return 2
     return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
 
 
