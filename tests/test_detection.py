@@ -1,15 +1,21 @@
-"""Face detection: the bundled-cascade detector and the detection benchmark's small version
-(drawn faces, no shared data)."""
+"""Face detection: the bundled-cascade detector of ``predict``, the detection benchmark's small
+version (drawn faces, no shared data) and ``--if-no-face whole``."""
+import json
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from face_assets import face_photo
+from fer_fast import VGG, Predictor
 from fer_fast.facedetect import (CANDIDATES, DEFAULT, OPENCV_DEFAULT, CascadeConfig,
                                  CascadeDetector, iou)
+from fer_fast.predict import PredictError
+from fer_fast.predict import main as predict_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import detection as bench  # noqa: E402
@@ -85,3 +91,62 @@ def test_combined_cascades_merge_overlapping_boxes():
     assert set(CANDIDATES.values()) >= {DEFAULT, OPENCV_DEFAULT}
     with pytest.raises(ValueError, match="not an OpenCV cascade classifier"):
         CascadeDetector(CascadeConfig(("no_such_cascade",)))
+
+
+@pytest.fixture(scope="module")
+def empty_photo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("noface")
+    torch.manual_seed(0)
+    model = VGG(width=0.0625).eval()
+    cv2.imwrite(str(root / "empty.png"), face_photo(2, faces=()))
+    cv2.imwrite(str(root / "one.png"), face_photo(0))
+    return root, model
+
+
+def test_if_no_face_whole_classifies_the_whole_picture(empty_photo):
+    root, model = empty_photo
+    assert Predictor(model, device="cpu").predict(root / "empty.png") == []
+    whole = Predictor(model, device="cpu", if_no_face="whole")
+    faces = whole.predict(root / "empty.png")
+    assert len(faces) == 1 and faces[0].no_face_found
+    assert faces[0].box == (40, 0, 240, 240)  # the centred square of 320x240
+    want = Predictor(model, device="cpu", detector="none").predict(root / "empty.png")[0]
+    assert faces[0].probabilities == want.probabilities and not want.no_face_found
+    found = whole.predict(root / "one.png")  # a face found: the fallback stays out of the way
+    assert len(found) == 1 and not found[0].no_face_found and found[0].box != (40, 0, 240, 240)
+    assert found[0].to_dict()["no_face_found"] is False
+    with pytest.raises(PredictError, match="if_no_face must be one of"):
+        Predictor(model, device="cpu", if_no_face="centre")
+
+
+def test_cli_if_no_face_whole_says_so(empty_photo, tmp_path, capsys):
+    root, model = empty_photo
+    from fer_fast.checkpoint import save_atomic
+
+    ckpt = tmp_path / "m.pt"
+    save_atomic({"params": model.state_dict(), "config": {"recipe": "released",
+                                                          "width": 0.0625}}, ckpt)
+    out = tmp_path / "annotated"
+    args = [str(ckpt), str(root / "empty.png"), str(root / "one.png"), "--device", "cpu",
+            "--no-progress", "--if-no-face", "whole"]
+    assert predict_main(args + ["--json", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    rows = {Path(r["file"]).name: r for r in map(json.loads, captured.out.splitlines())}
+    assert rows["empty.png"]["no_face_found"] is True and rows["empty.png"]["box"] == [40, 0,
+                                                                                      240, 240]
+    assert rows["one.png"]["no_face_found"] is False
+    assert "empty.png: no face found; the whole image was classified" in captured.err
+    assert "1 face(s)" in captured.err and "1 without a face (1 classified as a whole)" in \
+        captured.err
+    original = np.asarray(Image.open(root / "empty.png").convert("RGB"))
+    annotated = np.asarray(Image.open(out / "empty.annotated.png"))
+    assert (annotated[:12, :100] != original[:12, :100]).any()  # the "no face found" label
+    assert predict_main(args) == 0
+    table = capsys.readouterr().out
+    assert "no face: whole image" in table
+    # without the option the annotated copy still says that no face was found
+    plain = tmp_path / "plain"
+    assert predict_main(args[:-2] + ["--out", str(plain)]) == 0
+    assert "no face found" in capsys.readouterr().out
+    annotated = np.asarray(Image.open(plain / "empty.annotated.png"))
+    assert (annotated[:12, :100] != original[:12, :100]).any()
