@@ -26,11 +26,12 @@ from .augmentation import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
 from .model import CLASS_NAMES, VGG
 from .preprocess import ImageError, load_gray, to_fer_image
 
-__all__ = ["Face", "Predictor", "PredictError", "DETECTORS", "TTA", "IMAGE_SUFFIXES",
-           "VIDEO_SUFFIXES", "annotate", "main"]
+__all__ = ["Face", "Predictor", "PredictError", "DETECTORS", "TTA", "IF_NO_FACE",
+           "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "annotate", "main"]
 
 DETECTORS = ("haar", "none")
 TTA = ("tencrop", "none")
+IF_NO_FACE = ("skip", "whole")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm",
                   ".ppm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -44,11 +45,14 @@ class PredictError(cli.UserError):
 @dataclass
 class Face:
     """One classified face: ``box`` (x, y, width, height) in pixels of the input picture,
-    ``probabilities`` per class name (in class-id order), ``label`` the most probable one."""
+    ``probabilities`` per class name (in class-id order), ``label`` the most probable one;
+    ``no_face_found``: the detector found no face and ``box`` is the whole picture's centred
+    square, classified instead (``if_no_face="whole"``)."""
 
     box: tuple[int, int, int, int]
     probabilities: dict[str, float]
     label: str
+    no_face_found: bool = False
 
     @property
     def probability(self) -> float:
@@ -56,7 +60,11 @@ class Face:
 
     def to_dict(self) -> dict:
         return {"box": list(self.box), "label": self.label,
-                "probabilities": dict(self.probabilities)}
+                "probabilities": dict(self.probabilities), "no_face_found": self.no_face_found}
+
+
+class _WholeBox(tuple):
+    """The box of a picture in which no face was found (``if_no_face="whole"``)."""
 
 
 def _cv2():
@@ -122,8 +130,11 @@ class _Detector:
             self.kind = "none"
             return
         cv2 = _cv2()
-        if detector == "haar":
-            path = Path(cv2.data.haarcascades) / HAAR_CASCADE
+        if detector == "haar":  # the bundled cascades, set up as chosen by the benchmark
+            from .facedetect import DEFAULT, CascadeDetector
+
+            self.cascade, self.kind = CascadeDetector(DEFAULT, min_face), "bundled"
+            return
         else:
             path = Path(detector)
             if not path.is_file():
@@ -156,10 +167,15 @@ class _Detector:
             _, found = self.yunet.detect(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
             boxes = [] if found is None else [tuple(int(round(v)) for v in f[:4]) for f in found]
             boxes = [b for b in boxes if min(b[2], b[3]) >= self.min_face]
-        else:
-            found = self.cascade.detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1,
-                                                  minNeighbors=5,
-                                                  minSize=(self.min_face, self.min_face))
+        elif self.kind == "bundled":
+            boxes = self.cascade(gray)
+        else:  # a user's cascade: the default detector's search settings
+            from .facedetect import DEFAULT
+
+            found = self.cascade.detectMultiScale(
+                cv2.equalizeHist(gray) if DEFAULT.equalize else gray,
+                scaleFactor=DEFAULT.scale_factor, minNeighbors=DEFAULT.min_neighbors,
+                minSize=(self.min_face, self.min_face))
             boxes = [tuple(int(v) for v in b) for b in found]
         return sorted(boxes)
 
@@ -176,12 +192,18 @@ class Predictor:
     ``tta``: "tencrop" (evaluation's ten-crop average) or "none" (the centre crop). ``margin``:
     fraction of a detected box's side added on each side before the square crop. ``min_face``:
     smallest face side in pixels the detector reports. ``batch_size``: faces per forward pass.
+    ``if_no_face``: "skip" (a picture without a face gives no Face) or "whole" (its centred
+    square is classified instead, as one Face with ``no_face_found=True``).
     """
 
     def __init__(self, model=None, *, device: str = "auto", detector="haar", tta: str = "tencrop",
-                 margin: float = 0.1, min_face: int = 24, batch_size: int = 256):
+                 margin: float = 0.1, min_face: int = 24, batch_size: int = 256,
+                 if_no_face: str = "skip"):
         if tta not in TTA:
             raise PredictError(f"tta must be one of {TTA}, got {tta!r}")
+        if if_no_face not in IF_NO_FACE:
+            raise PredictError(f"if_no_face must be one of {IF_NO_FACE}, got {if_no_face!r}")
+        self.if_no_face = if_no_face
         if not (isinstance(margin, (int, float)) and 0 <= margin <= 1):
             raise PredictError(f"margin must be a fraction in [0, 1], got {margin!r}")
         if batch_size < 1:
@@ -248,8 +270,9 @@ class Predictor:
         """(boxes, uint8 [n, 48, 48] faces) of one picture (see :meth:`predict`)."""
         gray = load_gray(image, channel_order=channel_order)
         found = self.detector(gray)
+        whole = not found and self.if_no_face == "whole"
         boxes, faces = [], []
-        for box in found:
+        for box in [None] if whole else found:
             if box is None:  # the whole picture: its centred square
                 h, w = gray.shape
                 side = min(h, w)
@@ -257,7 +280,7 @@ class Predictor:
                 faces.append(to_fer_image(gray))
             else:
                 faces.append(to_fer_image(gray, box=box, margin=self.margin))
-            boxes.append(tuple(int(v) for v in box))
+            boxes.append((_WholeBox if whole else tuple)(int(v) for v in box))
         return boxes, np.stack(faces) if faces else np.zeros((0, 48, 48), np.uint8)
 
     def predict(self, image, *, channel_order: str = "RGB") -> list[Face]:
@@ -286,8 +309,10 @@ class Predictor:
 
     def faces_from(self, boxes, probabilities: np.ndarray) -> list[Face]:
         """:class:`Face` objects of ``boxes`` and their [n, classes] ``probabilities``."""
-        return [Face(box=box, probabilities={n: float(v) for n, v in zip(self.class_names, p)},
-                     label=self.class_names[int(np.argmax(p))])
+        return [Face(box=tuple(box), probabilities={n: float(v) for n, v in
+                                                    zip(self.class_names, p)},
+                     label=self.class_names[int(np.argmax(p))],
+                     no_face_found=isinstance(box, _WholeBox))
                 for box, p in zip(boxes, probabilities)]
 
 
@@ -307,10 +332,19 @@ def annotate(image: np.ndarray, faces: list[Face], *, bgr: bool = False) -> np.n
         green = green[::-1]
     thick = max(1, int(round(2 * unit)))
     font = 0.45 * unit
+    if not faces:
+        (tw, th), base = cv2.getTextSize("no face found", cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+        cv2.rectangle(out, (0, 0), (tw + 4, th + base + 4), dark, -1)
+        cv2.putText(out, "no face found", (2, th + 2), cv2.FONT_HERSHEY_SIMPLEX, font, white, 1,
+                    cv2.LINE_AA)
     for face in faces:
         x, y, bw, bh = face.box
-        cv2.rectangle(out, (x, y), (x + bw, y + bh), green, thick)
-        text = f"{face.label} {100 * face.probability:.0f}%"
+        if face.no_face_found:  # no box: the whole picture was classified, said in the label
+            text = f"no face found - whole image: {face.label} {100 * face.probability:.0f}%"
+            x, y, bw = 0, 0, w
+        else:
+            cv2.rectangle(out, (x, y), (x + bw, y + bh), green, thick)
+            text = f"{face.label} {100 * face.probability:.0f}%"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
         ty = max(th + base, y - 2)
         cv2.rectangle(out, (x, ty - th - base), (x + tw, ty), green, -1)
@@ -343,7 +377,7 @@ class _Run:
     def __init__(self, predictor: Predictor, args):
         self.predictor, self.args = predictor, args
         self.out = Path(args.out) if args.out else None
-        self.faces = self.images = self.frames = self.no_face = 0
+        self.faces = self.images = self.frames = self.no_face = self.wholes = 0
         self.skipped: list[str] = []
         self.targets: set[Path] = set()
         self.header_done = False
@@ -360,8 +394,9 @@ class _Run:
         if not faces and frame is None:
             print(f"{_short(name):<40} {'-':>6}  no face found")
         for face in faces:
+            box = "no face: whole image" if face.no_face_found else ",".join(map(str, face.box))
             print(f"{_short(name):<40} {'-' if frame is None else frame:>6}  "
-                  f"{','.join(map(str, face.box)):<22} {face.label:<9} "
+                  f"{box:<22} {face.label:<9} "
                   f"{face.probability:>5.2f}  "
                   + " ".join(f"{v:>7.3f}" for v in face.probabilities.values()))
 
@@ -385,10 +420,10 @@ class _Run:
             self.skip(path, str(exc).removeprefix(f"{path}: ").removeprefix("image 0: "))
             return
         self.images += 1
-        self.faces += len(faces)
-        self.no_face += not faces
-        if not faces and self.args.json:
-            print(f"note: {path}: no face found", file=sys.stderr)
+        self._count(faces)
+        if self.args.json and (not faces or faces[0].no_face_found):
+            print(f"note: {path}: no face found"
+                  + ("; the whole image was classified" if faces else ""), file=sys.stderr)
         self.report(str(path), None, faces)
         if self.out is not None:
             from PIL import Image
@@ -429,8 +464,7 @@ class _Run:
                 results = self.predictor.predict_batch(batch, channel_order="BGR")
                 for f, faces in zip(batch, results):
                     self.report(name, index, faces)
-                    self.faces += len(faces)
-                    self.no_face += not faces
+                    self._count(faces)
                     if writer is not None:
                         writer.write(annotate(f, faces, bgr=True))
                     index += 1
@@ -443,6 +477,12 @@ class _Run:
             if writer is not None:
                 writer.release()
         self.frames += index
+
+    def _count(self, faces: list[Face]) -> None:
+        whole = bool(faces) and faces[0].no_face_found
+        self.faces += 0 if whole else len(faces)
+        self.no_face += whole or not faces
+        self.wholes += whole
 
     def skip(self, name, reason: str) -> None:
         self.skipped.append(f"{name}: {reason}")
@@ -533,6 +573,9 @@ def _parser() -> argparse.ArgumentParser:
                    "and videos (.mp4) here; must be a new or empty folder")
     p.add_argument("--detector", default="haar",
                    help="haar, none (each image is one face), or an OpenCV .xml/.onnx model")
+    p.add_argument("--if-no-face", choices=IF_NO_FACE, default="skip",
+                   help="when no face is found: skip the image (reported as 'no face found') or "
+                        "classify the whole image (its centred square; marked no_face_found)")
     p.add_argument("--tta", choices=TTA, default="tencrop", help="ten-crop average or centre crop")
     p.add_argument("--margin", type=cli.number(float, low=0, high=1), default=0.1,
                    help="fraction of a face box added on each side")
@@ -564,7 +607,8 @@ def main(argv=None) -> int:
             raise PredictError(f"--out {out}: exists and is not an empty folder (annotated "
                                f"copies go only into a new or empty folder)")
     predictor = Predictor(args.model, device=args.device, detector=args.detector, tta=args.tta,
-                          margin=args.margin, min_face=args.min_face)
+                          margin=args.margin, min_face=args.min_face,
+                          if_no_face=args.if_no_face)
     say_bundled(args.model)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -594,6 +638,7 @@ def main(argv=None) -> int:
     summary = (f"{run.images} image(s), {run.frames} video frame(s): {run.faces} face(s) in "
                f"{seconds:.2f} s ({run.faces / max(seconds, 1e-9):.1f} faces/s)"
                + (f"; {run.no_face} without a face" if run.no_face else "")
+               + (f" ({run.wholes} classified as a whole)" if run.wholes else "")
                + (f"; annotated copies in {args.out}" if args.out else ""))
     print(summary, file=sys.stderr if args.json else sys.stdout)
     if run.skipped:

@@ -149,7 +149,8 @@ def test_cli_json_on_images_folder_and_video(files, tmp_path, capsys):
     assert code == 0, captured.err
     rows = [json.loads(line) for line in captured.out.splitlines()]
     for row in rows:
-        assert set(row) == {"file", "frame", "box", "label", "probabilities"}
+        assert set(row) == {"file", "frame", "box", "label", "probabilities", "no_face_found"}
+        assert row["no_face_found"] is False
         assert list(row["probabilities"]) == list(CLASS_NAMES)
         assert abs(sum(row["probabilities"].values()) - 1) < 1e-6
         assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)

@@ -1,0 +1,152 @@
+"""Face detection: the bundled-cascade detector of ``predict``, the detection benchmark's small
+version (drawn faces, no shared data) and ``--if-no-face whole``."""
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from face_assets import face_photo
+from fer_fast import VGG, Predictor
+from fer_fast.facedetect import (CANDIDATES, DEFAULT, OPENCV_DEFAULT, CascadeConfig,
+                                 CascadeDetector, iou)
+from fer_fast.predict import PredictError
+from fer_fast.predict import main as predict_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import detection as bench  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    """A few small images made from drawn faces, and face-free ones."""
+    cv2.setNumThreads(1)
+    faces = bench.drawn_faces(12, seed=0)
+    return bench.make_set(faces, images=8, negatives=3, seed=0, canvases=((320, 240),),
+                          sizes=(60, 200))
+
+
+def test_benchmark_images_are_reproducible_and_boxes_inside(small_set):
+    again = bench.make_set(bench.drawn_faces(12, seed=0), images=8, negatives=3, seed=0,
+                           canvases=((320, 240),), sizes=(60, 200))
+    assert all(np.array_equal(a.image, b.image) and a.truths == b.truths
+               for a, b in zip(small_set, again))
+    assert [bool(s.truths) for s in small_set] == [True] * 8 + [False] * 3
+    kinds = set()
+    for sample in small_set:
+        assert sample.image.dtype == np.uint8 and sample.image.shape == (240, 320)
+        for t in sample.truths:
+            x, y, w, h = t.box
+            assert 0 <= x and 0 <= y and x + w <= 320 and y + h <= 240 and w > 0 and h > 0
+            assert 60 <= t.size <= 200
+            kinds.add(t.kind)
+        for a in sample.truths:  # faces never overlap
+            assert all(iou(a.box, b.box) == 0 for b in sample.truths if b is not a)
+    assert "frontal" in kinds
+
+
+def test_matching_and_scores():
+    truths = [bench.Truth((0, 0, 100, 100), 100, "frontal"),
+              bench.Truth((200, 0, 100, 100), 100, "rotated")]
+    assert iou((0, 0, 100, 100), (0, 0, 100, 100)) == 1.0
+    assert iou((0, 0, 100, 100), (100, 0, 100, 100)) == 0.0
+    assert abs(iou((0, 0, 100, 100), (0, 0, 50, 100)) - 0.5) < 1e-12
+    # the best overlap wins; a second box on the same face is a false positive
+    found, hits = bench.match(truths, [(5, 5, 100, 100), (0, 0, 100, 100), (400, 0, 50, 50)])
+    assert found == [True, False] and hits == 1
+    samples = [bench.Sample(np.zeros((10, 10), np.uint8), truths),
+               bench.Sample(np.zeros((10, 10), np.uint8))]
+    boxes = iter([[(0, 0, 100, 100), (210, 0, 100, 100)], [(1, 1, 5, 5)]])
+    result = bench.evaluate(lambda image: next(boxes), samples)
+    assert result["recall"]["all"] == 1.0 and result["recall"]["frontal >=80"] == 1.0
+    assert result["precision"] == 2 / 3 and result["false_positives_on_negatives"] == 1
+    text = bench.table({"x": result}, samples)
+    assert "| x | 100.0 |" in text and "2 images (1 face-free), 2 faces" in text
+
+
+def test_default_detector_on_the_small_benchmark(small_set):
+    default = bench.evaluate(CascadeDetector(DEFAULT), small_set)
+    opencv = bench.evaluate(CascadeDetector(OPENCV_DEFAULT), small_set)
+    assert default["faces"]["frontal"] >= 5
+    assert default["recall"]["frontal"] >= 0.9
+    assert default["recall"]["frontal"] >= opencv["recall"]["frontal"]
+    assert default["precision"] >= 0.85
+    assert default["false_positives_on_negatives"] == 0
+
+
+def test_combined_cascades_merge_overlapping_boxes():
+    gray = cv2.cvtColor(face_photo(0), cv2.COLOR_BGR2GRAY)
+    combined = CascadeConfig(("frontalface_default", "frontalface_alt2"),
+                             mirrored=("profileface",), min_votes=2)
+    merged = CascadeDetector(combined).detections(gray)
+    assert len(merged) >= 1
+    box, votes, neighbours = max(merged, key=lambda d: d[1])
+    assert votes >= 2 and neighbours >= 1 and iou(box, (105, 55, 110, 130)) > 0.3
+    assert CascadeDetector(combined)(gray) == [box]
+    assert "mirror(profileface)" in combined.describe()
+    assert set(CANDIDATES.values()) >= {DEFAULT, OPENCV_DEFAULT}
+    with pytest.raises(ValueError, match="not an OpenCV cascade classifier"):
+        CascadeDetector(CascadeConfig(("no_such_cascade",)))
+
+
+@pytest.fixture(scope="module")
+def empty_photo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("noface")
+    torch.manual_seed(0)
+    model = VGG(width=0.0625).eval()
+    cv2.imwrite(str(root / "empty.png"), face_photo(2, faces=()))
+    cv2.imwrite(str(root / "one.png"), face_photo(0))
+    return root, model
+
+
+def test_if_no_face_whole_classifies_the_whole_picture(empty_photo):
+    root, model = empty_photo
+    assert Predictor(model, device="cpu").predict(root / "empty.png") == []
+    whole = Predictor(model, device="cpu", if_no_face="whole")
+    faces = whole.predict(root / "empty.png")
+    assert len(faces) == 1 and faces[0].no_face_found
+    assert faces[0].box == (40, 0, 240, 240)  # the centred square of 320x240
+    want = Predictor(model, device="cpu", detector="none").predict(root / "empty.png")[0]
+    assert faces[0].probabilities == want.probabilities and not want.no_face_found
+    found = whole.predict(root / "one.png")  # a face found: the fallback stays out of the way
+    assert len(found) == 1 and not found[0].no_face_found and found[0].box != (40, 0, 240, 240)
+    assert found[0].to_dict()["no_face_found"] is False
+    with pytest.raises(PredictError, match="if_no_face must be one of"):
+        Predictor(model, device="cpu", if_no_face="centre")
+
+
+def test_cli_if_no_face_whole_says_so(empty_photo, tmp_path, capsys):
+    root, model = empty_photo
+    from fer_fast.checkpoint import save_atomic
+
+    ckpt = tmp_path / "m.pt"
+    save_atomic({"params": model.state_dict(), "config": {"recipe": "released",
+                                                          "width": 0.0625}}, ckpt)
+    out = tmp_path / "annotated"
+    args = [str(ckpt), str(root / "empty.png"), str(root / "one.png"), "--device", "cpu",
+            "--no-progress", "--if-no-face", "whole"]
+    assert predict_main(args + ["--json", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    rows = {Path(r["file"]).name: r for r in map(json.loads, captured.out.splitlines())}
+    assert rows["empty.png"]["no_face_found"] is True and rows["empty.png"]["box"] == [40, 0,
+                                                                                      240, 240]
+    assert rows["one.png"]["no_face_found"] is False
+    assert "empty.png: no face found; the whole image was classified" in captured.err
+    assert "1 face(s)" in captured.err and "1 without a face (1 classified as a whole)" in \
+        captured.err
+    original = np.asarray(Image.open(root / "empty.png").convert("RGB"))
+    annotated = np.asarray(Image.open(out / "empty.annotated.png"))
+    assert (annotated[:12, :100] != original[:12, :100]).any()  # the "no face found" label
+    assert predict_main(args) == 0
+    table = capsys.readouterr().out
+    assert "no face: whole image" in table
+    # without the option the annotated copy still says that no face was found
+    plain = tmp_path / "plain"
+    assert predict_main(args[:-2] + ["--out", str(plain)]) == 0
+    assert "no face found" in capsys.readouterr().out
+    annotated = np.asarray(Image.open(plain / "empty.annotated.png"))
+    assert (annotated[:12, :100] != original[:12, :100]).any()
