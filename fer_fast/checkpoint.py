@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -68,25 +69,64 @@ def _write_temp(folder: Path, name: str, write) -> str:
     return tmp
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
+class _WriteErrors:
+    """A file for torch.save that keeps the OSError of a failed write: torch reports one only
+    as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos"."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _torch_save(obj, f) -> None:
+    """torch.save into ``f``; a failed write (full disk, file size limit) is its OSError."""
+    writer = _WriteErrors(f)
+    try:
+        torch.save(obj, writer)
+    except RuntimeError as e:
+        if writer.error is not None:
+            raise writer.error from e
+        raise
+
+
+def save_atomic(obj, path: str | os.PathLike, *more: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same folder, then rename over ``path``, and the
     same for its sha256 sidecar: a reader (or a crash, or a full disk) never sees a
-    half-written checkpoint, and the previous one stays until the new one is complete."""
-    path = Path(path)
-    tmp = _write_temp(path.parent, path.name, lambda f: torch.save(obj, f))
+    half-written checkpoint, and the previous one stays until the new one is complete.
+
+    ``more`` paths get the same checkpoint; every file is written to its temporary name before
+    any is renamed, so a full disk (an OSError, the temporary files removed) leaves all the
+    previous ones as they were."""
+    paths = [Path(p) for p in (path, *more)]
+    temps: list[tuple[str, Path]] = []
     try:
-        line = f"{file_sha256(tmp)}  {path.name}\n".encode()
-        tmp_sum = _write_temp(path.parent, checksum_path(path).name, lambda f: f.write(line))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        os.replace(tmp, path)
-        os.replace(tmp_sum, checksum_path(path))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        Path(tmp_sum).unlink(missing_ok=True)
-        raise
+        first = _write_temp(paths[0].parent, paths[0].name, lambda f: _torch_save(obj, f))
+        temps.append((first, paths[0]))
+        digest = file_sha256(first)
+        for other in paths[1:]:
+            with open(first, "rb") as src:
+                temps.append((_write_temp(other.parent, other.name,
+                                          lambda f: shutil.copyfileobj(src, f, 1 << 20)), other))
+        for p in paths:
+            line = f"{digest}  {p.name}\n".encode()
+            temps.append((_write_temp(p.parent, checksum_path(p).name, lambda f: f.write(line)),
+                          checksum_path(p)))
+        for tmp, target in temps[:len(paths)]:  # each checkpoint, then each sidecar
+            os.replace(tmp, target)
+        for tmp, target in temps[len(paths):]:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _verify_checksum(path: Path) -> bool:

@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cli, train
+from . import cli, files, train
 from .plots import RESULT_FILE, new_figure, read_metrics
 
 __all__ = ["STUDIES", "SCHEDULE_PARAMETERS", "OPTIMIZER_REGIMES", "STUDY_LR", "FINETUNE_LR",
@@ -88,7 +88,7 @@ STUDY_FLAGS = ("--optimizer", "--scheduler", "--lr", "--train-on", "--init", "--
                "--epochs", "--width", "--preset", "--data", "--plateau-factor",
                "--plateau-patience", "--restart-period", "--step-size", "--gamma")
 #: what the trainer writes into a run directory before its first checkpoint
-PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv"}
+PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv", train.LOCK_FILE}
 
 
 class StudyError(cli.UserError):
@@ -483,7 +483,8 @@ def _grouped_bars(path: Path, names, groups, *, title: str, ylabel: str, width: 
     ax.set_ylim(0, 100)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with files.temporary_path(path, overwrite=True) as tmp:  # the study's own figure
+        fig.savefig(tmp, dpi=100)
 
 
 def _plot_optimizers(records: dict, path: Path) -> None:
@@ -537,14 +538,15 @@ def _plot_overlay(records: list[RunRecord], path: Path) -> None:
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with files.temporary_path(path, overwrite=True) as tmp:  # the study's own figure
+        fig.savefig(tmp, dpi=100)
 
 
 def write_report(out: Path) -> list[Path]:
     """report.md (always) and the three figures (with matplotlib); returns the files written."""
     records = collect(out)
     report = out / "report.md"
-    report.write_text(_report_text(records, out))
+    files.write_text(report, _report_text(records, out), overwrite=True)  # regenerated
     written = [report]
     try:
         by = {r.run.name: r for r in records}

@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import cli
+from . import cli, files
 from .model import CLASS_NAMES
 
 __all__ = ["RESULT_FILE", "run_result", "write_run_outputs", "read_metrics", "draw_run",
@@ -80,9 +80,7 @@ def write_run_outputs(run_dir, summary: dict, confusion, history: list[dict]) ->
     drawing fails), then draw the pictures or print how to get them."""
     run_dir = Path(run_dir)
     result = run_result(summary, confusion, history)
-    tmp = run_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(run_dir / RESULT_FILE)
+    files.write_text(run_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n", overwrite=True)
     try:
         for path in draw_run(run_dir, result):
             print(f"wrote {path}")
@@ -138,7 +136,8 @@ def plot_curves(rows: list[dict], path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with files.temporary_path(path, overwrite=True) as tmp:  # a run's own picture, redrawn
+        fig.savefig(tmp, dpi=100)
 
 
 def plot_confusion(counts: list[list[int]], classes, path, title: str = "",
@@ -167,7 +166,8 @@ def plot_confusion(counts: list[list[int]], classes, path, title: str = "",
     ax.set_title((title + "\n" if title else "")
                  + f"{split}: {correct}/{total} = {100 * correct / max(1, total):.2f}%")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with files.temporary_path(path, overwrite=True) as tmp:  # a run's own picture, redrawn
+        fig.savefig(tmp, dpi=100)
 
 
 def draw_run(run_dir, result: dict | None = None) -> list[Path]:

@@ -11,6 +11,7 @@ needs OpenCV (``pip install fer_fast[predict]``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ import torch
 from . import cli
 from .augmentation import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
 from .model import CLASS_NAMES, VGG
+from .files import temporary_path
 from .preprocess import ImageError, load_gray, to_fer_image
 
 __all__ = ["Face", "Predictor", "PredictError", "DETECTORS", "TTA", "IMAGE_SUFFIXES",
@@ -388,9 +390,20 @@ class _Run:
         if self.out is not None:
             from PIL import Image
 
-            Image.fromarray(annotate(rgb, faces)).save(self.target(path, base, ".png"))
+            with temporary_path(self.target(path, base, ".png")) as tmp:
+                Image.fromarray(annotate(rgb, faces)).save(tmp)
 
     def video(self, source, name: str, base: Path | None, progress) -> None:
+        interrupted = False
+        with contextlib.ExitStack() as stack:  # the annotated copy: renamed into place at the end
+            try:
+                self._video(source, name, base, progress, stack)
+            except KeyboardInterrupt:  # Ctrl-C ends a camera: its video so far is kept
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
+
+    def _video(self, source, name: str, base: Path | None, progress, stack) -> None:
         cv2 = _cv2()
         capture = cv2.VideoCapture(source)
         ok, frame = capture.read() if capture.isOpened() else (False, None)
@@ -408,7 +421,8 @@ class _Run:
             target = self.target(Path(name), base, ".mp4") if isinstance(source, str) else \
                 self.target(Path(f"camera{source}"), None, ".mp4")
             h, w = frame.shape[:2]
-            writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            writer = cv2.VideoWriter(str(stack.enter_context(temporary_path(target))),
+                                     cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
             if not writer.isOpened():
                 raise PredictError(f"{target}: OpenCV cannot write an mp4 video here")
         index, bar = 0, progress(total=total, desc=Path(name).name, unit="frame", leave=False)

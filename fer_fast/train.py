@@ -21,6 +21,7 @@ import argparse
 import csv
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -41,6 +42,7 @@ from .augmentation import NUM_CROPS, RECIPES, AugmentParams
 from .checkpoint import (CheckpointError, checksum_path, infer_architecture, load_checkpoint,
                          load_params, save_atomic)
 from .data import FERData, Split
+from .files import open_atomic, write_text
 from .evaluate import evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, augment_batch, load_run_data
 from .model import CLASS_NAMES, VGG
@@ -432,6 +434,46 @@ def _run_dir(config: Config) -> Path:
     return path
 
 
+#: the lock file of a run folder: held (fcntl.flock, exclusive) by the one process writing the
+#: run, from its start (or --resume) to its end; it holds that process's pid
+LOCK_FILE = ".fer_fast.lock"
+
+
+def lock_run_dir(run_dir: Path):
+    """Create ``run_dir`` if needed and take its exclusive lock (an open file: the lock goes
+    with the process, whatever way it ends). Another process holding it: a UserError naming
+    its pid."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "unknown"
+        lock.close()
+        raise cli.UserError(f"{run_dir}: is in use by another fer_fast.train (pid {pid}); wait "
+                            f"for it to end or choose another --out") from None
+    except BaseException:
+        lock.close()
+        raise
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _unlock(lock, run_dir: Path, created: bool) -> None:
+    """Release the lock of a run that stopped in setup: a folder it created and left empty
+    goes too."""
+    lock.close()
+    if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
+
+
 def check_run_dir(run_dir: Path, resume: Path | None) -> None:
     """The rules that keep runs from overwriting each other: a new run writes only into a
     folder that does not exist or is empty; a resumed run writes into its own folder (from its
@@ -446,7 +488,7 @@ def check_run_dir(run_dir: Path, resume: Path | None) -> None:
             f"{run_dir} would overwrite the later epochs there. Continue it as a copy with "
             f"--out NEW_FOLDER, or resume {run_dir} itself")
     if not own and run_dir.is_dir():
-        entries = sorted(p.name for p in run_dir.iterdir())
+        entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
         if entries:
             shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)"
                                               if len(entries) > 5 else "")
@@ -561,6 +603,7 @@ class Run:
     step_estimate: float | None = None  # seconds per training step, measured early
     meter: object = None  # telemetry.start(device) while the epochs run
     epoch_started: float = 0.0  # perf_counter() at the start of the current epoch
+    lock: object = None  # the run folder's lock (lock_run_dir), held until the run ends
 
 
 def _absolute(path: str | None) -> str | None:
@@ -582,6 +625,20 @@ def setup(config: Config, resume: Path | None = None) -> Run:
         raise cli.UserError(str(e)) from None
     run_dir = _run_dir(config)
     check_run_dir(run_dir, resume)
+    created = not run_dir.exists()
+    lock = lock_run_dir(run_dir)
+    try:
+        check_run_dir(run_dir, resume)  # again under the lock: another run may have written it
+        run = _setup(config, resume, device, auto, model_backend, augment_backend, run_dir)
+    except BaseException:
+        _unlock(lock, run_dir, created)
+        raise
+    run.lock = lock
+    return run
+
+
+def _setup(config: Config, resume: Path | None, device: torch.device, auto, model_backend: str,
+           augment_backend: str, run_dir: Path) -> Run:
     ckpt = _resume_checkpoint(resume, config, device)
     precision = (ckpt["resolved"]["precision"] if ckpt is not None and "resolved" in ckpt
                  and config.precision == "auto" else resolve_precision(config.precision, device))
@@ -625,8 +682,8 @@ def setup(config: Config, resume: Path | None = None) -> Run:
                 "augment_backend": augment_backend, "data_source": data.source,
                 "data_sha256": data_id["sha256"], "torch": torch.__version__, "auto": auto,
                 "sizes": {"train": loader.num_images, "val": len(data.val), "test": len(data.test)}}
-    (run_dir / "config.json").write_text(json.dumps(
-        {**dataclasses.asdict(config), "resolved": resolved}, indent=2) + "\n")
+    write_text(run_dir / "config.json", json.dumps(
+        {**dataclasses.asdict(config), "resolved": resolved}, indent=2) + "\n", overwrite=True)
     write_metrics(run_dir / "metrics.csv", run.history)
     print(f"fer_fast.train: {config.preset} preset, VGG(recipe={config.recipe!r}, "
           f"width={config.width}), {config.optimizer}+{config.scheduler}, lr {config.lr}, "
@@ -821,21 +878,23 @@ def _checkpoint(run: Run, epoch: int) -> dict:
 
 
 def _save_epoch(run: Run, epoch: int, improved: bool) -> None:
-    """metrics.csv and the checkpoints of an epoch; a full disk leaves the previous files
-    whole and stops the run with a message saying so."""
+    """metrics.csv and the checkpoints of an epoch (last.pt, periodic, best.pt: all written
+    before any is renamed into place); a full disk, or any other failed write, leaves the
+    previous files whole (the run resumable) and stops the run with one line saying so."""
     run_dir, state = run.run_dir, _checkpoint(run, epoch)
-    targets = ([run_dir / "best.pt"] if improved else []) + \
+    targets = [run_dir / "last.pt"] + \
         ([run_dir / f"epoch{epoch:04d}.pt"] if run.config.save_every
-         and epoch % run.config.save_every == 0 else []) + [run_dir / "last.pt"]
+         and epoch % run.config.save_every == 0 else []) + \
+        ([run_dir / "best.pt"] if improved else [])
     try:
-        write_metrics(run_dir / "metrics.csv", run.history)
-        for path in targets:
-            save_atomic(state, path)
+        write_metrics(run_dir / "metrics.csv", run.history)  # rewritten from last.pt on resume
+        save_atomic(state, *targets)
     except OSError as e:
-        if not _is_disk_full(e):
-            raise
-        raise cli.UserError(f"the disk is full: writing the epoch-{epoch} files in {run_dir} "
-                            f"failed ({e.strerror}); free some space. {_last_checkpoint(run)}"
+        what = (f"the disk is full ({e.strerror})" if _is_disk_full(e) else
+                f"the file is too large for this system's limit ({e.strerror})"
+                if e.errno == errno.EFBIG else f"{e.strerror or e}")
+        raise cli.UserError(f"writing the epoch-{epoch} files in {run_dir} failed: {what}; "
+                            f"free some space or fix the folder. {_last_checkpoint(run)}"
                             ) from None
     run.saved_epoch = epoch
 
@@ -843,17 +902,20 @@ def _save_epoch(run: Run, epoch: int, improved: bool) -> None:
 def train(config: Config, resume: Path | None = None) -> dict:
     """Run (or continue) a training run; returns the final summary (also in ``summary.json``)."""
     run = setup(config, resume)
-    run.meter = telemetry.start(run.device)
-    epoch = run.start_epoch
     try:
-        for epoch in range(run.start_epoch + 1, config.epochs + 1):
-            run.meter.epoch_begin()
-            end_epoch(run, run_epoch(run, epoch))
-    except KeyboardInterrupt:
-        raise cli.Interrupted(f"stopped in epoch {epoch}; {_last_checkpoint(run)}") from None
+        run.meter = telemetry.start(run.device)
+        epoch = run.start_epoch
+        try:
+            for epoch in range(run.start_epoch + 1, config.epochs + 1):
+                run.meter.epoch_begin()
+                end_epoch(run, run_epoch(run, epoch))
+        except KeyboardInterrupt:
+            raise cli.Interrupted(f"stopped in epoch {epoch}; {_last_checkpoint(run)}") from None
+        finally:
+            run.meter.close()
+        return _finish(run.model, run.val, run.test, run.run_dir, run.best, run.history)
     finally:
-        run.meter.close()
-    return _finish(run.model, run.val, run.test, run.run_dir, run.best, run.history)
+        run.lock.close()  # the run folder is free for the next process
 
 
 def _last_checkpoint(run: Run) -> str:
@@ -898,14 +960,15 @@ def _finish(model: VGG, val: TenCropBatches, test: TenCropBatches | None, run_di
         print(f"test ten-crop accuracy (best validation {100 * best['val_acc']:.2f}% at epoch "
               f"{best['epoch']}): {100 * summary['test_acc_best']:.2f}%")
         print(format_confusion(cm))
-        with open(run_dir / "test_confusion.csv", "w", newline="") as f:
+        with open_atomic(run_dir / "test_confusion.csv", overwrite=True, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["true\\predicted", *CLASS_NAMES])
             for name, row in zip(CLASS_NAMES, cm.tolist()):
                 writer.writerow([name, *row])
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
     write_run_outputs(run_dir, summary, cm, history)  # result.json, curves.png, confusion.png
-    files = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".sha256")
+    files = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".sha256"
+                   and p.name != LOCK_FILE)
     print(f"run dir {run_dir}: {', '.join(files)} (best.pt: best validation; last.pt: "
           f"--resume {run_dir} --epochs N trains further)")
     return summary
