@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .model import VGG
+from .block import RECIPE_ORDER
+from .model import VGG, check_architecture
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "infer_architecture",
            "load_params", "model_from_checkpoint", "checksum_path", "file_sha256"]
@@ -129,12 +130,33 @@ def save_atomic(obj, path: str | os.PathLike, *more: str | os.PathLike) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+def _read_sidecar(path: Path, sidecar: Path) -> list[str]:
+    """The hash a ``sha256sum`` line of ``sidecar`` gives for ``path`` ([] if none), read as
+    ``sha256sum -c`` reads it: ``HASH  NAME`` or ``HASH *NAME``, the hash in either case; a line
+    naming another file is refused."""
+    try:
+        text = sidecar.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{sidecar}: not a sha256sum line (not UTF-8 text); remove it or "
+                              f"write it with: sha256sum {path.name} > {sidecar.name}") from None
+    fields = text.strip().split(None, 1)
+    if not fields:
+        return []
+    if len(fields) == 2:
+        named = fields[1].strip().removeprefix("*")
+        if named != path.name and Path(named).resolve() != path.resolve():
+            raise CheckpointError(f"{sidecar}: names {named!r}, not {path.name!r} (a checksum "
+                                  f"of another file); remove it or write it with: sha256sum "
+                                  f"{path.name} > {sidecar.name}")
+    return [fields[0].lower()]
+
+
 def _verify_checksum(path: Path) -> bool:
     """Raise if ``path``'s sidecar does not match it; False when it has none."""
     sidecar = checksum_path(path)
     if not sidecar.is_file():
         return False
-    expected = sidecar.read_text().split()[:1]
+    expected = _read_sidecar(path, sidecar)
     actual = file_sha256(path)
     if expected != [actual]:
         raise CheckpointError(f"{path}: corrupted or modified: its sha256 {actual[:16]}... does "
@@ -189,8 +211,22 @@ def infer_architecture(ckpt: dict, path: str | os.PathLike = "<checkpoint>") -> 
     """(recipe, width) of a checkpoint: from its config when present, else the width from the
     parameter shapes and the released recipe (both recipes have the same parameters)."""
     config = ckpt.get("config") or {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its 'config' is a {type(config).__name__}, not a dict")
     if "width" in config:
-        return config.get("recipe", "released"), float(config["width"])
+        recipe, width = config.get("recipe", "released"), config["width"]
+        if not isinstance(recipe, str) or recipe not in RECIPE_ORDER:
+            raise CheckpointError(f"{path}: config field 'recipe' is {recipe!r}, not one of "
+                                  f"{tuple(RECIPE_ORDER)}")
+        try:  # checked before anything is allocated from it
+            width = float(width) if not isinstance(width, (bool, str)) else float("nan")
+        except (TypeError, ValueError):
+            width = float("nan")
+        problem = check_architecture(recipe, width)
+        if problem:
+            raise CheckpointError(f"{path}: config field 'width' is {config['width']!r}: "
+                                  f"{problem.removeprefix(f'width {width}: ')}")
+        return recipe, width
     # the hidden size (4096 * width, rounded) is the largest dimension: the finest estimate
     lin1 = ckpt["params"].get("lin1.weight")
     if not isinstance(lin1, torch.Tensor) or lin1.dim() != 2:
@@ -222,7 +258,10 @@ def model_from_checkpoint(path: str | os.PathLike, *, device="cpu", backend: str
     """Rebuild the VGG of a checkpoint, load its parameters; returns (model, checkpoint)."""
     ckpt = load_checkpoint(path, trust=trust)
     recipe, width = infer_architecture(ckpt, path)
-    model = VGG(recipe, width=width, backend=backend)
+    try:
+        model = VGG(recipe, width=width, backend=backend)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     load_params(model, ckpt["params"], path)
     return model.to(device), ckpt
 

@@ -45,7 +45,7 @@ from .data import FERData, Split
 from .files import open_atomic, write_text
 from .evaluate import evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, augment_batch, load_run_data
-from .model import CLASS_NAMES, VGG
+from .model import CLASS_NAMES, VGG, check_architecture
 from .stack import model_backend_choices, resolve_model_backend
 from .plots import write_run_outputs
 from .verdict import prepare_auto
@@ -129,6 +129,10 @@ def saved_config(config: dict) -> dict:
     return {_RENAMED_FIELDS.get(k, k): v for k, v in config.items()}
 
 
+#: upper bounds of the flags (a learning rate above MAX_LR overflows fp16/fp32 updates in a few
+#: steps; a StepLR gamma above 1 makes the rate grow without bound)
+MAX_EPOCHS, MAX_BATCH, MAX_LR = 1_000_000, 65_536, 10.0
+
 #: training steps timed for the estimate printed early in a run (after a few warm-up steps)
 ESTIMATE_WARMUP, ESTIMATE_STEPS = 3, 20
 
@@ -156,26 +160,27 @@ def _parser() -> argparse.ArgumentParser:
                    f"(default: {d.recipe})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, **default("optimizer"))
     p.add_argument("--scheduler", choices=SCHEDULERS, **default("scheduler"))
-    p.add_argument("--epochs", type=num(int, low=1), **default("epochs"))
-    p.add_argument("--batch-size", type=num(int, low=1),
+    p.add_argument("--epochs", type=num(int, low=1, high=MAX_EPOCHS), **default("epochs"))
+    p.add_argument("--batch-size", type=num(int, low=1, high=MAX_BATCH),
                    help=f"images per step (x10 crops) (default: {d.batch_size})")
-    p.add_argument("--eval-batch-size", type=num(int, low=1),
+    p.add_argument("--eval-batch-size", type=num(int, low=1, high=MAX_BATCH),
                    help=f"images per evaluation batch (default: {d.eval_batch_size})")
-    p.add_argument("--lr", type=num(low=0, low_open=True), **default("lr"))
+    p.add_argument("--lr", type=num(low=0, low_open=True, high=MAX_LR), **default("lr"))
     p.add_argument("--momentum", type=num(low=0, high=1, high_open=True),
                    help=f"SGD momentum (sgd, nesterov) (default: {d.momentum})")
-    p.add_argument("--weight-decay", type=num(low=0), **default("weight_decay"))
+    p.add_argument("--weight-decay", type=num(low=0, high=1), **default("weight_decay"))
     p.add_argument("--dropout", type=num(low=0, high=1, high_open=True), **default("dropout"))
     p.add_argument("--width", type=num(low=0, low_open=True),
                    help=f"channel multiplier (1 = the paper's VGG) (default: {d.width})")
     p.add_argument("--plateau-factor", type=num(low=0, high=1, low_open=True, high_open=True),
                    **default("plateau_factor"))
-    p.add_argument("--plateau-patience", type=num(int, low=0), **default("plateau_patience"))
-    p.add_argument("--step-size", type=num(int, low=1),
+    p.add_argument("--plateau-patience", type=num(int, low=0, high=MAX_EPOCHS),
+                   **default("plateau_patience"))
+    p.add_argument("--step-size", type=num(int, low=1, high=MAX_EPOCHS),
                    help=f"StepLR period in epochs (default: {d.step_size})")
-    p.add_argument("--gamma", type=num(low=0, low_open=True),
+    p.add_argument("--gamma", type=num(low=0, low_open=True, high=1),
                    help=f"StepLR factor (default: {d.gamma})")
-    p.add_argument("--restart-period", type=num(int, low=1),
+    p.add_argument("--restart-period", type=num(int, low=1, high=MAX_EPOCHS),
                    help=f"CosineAnnealingWarmRestarts T_0 in epochs (default: {d.restart_period})")
     p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data); "
                    "with --resume: the run's data at a new place")
@@ -185,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-on", choices=TRAIN_ON, help="train+val: the fine-tuning stage on "
                    "the combined data (validation accuracy then no longer measures "
                    f"generalisation) (default: {d.train_on})")
-    p.add_argument("--seed", type=int, **default("seed"))
+    p.add_argument("--seed", type=num(int, low=0, high=cli.MAX_SEED), **default("seed"))
     cli.add_device_arg(p, default=None)
     p.add_argument("--model-backend", choices=tuple(model_backend_choices()),
                    help="model backend: auto (GPU: the fastest that passed the selfcheck there; "
@@ -205,10 +210,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow --init/--resume files that hold more than tensors and plain "
                         "values (unpickling them can run code: only for files you trust)")
-    p.add_argument("--save-every", type=num(int, low=0),
+    p.add_argument("--save-every", type=num(int, low=0, high=MAX_EPOCHS),
                    help="periodic checkpoint every N epochs (0: none) (default: full preset 50, "
                         "quick preset 0)")
-    p.add_argument("--test-every", type=num(int, low=0),
+    p.add_argument("--test-every", type=num(int, low=0, high=MAX_EPOCHS),
                    help="test accuracy every N epochs (0: at the end) (default: 0)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction,
                    help="progress bar (off when stderr is not a terminal) (default: on)")
@@ -251,7 +256,52 @@ def parse_args(argv=None) -> tuple[Config, Path | None]:
                     f"the other block order from them anyway")
         values.update(recipe=recipe, width=width)
     values.update(given)
-    return Config(**values), None
+    config = Config(**values)
+    problem = check_architecture(config.recipe, config.width, dropout=config.dropout)
+    if problem:  # before anything is allocated
+        p.error(f"--width {config.width}: {problem.removeprefix(f'width {config.width}: ')}")
+    return config, None
+
+
+def _check_saved(p: argparse.ArgumentParser, path: Path, ckpt: dict) -> dict:
+    """The checkpoint's saved configuration, every field checked against its flag's type and
+    range (a file can hold anything), and the architecture against this machine's memory,
+    before anything is built from it."""
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict):
+        p.error(f"--resume {path}: its 'config' is {type(saved).__name__}, not a dict")
+    saved = saved_config(saved)
+    if isinstance(ckpt["epoch"], bool) or not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
+        p.error(f"--resume {path}: field 'epoch' is {ckpt['epoch']!r}, not an epoch number")
+    for action in p._actions:
+        value, kind = saved.get(action.dest), getattr(action.type, "kind", None)
+        if value is None:
+            continue
+        problem = None
+        if action.choices is not None and value not in action.choices:
+            problem = f"not one of {tuple(action.choices)}"
+        elif kind is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
+                                                         else int):
+                problem = f"not {'a number' if kind is float else 'an integer'}"
+            else:
+                problem = cli.check_range(value, **{k: v for k, v in action.type.bounds.items()})
+        elif action.type is cli.sizes_arg:
+            try:
+                cli.sizes_arg(",".join(str(v) for v in value))
+            except (argparse.ArgumentTypeError, TypeError) as e:
+                problem = str(e)
+        elif isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+            problem = None if isinstance(value, bool) else "not true or false"
+        elif action.type is None and not isinstance(value, str):
+            problem = "not a string"
+        if problem:
+            p.error(f"--resume {path}: config field '{action.dest}' is {value!r}: {problem}")
+    problem = check_architecture(saved.get("recipe", "released"), saved.get("width", 1.0),
+                                 dropout=saved.get("dropout", 0.2))
+    if problem:
+        p.error(f"--resume {path}: config: {problem}")
+    return saved
 
 
 def _parse_resume(p: argparse.ArgumentParser, path: Path, given: dict) -> tuple[Config, Path]:
@@ -268,7 +318,7 @@ def _parse_resume(p: argparse.ArgumentParser, path: Path, given: dict) -> tuple[
         p.error(f"--resume continues a run with its saved configuration; these flags cannot "
                 f"change: {', '.join(_flag(k) for k in fixed)}")
     known = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in saved_config(ckpt["config"]).items() if k in known})
+    config = Config(**{k: v for k, v in _check_saved(p, path, ckpt).items() if k in known})
     done = ckpt["epoch"]
     if "epochs" in given and given["epochs"] <= done:
         p.error(f"--resume {path}: the run has already done {done} epoch{_s(done)}; "

@@ -195,3 +195,249 @@ def test_disk_full_while_writing_best_pt_leaves_a_resumable_run(tmp_path, easy, 
     monkeypatch.setattr(checkpoint, "_write_temp", real_write)
     assert status(T.main, ["--resume", str(out)]) == 0
     assert load_checkpoint(out / "last.pt")["epoch"] == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# 6, 12: values that mean something else, obscure errors of the Python API
+# ----------------------------------------------------------------------------------------------
+
+def test_block_refuses_3d_input_and_a_string_pool():
+    from fer_fast import ConvBNReLU2d
+
+    with pytest.raises(TypeError, match="pool must be True or False, got 'no'"):
+        ConvBNReLU2d(3, 4, pool="no")
+    with pytest.raises(ValueError, match=r"expected a 4-D input \[N, 3, H, W\], got 3-D"):
+        ConvBNReLU2d(3, 4)(torch.rand(3, 8, 8))  # [C, H, W]: first dimension = channels
+
+
+def test_python_api_errors_name_the_argument():
+    from fer_fast import Predictor
+
+    for width in (float("nan"), "abc", -1.0, True, 1e6):
+        with pytest.raises(ValueError, match="VGG: width"):
+            VGG(width=width)
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        VGG(width=WIDTH, num_classes=-3)
+    model = VGG(width=WIDTH)
+    for kw in ({"batch_size": "8"}, {"batch_size": 0}, {"min_face": 2.5}):
+        with pytest.raises(ValueError, match=f"{next(iter(kw))} must be an integer >= 1"):
+            Predictor(model, device="cpu", detector="none", **kw)
+    with pytest.raises(ValueError, match="empty image"):
+        Predictor(model, device="cpu", detector="none").predict(np.zeros((0, 0), np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------
+# 8: decompression bombs are unreadable files, not crashes
+# ----------------------------------------------------------------------------------------------
+
+def _bomb(path, side=20000):
+    """A 1-bit PNG of side x side pixels in about 48 KB."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + (side + 7) // 8)
+    raw = zlib.compress(row * side, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side,
+                     1, 0, 0, 0, 0)) + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_skipped_by_predict(tmp_path, capsys):
+    from PIL import Image
+
+    from fer_fast.predict import main as predict_main
+
+    bomb = _bomb(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 100_000
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(tmp_path / "good.png")
+    ckpt = _tiny_checkpoint(tmp_path / "m.pt")
+    assert predict_main([str(ckpt), str(tmp_path / "good.png"), str(bomb), "--detector", "none",
+                         "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "good.png" in captured.out and "1 image(s)" in captured.out
+    assert "bomb.png: too large to decode" in captured.err and "Traceback" not in captured.err
+
+
+def test_a_decompression_bomb_is_a_bad_file_of_an_image_folder(tmp_path):
+    from PIL import Image
+
+    from fer_fast.data import DataError, read_image_folder
+
+    for split in ("train", "val", "test"):
+        (tmp_path / split / "happy").mkdir(parents=True)
+        Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / split / "happy" / "a.png")
+    _bomb(tmp_path / "train" / "happy" / "bomb.png")
+    with pytest.raises(DataError, match=r"bomb\.png: too large to decode"):
+        read_image_folder(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9, 11, 13: flags out of range are one line (and a traceback with --debug)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["--lr", "1e39"], ["--gamma", "1e308"], ["--seed", "-1"],
+                                  ["--seed", "1e23"], ["--width", "1e6"],
+                                  ["--synthetic-sizes", "100000000,1,1"],
+                                  ["--batch-size", "1000000000"]])
+def test_unbounded_flags_are_refused(argv, capsys, no_data):  # noqa: F811
+    assert status(T.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and argv[0] in err[0]
+
+
+def test_evaluate_augment_backend_lists_its_choices(tmp_path, capsys):
+    from fer_fast import evaluate
+
+    ckpt = _tiny_checkpoint(tmp_path / "m.pt")
+    assert status(evaluate.main, [str(ckpt), "--augment-backend", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err and "'eager'" in err
+
+
+def test_predict_camera_index_is_range_checked(tmp_path, capsys):
+    from fer_fast.predict import main as predict_main
+
+    ckpt = _tiny_checkpoint(tmp_path / "m.pt")
+    for camera in ("-1", "100000"):
+        assert status(predict_main, [str(ckpt), "--camera", camera]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: argument --camera")
+
+
+def test_debug_shows_tracebacks_of_argument_and_load_errors(tmp_path, monkeypatch, capsys):
+    with pytest.raises(cli.UserError, match="argument --lr"):
+        T.main(["--lr", "x", "--debug"])
+    missing = str(tmp_path / "missing.pt")
+    for argv in (["--resume", missing], ["--init", missing]):
+        assert status(T.main, argv) == 2
+        assert "Traceback" not in capsys.readouterr().err
+        monkeypatch.setenv(cli.DEBUG_ENV, "1")
+        with pytest.raises(cli.UserError, match="no such checkpoint file") as info:
+            T.main(argv)
+        assert info.value.__context__ is not None  # the load error it came from
+        monkeypatch.delenv(cli.DEBUG_ENV)
+
+
+# ----------------------------------------------------------------------------------------------
+# 10, 14: malformed model files and sidecars: one line naming the file and the field
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config, field", [({"width": -1}, "width"), ({"width": float("nan")}, "width"),
+                                           ({"width": "abc"}, "width"), ({"width": 300}, "width"),
+                                           ({"recipe": "bogus"}, "recipe")])
+def test_malformed_checkpoint_config_is_one_line(tmp_path, capsys, config, field):
+    from fer_fast import evaluate
+
+    ckpt = tmp_path / "m.pt"
+    save_atomic({"params": VGG(width=WIDTH).state_dict(),
+                 "config": {"recipe": "released", "width": WIDTH, **config}}, ckpt)
+    assert status(evaluate.main, [str(ckpt), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {ckpt}: config field '{field}'")
+
+
+def test_resume_of_a_checkpoint_with_a_malformed_config(tmp_path, finished_run, capsys,  # noqa: F811
+                                                        no_data):  # noqa: F811
+    from fer_fast.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(finished_run / "last.pt")
+    for field, value in (("epochs", "many"), ("lr", 1e39), ("seed", -1), ("recipe", "x"),
+                         ("data", 3), ("synthetic_sizes", [1, "a", 2])):
+        path = tmp_path / field / "last.pt"
+        path.parent.mkdir()
+        save_atomic({**ckpt, "config": {**ckpt["config"], field: value}}, path)
+        assert status(T.main, ["--resume", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"config field '{field}' is {value!r}" in err[0], err
+
+
+def test_safetensors_with_a_negative_class_count(tmp_path):
+    from safetensors.torch import save_file
+
+    from fer_fast import Predictor
+    from fer_fast.predict import PredictError
+
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in VGG(width=WIDTH).state_dict().items()}, str(path),
+              metadata={"format": "fer_fast.VGG", "recipe": "released", "width": str(WIDTH),
+                        "num_classes": "-3"})
+    with pytest.raises(PredictError, match="num_classes must be a positive integer, got -3"):
+        Predictor(path, device="cpu")
+
+
+def _onnx(tmp_path, name, num_classes=7, class_names=None, channels=1):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fer_fast.export import onnx_model
+
+    if channels == 1:
+        proto = onnx_model(VGG(width=WIDTH, num_classes=num_classes))
+    else:  # a classifier of colour crops
+        weight = numpy_helper.from_array(np.zeros((channels * 1600, 7), np.float32), "w")
+        proto = helper.make_model(helper.make_graph(
+            [helper.make_node("Flatten", ["crops"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"])], "g",
+            [helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["b", channels, 40, 40])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 7])], [weight]),
+            opset_imports=[helper.make_opsetid("", 17)])
+        proto.ir_version = 8
+        helper.set_model_props(proto, {"format": "fer_fast.VGG"})
+    props = {p.key: p.value for p in proto.metadata_props}
+    if class_names is not None:
+        props["class_names"] = class_names
+    else:
+        props.setdefault("class_names", json.dumps([str(i) for i in range(num_classes)]))
+    if class_names == "":
+        props.pop("class_names")
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    path = tmp_path / name
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_onnx_class_names_and_inputs_are_checked(tmp_path):
+    from fer_fast import Predictor
+    from fer_fast.predict import PredictError
+
+    seven = json.dumps(["a", "b", "c", "d", "e", "f", "g"])
+    for path, message in (
+            (_onnx(tmp_path, "five.onnx", num_classes=5, class_names=seven), r"not \[batch, 7\]"),
+            (_onnx(tmp_path, "none.onnx", class_names=""), "'class_names' must be a JSON list"),
+            (_onnx(tmp_path, "bad.onnx", class_names="[1, 2"), "'class_names' must be a JSON"),
+            (_onnx(tmp_path, "dup.onnx", class_names='["a", "a", "b", "c", "d", "e", "f"]'),
+             "distinct"),
+            (_onnx(tmp_path, "rgb.onnx", channels=3), r"not one 'crops' float \[batch, 1, 40")):
+        with pytest.raises(PredictError, match=message):
+            Predictor(path, device="cpu", detector="none")
+
+
+def test_a_detector_that_is_no_face_detector(tmp_path):
+    from fer_fast import Predictor
+    from fer_fast.predict import PredictError
+
+    with pytest.raises(PredictError, match="not an OpenCV face-detector model"):
+        Predictor(VGG(width=WIDTH), device="cpu", detector=str(_onnx(tmp_path, "vgg.onnx")))
+
+
+def test_sidecars_are_read_as_sha256sum_reads_them(tmp_path):
+    from fer_fast.checkpoint import CheckpointError, checksum_path, load_checkpoint
+
+    ckpt = _tiny_checkpoint(tmp_path / "best.pt")
+    sidecar = checksum_path(ckpt)
+    digest = sidecar.read_text().split()[0]
+    sidecar.write_text(f"{digest.upper()}  best.pt\n")  # sha256sum -c accepts it
+    load_checkpoint(ckpt)
+    sidecar.write_text(f"{digest} *best.pt\n")  # binary mode mark
+    load_checkpoint(ckpt)
+    sidecar.write_text(f"{digest}  other.pt\n")  # sha256sum -c checks other.pt, not best.pt
+    with pytest.raises(CheckpointError, match=r"best\.pt\.sha256: names 'other\.pt'"):
+        load_checkpoint(ckpt)
+    sidecar.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(CheckpointError, match=r"best\.pt\.sha256: not a sha256sum line"):
+        load_checkpoint(ckpt)
