@@ -91,6 +91,10 @@ STUDY_FLAGS = ("--optimizer", "--scheduler", "--lr", "--train-on", "--init", "--
 PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv", train.LOCK_FILE}
 
 
+#: exit codes of a trainer stopped by Ctrl-C (its own 130, or killed by SIGINT)
+INTERRUPTED = (130, -2)
+
+
 class StudyError(cli.UserError):
     """A study that cannot go on as asked; the message says what to do (exit code 2)."""
 
@@ -144,6 +148,7 @@ class Settings:
     width: float | None
     init: str | None
     extra: tuple[str, ...]
+    command: str = "python -m fer_fast.experiments ..."  # this invocation, to continue it
 
 
 def run_state(run_dir: Path) -> str:
@@ -274,9 +279,10 @@ def _train_on_devices(jobs: list[tuple[Run, list[str]]], devices: list[str],
     codes: dict[str, int] = {}
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()  # Ctrl-C: no new run starts
 
     def worker(device: str) -> None:
-        while True:
+        while not stop.is_set():
             try:
                 run, argv = pending.get_nowait()
             except queue.Empty:
@@ -288,14 +294,25 @@ def _train_on_devices(jobs: list[tuple[Run, list[str]]], devices: list[str],
                                        stdout=f, stderr=subprocess.STDOUT,
                                        env={**os.environ, "CUDA_VISIBLE_DEVICES": device})
             codes[run.name] = code
-            print(f"[gpu {device}] {run.name}: {'done' if code == 0 else f'failed ({code})'}",
+            if code in INTERRUPTED:
+                stop.set()
+            print(f"[gpu {device}] {run.name}: "
+                  f"{'done' if code == 0 else 'interrupted' if code in INTERRUPTED else f'failed ({code})'}",
                   flush=True)
 
     threads = [threading.Thread(target=worker, args=(d,)) for d in devices]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except KeyboardInterrupt:  # the trainers got the Ctrl-C too: let them stop, start no more
+        stop.set()
+        for t in threads:
+            t.join()
+        codes.update({name: 130 for name, code in codes.items() if code in INTERRUPTED})
+        if not any(code in INTERRUPTED for code in codes.values()):
+            raise
     return codes
 
 
@@ -324,8 +341,14 @@ def run_study(runs: list[Run], settings: Settings, devices: list[str] | None) ->
             for i, (run, argv) in enumerate(jobs):
                 print(f"[{i + 1}/{len(jobs)}] {run.name}: {command(argv)}", flush=True)
                 codes[run.name] = _train_in_process(argv)
-                if codes[run.name] == 2:
+                if codes[run.name] in (2,) + INTERRUPTED:
                     break
+        stopped = [name for name, code in codes.items() if code in INTERRUPTED]
+        if stopped:  # Ctrl-C stops the study, not only the run in progress
+            raise cli.Interrupted(
+                f"the study stopped in run{'s' if len(stopped) > 1 else ''} "
+                f"{', '.join(stopped)} (resumable from {'their' if len(stopped) > 1 else 'its'} "
+                f"last checkpoint); continue the study with: {settings.command}")
         failed += [name for name, code in codes.items() if code != 0]
         if 2 in codes.values():
             print("stopped: a run's arguments or data were refused (exit 2); the other runs "
@@ -587,8 +610,8 @@ def _parser() -> argparse.ArgumentParser:
                    "command) and exit")
     p.add_argument("--run", type=int, metavar="INDEX", help="move exactly this run on (e.g. "
                    "--run $SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--devices", help="comma-separated local GPU indices: one training process "
-                   "per GPU")
+    p.add_argument("--devices", help="comma-separated local GPU indices (distinct, of this "
+                   "machine's GPUs): one training process per GPU")
     cli.add_debug_arg(p)
     return p
 
@@ -605,6 +628,29 @@ def _settings(args, extra: list[str], p: argparse.ArgumentParser) -> Settings:
     finetune_epochs = args.epochs or (FINETUNE_EPOCHS if preset == "full" else epochs)
     return Settings(Path(args.out), args.data, preset, epochs, finetune_epochs, args.width,
                     args.init, tuple(extra))
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _devices(text: str, p: argparse.ArgumentParser) -> list[str]:
+    """--devices: distinct indices of GPUs this machine has (else an error, never the CPU)."""
+    items = [d.strip() for d in text.split(",")]
+    if not all(d.isdigit() for d in items) or len(set(map(int, filter(str.isdigit, items)))) \
+            != len(items):
+        p.error(f"--devices {text!r}: expected distinct GPU indices such as 0,1,2")
+    count = _gpu_count()
+    if count == 0:
+        raise StudyError(f"--devices {text}: this machine has no CUDA GPU (without --devices "
+                         f"the runs train one after the other in this process)")
+    missing = [d for d in items if int(d) >= count]
+    if missing:
+        raise StudyError(f"--devices {text}: no GPU {', '.join(missing)} here (GPUs: "
+                         f"0..{count - 1})")
+    return [str(int(d)) for d in items]
 
 
 def _list(runs: list[Run], settings: Settings) -> None:
@@ -655,7 +701,9 @@ def main(argv=None) -> int:
     if args.list:
         _list(runs, settings)
         return 0
-    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
+    devices = _devices(args.devices, p) if args.devices is not None else None
+    settings.command = shlex.join(["python", "-m", "fer_fast.experiments", *argv]
+                                  + (["--", *extra] if extra else []))
     if args.run is not None:
         if not 0 <= args.run < len(runs):
             raise StudyError(f"--run {args.run}: the {args.study} study has runs "

@@ -441,3 +441,77 @@ def test_sidecars_are_read_as_sha256sum_reads_them(tmp_path):
     sidecar.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(CheckpointError, match=r"best\.pt\.sha256: not a sha256sum line"):
         load_checkpoint(ckpt)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5, 15: a study's --devices are GPUs this machine has; Ctrl-C stops the study
+# ----------------------------------------------------------------------------------------------
+
+STUDY_TINY = ["--preset", "quick", "--epochs", "1", "--width", "0.0625", "--",
+              "--batch-size", "14", "--eval-batch-size", "28", "--no-progress", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("devices, message", [("0", "this machine has no CUDA GPU"),
+                                              ("abc", "expected distinct GPU indices"),
+                                              ("0,0", "expected distinct GPU indices"),
+                                              ("-1", "expected distinct GPU indices")])
+def test_study_devices_must_exist(tmp_path, monkeypatch, capsys, devices, message):
+    from fer_fast import experiments as E
+
+    monkeypatch.setattr(E, "_gpu_count", lambda: 0)
+    monkeypatch.setattr(E.subprocess, "call", lambda *a, **k: pytest.fail("a run started"))
+    assert status(E.main, ["schedulers", "--out", str(tmp_path / "s"), "--devices", devices,
+                           *STUDY_TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    monkeypatch.setattr(E, "_gpu_count", lambda: 2)
+    assert status(E.main, ["schedulers", "--out", str(tmp_path / "s"), "--devices", "1,2",
+                           *STUDY_TINY]) == 2
+    assert "no GPU 2 here (GPUs: 0..1)" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_study_and_says_how_to_continue(tmp_path, monkeypatch, capsys,
+                                                         easy):  # noqa: F811
+    from fer_fast import experiments as E, plots
+
+    started = []
+    real_main = T.main
+
+    def main(argv):
+        started.append(argv[argv.index("--out") + 1])
+        return real_main(argv)
+
+    def step(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "main", main)
+    monkeypatch.setattr(T.TrainStep, "__call__", step)
+    monkeypatch.setattr(plots, "draw_run", lambda *a, **k: [])
+    out = tmp_path / "study"
+    assert E.main(["optimizers", "--out", str(out), *STUDY_TINY]) == 130
+    first = E.plan("optimizers")[0].name
+    assert started == [str(out / first)]  # the next run never started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"interrupted: the study stopped in run {first}")
+    assert f"continue the study with: python -m fer_fast.experiments optimizers --out {out}" \
+        in err[-1] and "failed runs" not in "".join(err)
+
+
+def test_ctrl_c_stops_a_study_on_gpus(tmp_path, monkeypatch, capsys):
+    from fer_fast import experiments as E
+
+    import threading
+
+    launched, both = [], threading.Barrier(2, timeout=30)
+
+    def fake_call(cmd, stdout, stderr, env):
+        launched.append(cmd)
+        both.wait()  # Ctrl-C reaches the trainers of both GPUs
+        return 130  # the trainer's exit status after Ctrl-C
+
+    monkeypatch.setattr(E.subprocess, "call", fake_call)
+    monkeypatch.setattr(E, "_gpu_count", lambda: 2)
+    assert E.main(["schedulers", "--out", str(tmp_path / "s"), "--devices", "0,1",
+                   *STUDY_TINY]) == 130
+    assert len(launched) <= 2  # each GPU's run in progress, none after
+    assert "interrupted: the study stopped in run" in capsys.readouterr().err
