@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cli, files, train
-from .plots import RESULT_FILE, new_figure, read_metrics
+from .plots import RESULT_FILE, check_result, new_figure, read_metrics
 
 __all__ = ["STUDIES", "SCHEDULE_PARAMETERS", "OPTIMIZER_REGIMES", "STUDY_LR", "FINETUNE_LR",
            "FINETUNE_EPOCHS", "PAPER", "Run", "StudyError", "plan", "run_state", "trainer_argv",
@@ -183,10 +183,17 @@ def trainer_argv(run: Run, settings: Settings, init: str | None = None) -> list[
 
 
 def _read_json(path: Path) -> dict:
+    """A run's JSON file (result.json checked field by field); StudyError naming the file."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
+        if path.name == RESULT_FILE:
+            check_result(data, path)
+        elif not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return data
     except (OSError, ValueError) as e:
-        raise StudyError(f"{path}: unreadable ({e})") from e
+        raise StudyError(str(e) if str(e).startswith(str(path)) else
+                         f"{path}: unreadable ({e})") from e
 
 
 def finetune_source(out: Path, init: str | None = None) -> str:
@@ -387,8 +394,11 @@ def collect(out: Path) -> list[RunRecord]:
         result = _read_json(run_dir / RESULT_FILE) if state == "finished" else None
         config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() \
             else None
-        metrics = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() \
-            else []
+        try:
+            metrics = read_metrics(run_dir / "metrics.csv") \
+                if (run_dir / "metrics.csv").is_file() else []
+        except (OSError, ValueError) as e:
+            raise StudyError(f"{e} (fix or remove the run)") from None
         records.append(RunRecord(run, state, result, metrics, config))
     return records
 

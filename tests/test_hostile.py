@@ -515,3 +515,53 @@ def test_ctrl_c_stops_a_study_on_gpus(tmp_path, monkeypatch, capsys):
                    *STUDY_TINY]) == 130
     assert len(launched) <= 2  # each GPU's run in progress, none after
     assert "interrupted: the study stopped in run" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# 11, 12: a CSV larger than memory; corrupt run files; obscure API errors
+# ----------------------------------------------------------------------------------------------
+
+def test_a_csv_larger_than_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    from fer_fast import model
+    from fer_fast.data import DataError, read_fer_csv
+
+    path = tmp_path / "fer2013.csv"
+    with open(path, "wb") as f:
+        f.truncate(20 * 2**30)  # sparse: 20 GiB of nothing
+    monkeypatch.setattr(model, "physical_memory", lambda: 16 * 2**30)
+    with pytest.raises(DataError, match=r"fer2013\.csv: 20\.0 GiB: reading it takes about 60 "
+                                        r"GiB of memory, more than this machine's 16\.0 GiB"):
+        read_fer_csv(path)
+
+
+@pytest.mark.parametrize("result, metrics, message", [
+    ("[]", None, "result.json: expected a JSON object, got list"),
+    ("null", None, "result.json: expected a JSON object, got NoneType"),
+    ('{"confusion": [[1]]}', None, "field 'confusion' must be a 7x7 matrix"),
+    ('{"best_val_acc": "abc"}', None, "field 'best_val_acc' must be a number"),
+    ("{}", "epoch,train_loss\n1,2\n", "metrics.csv: no column lr, train_acc, val_acc"),
+    ("{}", "epoch,lr,train_loss,train_acc,val_acc\n1,x,1,1,1\n", "metrics.csv, line 2"),
+])
+def test_plot_and_report_on_corrupt_run_files(tmp_path, capsys, result, metrics, message):
+    from fer_fast import experiments as E, plots
+
+    study = tmp_path / "study"
+    run = study / E.plan("optimizers")[0].name
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(result)
+    (run / "metrics.csv").write_text(metrics or "epoch,lr,train_loss,train_acc,val_acc\n"
+                                               "1,0.1,1.9,0.2,0.2\n")
+    assert status(plots.main, [str(run)]) == 2
+    assert status(E.main, ["report", str(study)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") and message in line for line in err)
+    assert not (study / "report.md").exists()
+
+
+def test_sample_params_refuses_a_negative_batch():
+    from fer_fast import sample_params
+
+    with pytest.raises(ValueError, match="batch must be an integer >= 0, got -1"):
+        sample_params("released", -1)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        sample_params("released", 2, generator=3)
