@@ -273,6 +273,12 @@ def _check_saved(p: argparse.ArgumentParser, path: Path, ckpt: dict) -> dict:
     saved = saved_config(saved)
     if isinstance(ckpt["epoch"], bool) or not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
         p.error(f"--resume {path}: field 'epoch' is {ckpt['epoch']!r}, not an epoch number")
+    for field, keys in (("resolved", ("device_type", "precision")), ("data", ("sha256",))):
+        value = ckpt.get(field)
+        if value is not None and not (isinstance(value, dict) and all(
+                isinstance(value.get(k), str) for k in keys)):
+            p.error(f"--resume {path}: field '{field}' is {value!r}, not a dict with "
+                    f"{', '.join(repr(k) for k in keys)}")
     for action in p._actions:
         value, kind = saved.get(action.dest), getattr(action.type, "kind", None)
         if value is None:
@@ -783,11 +789,24 @@ def _restore(run: Run, ckpt: dict, resume: Path) -> None:
     """Continue exactly where the checkpoint stopped: weights, optimizer, schedule, loss scale,
     every random state, history and best epoch."""
     load_params(run.model, ckpt["params"], resume)
+    try:
+        _restore_state(run, ckpt)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{resume}: its resume state is unusable ({type(e).__name__}: "
+                              f"{e})") from e
+
+
+def _restore_state(run: Run, ckpt: dict) -> None:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
     _set_rng_state(ckpt["rng"], run.loader, run.device)
     run.history, run.best = list(ckpt["logs"]["history"]), dict(ckpt["best"])
+    if not all(isinstance(row, dict) for row in run.history):
+        raise ValueError("'logs' history must be a list of per-epoch dicts")
+    if not (isinstance(run.best.get("val_acc"), (int, float))
+            and isinstance(run.best.get("epoch"), int)):
+        raise ValueError(f"'best' must hold a number val_acc and an int epoch, got {run.best}")
     run.start_epoch = run.saved_epoch = ckpt["epoch"]
 
 

@@ -565,3 +565,21 @@ def test_sample_params_refuses_a_negative_batch():
         sample_params("released", -1)
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         sample_params("released", 2, generator=3)
+
+
+def test_resume_of_a_checkpoint_with_a_malformed_resume_state(tmp_path, finished_run, easy,  # noqa: F811
+                                                              capsys):
+    from fer_fast.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(finished_run / "last.pt")
+    for field, value, message in (("resolved", "cpu", "field 'resolved' is 'cpu'"),
+                                  ("data", {"sha256": 3}, "field 'data' is"),
+                                  ("best", {"val_acc": "high"}, "its resume state is unusable"),
+                                  ("optimizer", {"state": 3}, "its resume state is unusable"),
+                                  ("rng", {}, "its resume state is unusable")):
+        run = tmp_path / field
+        run.mkdir()
+        save_atomic({**ckpt, field: value}, run / "last.pt")
+        assert status(T.main, ["--resume", str(run), "--epochs", "3"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
