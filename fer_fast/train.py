@@ -42,7 +42,7 @@ from .augmentation import NUM_CROPS, RECIPES, AugmentParams
 from .checkpoint import (CheckpointError, checksum_path, infer_architecture, load_checkpoint,
                          load_params, save_atomic)
 from .data import FERData, Split
-from .files import open_atomic, write_text
+from .files import open_atomic, temporary_path, write_text
 from .evaluate import evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, augment_batch, load_run_data
 from .model import CLASS_NAMES, VGG, check_architecture
@@ -824,10 +824,12 @@ def _warn_before_start(config: Config, device: torch.device, precision: str) -> 
 def _copy_best(source: Path, run_dir: Path) -> None:
     """Resuming a run's last.pt into another folder: bring its best.pt (and checksum) along."""
     best = source / "best.pt"
-    if best.is_file():
-        shutil.copy2(best, run_dir / "best.pt")
-        if checksum_path(best).is_file():
-            shutil.copy2(checksum_path(best), checksum_path(run_dir / "best.pt"))
+    if best.is_file():  # through temporary files: a full disk leaves no half copy
+        for src, dst in ((best, run_dir / "best.pt"),
+                         (checksum_path(best), checksum_path(run_dir / "best.pt"))):
+            if src.is_file():
+                with temporary_path(dst, overwrite=True) as tmp:
+                    shutil.copy2(src, tmp)
 
 
 def run_epoch(run: Run, epoch: int) -> dict:

@@ -583,3 +583,29 @@ def test_resume_of_a_checkpoint_with_a_malformed_resume_state(tmp_path, finished
         assert status(T.main, ["--resume", str(run), "--epochs", "3"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_training_past_the_file_size_limit_is_one_line(tmp_path):
+    """A real run under RLIMIT_FSIZE (every checkpoint is larger than the limit): torch.save's
+    failure is one line, exit 2, and no checkpoint, half-written file or temporary is left."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fer_fast", "train", "--width", "0.0625", "--synthetic-sizes",
+         "16,8,8", "--epochs", "2", "--batch-size", "8", "--eval-batch-size", "16",
+         "--no-progress", "--device", "cpu", "--out", str(out)],
+        preexec_fn=limit, env=env, capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert err[-1].startswith(f"error: writing the epoch-1 files in {out} failed: the file is "
+                              f"too large") and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [T.LOCK_FILE, "config.json", "metrics.csv"]
