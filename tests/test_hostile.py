@@ -280,7 +280,7 @@ def test_a_decompression_bomb_is_a_bad_file_of_an_image_folder(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv", [["--lr", "1e39"], ["--gamma", "1e308"], ["--seed", "-1"],
-                                  ["--seed", "1e23"], ["--width", "1e6"],
+                                  ["--seed", "1e23"], ["--seed", str(10**23)], ["--width", "1e6"],
                                   ["--synthetic-sizes", "100000000,1,1"],
                                   ["--batch-size", "1000000000"]])
 def test_unbounded_flags_are_refused(argv, capsys, no_data):  # noqa: F811
