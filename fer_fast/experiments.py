@@ -248,9 +248,13 @@ def next_step(run: Run, settings: Settings) -> list[str] | None:
     if state in ("finished", "interrupted"):
         _check_matches(run, settings)
         return None if state == "finished" else ["--resume", str(run_dir)]
-    if state == "stale":
-        for name in PRE_CHECKPOINT_FILES:
-            (run_dir / name).unlink(missing_ok=True)
+    if state == "stale":  # under the run's lock: never the files of a run starting elsewhere
+        lock = train.lock_run_dir(run_dir)
+        try:
+            for name in PRE_CHECKPOINT_FILES - {train.LOCK_FILE}:
+                (run_dir / name).unlink(missing_ok=True)
+        finally:
+            lock.close()
     init = finetune_source(settings.out, settings.init) if run.study == "finetune" else None
     return trainer_argv(run, settings, init)
 

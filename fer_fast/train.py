@@ -291,7 +291,7 @@ def _check_saved(p: argparse.ArgumentParser, path: Path, ckpt: dict) -> dict:
                                                          else int):
                 problem = f"not {'a number' if kind is float else 'an integer'}"
             else:
-                problem = cli.check_range(value, **{k: v for k, v in action.type.bounds.items()})
+                problem = cli.check_range(value, **action.type.bounds)
         elif action.type is cli.sizes_arg:
             try:
                 cli.sizes_arg(",".join(str(v) for v in value))

@@ -609,3 +609,22 @@ def test_training_past_the_file_size_limit_is_one_line(tmp_path):
     assert err[-1].startswith(f"error: writing the epoch-1 files in {out} failed: the file is "
                               f"too large") and "Traceback" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [T.LOCK_FILE, "config.json", "metrics.csv"]
+
+
+def test_a_study_leaves_a_starting_run_of_another_process_alone(tmp_path, capsys):
+    """A requeued task finds a run folder without a checkpoint yet (config.json, metrics.csv):
+    if another process is training it, its files stay and the task says so."""
+    from fer_fast import experiments as E
+
+    out = tmp_path / "study"
+    run = out / E.plan("schedulers")[0].name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "metrics.csv").write_text("epoch\n")
+    lock = T.lock_run_dir(run)
+    try:
+        assert status(E.main, ["schedulers", "--out", str(out), "--run", "0", *STUDY_TINY]) == 2
+        assert "is in use by another fer_fast.train" in capsys.readouterr().err
+        assert (run / "config.json").is_file() and (run / "metrics.csv").is_file()
+    finally:
+        lock.close()
