@@ -307,9 +307,9 @@ def _train_on_devices(jobs: list[tuple[Run, list[str]]], devices: list[str],
             codes[run.name] = code
             if code in INTERRUPTED:
                 stop.set()
-            print(f"[gpu {device}] {run.name}: "
-                  f"{'done' if code == 0 else 'interrupted' if code in INTERRUPTED else f'failed ({code})'}",
-                  flush=True)
+            what = "done" if code == 0 else "interrupted" if code in INTERRUPTED else \
+                f"failed ({code})"
+            print(f"[gpu {device}] {run.name}: {what}", flush=True)
 
     threads = [threading.Thread(target=worker, args=(d,)) for d in devices]
     for t in threads:

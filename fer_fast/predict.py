@@ -133,8 +133,9 @@ class _OnnxClassifier:
         shape = list(inputs[0].shape) if len(inputs) == 1 else None
         if shape is None or inputs[0].name != "crops" or len(shape) != 4 \
                 or shape[1:] != [1, 40, 40] or inputs[0].type != "tensor(float)":
-            raise PredictError(f"{path}: expects inputs {[(i.name, i.shape, i.type) for i in inputs]}"
-                               f", not one 'crops' float [batch, 1, 40, 40]")
+            got = [(i.name, i.shape, i.type) for i in inputs]
+            raise PredictError(f"{path}: expects inputs {got}, not one 'crops' float "
+                               f"[batch, 1, 40, 40]")
         logits = [o for o in outputs if o.name == "logits"]
         width = logits[0].shape[-1] if logits and len(logits[0].shape) == 2 else None
         if not logits or (isinstance(width, int) and width != classes):

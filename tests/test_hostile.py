@@ -98,7 +98,7 @@ def test_saliency_refuses_to_replace_its_files_before_any_work(tmp_path, capsys)
 # 2: one process per run folder
 # ----------------------------------------------------------------------------------------------
 
-def test_a_run_folder_in_use_is_refused(tmp_path, capsys, no_data):  # noqa: F811
+def test_a_run_folder_in_use_is_refused(tmp_path, capsys, no_data):
     out = tmp_path / "run"
     lock = T.lock_run_dir(out)  # as another fer_fast.train would hold it
     try:
@@ -111,7 +111,7 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys, no_data):  # noqa: F81
     assert sorted(p.name for p in out.iterdir()) == [T.LOCK_FILE]
 
 
-def test_a_resumed_run_in_use_is_refused(tmp_path, finished_run, capsys, no_data):  # noqa: F811
+def test_a_resumed_run_in_use_is_refused(tmp_path, finished_run, capsys, no_data):
     import shutil
 
     run = shutil.copytree(finished_run, tmp_path / "run")
@@ -126,7 +126,7 @@ def test_a_resumed_run_in_use_is_refused(tmp_path, finished_run, capsys, no_data
         {k: v for k, v in before.items() if k != T.LOCK_FILE}
 
 
-def test_the_lock_is_released_when_a_run_ends(tmp_path, easy, capsys):  # noqa: F811
+def test_the_lock_is_released_when_a_run_ends(tmp_path, easy, capsys):
     out = tmp_path / "run"
     T.train(*T.parse_args(TINY + ["--epochs", "1", "--out", str(out)]))
     T.lock_run_dir(out).close()  # free again
@@ -160,7 +160,7 @@ def test_torch_save_over_the_file_size_limit_is_an_oserror(tmp_path):
 
 
 def test_disk_full_while_writing_best_pt_leaves_a_resumable_run(tmp_path, easy, capsys,
-                                                                monkeypatch):  # noqa: F811
+                                                                monkeypatch):
     from fer_fast import checkpoint
 
     out = tmp_path / "run"
@@ -283,7 +283,7 @@ def test_a_decompression_bomb_is_a_bad_file_of_an_image_folder(tmp_path):
                                   ["--seed", "1e23"], ["--seed", str(10**23)], ["--width", "1e6"],
                                   ["--synthetic-sizes", "100000000,1,1"],
                                   ["--batch-size", "1000000000"]])
-def test_unbounded_flags_are_refused(argv, capsys, no_data):  # noqa: F811
+def test_unbounded_flags_are_refused(argv, capsys, no_data):
     assert status(T.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and argv[0] in err[0]
@@ -326,9 +326,9 @@ def test_debug_shows_tracebacks_of_argument_and_load_errors(tmp_path, monkeypatc
 # 10, 14: malformed model files and sidecars: one line naming the file and the field
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config, field", [({"width": -1}, "width"), ({"width": float("nan")}, "width"),
-                                           ({"width": "abc"}, "width"), ({"width": 300}, "width"),
-                                           ({"recipe": "bogus"}, "recipe")])
+@pytest.mark.parametrize("config, field", [
+    ({"width": -1}, "width"), ({"width": float("nan")}, "width"), ({"width": "abc"}, "width"),
+    ({"width": 300}, "width"), ({"recipe": "bogus"}, "recipe")])
 def test_malformed_checkpoint_config_is_one_line(tmp_path, capsys, config, field):
     from fer_fast import evaluate
 
@@ -340,8 +340,8 @@ def test_malformed_checkpoint_config_is_one_line(tmp_path, capsys, config, field
     assert len(err) == 1 and err[0].startswith(f"error: {ckpt}: config field '{field}'")
 
 
-def test_resume_of_a_checkpoint_with_a_malformed_config(tmp_path, finished_run, capsys,  # noqa: F811
-                                                        no_data):  # noqa: F811
+def test_resume_of_a_checkpoint_with_a_malformed_config(tmp_path, finished_run, capsys,
+                                                        no_data):
     from fer_fast.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(finished_run / "last.pt")
@@ -471,7 +471,7 @@ def test_study_devices_must_exist(tmp_path, monkeypatch, capsys, devices, messag
 
 
 def test_ctrl_c_stops_the_study_and_says_how_to_continue(tmp_path, monkeypatch, capsys,
-                                                         easy):  # noqa: F811
+                                                         easy):
     from fer_fast import experiments as E, plots
 
     started = []
@@ -567,7 +567,7 @@ def test_sample_params_refuses_a_negative_batch():
         sample_params("released", 2, generator=3)
 
 
-def test_resume_of_a_checkpoint_with_a_malformed_resume_state(tmp_path, finished_run, easy,  # noqa: F811
+def test_resume_of_a_checkpoint_with_a_malformed_resume_state(tmp_path, finished_run, easy,
                                                               capsys):
     from fer_fast.checkpoint import load_checkpoint
 
