@@ -56,10 +56,12 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_architecture(recipe, width, num_classes=NUM_CLASSES, dropout=0.2) -> str | None:
+def check_architecture(recipe, width, num_classes=NUM_CLASSES, dropout=0.2, *,
+                       training: bool = False) -> str | None:
     """None when a VGG of these values can be built here, else what is wrong (an unknown
     recipe, a width or class count that is not a positive finite number, or a model whose
-    parameters alone would not fit in this machine's memory)."""
+    parameters alone (``training``: with their gradients and two optimizer states) would not
+    fit in this machine's memory)."""
     if not isinstance(recipe, str) or recipe not in RECIPE_ORDER:
         return f"recipe {recipe!r} is unknown (choose one of {tuple(RECIPE_ORDER)})"
     if isinstance(width, bool) or not isinstance(width, numbers.Real) \
@@ -73,10 +75,13 @@ def check_architecture(recipe, width, num_classes=NUM_CLASSES, dropout=0.2) -> s
         return f"dropout must be a number in [0, 1), got {dropout!r}"
     if width > 1e4:
         return f"width {width} is absurdly large (1 is the paper's VGG)"
-    need, have = 4 * parameter_count(width, int(num_classes)), physical_memory()
+    copies = 4 if training else 1
+    need, have = 4 * copies * parameter_count(width, int(num_classes)), physical_memory()
     if have is not None and need > have:
-        return (f"width {width}: the model's parameters alone take {need / 2**30:.1f} GiB, more "
-                f"than this machine's {have / 2**30:.1f} GiB of memory")
+        what = ("training it (parameters, gradients, optimizer state) takes"
+                if training else "the model's parameters alone take")
+        return (f"width {width}: {what} {need / 2**30:.1f} GiB, more than this machine's "
+                f"{have / 2**30:.1f} GiB of memory")
     return None
 
 

@@ -257,7 +257,8 @@ def parse_args(argv=None) -> tuple[Config, Path | None]:
         values.update(recipe=recipe, width=width)
     values.update(given)
     config = Config(**values)
-    problem = check_architecture(config.recipe, config.width, dropout=config.dropout)
+    problem = check_architecture(config.recipe, config.width, dropout=config.dropout,
+                                 training=True)
     if problem:  # before anything is allocated
         p.error(f"--width {config.width}: {problem.removeprefix(f'width {config.width}: ')}")
     return config, None
@@ -304,7 +305,7 @@ def _check_saved(p: argparse.ArgumentParser, path: Path, ckpt: dict) -> dict:
         if problem:
             p.error(f"--resume {path}: config field '{action.dest}' is {value!r}: {problem}")
     problem = check_architecture(saved.get("recipe", "released"), saved.get("width", 1.0),
-                                 dropout=saved.get("dropout", 0.2))
+                                 dropout=saved.get("dropout", 0.2), training=True)
     if problem:
         p.error(f"--resume {path}: config: {problem}")
     return saved

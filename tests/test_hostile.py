@@ -628,3 +628,15 @@ def test_a_study_leaves_a_starting_run_of_another_process_alone(tmp_path, capsys
         assert (run / "config.json").is_file() and (run / "metrics.csv").is_file()
     finally:
         lock.close()
+
+
+def test_a_width_whose_training_does_not_fit_in_memory(capsys, no_data):
+    from fer_fast.model import check_architecture, parameter_count, physical_memory
+
+    # the largest width whose parameters fit, but not 4 copies of them (training)
+    width = next(w for w in (256.0, 128.0, 64.0, 32.0, 16.0, 8.0, 4.0, 2.0) if
+                 4 * parameter_count(w) < physical_memory() < 16 * parameter_count(w))
+    assert check_architecture("released", width) is None
+    assert status(T.main, ["--width", str(width)]) == 2
+    err = capsys.readouterr().err
+    assert "training it (parameters, gradients, optimizer state) takes" in err
