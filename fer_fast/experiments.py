@@ -358,8 +358,9 @@ def run_study(runs: list[Run], settings: Settings, devices: list[str] | None) ->
         if stopped:  # Ctrl-C stops the study, not only the run in progress
             raise cli.Interrupted(
                 f"the study stopped in run{'s' if len(stopped) > 1 else ''} "
-                f"{', '.join(stopped)} (resumable from {'their' if len(stopped) > 1 else 'its'} "
-                f"last checkpoint); continue the study with: {settings.command}")
+                f"{', '.join(stopped)} (the same command resumes "
+                f"{'them' if len(stopped) > 1 else 'it'}); continue the study with: "
+                f"{settings.command}")
         failed += [name for name, code in codes.items() if code != 0]
         if 2 in codes.values():
             print("stopped: a run's arguments or data were refused (exit 2); the other runs "
