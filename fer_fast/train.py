@@ -510,6 +510,13 @@ def lock_run_dir(run_dir: Path):
         lock.close()
         raise cli.UserError(f"{run_dir}: is in use by another fer_fast.train (pid {pid}); wait "
                             f"for it to end or choose another --out") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            lock.close()
+            raise
+        print(f"warning: {run_dir}: this file system cannot lock files ({e.strerror}): nothing "
+              f"keeps a second process from writing this run at the same time", file=sys.stderr)
+        return lock
     except BaseException:
         lock.close()
         raise

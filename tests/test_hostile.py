@@ -640,3 +640,12 @@ def test_a_width_whose_training_does_not_fit_in_memory(capsys, no_data):
     assert status(T.main, ["--width", str(width)]) == 2
     err = capsys.readouterr().err
     assert "training it (parameters, gradients, optimizer state) takes" in err
+
+
+def test_a_file_system_without_locks_warns_and_trains_on(tmp_path, monkeypatch, capsys):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(T.fcntl, "flock", no_locks)
+    T.lock_run_dir(tmp_path / "run").close()
+    assert "this file system cannot lock files (No locks available)" in capsys.readouterr().err
