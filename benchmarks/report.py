@@ -195,8 +195,8 @@ def collect(work: Path, out: Path, mode: str, quick: bool, command: str) -> dict
         "matmul_peak": meta.get("matmul_peak"), "benchmarks": benchmarks, "skipped_benchmarks": skipped, "training": _training(work),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "device_check.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "device_check.md").write_text(render(result))
+    _write(out / "device_check.json", json.dumps(result, indent=1) + "\n")
+    _write(out / "device_check.md", render(result))
     return result
 
 
@@ -369,6 +369,14 @@ def device_slug(result: dict) -> str:
     return model.group(1) if model else re.sub(r"[^a-z0-9]+", "-", name).strip("-")
 
 
+def _write(path: Path, text: str) -> None:
+    """Replace one of the report's own files (a temporary file renamed into place: a full
+    disk or a crash never leaves it half-written; see fer_fast.files)."""
+    from fer_fast.files import write_text
+
+    write_text(path, text, overwrite=True)
+
+
 def save(device_out: Path, results: Path) -> Path:
     """Copy ``device_out/device_check.json`` to ``results/<date>-<device>[-n].json`` (the same run
     again replaces its own file, never another run's) and render the .md beside it."""
@@ -380,8 +388,8 @@ def save(device_out: Path, results: Path) -> Path:
             load_result(results / f"{stem}.json")["date"] != result["date"]:
         n += 1
         stem = f"{slug}-{n}"
-    (results / f"{stem}.json").write_text((device_out / "device_check.json").read_text())
-    (results / f"{stem}.md").write_text(render(result))
+    _write(results / f"{stem}.json", (device_out / "device_check.json").read_text())
+    _write(results / f"{stem}.md", render(result))
     return results / f"{stem}.json"
 
 
@@ -456,11 +464,11 @@ def update_readme(readme: Path, results: Path) -> None:
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
         raise ReportError(f"{readme}: needs exactly one '{START}' followed by one '{END}'")
     for path in sorted(results.glob("*.json")):
-        path.with_suffix(".md").write_text(render(load_result(path)))
+        _write(path.with_suffix(".md"), render(load_result(path)))
     head, rest = text.split(START)
     tail = rest.split(END)[1]
     body = summary(results, readme.resolve().parent)
-    readme.write_text(f"{head}{START}\n{body.rstrip()}\n{END}{tail}")
+    _write(readme, f"{head}{START}\n{body.rstrip()}\n{END}{tail}")
 
 
 # ----------------------------------------------------------------------------------------------

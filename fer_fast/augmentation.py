@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -233,6 +234,10 @@ def sample_params(recipe: str, batch: int, generator: torch.Generator | None = N
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 0:
+        raise ValueError(f"batch must be an integer >= 0, got {batch!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     n = _DRAWS[recipe]

@@ -54,6 +54,22 @@ def check_order(order: str) -> None:
         raise ValueError(f"unknown block order {order!r}; choose one of {ORDERS}")
 
 
+def check_pool(pool) -> None:
+    """``pool`` is True or False (a string such as 'no' would be truthy)."""
+    if not isinstance(pool, bool):
+        raise TypeError(f"pool must be True or False, got {pool!r}")
+
+
+def check_input(x, in_channels: int) -> None:
+    """``x`` is a 4-D tensor [N, in_channels, H, W] (as nn.BatchNorm2d requires: a 3-D input
+    would be normalised over the wrong axis)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a tensor [N, {in_channels}, H, W], got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"expected a 4-D input [N, {in_channels}, H, W], got "
+                         f"{x.dim()}-D input {list(x.shape)}")
+
+
 def is_relu_first(order: str) -> bool:
     """The conv kernels' flag for ``order`` (``relu_first`` / ``relu``): whether the ReLU comes
     before the BatchNorm."""
@@ -354,6 +370,8 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *, order: 
     ``pool``). dtype and layout as the backend's (every backend takes fp32 and fp16/bf16 under
     autocast; "fused" returns channels_last)."""
     check_order(order)
+    check_pool(pool)
+    check_input(x, conv.in_channels)
     fn = backends.resolve("block", backend, x.device)
     training = bn.training or not bn.track_running_stats
     momentum = bn.momentum
@@ -378,6 +396,7 @@ class ConvBNReLU2d(nn.Module):
                  pool: bool = False, backend: str = "eager"):
         super().__init__()
         check_order(order)
+        check_pool(pool)
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.bn = nn.BatchNorm2d(out_channels)
         self.order, self.pool, self.backend = order, pool, backend

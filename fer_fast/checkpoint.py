@@ -22,13 +22,15 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from .model import VGG
+from .block import RECIPE_ORDER
+from .model import VGG, check_architecture
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "infer_architecture",
            "load_params", "model_from_checkpoint", "checksum_path", "file_sha256"]
@@ -68,25 +70,85 @@ def _write_temp(folder: Path, name: str, write) -> str:
     return tmp
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
+class _WriteErrors:
+    """A file for torch.save that keeps the OSError of a failed write: torch reports one only
+    as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos"."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _torch_save(obj, f) -> None:
+    """torch.save into ``f``; a failed write (full disk, file size limit) is its OSError."""
+    writer = _WriteErrors(f)
+    try:
+        torch.save(obj, writer)
+    except RuntimeError as e:
+        if writer.error is not None:
+            raise writer.error from e
+        raise
+
+
+def save_atomic(obj, path: str | os.PathLike, *more: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same folder, then rename over ``path``, and the
     same for its sha256 sidecar: a reader (or a crash, or a full disk) never sees a
-    half-written checkpoint, and the previous one stays until the new one is complete."""
-    path = Path(path)
-    tmp = _write_temp(path.parent, path.name, lambda f: torch.save(obj, f))
+    half-written checkpoint, and the previous one stays until the new one is complete.
+
+    ``more`` paths get the same checkpoint; every file is written to its temporary name before
+    any is renamed, so a full disk (an OSError, the temporary files removed) leaves all the
+    previous ones as they were."""
+    paths = [Path(p) for p in (path, *more)]
+    temps: list[tuple[str, Path]] = []
     try:
-        line = f"{file_sha256(tmp)}  {path.name}\n".encode()
-        tmp_sum = _write_temp(path.parent, checksum_path(path).name, lambda f: f.write(line))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        first = _write_temp(paths[0].parent, paths[0].name, lambda f: _torch_save(obj, f))
+        temps.append((first, paths[0]))
+        digest = file_sha256(first)
+        for other in paths[1:]:
+            with open(first, "rb") as src:
+                temps.append((_write_temp(other.parent, other.name,
+                                          lambda f: shutil.copyfileobj(src, f, 1 << 20)), other))
+        for p in paths:
+            line = f"{digest}  {p.name}\n".encode()
+            temps.append((_write_temp(p.parent, checksum_path(p).name, lambda f: f.write(line)),
+                          checksum_path(p)))
+        for tmp, target in temps[:len(paths)]:  # each checkpoint, then each sidecar
+            os.replace(tmp, target)
+        for tmp, target in temps[len(paths):]:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _read_sidecar(path: Path, sidecar: Path) -> list[str]:
+    """The hash a ``sha256sum`` line of ``sidecar`` gives for ``path`` ([] if none), read as
+    ``sha256sum -c`` reads it: ``HASH  NAME`` or ``HASH *NAME``, the hash in either case; a line
+    naming another file is refused."""
     try:
-        os.replace(tmp, path)
-        os.replace(tmp_sum, checksum_path(path))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        Path(tmp_sum).unlink(missing_ok=True)
-        raise
+        text = sidecar.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{sidecar}: not a sha256sum line (not UTF-8 text); remove it or "
+                              f"write it with: sha256sum {path.name} > {sidecar.name}") from None
+    fields = text.strip().split(None, 1)
+    if not fields:
+        return []
+    if len(fields) == 2:
+        named = fields[1].strip().removeprefix("*")
+        if named != path.name and Path(named).resolve() != path.resolve():
+            raise CheckpointError(f"{sidecar}: names {named!r}, not {path.name!r} (a checksum "
+                                  f"of another file); remove it or write it with: sha256sum "
+                                  f"{path.name} > {sidecar.name}")
+    return [fields[0].lower()]
 
 
 def _verify_checksum(path: Path) -> bool:
@@ -94,7 +156,7 @@ def _verify_checksum(path: Path) -> bool:
     sidecar = checksum_path(path)
     if not sidecar.is_file():
         return False
-    expected = sidecar.read_text().split()[:1]
+    expected = _read_sidecar(path, sidecar)
     actual = file_sha256(path)
     if expected != [actual]:
         raise CheckpointError(f"{path}: corrupted or modified: its sha256 {actual[:16]}... does "
@@ -149,8 +211,22 @@ def infer_architecture(ckpt: dict, path: str | os.PathLike = "<checkpoint>") -> 
     """(recipe, width) of a checkpoint: from its config when present, else the width from the
     parameter shapes and the released recipe (both recipes have the same parameters)."""
     config = ckpt.get("config") or {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its 'config' is a {type(config).__name__}, not a dict")
     if "width" in config:
-        return config.get("recipe", "released"), float(config["width"])
+        recipe, width = config.get("recipe", "released"), config["width"]
+        if not isinstance(recipe, str) or recipe not in RECIPE_ORDER:
+            raise CheckpointError(f"{path}: config field 'recipe' is {recipe!r}, not one of "
+                                  f"{tuple(RECIPE_ORDER)}")
+        try:  # checked before anything is allocated from it
+            width = float(width) if not isinstance(width, (bool, str)) else float("nan")
+        except (TypeError, ValueError):
+            width = float("nan")
+        problem = check_architecture(recipe, width)
+        if problem:
+            raise CheckpointError(f"{path}: config field 'width' is {config['width']!r}: "
+                                  f"{problem.removeprefix(f'width {width}: ')}")
+        return recipe, width
     # the hidden size (4096 * width, rounded) is the largest dimension: the finest estimate
     lin1 = ckpt["params"].get("lin1.weight")
     if not isinstance(lin1, torch.Tensor) or lin1.dim() != 2:
@@ -182,7 +258,10 @@ def model_from_checkpoint(path: str | os.PathLike, *, device="cpu", backend: str
     """Rebuild the VGG of a checkpoint, load its parameters; returns (model, checkpoint)."""
     ckpt = load_checkpoint(path, trust=trust)
     recipe, width = infer_architecture(ckpt, path)
-    model = VGG(recipe, width=width, backend=backend)
+    try:
+        model = VGG(recipe, width=width, backend=backend)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     load_params(model, ckpt["params"], path)
     return model.to(device), ckpt
 

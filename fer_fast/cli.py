@@ -28,6 +28,8 @@ __all__ = ["UserError", "Interrupted", "USER_ERRORS", "Parser", "command", "debu
 
 #: environment variable that turns user errors back into tracebacks
 DEBUG_ENV = "FER_FAST_DEBUG"
+#: the largest seed (torch.manual_seed takes 0 .. 2**63 - 1 as a signed 64-bit integer)
+MAX_SEED = 2**63 - 1
 
 
 class UserError(ValueError):
@@ -60,8 +62,17 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)
+        self._argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
+        """One line and exit status 2; with --debug / FER_FAST_DEBUG=1 a UserError whose
+        traceback shows where the error came from (chained to the exception being handled)."""
+        if debug_enabled(self._argv):
+            raise UserError(f"{message} (see {self.prog} --help)")
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
@@ -111,8 +122,14 @@ def describe_os_error(e: OSError) -> str:
 # argument types
 # ----------------------------------------------------------------------------------------------
 
+#: bytes a synthetic image takes while a run holds it (the uint8 array, its tensor, the loader's)
+SYNTHETIC_IMAGE_BYTES = 3 * 48 * 48
+
+
 def sizes_arg(text: str) -> tuple[int, int, int]:
-    """argparse type of TRAIN,VAL,TEST synthetic sizes."""
+    """argparse type of TRAIN,VAL,TEST synthetic sizes (that fit in this machine's memory)."""
+    from .model import physical_memory
+
     try:
         sizes = tuple(int(s) for s in text.split(","))
     except ValueError:
@@ -120,6 +137,11 @@ def sizes_arg(text: str) -> tuple[int, int, int]:
     if len(sizes) != 3 or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected three positive integers TRAIN,VAL,TEST, "
                                          f"got {text!r}")
+    need, have = sum(sizes) * SYNTHETIC_IMAGE_BYTES, physical_memory()
+    if have is not None and need > have:
+        raise argparse.ArgumentTypeError(f"{text}: {sum(sizes)} images take about "
+                                         f"{need / 2**30:.0f} GiB, more than this machine's "
+                                         f"{have / 2**30:.1f} GiB of memory")
     return sizes
 
 
@@ -152,6 +174,7 @@ def number(kind: type = float, **bounds) -> Callable[[str], float]:
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.kind, parse.bounds = kind, bounds  # for checking a saved value against the same bounds
     return parse
 
 
@@ -213,13 +236,14 @@ def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> 
 
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """The arguments of the commands that load a trained model and its data."""
+    from . import backends
     from .stack import model_backend_choices
 
     p.add_argument("checkpoint", help="a .pt file written by fer_fast.train, or the authors' "
                    "{'params': state_dict} file")
     p.add_argument("--data", default=None, help="fer2013.csv or image-folder root (default: "
                    "the data of the checkpoint's run, else the synthetic dataset)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=number(int, low=0, high=MAX_SEED), default=None,
                    help="seed of the synthetic dataset (default: the checkpoint's, else 0)")
     p.add_argument("--synthetic-sizes", type=sizes_arg, default=None, metavar="TRAIN,VAL,TEST",
                    help="synthetic dataset sizes (default: the checkpoint's run, else the "
@@ -229,7 +253,8 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
                    help="images per batch")
     p.add_argument("--model-backend", default="eager", choices=tuple(model_backend_choices()),
                    help="model backend (eager: the fp32 reference of the evaluation protocol)")
-    p.add_argument("--augment-backend", default="auto", help="ten-crop backend")
+    p.add_argument("--augment-backend", default="auto",
+                   choices=("auto",) + tuple(backends.names("augment")), help="ten-crop backend")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that holds more than tensors and plain values "
                         "(unpickling it can run code: only for files you trust)")

@@ -134,12 +134,23 @@ def _split_fields(line: bytes) -> list[bytes]:
     return fields
 
 
+#: memory the CSV reader takes per byte of the file (its bytes, their lines, the parsed rows)
+CSV_READ_FACTOR = 3
+
+
 def read_fer_csv(path, required=SPLITS) -> FERData:
     """Read the Kaggle ``fer2013.csv`` (``emotion,pixels,Usage``) or ``icml_face_data.csv``
     (column names with a leading space); column order is taken from the header. Only the
     ``required`` splits must have rows (a file of test rows serves an evaluation of test)."""
+    from .model import physical_memory
+
     path = Path(path)
     try:
+        size, have = path.stat().st_size, physical_memory()
+        if have is not None and CSV_READ_FACTOR * size > have:
+            raise DataError(f"{path}: {size / 2**30:.1f} GiB: reading it takes about "
+                            f"{CSV_READ_FACTOR * size / 2**30:.0f} GiB of memory, more than this "
+                            f"machine's {have / 2**30:.1f} GiB (FER2013's CSV is 0.3 GiB)")
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read CSV file ({exc.strerror or exc})") from exc

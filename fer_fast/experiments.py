@@ -28,8 +28,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cli, train
-from .plots import RESULT_FILE, new_figure, read_metrics
+from . import cli, files, train
+from .plots import RESULT_FILE, check_result, new_figure, read_metrics
 
 __all__ = ["STUDIES", "SCHEDULE_PARAMETERS", "OPTIMIZER_REGIMES", "STUDY_LR", "FINETUNE_LR",
            "FINETUNE_EPOCHS", "PAPER", "Run", "StudyError", "plan", "run_state", "trainer_argv",
@@ -88,7 +88,11 @@ STUDY_FLAGS = ("--optimizer", "--scheduler", "--lr", "--train-on", "--init", "--
                "--epochs", "--width", "--preset", "--data", "--plateau-factor",
                "--plateau-patience", "--restart-period", "--step-size", "--gamma")
 #: what the trainer writes into a run directory before its first checkpoint
-PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv"}
+PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv", train.LOCK_FILE}
+
+
+#: exit codes of a trainer stopped by Ctrl-C (its own 130, or killed by SIGINT)
+INTERRUPTED = (130, -2)
 
 
 class StudyError(cli.UserError):
@@ -144,6 +148,7 @@ class Settings:
     width: float | None
     init: str | None
     extra: tuple[str, ...]
+    command: str = "python -m fer_fast.experiments ..."  # this invocation, to continue it
 
 
 def run_state(run_dir: Path) -> str:
@@ -178,10 +183,17 @@ def trainer_argv(run: Run, settings: Settings, init: str | None = None) -> list[
 
 
 def _read_json(path: Path) -> dict:
+    """A run's JSON file (result.json checked field by field); StudyError naming the file."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
+        if path.name == RESULT_FILE:
+            check_result(data, path)
+        elif not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return data
     except (OSError, ValueError) as e:
-        raise StudyError(f"{path}: unreadable ({e})") from e
+        raise StudyError(str(e) if str(e).startswith(str(path)) else
+                         f"{path}: unreadable ({e})") from e
 
 
 def finetune_source(out: Path, init: str | None = None) -> str:
@@ -236,9 +248,13 @@ def next_step(run: Run, settings: Settings) -> list[str] | None:
     if state in ("finished", "interrupted"):
         _check_matches(run, settings)
         return None if state == "finished" else ["--resume", str(run_dir)]
-    if state == "stale":
-        for name in PRE_CHECKPOINT_FILES:
-            (run_dir / name).unlink(missing_ok=True)
+    if state == "stale":  # under the run's lock: never the files of a run starting elsewhere
+        lock = train.lock_run_dir(run_dir)
+        try:
+            for name in PRE_CHECKPOINT_FILES - {train.LOCK_FILE}:
+                (run_dir / name).unlink(missing_ok=True)
+        finally:
+            lock.close()
     init = finetune_source(settings.out, settings.init) if run.study == "finetune" else None
     return trainer_argv(run, settings, init)
 
@@ -274,9 +290,10 @@ def _train_on_devices(jobs: list[tuple[Run, list[str]]], devices: list[str],
     codes: dict[str, int] = {}
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()  # Ctrl-C: no new run starts
 
     def worker(device: str) -> None:
-        while True:
+        while not stop.is_set():
             try:
                 run, argv = pending.get_nowait()
             except queue.Empty:
@@ -288,14 +305,25 @@ def _train_on_devices(jobs: list[tuple[Run, list[str]]], devices: list[str],
                                        stdout=f, stderr=subprocess.STDOUT,
                                        env={**os.environ, "CUDA_VISIBLE_DEVICES": device})
             codes[run.name] = code
-            print(f"[gpu {device}] {run.name}: {'done' if code == 0 else f'failed ({code})'}",
-                  flush=True)
+            if code in INTERRUPTED:
+                stop.set()
+            what = "done" if code == 0 else "interrupted" if code in INTERRUPTED else \
+                f"failed ({code})"
+            print(f"[gpu {device}] {run.name}: {what}", flush=True)
 
     threads = [threading.Thread(target=worker, args=(d,)) for d in devices]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except KeyboardInterrupt:  # the trainers got the Ctrl-C too: let them stop, start no more
+        stop.set()
+        for t in threads:
+            t.join()
+        codes.update({name: 130 for name, code in codes.items() if code in INTERRUPTED})
+        if not any(code in INTERRUPTED for code in codes.values()):
+            raise
     return codes
 
 
@@ -324,8 +352,15 @@ def run_study(runs: list[Run], settings: Settings, devices: list[str] | None) ->
             for i, (run, argv) in enumerate(jobs):
                 print(f"[{i + 1}/{len(jobs)}] {run.name}: {command(argv)}", flush=True)
                 codes[run.name] = _train_in_process(argv)
-                if codes[run.name] == 2:
+                if codes[run.name] in (2,) + INTERRUPTED:
                     break
+        stopped = [name for name, code in codes.items() if code in INTERRUPTED]
+        if stopped:  # Ctrl-C stops the study, not only the run in progress
+            raise cli.Interrupted(
+                f"the study stopped in run{'s' if len(stopped) > 1 else ''} "
+                f"{', '.join(stopped)} (the same command resumes "
+                f"{'them' if len(stopped) > 1 else 'it'}); continue the study with: "
+                f"{settings.command}")
         failed += [name for name, code in codes.items() if code != 0]
         if 2 in codes.values():
             print("stopped: a run's arguments or data were refused (exit 2); the other runs "
@@ -364,8 +399,11 @@ def collect(out: Path) -> list[RunRecord]:
         result = _read_json(run_dir / RESULT_FILE) if state == "finished" else None
         config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() \
             else None
-        metrics = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() \
-            else []
+        try:
+            metrics = read_metrics(run_dir / "metrics.csv") \
+                if (run_dir / "metrics.csv").is_file() else []
+        except (OSError, ValueError) as e:
+            raise StudyError(f"{e} (fix or remove the run)") from None
         records.append(RunRecord(run, state, result, metrics, config))
     return records
 
@@ -483,7 +521,8 @@ def _grouped_bars(path: Path, names, groups, *, title: str, ylabel: str, width: 
     ax.set_ylim(0, 100)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with files.temporary_path(path, overwrite=True) as tmp:  # the study's own figure
+        fig.savefig(tmp, dpi=100)
 
 
 def _plot_optimizers(records: dict, path: Path) -> None:
@@ -537,14 +576,15 @@ def _plot_overlay(records: list[RunRecord], path: Path) -> None:
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with files.temporary_path(path, overwrite=True) as tmp:  # the study's own figure
+        fig.savefig(tmp, dpi=100)
 
 
 def write_report(out: Path) -> list[Path]:
     """report.md (always) and the three figures (with matplotlib); returns the files written."""
     records = collect(out)
     report = out / "report.md"
-    report.write_text(_report_text(records, out))
+    files.write_text(report, _report_text(records, out), overwrite=True)  # regenerated
     written = [report]
     try:
         by = {r.run.name: r for r in records}
@@ -585,8 +625,8 @@ def _parser() -> argparse.ArgumentParser:
                    "command) and exit")
     p.add_argument("--run", type=int, metavar="INDEX", help="move exactly this run on (e.g. "
                    "--run $SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--devices", help="comma-separated local GPU indices: one training process "
-                   "per GPU")
+    p.add_argument("--devices", help="comma-separated local GPU indices (distinct, of this "
+                   "machine's GPUs): one training process per GPU")
     cli.add_debug_arg(p)
     return p
 
@@ -603,6 +643,29 @@ def _settings(args, extra: list[str], p: argparse.ArgumentParser) -> Settings:
     finetune_epochs = args.epochs or (FINETUNE_EPOCHS if preset == "full" else epochs)
     return Settings(Path(args.out), args.data, preset, epochs, finetune_epochs, args.width,
                     args.init, tuple(extra))
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _devices(text: str, p: argparse.ArgumentParser) -> list[str]:
+    """--devices: distinct indices of GPUs this machine has (else an error, never the CPU)."""
+    items = [d.strip() for d in text.split(",")]
+    if not all(d.isdigit() for d in items) or len(set(map(int, filter(str.isdigit, items)))) \
+            != len(items):
+        p.error(f"--devices {text!r}: expected distinct GPU indices such as 0,1,2")
+    count = _gpu_count()
+    if count == 0:
+        raise StudyError(f"--devices {text}: this machine has no CUDA GPU (without --devices "
+                         f"the runs train one after the other in this process)")
+    missing = [d for d in items if int(d) >= count]
+    if missing:
+        raise StudyError(f"--devices {text}: no GPU {', '.join(missing)} here (GPUs: "
+                         f"0..{count - 1})")
+    return [str(int(d)) for d in items]
 
 
 def _list(runs: list[Run], settings: Settings) -> None:
@@ -653,7 +716,9 @@ def main(argv=None) -> int:
     if args.list:
         _list(runs, settings)
         return 0
-    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
+    devices = _devices(args.devices, p) if args.devices is not None else None
+    settings.command = shlex.join(["python", "-m", "fer_fast.experiments", *argv]
+                                  + (["--", *extra] if extra else []))
     if args.run is not None:
         if not 0 <= args.run < len(runs):
             raise StudyError(f"--run {args.run}: the {args.study} study has runs "

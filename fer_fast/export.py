@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cli
+from . import cli, files
 from .model import BLOCKS, CLASS_NAMES, NUM_CLASSES, VGG
 
 __all__ = ["ONNX_OPSET", "ONNX_TOLERANCE", "ExportError", "folded_blocks", "onnx_model",
@@ -211,7 +211,7 @@ def load_safetensors(path, *, backend: str = "eager") -> VGG:
 
 
 def _refuse_existing(path: Path) -> None:
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise ExportError(f"{path}: already exists (not overwritten; remove it or choose "
                           f"another name)")
     if not path.parent.is_dir():
@@ -219,10 +219,10 @@ def _refuse_existing(path: Path) -> None:
 
 
 def _write_new(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a file that must not exist yet (exclusive create)."""
+    """Write ``payload`` to a file that must not exist yet: through a temporary file of the
+    same folder (removed on failure, a full disk included) and a no-clobber rename."""
     try:
-        with open(path, "xb") as f:
-            f.write(payload)
+        files.write_bytes(path, payload)
     except FileExistsError:
         raise ExportError(f"{path}: already exists (not overwritten)") from None
 

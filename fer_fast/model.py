@@ -6,6 +6,10 @@ checkpoint. ``width`` scales every channel count and the hidden size of the head
 """
 from __future__ import annotations
 
+import math
+import numbers
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,7 +17,8 @@ from torch import nn
 from .block import RECIPE_ORDER
 from .stack import conv_bn_act_stack
 
-__all__ = ["VGG", "BLOCKS", "NUM_CLASSES", "CLASS_NAMES", "stage_channels"]
+__all__ = ["VGG", "BLOCKS", "NUM_CLASSES", "CLASS_NAMES", "stage_channels", "parameter_count",
+           "check_architecture", "physical_memory"]
 
 NUM_CLASSES = 7
 CLASS_NAMES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
@@ -29,6 +34,57 @@ def stage_channels(width: float) -> tuple[int, int, int, int]:
     return tuple(max(1, round(c * width)) for c in (64, 128, 256, 512))
 
 
+def parameter_count(width: float, num_classes: int = NUM_CLASSES) -> int:
+    """Parameters and buffers of ``VGG(width=width, num_classes=num_classes)``, computed without
+    building it."""
+    channels = stage_channels(width)
+    total, cin = 0, 1
+    for _, stage, _ in BLOCKS:
+        cout = channels[stage]
+        total += 9 * cin * cout + cout + 4 * cout  # conv weight, bias; BN weight, bias, mean, var
+        cin = cout
+    hidden = max(1, round(4096 * width))
+    return total + (channels[3] * 4 + 1) * hidden + (hidden + 1) * hidden \
+        + (hidden + 1) * num_classes
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory of this machine (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_architecture(recipe, width, num_classes=NUM_CLASSES, dropout=0.2, *,
+                       training: bool = False) -> str | None:
+    """None when a VGG of these values can be built here, else what is wrong (an unknown
+    recipe, a width or class count that is not a positive finite number, or a model whose
+    parameters alone (``training``: with their gradients and two optimizer states) would not
+    fit in this machine's memory)."""
+    if not isinstance(recipe, str) or recipe not in RECIPE_ORDER:
+        return f"recipe {recipe!r} is unknown (choose one of {tuple(RECIPE_ORDER)})"
+    if isinstance(width, bool) or not isinstance(width, numbers.Real) \
+            or not math.isfinite(width) or width <= 0:
+        return f"width must be a positive finite number, got {width!r}"
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
+            or num_classes < 1:
+        return f"num_classes must be a positive integer, got {num_classes!r}"
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
+            or not 0 <= dropout < 1:
+        return f"dropout must be a number in [0, 1), got {dropout!r}"
+    if width > 1e4:
+        return f"width {width} is absurdly large (1 is the paper's VGG)"
+    copies = 4 if training else 1
+    need, have = 4 * copies * parameter_count(width, int(num_classes)), physical_memory()
+    if have is not None and need > have:
+        what = ("training it (parameters, gradients, optimizer state) takes"
+                if training else "the model's parameters alone take")
+        return (f"width {width}: {what} {need / 2**30:.1f} GiB, more than this machine's "
+                f"{have / 2**30:.1f} GiB of memory")
+    return None
+
+
 class VGG(nn.Module):
     """VGG for 1x40x40 crops: 4 stages of (block, block, max-pool), then a 3-layer MLP head.
 
@@ -39,8 +95,11 @@ class VGG(nn.Module):
     def __init__(self, recipe: str = "released", *, width: float = 1.0, dropout: float = 0.2,
                  num_classes: int = NUM_CLASSES, backend: str = "eager"):
         super().__init__()
-        if recipe not in RECIPE_ORDER:
+        if not isinstance(recipe, str) or recipe not in RECIPE_ORDER:
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {tuple(RECIPE_ORDER)}")
+        problem = check_architecture(recipe, width, num_classes, dropout)
+        if problem:
+            raise ValueError(f"VGG: {problem}")
         self.recipe, self.order, self.backend, self.width = recipe, RECIPE_ORDER[recipe], backend, width
         channels = stage_channels(width)
         cin = 1

@@ -26,10 +26,11 @@ import json
 import sys
 from pathlib import Path
 
-from . import cli
+from . import cli, files
 from .model import CLASS_NAMES
 
-__all__ = ["RESULT_FILE", "run_result", "write_run_outputs", "read_metrics", "draw_run",
+__all__ = ["RESULT_FILE", "run_result", "write_run_outputs", "read_metrics", "check_result",
+           "draw_run",
            "plot_curves", "plot_confusion", "new_figure", "main"]
 
 RESULT_FILE = "result.json"
@@ -80,9 +81,7 @@ def write_run_outputs(run_dir, summary: dict, confusion, history: list[dict]) ->
     drawing fails), then draw the pictures or print how to get them."""
     run_dir = Path(run_dir)
     result = run_result(summary, confusion, history)
-    tmp = run_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(run_dir / RESULT_FILE)
+    files.write_text(run_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n", overwrite=True)
     try:
         for path in draw_run(run_dir, result):
             print(f"wrote {path}")
@@ -91,11 +90,57 @@ def write_run_outputs(run_dir, summary: dict, confusion, history: list[dict]) ->
     return result
 
 
+#: the metrics.csv columns every row fills (the curves are drawn from them)
+REQUIRED_METRICS = ("epoch", "lr", "train_loss", "train_acc", "val_acc")
+
+
 def read_metrics(path) -> list[dict]:
-    """metrics.csv rows with numbers as floats (None for empty cells)."""
+    """metrics.csv rows with numbers as floats (None for empty cells); a ValueError naming the
+    file when a required column, or a number, is missing or malformed."""
     with open(path, newline="") as f:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_METRICS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: no column {', '.join(missing)} (columns: "
+                             f"{', '.join(reader.fieldnames or []) or 'none'})")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                values = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()
+                          if k is not None}
+            except ValueError as e:
+                raise ValueError(f"{path}, line {line}: {e}") from None
+            empty = [c for c in REQUIRED_METRICS if values.get(c) is None]
+            if empty:
+                raise ValueError(f"{path}, line {line}: no value in column {', '.join(empty)}")
+            rows.append(values)
+        return rows
+
+
+def check_result(result, path=RESULT_FILE) -> dict:
+    """``result`` (a parsed result.json) if it has the shape the pictures and reports read,
+    else a ValueError naming the file and the field."""
+    if not isinstance(result, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(result).__name__}")
+    classes = result.get("classes", list(CLASS_NAMES))
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"{path}: field 'classes' must be a list of class names, got "
+                         f"{classes!r}")
+    n = len(classes)
+    for field in ("confusion", "val_confusion"):
+        counts = result.get(field)
+        if counts is not None and not (
+                isinstance(counts, list) and len(counts) == n
+                and all(isinstance(row, list) and len(row) == n and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in row)
+                        for row in counts)):
+            raise ValueError(f"{path}: field '{field}' must be a {n}x{n} matrix of counts")
+    for field in ("test_acc", "test_acc_last", "best_val_acc", "val_acc_last", "wall_time_s",
+                  "images_per_s", "epochs", "best_epoch"):
+        value = result.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{path}: field '{field}' must be a number, got {value!r}")
+    return result
 
 
 def new_figure(**kwargs):
@@ -138,7 +183,8 @@ def plot_curves(rows: list[dict], path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with files.temporary_path(path, overwrite=True) as tmp:  # a run's own picture, redrawn
+        fig.savefig(tmp, dpi=100)
 
 
 def plot_confusion(counts: list[list[int]], classes, path, title: str = "",
@@ -167,7 +213,8 @@ def plot_confusion(counts: list[list[int]], classes, path, title: str = "",
     ax.set_title((title + "\n" if title else "")
                  + f"{split}: {correct}/{total} = {100 * correct / max(1, total):.2f}%")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with files.temporary_path(path, overwrite=True) as tmp:  # a run's own picture, redrawn
+        fig.savefig(tmp, dpi=100)
 
 
 def draw_run(run_dir, result: dict | None = None) -> list[Path]:
@@ -175,7 +222,8 @@ def draw_run(run_dir, result: dict | None = None) -> list[Path]:
     into the run directory; returns the files written. ImportError without matplotlib."""
     run_dir = Path(run_dir)
     if result is None:
-        result = json.loads((run_dir / RESULT_FILE).read_text())
+        result = check_result(json.loads((run_dir / RESULT_FILE).read_text()),
+                              run_dir / RESULT_FILE)
     written = []
     rows = read_metrics(run_dir / "metrics.csv")
     if rows:
@@ -206,7 +254,7 @@ def main(argv=None) -> int:
         written = draw_run(run_dir)
     except ImportError:
         raise cli.UserError('plotting needs matplotlib: pip install "fer_fast[plot]"') from None
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise cli.UserError(f"{run_dir}: unreadable run files ({e})") from None
     for path in written:
         print(f"wrote {path}")

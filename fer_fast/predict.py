@@ -11,6 +11,7 @@ needs OpenCV (``pip install fer_fast[predict]``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -24,7 +25,8 @@ import torch
 from . import cli
 from .augmentation import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
 from .model import CLASS_NAMES, VGG
-from .preprocess import ImageError, load_gray, to_fer_image
+from .files import temporary_path
+from .preprocess import MAX_PIXELS, ImageError, load_gray, open_image, to_fer_image
 
 __all__ = ["Face", "Predictor", "PredictError", "DETECTORS", "TTA", "IF_NO_FACE",
            "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "annotate", "main"]
@@ -94,6 +96,10 @@ class _TorchClassifier:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
+#: largest --camera index (OpenCV reads larger numbers as a capture API plus an index)
+MAX_CAMERA = 99
+
+
 class _OnnxClassifier:
     """Logits of an exported ONNX graph (``fer_fast.export``) under onnxruntime."""
 
@@ -113,11 +119,42 @@ class _OnnxClassifier:
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("format") != "fer_fast.VGG":
             raise PredictError(f"{path}: not an ONNX model written by python -m fer_fast export")
-        self.class_names = tuple(json.loads(meta["class_names"]))
+        self.path, self.class_names = path, self._class_names(path, meta)
+        self._check_io(path, len(self.class_names))
         self.device = torch.device("cpu")
+
+    @staticmethod
+    def _class_names(path: Path, meta: dict) -> tuple[str, ...]:
+        try:
+            names = json.loads(meta["class_names"])
+        except (KeyError, ValueError):
+            names = None
+        if not (isinstance(names, list) and names and len(set(names)) == len(names)
+                and all(isinstance(n, str) and n for n in names)):
+            raise PredictError(f"{path}: metadata field 'class_names' must be a JSON list of "
+                               f"distinct non-empty names, got {meta.get('class_names')!r}")
+        return tuple(names)
+
+    def _check_io(self, path: Path, classes: int) -> None:
+        """One float input 'crops' [batch, 1, 40, 40] and an output 'logits' [batch, classes]."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = list(inputs[0].shape) if len(inputs) == 1 else None
+        if shape is None or inputs[0].name != "crops" or len(shape) != 4 \
+                or shape[1:] != [1, 40, 40] or inputs[0].type != "tensor(float)":
+            got = [(i.name, i.shape, i.type) for i in inputs]
+            raise PredictError(f"{path}: expects inputs {got}, not one 'crops' float "
+                               f"[batch, 1, 40, 40]")
+        logits = [o for o in outputs if o.name == "logits"]
+        width = logits[0].shape[-1] if logits and len(logits[0].shape) == 2 else None
+        if not logits or (isinstance(width, int) and width != classes):
+            raise PredictError(f"{path}: output 'logits' is {[(o.name, o.shape) for o in outputs]}"
+                               f", not [batch, {classes}] for its {classes} class names")
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         out = self.session.run(["logits"], {"crops": crops.float().cpu().numpy()})[0]
+        if out.ndim != 2 or out.shape[1] != len(self.class_names):
+            raise PredictError(f"{self.path}: the model gives {list(out.shape)} logits for "
+                               f"{len(self.class_names)} class names")
         return torch.from_numpy(out)
 
 
@@ -143,6 +180,7 @@ class _Detector:
         if path.suffix.lower() == ".onnx":
             try:
                 self.yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), 0.7)
+                self.yunet.detect(np.zeros((320, 320, 3), np.uint8))  # not a face detector: fails
             except cv2.error as exc:
                 raise PredictError(f"{path}: not an OpenCV face-detector model ({exc})") from None
             self.kind = "yunet"
@@ -204,10 +242,11 @@ class Predictor:
         if if_no_face not in IF_NO_FACE:
             raise PredictError(f"if_no_face must be one of {IF_NO_FACE}, got {if_no_face!r}")
         self.if_no_face = if_no_face
-        if not (isinstance(margin, (int, float)) and 0 <= margin <= 1):
+        if isinstance(margin, bool) or not (isinstance(margin, (int, float)) and 0 <= margin <= 1):
             raise PredictError(f"margin must be a fraction in [0, 1], got {margin!r}")
-        if batch_size < 1:
-            raise PredictError(f"batch_size must be >= 1, got {batch_size}")
+        for name, value in (("batch_size", batch_size), ("min_face", min_face)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise PredictError(f"{name} must be an integer >= 1, got {value!r}")
         device = str(cli.resolve_device(str(device), flag="device"))
         self.device, self.tta, self.margin, self.batch_size = device, tta, margin, batch_size
         self.classifier = self._classifier(model, device)
@@ -428,11 +467,28 @@ class _Run:
         if self.out is not None:
             from PIL import Image
 
-            Image.fromarray(annotate(rgb, faces)).save(self.target(path, base, ".png"))
+            with temporary_path(self.target(path, base, ".png")) as tmp:
+                Image.fromarray(annotate(rgb, faces)).save(tmp)
 
     def video(self, source, name: str, base: Path | None, progress) -> None:
+        interrupted = False
+        with contextlib.ExitStack() as stack:  # the annotated copy: renamed into place at the end
+            try:
+                self._video(source, name, base, progress, stack)
+            except KeyboardInterrupt:  # Ctrl-C ends a camera: its video so far is kept
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
+
+    def _video(self, source, name: str, base: Path | None, progress, stack) -> None:
         cv2 = _cv2()
         capture = cv2.VideoCapture(source)
+        pixels = capture.get(cv2.CAP_PROP_FRAME_WIDTH) * capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+        if capture.isOpened() and pixels > MAX_PIXELS:
+            capture.release()
+            self.skip(name, f"frames too large to decode ({pixels:.0f} pixels, more than "
+                            f"{MAX_PIXELS})")
+            return
         ok, frame = capture.read() if capture.isOpened() else (False, None)
         if not ok:
             capture.release()
@@ -448,7 +504,8 @@ class _Run:
             target = self.target(Path(name), base, ".mp4") if isinstance(source, str) else \
                 self.target(Path(f"camera{source}"), None, ".mp4")
             h, w = frame.shape[:2]
-            writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            writer = cv2.VideoWriter(str(stack.enter_context(temporary_path(target))),
+                                     cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
             if not writer.isOpened():
                 raise PredictError(f"{target}: OpenCV cannot write an mp4 video here")
         index, bar = 0, progress(total=total, desc=Path(name).name, unit="frame", leave=False)
@@ -493,14 +550,14 @@ def _read_for_annotation(path: Path) -> tuple[object, np.ndarray]:
     """(what to predict on, uint8 RGB copy to draw on) of an image file. 8-bit pictures are
     predicted from their RGB decoding (whose luma equals load_gray's); deeper ones from
     ``load_gray`` of the file."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:  # refuses a decompression bomb before decoding
             img.load()
             deep = img.mode.startswith("I") or img.mode == "F"
             rgb = None if deep else np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageError):
+            raise
         raise ImageError(f"cannot read image ({exc})") from None
     if rgb is None:
         gray = load_gray(path)
@@ -564,8 +621,8 @@ def _parser() -> argparse.ArgumentParser:
                         "as --model")
     p.add_argument("--model", metavar="PATH", help="checkpoint (.pt), or .safetensors / .onnx of "
                    "fer_fast export (default: the bundled model, fer_fast/models/MODEL_CARD.md)")
-    p.add_argument("--camera", type=int, metavar="N", help="read webcam N (until Ctrl-C or "
-                   "--max-frames)")
+    p.add_argument("--camera", type=cli.number(int, low=0, high=MAX_CAMERA), metavar="N",
+                   help="read webcam N (until Ctrl-C or --max-frames)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per face on stdout (file, frame, box, label, "
                         "probabilities) instead of the table")

@@ -19,14 +19,20 @@ picture that would need a lossy step (another size, real colour, 16 bits) instea
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SIDE", "ImageError", "load_gray", "square_crop", "to_fer_image"]
+__all__ = ["SIDE", "MAX_PIXELS", "ImageError", "open_image", "load_gray", "square_crop",
+           "to_fer_image"]
 
 SIDE = 48
+#: the largest picture decoded, in pixels (Pillow's own decompression-bomb limit, 89.5 M: a
+#: 12000x7400 photo): a file that claims more is refused from its header, before decoding
+MAX_PIXELS = 89_478_485
 
 
 class ImageError(ValueError):
@@ -92,6 +98,30 @@ def _pil_to_gray(img, strict: bool) -> np.ndarray:
     return _array_to_gray(np.asarray(img), strict, "RGB")
 
 
+@contextlib.contextmanager
+def open_image(path):
+    """``PIL.Image.open(path)``, refused (:class:`ImageError`) when the file cannot be read or
+    its header claims more than :data:`MAX_PIXELS` pixels (a decompression bomb: a few KB that
+    decode to gigabytes), checked before any pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(Path(path))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"too large to decode ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ImageError(f"cannot read image ({reason})") from exc
+    with img:
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise ImageError(f"too large to decode: {w}x{h} pixels, more than the "
+                             f"{MAX_PIXELS} read (a decompression bomb?)")
+        yield img
+
+
 def load_gray(image, *, strict: bool = False, channel_order: str = "RGB") -> np.ndarray:
     """2-D uint8 grayscale of ``image`` at its own size.
 
@@ -101,23 +131,27 @@ def load_gray(image, *, strict: bool = False, channel_order: str = "RGB") -> np.
     if channel_order not in ("RGB", "BGR"):
         raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
     if isinstance(image, (str, os.PathLike)):
-        from PIL import Image, UnidentifiedImageError
-
         try:
-            with Image.open(Path(image)) as img:
+            with open_image(image) as img:
                 img.load()
-                return _pil_to_gray(img, strict)
+                return _check_size(_pil_to_gray(img, strict))
         except ImageError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ImageError(f"cannot read image ({reason})") from exc
     if isinstance(image, np.ndarray):
-        return _array_to_gray(image, strict, channel_order)
+        return _check_size(_array_to_gray(image, strict, channel_order))
     if hasattr(image, "mode") and hasattr(image, "getchannel"):  # a PIL image
-        return _pil_to_gray(image, strict)
+        return _check_size(_pil_to_gray(image, strict))
     raise ImageError(f"expected a path, a numpy array or a PIL image, got "
                      f"{type(image).__name__}")
+
+
+def _check_size(gray: np.ndarray) -> np.ndarray:
+    if gray.size == 0:
+        raise ImageError(f"empty image ({gray.shape[1]}x{gray.shape[0]} pixels)")
+    return gray
 
 
 def square_crop(gray: np.ndarray, box=None, margin: float = 0.0) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import cli
+from . import cli, files
 from .augmentation import CROP_CORNERS, CROP_SIZE, IMAGE_SIZE, NUM_CROPS, crop_grid, ten_crop
 from .data import SPLITS
 from .evaluate import predict
@@ -103,7 +103,7 @@ def pick_examples(labels: torch.Tensor, preds: torch.Tensor, per_class: int,
 
 def save_figure(path: Path, images: np.ndarray, maps: np.ndarray, labels: np.ndarray,
                 predictions: np.ndarray, indices: np.ndarray, per_class: int, split: str,
-                names=CLASS_NAMES) -> None:
+                names=CLASS_NAMES, overwrite: bool = False) -> None:
     """The grid: one row per class, per example three panels (image, map, map over the image);
     a class without examples gets a row saying so. Needs matplotlib (Agg backend)."""
     import matplotlib
@@ -130,8 +130,11 @@ def save_figure(path: Path, images: np.ndarray, maps: np.ndarray, labels: np.nda
         axes[c, 0].text(0.0, 0.5, f"{names[c]}: no {split} image", fontsize=9,
                         transform=axes[c, 0].transAxes)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with files.temporary_path(path, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 @cli.command
@@ -146,10 +149,16 @@ def main(argv=None) -> int:
                    help="examples per class")
     p.add_argument("--crops", default="ten", choices=tuple(CROP_SETS),
                    help="crops whose averaged logits define the loss")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing saliency.npz / saliency.png in --out")
     args = p.parse_args(argv)
     out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent
     if out.exists() and not out.is_dir():
         raise cli.UserError(f"--out {out}: is a file, not a folder")
+    hint = "pass --overwrite to replace it, or choose another --out"
+    if out.is_dir():
+        for name in ("saliency.npz", "saliency.png"):
+            files.refuse_existing(out / name, overwrite=args.overwrite, hint=hint)
     model, data, device = cli.load_model_and_data(args, (args.split,))
     out.mkdir(parents=True, exist_ok=True)
     split = data.split(args.split)
@@ -180,10 +189,12 @@ def main(argv=None) -> int:
         if indices.numel() else torch.zeros(0, IMAGE_SIZE, IMAGE_SIZE)
     arrays = dict(images=images.numpy(), maps=maps.numpy(), labels=labels.numpy(),
                   predictions=preds[indices].numpy(), indices=indices.numpy())
-    np.savez(out / "saliency.npz", **arrays)
+    with files.temporary_path(out / "saliency.npz", overwrite=args.overwrite, hint=hint) as tmp:
+        np.savez(tmp, **arrays)
     print(f"wrote {out / 'saliency.npz'} ({indices.numel()} maps)")
     try:
-        save_figure(out / "saliency.png", **arrays, per_class=args.per_class, split=args.split)
+        save_figure(out / "saliency.png", **arrays, per_class=args.per_class, split=args.split,
+                    overwrite=args.overwrite)
     except ImportError:
         print("note: saliency.png not written: plotting needs matplotlib "
               "(pip install fer_fast[plot])")

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import backends, cli, verdict
+from . import backends, cli, files, verdict
 from .augmentation import augment_ref, sample_params
 from .block import ORDERS, conv_bn_act_ref
 from .kernels import INTERPRETER_ENV, is_interpreter
@@ -529,7 +529,7 @@ def main(argv=None) -> int:
     print(format_table(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        files.write_text(args.json, json.dumps(result, indent=1) + "\n")
     if args.op is None and args.backend is None and not verdict.disabled():
         print(f"verdict stored: {verdict.save(device, result)}")
     print(f"selfcheck took {result['seconds']} s")

@@ -51,7 +51,8 @@ import torch
 from torch import nn
 
 from . import backends, devices
-from .block import ConvBNReLU2d, check_order, conv_bn_act, is_relu_first
+from .block import (ConvBNReLU2d, check_input, check_order, check_pool, conv_bn_act,
+                    is_relu_first)
 from .kernels import bn_act, is_interpreter
 from .kernels import conv as K
 
@@ -342,6 +343,9 @@ def conv_bn_act_stack(x: torch.Tensor, convs, bns, pools, *, order: str,
         raise ValueError(f"a block chain needs as many convs, BatchNorms and pool flags, at least "
                          f"one: got {len(convs)}, {len(bns)}, {len(pools)}")
     check_order(order)
+    for pool in pools:
+        check_pool(pool)
+    check_input(x, convs[0].in_channels)
     backend = resolve_model_backend(backend, x.device)
     if backend in backends.names("stack"):
         return backends.resolve("stack", backend, x.device)(x, list(convs), list(bns),

@@ -21,6 +21,7 @@ import argparse
 import csv
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -41,9 +42,10 @@ from .augmentation import NUM_CROPS, RECIPES, AugmentParams
 from .checkpoint import (CheckpointError, checksum_path, infer_architecture, load_checkpoint,
                          load_params, save_atomic)
 from .data import FERData, Split
+from .files import open_atomic, temporary_path, write_text
 from .evaluate import evaluate_split, format_confusion
 from .loader import DeviceLoader, TenCropBatches, augment_batch, load_run_data
-from .model import CLASS_NAMES, VGG
+from .model import CLASS_NAMES, VGG, check_architecture
 from .stack import model_backend_choices, resolve_model_backend
 from .plots import write_run_outputs
 from .verdict import prepare_auto
@@ -127,6 +129,10 @@ def saved_config(config: dict) -> dict:
     return {_RENAMED_FIELDS.get(k, k): v for k, v in config.items()}
 
 
+#: upper bounds of the flags (a learning rate above MAX_LR overflows fp16/fp32 updates in a few
+#: steps; a StepLR gamma above 1 makes the rate grow without bound)
+MAX_EPOCHS, MAX_BATCH, MAX_LR = 1_000_000, 65_536, 10.0
+
 #: training steps timed for the estimate printed early in a run (after a few warm-up steps)
 ESTIMATE_WARMUP, ESTIMATE_STEPS = 3, 20
 
@@ -154,26 +160,27 @@ def _parser() -> argparse.ArgumentParser:
                    f"(default: {d.recipe})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, **default("optimizer"))
     p.add_argument("--scheduler", choices=SCHEDULERS, **default("scheduler"))
-    p.add_argument("--epochs", type=num(int, low=1), **default("epochs"))
-    p.add_argument("--batch-size", type=num(int, low=1),
+    p.add_argument("--epochs", type=num(int, low=1, high=MAX_EPOCHS), **default("epochs"))
+    p.add_argument("--batch-size", type=num(int, low=1, high=MAX_BATCH),
                    help=f"images per step (x10 crops) (default: {d.batch_size})")
-    p.add_argument("--eval-batch-size", type=num(int, low=1),
+    p.add_argument("--eval-batch-size", type=num(int, low=1, high=MAX_BATCH),
                    help=f"images per evaluation batch (default: {d.eval_batch_size})")
-    p.add_argument("--lr", type=num(low=0, low_open=True), **default("lr"))
+    p.add_argument("--lr", type=num(low=0, low_open=True, high=MAX_LR), **default("lr"))
     p.add_argument("--momentum", type=num(low=0, high=1, high_open=True),
                    help=f"SGD momentum (sgd, nesterov) (default: {d.momentum})")
-    p.add_argument("--weight-decay", type=num(low=0), **default("weight_decay"))
+    p.add_argument("--weight-decay", type=num(low=0, high=1), **default("weight_decay"))
     p.add_argument("--dropout", type=num(low=0, high=1, high_open=True), **default("dropout"))
     p.add_argument("--width", type=num(low=0, low_open=True),
                    help=f"channel multiplier (1 = the paper's VGG) (default: {d.width})")
     p.add_argument("--plateau-factor", type=num(low=0, high=1, low_open=True, high_open=True),
                    **default("plateau_factor"))
-    p.add_argument("--plateau-patience", type=num(int, low=0), **default("plateau_patience"))
-    p.add_argument("--step-size", type=num(int, low=1),
+    p.add_argument("--plateau-patience", type=num(int, low=0, high=MAX_EPOCHS),
+                   **default("plateau_patience"))
+    p.add_argument("--step-size", type=num(int, low=1, high=MAX_EPOCHS),
                    help=f"StepLR period in epochs (default: {d.step_size})")
-    p.add_argument("--gamma", type=num(low=0, low_open=True),
+    p.add_argument("--gamma", type=num(low=0, low_open=True, high=1),
                    help=f"StepLR factor (default: {d.gamma})")
-    p.add_argument("--restart-period", type=num(int, low=1),
+    p.add_argument("--restart-period", type=num(int, low=1, high=MAX_EPOCHS),
                    help=f"CosineAnnealingWarmRestarts T_0 in epochs (default: {d.restart_period})")
     p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data); "
                    "with --resume: the run's data at a new place")
@@ -183,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-on", choices=TRAIN_ON, help="train+val: the fine-tuning stage on "
                    "the combined data (validation accuracy then no longer measures "
                    f"generalisation) (default: {d.train_on})")
-    p.add_argument("--seed", type=int, **default("seed"))
+    p.add_argument("--seed", type=num(int, low=0, high=cli.MAX_SEED), **default("seed"))
     cli.add_device_arg(p, default=None)
     p.add_argument("--model-backend", choices=tuple(model_backend_choices()),
                    help="model backend: auto (GPU: the fastest that passed the selfcheck there; "
@@ -203,10 +210,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow --init/--resume files that hold more than tensors and plain "
                         "values (unpickling them can run code: only for files you trust)")
-    p.add_argument("--save-every", type=num(int, low=0),
+    p.add_argument("--save-every", type=num(int, low=0, high=MAX_EPOCHS),
                    help="periodic checkpoint every N epochs (0: none) (default: full preset 50, "
                         "quick preset 0)")
-    p.add_argument("--test-every", type=num(int, low=0),
+    p.add_argument("--test-every", type=num(int, low=0, high=MAX_EPOCHS),
                    help="test accuracy every N epochs (0: at the end) (default: 0)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction,
                    help="progress bar (off when stderr is not a terminal) (default: on)")
@@ -249,7 +256,59 @@ def parse_args(argv=None) -> tuple[Config, Path | None]:
                     f"the other block order from them anyway")
         values.update(recipe=recipe, width=width)
     values.update(given)
-    return Config(**values), None
+    config = Config(**values)
+    problem = check_architecture(config.recipe, config.width, dropout=config.dropout,
+                                 training=True)
+    if problem:  # before anything is allocated
+        p.error(f"--width {config.width}: {problem.removeprefix(f'width {config.width}: ')}")
+    return config, None
+
+
+def _check_saved(p: argparse.ArgumentParser, path: Path, ckpt: dict) -> dict:
+    """The checkpoint's saved configuration, every field checked against its flag's type and
+    range (a file can hold anything), and the architecture against this machine's memory,
+    before anything is built from it."""
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict):
+        p.error(f"--resume {path}: its 'config' is {type(saved).__name__}, not a dict")
+    saved = saved_config(saved)
+    if isinstance(ckpt["epoch"], bool) or not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
+        p.error(f"--resume {path}: field 'epoch' is {ckpt['epoch']!r}, not an epoch number")
+    for field, keys in (("resolved", ("device_type", "precision")), ("data", ("sha256",))):
+        value = ckpt.get(field)
+        if value is not None and not (isinstance(value, dict) and all(
+                isinstance(value.get(k), str) for k in keys)):
+            p.error(f"--resume {path}: field '{field}' is {value!r}, not a dict with "
+                    f"{', '.join(repr(k) for k in keys)}")
+    for action in p._actions:
+        value, kind = saved.get(action.dest), getattr(action.type, "kind", None)
+        if value is None:
+            continue
+        problem = None
+        if action.choices is not None and value not in action.choices:
+            problem = f"not one of {tuple(action.choices)}"
+        elif kind is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
+                                                         else int):
+                problem = f"not {'a number' if kind is float else 'an integer'}"
+            else:
+                problem = cli.check_range(value, **action.type.bounds)
+        elif action.type is cli.sizes_arg:
+            try:
+                cli.sizes_arg(",".join(str(v) for v in value))
+            except (argparse.ArgumentTypeError, TypeError) as e:
+                problem = str(e)
+        elif isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+            problem = None if isinstance(value, bool) else "not true or false"
+        elif action.type is None and not isinstance(value, str):
+            problem = "not a string"
+        if problem:
+            p.error(f"--resume {path}: config field '{action.dest}' is {value!r}: {problem}")
+    problem = check_architecture(saved.get("recipe", "released"), saved.get("width", 1.0),
+                                 dropout=saved.get("dropout", 0.2), training=True)
+    if problem:
+        p.error(f"--resume {path}: config: {problem}")
+    return saved
 
 
 def _parse_resume(p: argparse.ArgumentParser, path: Path, given: dict) -> tuple[Config, Path]:
@@ -266,7 +325,7 @@ def _parse_resume(p: argparse.ArgumentParser, path: Path, given: dict) -> tuple[
         p.error(f"--resume continues a run with its saved configuration; these flags cannot "
                 f"change: {', '.join(_flag(k) for k in fixed)}")
     known = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in saved_config(ckpt["config"]).items() if k in known})
+    config = Config(**{k: v for k, v in _check_saved(p, path, ckpt).items() if k in known})
     done = ckpt["epoch"]
     if "epochs" in given and given["epochs"] <= done:
         p.error(f"--resume {path}: the run has already done {done} epoch{_s(done)}; "
@@ -432,6 +491,53 @@ def _run_dir(config: Config) -> Path:
     return path
 
 
+#: the lock file of a run folder: held (fcntl.flock, exclusive) by the one process writing the
+#: run, from its start (or --resume) to its end; it holds that process's pid
+LOCK_FILE = ".fer_fast.lock"
+
+
+def lock_run_dir(run_dir: Path):
+    """Create ``run_dir`` if needed and take its exclusive lock (an open file: the lock goes
+    with the process, whatever way it ends). Another process holding it: a UserError naming
+    its pid."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "unknown"
+        lock.close()
+        raise cli.UserError(f"{run_dir}: is in use by another fer_fast.train (pid {pid}); wait "
+                            f"for it to end or choose another --out") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            lock.close()
+            raise
+        print(f"warning: {run_dir}: this file system cannot lock files ({e.strerror}): nothing "
+              f"keeps a second process from writing this run at the same time", file=sys.stderr)
+        return lock
+    except BaseException:
+        lock.close()
+        raise
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _unlock(lock, run_dir: Path, created: bool) -> None:
+    """Release the lock of a run that stopped in setup: a folder it created and left empty
+    goes too."""
+    lock.close()
+    if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
+
+
 def check_run_dir(run_dir: Path, resume: Path | None) -> None:
     """The rules that keep runs from overwriting each other: a new run writes only into a
     folder that does not exist or is empty; a resumed run writes into its own folder (from its
@@ -446,7 +552,7 @@ def check_run_dir(run_dir: Path, resume: Path | None) -> None:
             f"{run_dir} would overwrite the later epochs there. Continue it as a copy with "
             f"--out NEW_FOLDER, or resume {run_dir} itself")
     if not own and run_dir.is_dir():
-        entries = sorted(p.name for p in run_dir.iterdir())
+        entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
         if entries:
             shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)"
                                               if len(entries) > 5 else "")
@@ -561,6 +667,7 @@ class Run:
     step_estimate: float | None = None  # seconds per training step, measured early
     meter: object = None  # telemetry.start(device) while the epochs run
     epoch_started: float = 0.0  # perf_counter() at the start of the current epoch
+    lock: object = None  # the run folder's lock (lock_run_dir), held until the run ends
 
 
 def _absolute(path: str | None) -> str | None:
@@ -582,6 +689,20 @@ def setup(config: Config, resume: Path | None = None) -> Run:
         raise cli.UserError(str(e)) from None
     run_dir = _run_dir(config)
     check_run_dir(run_dir, resume)
+    created = not run_dir.exists()
+    lock = lock_run_dir(run_dir)
+    try:
+        check_run_dir(run_dir, resume)  # again under the lock: another run may have written it
+        run = _setup(config, resume, device, auto, model_backend, augment_backend, run_dir)
+    except BaseException:
+        _unlock(lock, run_dir, created)
+        raise
+    run.lock = lock
+    return run
+
+
+def _setup(config: Config, resume: Path | None, device: torch.device, auto, model_backend: str,
+           augment_backend: str, run_dir: Path) -> Run:
     ckpt = _resume_checkpoint(resume, config, device)
     precision = (ckpt["resolved"]["precision"] if ckpt is not None and "resolved" in ckpt
                  and config.precision == "auto" else resolve_precision(config.precision, device))
@@ -625,8 +746,8 @@ def setup(config: Config, resume: Path | None = None) -> Run:
                 "augment_backend": augment_backend, "data_source": data.source,
                 "data_sha256": data_id["sha256"], "torch": torch.__version__, "auto": auto,
                 "sizes": {"train": loader.num_images, "val": len(data.val), "test": len(data.test)}}
-    (run_dir / "config.json").write_text(json.dumps(
-        {**dataclasses.asdict(config), "resolved": resolved}, indent=2) + "\n")
+    write_text(run_dir / "config.json", json.dumps(
+        {**dataclasses.asdict(config), "resolved": resolved}, indent=2) + "\n", overwrite=True)
     write_metrics(run_dir / "metrics.csv", run.history)
     print(f"fer_fast.train: {config.preset} preset, VGG(recipe={config.recipe!r}, "
           f"width={config.width}), {config.optimizer}+{config.scheduler}, lr {config.lr}, "
@@ -676,11 +797,24 @@ def _restore(run: Run, ckpt: dict, resume: Path) -> None:
     """Continue exactly where the checkpoint stopped: weights, optimizer, schedule, loss scale,
     every random state, history and best epoch."""
     load_params(run.model, ckpt["params"], resume)
+    try:
+        _restore_state(run, ckpt)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{resume}: its resume state is unusable ({type(e).__name__}: "
+                              f"{e})") from e
+
+
+def _restore_state(run: Run, ckpt: dict) -> None:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
     _set_rng_state(ckpt["rng"], run.loader, run.device)
     run.history, run.best = list(ckpt["logs"]["history"]), dict(ckpt["best"])
+    if not all(isinstance(row, dict) for row in run.history):
+        raise ValueError("'logs' history must be a list of per-epoch dicts")
+    if not (isinstance(run.best.get("val_acc"), (int, float))
+            and isinstance(run.best.get("epoch"), int)):
+        raise ValueError(f"'best' must hold a number val_acc and an int epoch, got {run.best}")
     run.start_epoch = run.saved_epoch = ckpt["epoch"]
 
 
@@ -698,10 +832,12 @@ def _warn_before_start(config: Config, device: torch.device, precision: str) -> 
 def _copy_best(source: Path, run_dir: Path) -> None:
     """Resuming a run's last.pt into another folder: bring its best.pt (and checksum) along."""
     best = source / "best.pt"
-    if best.is_file():
-        shutil.copy2(best, run_dir / "best.pt")
-        if checksum_path(best).is_file():
-            shutil.copy2(checksum_path(best), checksum_path(run_dir / "best.pt"))
+    if best.is_file():  # through temporary files: a full disk leaves no half copy
+        for src, dst in ((best, run_dir / "best.pt"),
+                         (checksum_path(best), checksum_path(run_dir / "best.pt"))):
+            if src.is_file():
+                with temporary_path(dst, overwrite=True) as tmp:
+                    shutil.copy2(src, tmp)
 
 
 def run_epoch(run: Run, epoch: int) -> dict:
@@ -821,21 +957,23 @@ def _checkpoint(run: Run, epoch: int) -> dict:
 
 
 def _save_epoch(run: Run, epoch: int, improved: bool) -> None:
-    """metrics.csv and the checkpoints of an epoch; a full disk leaves the previous files
-    whole and stops the run with a message saying so."""
+    """metrics.csv and the checkpoints of an epoch (last.pt, periodic, best.pt: all written
+    before any is renamed into place); a full disk, or any other failed write, leaves the
+    previous files whole (the run resumable) and stops the run with one line saying so."""
     run_dir, state = run.run_dir, _checkpoint(run, epoch)
-    targets = ([run_dir / "best.pt"] if improved else []) + \
+    targets = [run_dir / "last.pt"] + \
         ([run_dir / f"epoch{epoch:04d}.pt"] if run.config.save_every
-         and epoch % run.config.save_every == 0 else []) + [run_dir / "last.pt"]
+         and epoch % run.config.save_every == 0 else []) + \
+        ([run_dir / "best.pt"] if improved else [])
     try:
-        write_metrics(run_dir / "metrics.csv", run.history)
-        for path in targets:
-            save_atomic(state, path)
+        write_metrics(run_dir / "metrics.csv", run.history)  # rewritten from last.pt on resume
+        save_atomic(state, *targets)
     except OSError as e:
-        if not _is_disk_full(e):
-            raise
-        raise cli.UserError(f"the disk is full: writing the epoch-{epoch} files in {run_dir} "
-                            f"failed ({e.strerror}); free some space. {_last_checkpoint(run)}"
+        what = (f"the disk is full ({e.strerror})" if _is_disk_full(e) else
+                f"the file is too large for this system's limit ({e.strerror})"
+                if e.errno == errno.EFBIG else f"{e.strerror or e}")
+        raise cli.UserError(f"writing the epoch-{epoch} files in {run_dir} failed: {what}; "
+                            f"free some space or fix the folder. {_last_checkpoint(run)}"
                             ) from None
     run.saved_epoch = epoch
 
@@ -843,17 +981,20 @@ def _save_epoch(run: Run, epoch: int, improved: bool) -> None:
 def train(config: Config, resume: Path | None = None) -> dict:
     """Run (or continue) a training run; returns the final summary (also in ``summary.json``)."""
     run = setup(config, resume)
-    run.meter = telemetry.start(run.device)
-    epoch = run.start_epoch
     try:
-        for epoch in range(run.start_epoch + 1, config.epochs + 1):
-            run.meter.epoch_begin()
-            end_epoch(run, run_epoch(run, epoch))
-    except KeyboardInterrupt:
-        raise cli.Interrupted(f"stopped in epoch {epoch}; {_last_checkpoint(run)}") from None
+        run.meter = telemetry.start(run.device)
+        epoch = run.start_epoch
+        try:
+            for epoch in range(run.start_epoch + 1, config.epochs + 1):
+                run.meter.epoch_begin()
+                end_epoch(run, run_epoch(run, epoch))
+        except KeyboardInterrupt:
+            raise cli.Interrupted(f"stopped in epoch {epoch}; {_last_checkpoint(run)}") from None
+        finally:
+            run.meter.close()
+        return _finish(run.model, run.val, run.test, run.run_dir, run.best, run.history)
     finally:
-        run.meter.close()
-    return _finish(run.model, run.val, run.test, run.run_dir, run.best, run.history)
+        run.lock.close()  # the run folder is free for the next process
 
 
 def _last_checkpoint(run: Run) -> str:
@@ -898,14 +1039,15 @@ def _finish(model: VGG, val: TenCropBatches, test: TenCropBatches | None, run_di
         print(f"test ten-crop accuracy (best validation {100 * best['val_acc']:.2f}% at epoch "
               f"{best['epoch']}): {100 * summary['test_acc_best']:.2f}%")
         print(format_confusion(cm))
-        with open(run_dir / "test_confusion.csv", "w", newline="") as f:
+        with open_atomic(run_dir / "test_confusion.csv", overwrite=True, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["true\\predicted", *CLASS_NAMES])
             for name, row in zip(CLASS_NAMES, cm.tolist()):
                 writer.writerow([name, *row])
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
     write_run_outputs(run_dir, summary, cm, history)  # result.json, curves.png, confusion.png
-    files = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".sha256")
+    files = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".sha256"
+                   and p.name != LOCK_FILE)
     print(f"run dir {run_dir}: {', '.join(files)} (best.pt: best validation; last.pt: "
           f"--resume {run_dir} --epochs N trains further)")
     return summary

@@ -199,6 +199,7 @@ def test_devices_run_one_process_per_gpu(tmp_path, monkeypatch):
         stdout.write("trained\n")
         return 0
     monkeypatch.setattr(E.subprocess, "call", fake_call)
+    monkeypatch.setattr(E, "_gpu_count", lambda: 2)
     out = tmp_path / "study"
     assert E.main(["schedulers", "--out", str(out), "--devices", "0,1", *TINY]) == 0
     assert sorted(cmd[cmd.index("--out") + 1] for cmd, _ in launched) == sorted(

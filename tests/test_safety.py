@@ -286,10 +286,10 @@ def test_disk_full_keeps_the_last_good_checkpoint(tmp_path, easy, capsys, monkey
     out = tmp_path / "run"
     real_save = T.save_atomic
 
-    def save(obj, path):
+    def save(obj, *paths):
         if obj["epoch"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real_save(obj, path)
+            raise OSError(errno.ENOSPC, "No space left on device", str(paths[0]))
+        real_save(obj, *paths)
 
     monkeypatch.setattr(T, "save_atomic", save)
     assert status(T.main, TINY + ["--epochs", "3", "--out", str(out)]) == 2
