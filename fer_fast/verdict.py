@@ -3,8 +3,10 @@ selfcheck``, one file per machine and software.
 
 A verdict is the selfcheck's JSON (its ``rows``: parity per op, backend and check, and the
 measured time of each passing backend) plus the ``key`` it holds for: device kind and name,
-compute capability, driver, torch, triton, fer_fast version and the sha256 of the kernel
-sources (``kernels/*.py``, the native extension's sources or binary, the fast-path modules).
+compute capability, driver, torch, triton, fer_fast version and the sha256 of the sources the
+fast paths run, as imported (:func:`source_files`: the loaded kernel modules' files in every
+install mode, the fast-path modules, the native extension's binary and, in a checkout, its
+sources).
 Any change of these makes a new key, hence a new selfcheck. Files:
 ``$FER_FAST_VERDICT_DIR`` or ``$XDG_CACHE_HOME/fer_fast`` or ``~/.cache/fer_fast``, named
 ``verdict-<device type>-<first 16 hex digits of the key's sha256>.json``.
@@ -28,8 +30,10 @@ Any change of these makes a new key, hence a new selfcheck. Files:
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import pkgutil
 import platform
 import signal
 import subprocess
@@ -42,13 +46,13 @@ import torch
 
 from . import backends
 
-__all__ = ["verdict_dir", "disabled", "environment", "verdict_path", "load", "save",
+__all__ = ["verdict_dir", "disabled", "source_files", "source_hash", "environment", "verdict_path", "load", "save",
            "ensure_verdict", "auto_order", "prepare_auto", "passed_backends"]
 
 _PACKAGE = Path(__file__).resolve().parent
 #: modules whose code runs on the fast paths (their hash is part of the key)
-_FAST_MODULES = ("augmentation.py", "block.py", "stack.py", "backends.py", "tolerances.py",
-                 "selfcheck.py", "verdict.py")
+_FAST_MODULES = ("augmentation", "block", "stack", "backends", "devices", "tolerances",
+                 "selfcheck", "verdict")
 #: seconds the trainer waits for the selfcheck child (``FER_FAST_SELFCHECK_TIMEOUT`` overrides)
 DEFAULT_TIMEOUT_S = 1200
 _cache: dict[str, dict | None] = {}
@@ -69,16 +73,27 @@ def verdict_dir() -> Path:
     return Path(base) / "fer_fast"
 
 
+def source_files() -> list[Path]:
+    """The files whose code the fast paths run, as this process imports them: every module of
+    ``fer_fast.kernels`` (wherever the install put it: ``kernels/`` of the checkout in an
+    editable install), the fast-path modules, the native extension and, in a source checkout,
+    its sources."""
+    from . import kernels
+    modules = [f"{kernels.__name__}.{m.name}" for m in pkgutil.iter_modules(kernels.__path__)]
+    modules += [kernels.__name__] + [f"{__package__}.{m}" for m in _FAST_MODULES]
+    files = [Path(importlib.import_module(m).__file__).resolve() for m in modules]
+    native = sys.modules.get(f"{__package__}._C")
+    files += [Path(native.__file__).resolve()] if native is not None else []
+    csrc = _PACKAGE.parent / "csrc"
+    files += [p for p in csrc.glob("*") if p.is_file()] if csrc.is_dir() else []
+    return sorted(set(files))
+
+
 def source_hash() -> str:
-    """sha256 over the kernel sources, the native extension and the fast-path modules."""
-    files = sorted((_PACKAGE / "kernels").glob("*.py"))
-    csrc = _PACKAGE.parent / "csrc"  # a source checkout; an installed package hashes its binary
-    files += sorted(p for p in csrc.glob("*") if p.is_file()) if csrc.is_dir() else []
-    files += sorted(_PACKAGE.glob("_C*.so")) + [_PACKAGE / m for m in _FAST_MODULES]
+    """sha256 over :func:`source_files` (their names and contents)."""
     digest = hashlib.sha256()
-    for path in files:
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in source_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
