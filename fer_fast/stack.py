@@ -317,10 +317,12 @@ def model_backend_choices() -> list[str]:
     return ["auto"] + sorted(set(backends.names("stack")) | set(backends.names("block")))
 
 
+@torch.compiler.assume_constant_result
 def resolve_model_backend(backend: str, device: torch.device | str) -> str:
     """The backend a block chain with ``backend`` runs on ``device``: "auto" takes a
     whole-stack (op "stack") backend when "auto" may choose one there, else the best block
-    backend. Raises a clear error when ``backend`` is unknown or does not run on ``device``."""
+    backend. Raises a clear error when ``backend`` is unknown or does not run on ``device``.
+    A constant to torch.compile (see ``backends.choose``)."""
     if backend == "auto":
         return (backends.auto_choice("stack", device)
                 or backends.auto_choice("block", device))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import requires_cuda
+from conftest import in_fresh_process, requires_cuda
 from tolerances import tolerance
 
 from fer_fast.kernels import bn_stats
@@ -756,6 +756,7 @@ def _stack_step(model, x):
     return outs, dxs
 
 
+@in_fresh_process
 def test_conv_bn_relu_stack_under_torch_compile_fullgraph():
     """``torch.compile(fullgraph=True)`` (aot_eager: fake implementations, functionalised
     running-statistics updates) over a triton stack gives exactly the uncompiled stack's

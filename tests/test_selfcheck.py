@@ -8,11 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from fer_fast import backends, selfcheck, verdict
+from conftest import in_fresh_process
+import fer_fast.augmentation
+from fer_fast import VGG, backends, selfcheck, verdict
 from fer_fast.block import conv_bn_act_ref
 from fer_fast.stack import resolve_model_backend
 
@@ -86,6 +89,32 @@ def test_key_changes_with_the_software(cache):
     assert verdict.verdict_path(CUDA, {**env, "kernel_source_sha256": "0" * 64}) != path
 
 
+def test_key_covers_the_kernel_sources_as_imported():
+    """Every module of ``fer_fast.kernels`` is hashed from the file it was imported from (in an
+    editable install: ``kernels/`` of the checkout, mapped by package_dir)."""
+    import pkgutil
+    import fer_fast.kernels
+    files = set(verdict.source_files())
+    for info in pkgutil.iter_modules(fer_fast.kernels.__path__):
+        module = __import__(f"fer_fast.kernels.{info.name}", fromlist=["_"])
+        assert Path(module.__file__).resolve() in files, info.name
+    assert Path(fer_fast.augmentation._C.__file__).resolve() in files
+
+
+def test_editing_a_kernel_changes_the_key(cache, tmp_path, monkeypatch):
+    """A kernel source edited after a verdict was stored: a new key, so the old verdict (which
+    judged the old code) is not read."""
+    import shutil
+    from fer_fast.kernels import conv
+    copy = tmp_path / "conv.py"
+    shutil.copy(conv.__file__, copy)
+    monkeypatch.setattr(conv, "__file__", str(copy))
+    before = verdict.verdict_path("cpu")
+    assert verdict.verdict_path("cpu") == before
+    copy.write_text(copy.read_text() + "\n# edited\n")
+    assert verdict.verdict_path("cpu") != before
+
+
 def test_auto_takes_the_fastest_that_passed(cache, fake_cuda_backends):
     _write([_parity("augment", "triton", True), _parity("augment", "native", True),
             _time("augment", "eager", 10.0), _time("augment", "triton", 2.0),
@@ -132,6 +161,20 @@ def test_disabled_means_eager_on_cuda_and_todays_choices_on_cpu(cache, fake_cuda
     assert backends.auto_choice("augment", "cpu") == "native"
     record = verdict.prepare_auto(CUDA, needed=True)
     assert record["verdict"] is None and "disables" in record["selfcheck"]
+
+
+@in_fresh_process
+def test_auto_under_torch_compile_fullgraph_as_the_first_call(cache):
+    """The verdict is read while resolving "auto", outside the traced forward: a compiled
+    ``VGG(backend="auto")`` works as the process's first call with a verdict file to read."""
+    verdict.save("cpu", {"device": "cpu", "env": verdict.environment("cpu"), "passed": True,
+                         "rows": [_parity("augment", "native", True)]})
+    torch.manual_seed(0)
+    model, twin = VGG(width=1 / 32, dropout=0.0, backend="auto"), VGG(width=1 / 32, dropout=0.0)
+    twin.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 40, 40)
+    got = torch.compile(model, backend="eager", fullgraph=True)(x)
+    torch.testing.assert_close(got, twin(x), rtol=0, atol=0)
 
 
 def test_cpu_without_a_verdict_keeps_the_registry_choices(cache):
