@@ -47,7 +47,7 @@ import torch
 from . import backends
 
 __all__ = ["verdict_dir", "disabled", "source_files", "source_hash", "environment", "verdict_path", "load", "save",
-           "ensure_verdict", "auto_order", "prepare_auto", "passed_backends"]
+           "ensure_verdict", "auto_order", "decisions", "prepare_auto", "passed_backends"]
 
 _PACKAGE = Path(__file__).resolve().parent
 #: modules whose code runs on the fast paths (their hash is part of the key)
@@ -225,16 +225,56 @@ def auto_order(op: str, device: torch.device, candidates: list[str]) -> list[str
                    f"or call fer_fast.selfcheck.ensure_verdict() to verify and time the fast "
                    f"backends here")
         return [n for n in candidates if n == "eager"]
+    return _order(verdict, op, candidates)
+
+
+def _order(verdict: dict, op: str, candidates: list[str]) -> list[str]:
+    """``candidates`` that passed in ``verdict`` (eager always), fastest measured first; a
+    whole-stack backend only where it beats every passing block backend."""
     passed, times = passed_backends(verdict, op), _times(verdict, op)
     ok = [n for n in candidates if n == "eager" or n in passed]
     inf = float("inf")
     ok.sort(key=lambda n: times.get(n, inf))  # stable: unmeasured keep the registry's order
-    if op == "stack":  # a whole-stack backend only where it beats every passing block backend
+    if op == "stack":
         block = _times(verdict, "block")
         best_block = min((t for n, t in block.items()
                           if n == "eager" or n in passed_backends(verdict, "block")), default=inf)
         ok = [n for n in ok if times.get(n, inf) < best_block]
     return ok
+
+
+def decisions(result: dict, device: torch.device | str) -> list[str]:
+    """One line per op of ``result`` (a selfcheck result or verdict): what "auto" takes for it
+    on ``device`` by that result, and why the other backends are not taken."""
+    device = torch.device(device)
+    lines = []
+    for op in dict.fromkeys(r["op"] for r in result["rows"]):
+        eligible = backends.eligible(op, device)
+        order, failed, times = _order(result, op, eligible), _failed_checks(result, op), \
+            _times(result, op)
+        choice = order[0] if order else None
+        if choice is None:
+            taken = "nothing (the VGG takes the best block backend)"
+        elif choice in times and len([n for n in order if n in times]) > 1:
+            taken = f"{choice}: the fastest that passed ({times[choice]:.3g} ms)"
+        elif choice in times:
+            taken = f"{choice}: passed, {times[choice]:.3g} ms"
+        else:
+            taken = f"{choice}: passed, registry priority (not timed)"
+        why = []
+        for name in backends.available(op, device):
+            if name == choice:
+                continue
+            if name in failed:
+                why.append(f"{name} failed {', '.join(failed[name])}")
+            elif name not in eligible:
+                why.append(f"{name} is never taken on {device.type}")
+            elif name not in order:
+                why.append(f"{name} is slower than the best block backend")
+            else:
+                why.append(f"{name} is slower")
+        lines.append(f"auto {op}: {taken}" + (f"; {'; '.join(why)}" if why else ""))
+    return lines
 
 
 def check_explicit(op: str, name: str, device: torch.device) -> None:
