@@ -46,8 +46,9 @@ import torch
 
 from . import backends
 
-__all__ = ["verdict_dir", "disabled", "source_files", "source_hash", "environment", "verdict_path", "load", "save",
-           "ensure_verdict", "auto_order", "decisions", "prepare_auto", "passed_backends"]
+__all__ = ["verdict_dir", "disabled", "source_files", "source_hash", "environment",
+           "verdict_path", "load", "save", "malformed", "ensure_verdict", "selfcheck_timeout",
+           "auto_order", "decisions", "prepare_auto", "passed_backends"]
 
 _PACKAGE = Path(__file__).resolve().parent
 #: modules whose code runs on the fast paths (their hash is part of the key)
@@ -160,11 +161,43 @@ def load(device: torch.device | str) -> dict | None:
         path = verdict_path(device)
         try:
             result = json.loads(path.read_text())
-            result["path"] = str(path)
-        except (OSError, ValueError):
+        except OSError:
             result = None
+        except ValueError as err:
+            result = _ignored(path, f"not JSON ({err})")
+        else:
+            why = malformed(result)
+            result = _ignored(path, why) if why else {**result, "path": str(path)}
         _cache[slot] = result
     return _cache[slot]
+
+
+def malformed(result) -> str | None:
+    """Why ``result`` is not a verdict "auto" can trust (None when it is): an object whose
+    ``rows`` are objects with a string ``op``, ``backend`` and ``check``, a boolean ``passed``
+    and a numeric or null ``time_ms``."""
+    if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
+        return "not an object with a list of rows"
+    for i, row in enumerate(result["rows"]):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str)
+                                                for k in ("op", "backend", "check")):
+            return f"row {i} lacks op, backend or check"
+        if not isinstance(row.get("passed"), bool):
+            return f"row {i}: passed is {row.get('passed')!r}, not true or false"
+        time_ms = row.get("time_ms")
+        if time_ms is not None and (isinstance(time_ms, bool)
+                                    or not isinstance(time_ms, (int, float))):
+            return f"row {i}: time_ms is {time_ms!r}, not a number"
+    return None
+
+
+def _ignored(path: Path, why: str) -> None:
+    """A verdict file that cannot be trusted counts as absent (said once on stderr)."""
+    if ("malformed", str(path)) not in _warned:
+        _warned.add(("malformed", str(path)))
+        print(f"fer_fast: ignoring the selfcheck verdict {path}: {why}; it counts as absent "
+              f"(the selfcheck runs again where a verdict is needed)", file=sys.stderr)
+    return None
 
 
 def save(device: torch.device | str, result: dict) -> Path:
@@ -292,6 +325,23 @@ def check_explicit(op: str, name: str, device: torch.device) -> None:
 backends.set_auto_policy(auto_order, check_explicit)
 
 
+def selfcheck_timeout() -> float:
+    """Seconds the selfcheck child may run: ``FER_FAST_SELFCHECK_TIMEOUT``, else
+    ``DEFAULT_TIMEOUT_S``; anything but a positive number is a user error."""
+    from .cli import UserError
+    text = os.environ.get("FER_FAST_SELFCHECK_TIMEOUT", "").strip()
+    if not text:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"FER_FAST_SELFCHECK_TIMEOUT={text!r}: give the seconds the selfcheck "
+                        f"may run, a number > 0 (default {DEFAULT_TIMEOUT_S})")
+    return seconds
+
+
 def _failure_verdict(device: torch.device, why: str) -> dict:
     """A verdict for a selfcheck that did not finish: every fast backend failed there."""
     rows = [{"op": op, "backend": name, "check": "selfcheck child", "passed": False,
@@ -308,11 +358,10 @@ def ensure_verdict(device: torch.device | str, *, timeout: float | None = None) 
     that crashes, faults or outlives ``timeout`` (default ``FER_FAST_SELFCHECK_TIMEOUT`` or
     1200 s) is recorded as a verdict in which every fast backend failed."""
     device = torch.device(device)
+    timeout = selfcheck_timeout() if timeout is None else timeout  # a bad value: said at once
     verdict = load(device)
     if verdict is not None:
         return verdict, f"selfcheck verdict for {device}: {verdict['path']} (cached)"
-    if timeout is None:
-        timeout = float(os.environ.get("FER_FAST_SELFCHECK_TIMEOUT", DEFAULT_TIMEOUT_S))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "selfcheck.json"
         cmd = [sys.executable, "-m", "fer_fast", "selfcheck", "--device", str(device), "--quick",

@@ -269,3 +269,51 @@ def test_interpreter_numpy_constraint_is_named(monkeypatch):
     monkeypatch.setattr(triton, "__version__", "3.9.0")
     monkeypatch.setattr(numpy, "__version__", "2.5.0")
     assert selfcheck.interpreter_conflict() is None
+
+
+def test_an_unknown_backend_is_a_user_error(capsys):
+    for argv in (["--op", "augment", "--backend", "bogus"], ["--op", "augment", "--backend", "fused"]):
+        assert selfcheck.main(["--device", "cpu", *argv]) == 2
+        assert capsys.readouterr().err.startswith("error: --backend")
+
+
+def test_a_selfcheck_of_zero_checks_fails():
+    result = selfcheck.run("cpu", ops=("augment",), only_backends={"none of them"})
+    assert result["checks"] == 0 and not result["passed"]
+    assert "no check ran" in selfcheck.format_footer(result)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "abc", "nan", "inf"])
+def test_a_bad_selfcheck_timeout_is_a_user_error(cache, monkeypatch, value):
+    from fer_fast.cli import UserError
+    monkeypatch.setenv("FER_FAST_SELFCHECK_TIMEOUT", value)
+    with pytest.raises(UserError, match="FER_FAST_SELFCHECK_TIMEOUT"):
+        verdict.ensure_verdict("cpu")
+    monkeypatch.setenv("FER_FAST_SELFCHECK_TIMEOUT", "30")
+    assert verdict.selfcheck_timeout() == 30.0
+
+
+@pytest.mark.parametrize("content", [
+    [], None, {"rows": [{"op": "block"}]}, {"rows": "all passed"},
+    {"rows": [{"op": "block", "backend": "fused", "check": "forward fp16", "passed": "false"}]},
+    {"rows": [{"op": "block", "backend": "fused", "check": "time", "passed": True,
+               "time_ms": "1"}]}])
+def test_a_malformed_verdict_counts_as_absent_and_is_recomputed(cache, fake_cuda_backends,
+                                                                 monkeypatch, capsys, content):
+    path = verdict.verdict_path(CUDA)
+    path.write_text(json.dumps(content))
+    assert verdict.load(CUDA) is None and verdict.load(CUDA) is None
+    assert capsys.readouterr().err.count("ignoring the selfcheck verdict") == 1  # said once
+    with pytest.warns(RuntimeWarning, match="no selfcheck verdict"):
+        assert resolve_model_backend("auto", CUDA) == "eager"
+    fresh = {"device": "cuda", "env": verdict.environment(CUDA), "passed": True,
+             "rows": [_parity("block", "fused", True), _time("block", "eager", 2.0),
+                      _time("block", "fused", 1.0)]}
+
+    def fake_child(cmd, **kwargs):  # the selfcheck child, recomputing
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps(fresh))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(verdict.subprocess, "run", fake_child)
+    record, note = verdict.ensure_verdict(CUDA)
+    assert "ran the selfcheck" in note and verdict.passed_backends(record, "block") == {"fused"}
