@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import backends, cli, verdict
+from . import backends, cli, devices, verdict
 from .augmentation import augment_ref, sample_params
 from .block import ORDERS, conv_bn_act_ref
 from .kernels import INTERPRETER_ENV, is_interpreter
@@ -57,7 +57,9 @@ from .verdict import ensure_verdict
 __all__ = ["run", "main", "ensure_verdict", "interpreter_conflict", "sgd_losses", "VGG_LAYERS",
            "OPS"]
 
-OPS = ("augment", "block", "stack")
+OPS = ("augment", "block", "stack", "precision")
+#: the backends each op's fast path is checked as (op "precision": the CPU training path)
+_PRECISION_BACKENDS = ("bf16",)
 #: (name, C_in, C_out, H = W, max-pool after) of the VGG's eight blocks
 VGG_LAYERS = (("1a", 1, 64, 40, False), ("1b", 64, 64, 40, True), ("2a", 64, 128, 20, False),
               ("2b", 128, 128, 20, True), ("3a", 128, 256, 10, False),
@@ -104,7 +106,7 @@ def sizes(device: torch.device, quick: bool) -> Sizes:
                      time_reps=10 if quick else 30, dtypes=(F32, F16, BF16))
     return Sizes(augment_batch=1, block_batch=1, channel_div=16, spatial_div=4,
                  both_orders=False, stack_width=1 / 32, stack_batch=2,
-                 stack_size=24, train_width=1 / 32, train_batch=1, train_steps=2,
+                 stack_size=24, train_width=1 / 8, train_batch=16, train_steps=2,
                  time_images=16, time_crops=32, time_width=0.125, time_reps=2 if quick else 5,
                  dtypes=(F32, F16))
 
@@ -114,7 +116,7 @@ def _row(op, backend, check, passed, max_error=None, tol=None, margin=None, time
     return {"op": op, "backend": backend, "check": check, "passed": bool(passed),
             "max_error": None if max_error is None else float(max_error),
             "tolerance": tol, "margin": None if margin is None else float(margin),
-            "time_ms": time_ms, "speedup": speedup, "detail": detail}
+            "time_ms": time_ms, "speedup": speedup, "detail": detail, "worst": None}
 
 
 class _Compare:
@@ -153,10 +155,8 @@ class _Compare:
                        f"vacuous at this shape")
         if not self.margin <= 1:
             why.append(f"worst: {self.where}")
-        row = _row(op, backend, check, passed, self.error, self.tol, self.margin,
-                   detail="; ".join(why) or None)
-        row["worst"] = self.where
-        return row
+        return {**_row(op, backend, check, passed, self.error, self.tol, self.margin,
+                       detail="; ".join(why) or None), "worst": self.where}
 
 
 def _dtype_name(dtype) -> str:
@@ -407,6 +407,54 @@ def check_train(op, name, device, sz: Sizes) -> dict:
     return worst.row(op, name, f"train {sz.train_steps} steps {_dtype_name(dtype)}")
 
 
+# ------------------------------------------------------------------------ CPU training path
+def check_cpu_precision(device, sz: Sizes) -> list[dict]:
+    """What ``--precision auto`` may take on this CPU (``fer_fast.verdict.cpu_precision``): a
+    few training steps (``fer_fast.train.TrainStep``, SGD-Nesterov) of a small VGG in bf16
+    autocast, channels_last, vs the fp32 NCHW eager reference from the same init on the same
+    batches: losses, parameters and running statistics within ``SELFCHECK_TRAIN[bf16]``; then
+    one training step of each timed at the timing shape."""
+    from .train import TrainStep
+
+    def train(model, precision, crops, labels):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                              weight_decay=1e-4)
+        step = TrainStep(model, opt, torch.amp.GradScaler(device.type, enabled=False),
+                         device_type=device.type, precision=precision)
+        return torch.stack([step.on_crops(c, y)[0].float() for c, y in zip(crops, labels)])
+
+    def models(width):
+        torch.manual_seed(0)
+        ref = VGG(width=width, dropout=0.0).to(device)
+        return ref, copy.deepcopy(ref).to(memory_format=torch.channels_last)
+
+    ref, fast = models(sz.train_width)
+    gen = torch.Generator().manual_seed(1)
+    crops = torch.rand(sz.train_steps, sz.train_batch, 1, 40, 40, generator=gen).to(device)
+    labels = torch.randint(0, 7, (sz.train_steps, sz.train_batch), generator=gen).to(device)
+    tol = SELFCHECK_TRAIN[BF16]
+    worst = _Compare()
+    worst.add(train(fast, "bf16", crops, labels), train(ref, "fp32", crops, labels), tol, "loss")
+    state = ref.state_dict()
+    for (pname, a), (_, b) in zip(fast.state_dict().items(), state.items()):
+        if a.is_floating_point():
+            # biases and running means start at 0: measured against their layer's weight
+            # (running variance) scale, as the conv bias against its weight elsewhere
+            scale = state[pname.replace("bias", "weight").replace("running_mean",
+                                                                  "running_var")]
+            worst.add(a, b, tol, pname, scale)
+    rows = [worst.row("precision", "bf16", f"train {sz.train_steps} steps vs fp32")]
+    if rows[0]["passed"]:
+        ref, fast = models(sz.time_width)
+        crops = torch.rand(1, sz.time_crops, 1, 40, 40, generator=gen).to(device)
+        labels = torch.randint(0, 7, (1, sz.time_crops), generator=gen).to(device)
+        base = _time_ms(lambda: train(ref, "fp32", crops, labels), device, sz.time_reps)
+        ms = _time_ms(lambda: train(fast, "bf16", crops, labels), device, sz.time_reps)
+        rows += [_row("precision", "fp32", "time", True, time_ms=base, speedup=1.0),
+                 _row("precision", "bf16", "time", True, time_ms=ms, speedup=base / ms)]
+    return rows
+
+
 # ------------------------------------------------------------------------------------- time
 def _time_ms(fn, device, reps) -> float:
     """Median milliseconds of ``fn()`` after warm-up (CUDA events on a GPU)."""
@@ -483,7 +531,17 @@ def run(device: torch.device | str = "cpu", *, quick: bool = False, ops=OPS,
         for r in new:
             log and log(r)
 
+    kernel_ops = [op for op in ops if op != "precision"]
+    skipped = [BF16_SKIPPED] if kernel_ops and BF16 not in sz.dtypes else []
+    if "precision" in ops and device.type == "cpu" and (only_backends is None
+                                                        or "bf16" in only_backends):
+        if devices.cpu_has_native_bf16():
+            emit(_guarded(lambda: check_cpu_precision(device, sz), "precision", "bf16", "train"))
+        else:
+            skipped.append("precision: this CPU has no native bf16 (auto trains in fp32)")
     for op in ops:
+        if op == "precision":
+            continue
         fast = [n for n in backends.available(op, device) if n != "eager"
                 and (only_backends is None or n in only_backends)]
         for name in fast:
@@ -495,6 +553,8 @@ def run(device: torch.device | str = "cpu", *, quick: bool = False, ops=OPS,
                 emit(_guarded(lambda: check_train(op, name, device, sz), op, name, "train"))
     # time eager and every backend that passed and that "auto" may take here
     for op in ops:
+        if op == "precision":
+            continue
         timed_op = "block" if op == "stack" else op
         names = [n for n in backends.eligible(op, device)
                  if all(r["passed"] for r in rows if r["op"] == op and r["backend"] == n)
@@ -516,7 +576,7 @@ def run(device: torch.device | str = "cpu", *, quick: bool = False, ops=OPS,
     return {"device": str(device), "env": verdict.environment(device), "quick": quick,
             "rows": rows, "checks": checks,
             "passed": checks > 0 and all(r["passed"] for r in rows),
-            "skipped": [] if BF16 in sz.dtypes else [BF16_SKIPPED]}
+            "skipped": skipped}
 
 
 def _fmt(value, spec) -> str:
@@ -601,7 +661,8 @@ def main(argv=None) -> int:
     device = cli.resolve_device(args.device)
     ops = tuple(args.op or OPS)
     if args.backend:
-        known = {n for op in ops for n in backends.names(op)} - {"eager"}
+        known = {n for op in ops for n in (_PRECISION_BACKENDS if op == "precision"
+                                           else backends.names(op))} - {"eager"}
         unknown = sorted(set(args.backend) - known)
         if unknown:
             raise cli.UserError(f"--backend {', '.join(unknown)}: not a fast backend of "

@@ -48,7 +48,7 @@ from . import backends
 
 __all__ = ["verdict_dir", "disabled", "source_files", "source_hash", "environment",
            "verdict_path", "load", "save", "malformed", "ensure_verdict", "selfcheck_timeout",
-           "auto_order", "decisions", "prepare_auto", "passed_backends"]
+           "auto_order", "decisions", "cpu_precision", "prepare_auto", "passed_backends"]
 
 _PACKAGE = Path(__file__).resolve().parent
 #: modules whose code runs on the fast paths (their hash is part of the key)
@@ -282,6 +282,10 @@ def decisions(result: dict, device: torch.device | str) -> list[str]:
     device = torch.device(device)
     lines = []
     for op in dict.fromkeys(r["op"] for r in result["rows"]):
+        if op == "precision":
+            lines.append(f"auto precision (CPU training): {_precision_choice(result)}: "
+                         + _precision_why(result))
+            continue
         eligible = backends.eligible(op, device)
         order, failed, times = _order(result, op, eligible), _failed_checks(result, op), \
             _times(result, op)
@@ -308,6 +312,35 @@ def decisions(result: dict, device: torch.device | str) -> list[str]:
                 why.append(f"{name} is slower")
         lines.append(f"auto {op}: {taken}" + (f"; {'; '.join(why)}" if why else ""))
     return lines
+
+
+def _precision_choice(verdict: dict) -> str | None:
+    """"bf16" where the CPU training path in bf16 passed and was faster than fp32 in
+    ``verdict``, "fp32" where it failed or was slower, None where it was not checked."""
+    if not any(r["op"] == "precision" for r in verdict["rows"]):
+        return None
+    times = _times(verdict, "precision")
+    inf = float("inf")
+    faster = times.get("bf16", inf) < times.get("fp32", inf)
+    return "bf16" if "bf16" in passed_backends(verdict, "precision") and faster else "fp32"
+
+
+def _precision_why(verdict: dict) -> str:
+    times, failed = _times(verdict, "precision"), _failed_checks(verdict, "precision")
+    if failed:
+        return f"bf16 failed {', '.join(failed['bf16'])}"
+    if not {"fp32", "bf16"} <= set(times):
+        return "bf16 + channels_last passed but was not timed"
+    return (f"bf16 + channels_last passed, a training step {times['fp32'] / times['bf16']:.2f}x "
+            f"the speed of fp32 ({times['bf16']:.3g} vs {times['fp32']:.3g} ms)")
+
+
+def cpu_precision() -> str | None:
+    """The precision ``--precision auto`` trains in on this CPU by its verdict: "bf16" where
+    bf16 autocast + channels_last passed the selfcheck's training parity here and was faster
+    than fp32, "fp32" where not; None without a verdict (or one without that check)."""
+    record = None if disabled() else load("cpu")
+    return None if record is None else _precision_choice(record)
 
 
 def check_explicit(op: str, name: str, device: torch.device) -> None:

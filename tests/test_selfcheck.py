@@ -317,3 +317,30 @@ def test_a_malformed_verdict_counts_as_absent_and_is_recomputed(cache, fake_cuda
     monkeypatch.setattr(verdict.subprocess, "run", fake_child)
     record, note = verdict.ensure_verdict(CUDA)
     assert "ran the selfcheck" in note and verdict.passed_backends(record, "block") == {"fused"}
+
+
+def _precision_rows(passed=True, fp32_ms=10.0, bf16_ms=5.0):
+    return [_parity("precision", "bf16", passed, "train 2 steps vs fp32"),
+            _time("precision", "fp32", fp32_ms), _time("precision", "bf16", bf16_ms)]
+
+
+@pytest.mark.parametrize("rows, native, want", [
+    (None, True, None), (_precision_rows(), True, "bf16"),
+    (_precision_rows(bf16_ms=20.0), True, "fp32"), (_precision_rows(passed=False), True, "fp32"),
+    ([_parity("augment", "native", True)], True, None), (_precision_rows(), False, "bf16")])
+def test_cpu_precision_auto_is_bf16_only_where_verified_and_faster(cache, monkeypatch, rows,
+                                                                    native, want):
+    """``--precision auto`` on a CPU: bf16 only where the CPU has native bf16 and the verdict
+    has the bf16 training path passing and faster than fp32 here; fp32 otherwise."""
+    from fer_fast import devices, train
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    if rows is not None:
+        verdict.save("cpu", {"device": "cpu", "env": verdict.environment("cpu"), "rows": rows,
+                             "passed": all(r["passed"] for r in rows)})
+    assert verdict.cpu_precision() == want
+    expected = "bf16" if native and want == "bf16" else "fp32"
+    assert train.resolve_precision("auto", torch.device("cpu")) == expected
+    assert train.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    if rows is not None and want:
+        (line,) = [ln for ln in verdict.decisions({"rows": rows}, "cpu") if "precision" in ln]
+        assert line.startswith(f"auto precision (CPU training): {want}")

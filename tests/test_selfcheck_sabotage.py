@@ -199,3 +199,25 @@ def test_the_command_exits_1_on_the_failed_row(cache, monkeypatch, capsys):
     (line,) = [ln for ln in out.splitlines() if ln.startswith("augment") and "parity fp32" in ln]
     assert "FAIL" in line and "native" in line
     assert "auto augment: eager" in out and "native failed parity fp32" in out
+
+
+def test_a_broken_bf16_cpu_training_path_is_refused(cache, monkeypatch):
+    """The CPU training path in bf16 with the loss taken against the wrong class: its row
+    fails and ``--precision auto`` trains in fp32."""
+    from fer_fast import devices, train
+    if not devices.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16: the path is not checked")
+    real = train.F.cross_entropy
+
+    def wrong_class(logits, labels):
+        if torch.is_autocast_enabled("cpu"):
+            labels = (labels + 1) % logits.shape[1]
+        return real(logits, labels)
+
+    monkeypatch.setattr(train, "F", types.SimpleNamespace(cross_entropy=wrong_class))
+    rows = selfcheck.check_cpu_precision(CPU, selfcheck.sizes(CPU, quick=True))
+    assert [r["check"] for r in rows if not r["passed"]] == ["train 2 steps vs fp32"]
+    verdict.save(CPU, {"device": "cpu", "env": verdict.environment(CPU), "rows": rows,
+                       "passed": False})
+    assert verdict.cpu_precision() == "fp32"
+    assert train.resolve_precision("auto", CPU) == "fp32"
