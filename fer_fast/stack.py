@@ -283,6 +283,7 @@ def conv_bn_act_stack_triton(x, convs, bns, pools, *, order):
         dtype = torch.get_autocast_dtype(x.device.type)
     else:
         dtype = x.dtype
+    devices.refuse_bf16_dot_under_interpreter(_OP_NAME, dtype)  # before any counter moves
     training = bns[0].training or not bns[0].track_running_stats
     tracked = bns[0].track_running_stats
     means, variances, counters = ([b.running_mean for b in bns], [b.running_var for b in bns],

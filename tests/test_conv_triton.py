@@ -825,6 +825,15 @@ def test_stack_refuses_bfloat16_under_the_interpreter():
     with pytest.raises(ValueError, match="bfloat16.*TRITON_INTERPRET"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             stack.float()(x)
+    assert int(stack.blocks[0].bn.num_batches_tracked) == 0  # a refused call counts no batch
+    xb, wp = torch.randn(2, 4, 4, 3, dtype=torch.bfloat16), torch.randn(27, 5, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="conv3x3.*bfloat16.*TRITON_INTERPRET"):
+        K.conv3x3(xb, wp)  # the kernel library's own launcher
+    with pytest.raises(ValueError, match="conv3x3.*bfloat16.*TRITON_INTERPRET"):
+        K.conv3x3_wgrad(xb, torch.randn(2, 4, 4, 5, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="conv3x3.*bfloat16.*TRITON_INTERPRET"):
+        K.conv3x3_dgrad(torch.randn(2, 4, 4, 5, dtype=torch.bfloat16),
+                        torch.randn(45, 3, dtype=torch.bfloat16))
 
 
 @requires_cuda
