@@ -96,6 +96,15 @@ def eval_running_mean(fn):
     return broken
 
 
+def eval_batch_statistics(fn):
+    """Eval mode normalises with the batch statistics instead of the running ones."""
+    def broken(x, weight, bias, gamma, beta, mean, var, *, training, **kw):
+        if not training:
+            mean, var = mean.clone(), var.clone()  # (the running statistics stay untouched)
+        return fn(x, weight, bias, gamma, beta, mean, var, training=True, **kw)
+    return broken
+
+
 def conv_epilogue(fn):
     """The convolution's output x 1.001."""
     def broken(x, weight, bias, *args, **kw):
@@ -146,6 +155,7 @@ SABOTAGE = [  # (defect, op, backend, dtype checked, the row that must fail)
     (biased_running_variance, "block", "fused", F32, "running stats fp32"),
     (batch_variance_plus, "block", "fused", F32, "forward fp32"),
     (eval_running_mean, "block", "fused", F32, "eval fp32"),
+    (eval_batch_statistics, "block", "fused", F32, "eval fp32"),
     (conv_epilogue, "block", "fused", F32, "running stats fp32"),
     (weight_gradient, "block", "fused", F32, "gradients fp32"),
     (eval_running_variance, "stack", "triton", F32, "eval fp32"),
