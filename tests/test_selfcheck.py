@@ -272,7 +272,8 @@ def test_interpreter_numpy_constraint_is_named(monkeypatch):
 
 
 def test_an_unknown_backend_is_a_user_error(capsys):
-    for argv in (["--op", "augment", "--backend", "bogus"], ["--op", "augment", "--backend", "fused"]):
+    for backend in ("bogus", "fused"):  # fused: a backend, but not of the augmentation
+        argv = ["--op", "augment", "--backend", backend]
         assert selfcheck.main(["--device", "cpu", *argv]) == 2
         assert capsys.readouterr().err.startswith("error: --backend")
 
