@@ -3,9 +3,10 @@ tests' (``TOLERANCES``, elementwise) and ``python -m fer_fast selfcheck``'s (bel
 tensor).
 
 Each entry of ``TOLERANCES`` is the ``atol``/``rtol`` pair passed to
-``torch.testing.assert_close``. Rationale: fp32 differs from the reference only by summation order and FMA contraction; fp16/bf16 by one
-rounding of the output (augment: values in [0, 1], ulp 2^-11 / 2^-8) and, for blocks, by
-fp16 storage of activations and accumulation over up to 9*512 products.
+``torch.testing.assert_close``. Rationale: fp32 differs from the reference only by summation
+order and FMA contraction; fp16/bf16 by one rounding of the output (augment: values in [0, 1],
+ulp 2^-11 / 2^-8) and, for blocks, by fp16 storage of activations and accumulation over up to
+9*512 products.
 """
 import math
 
