@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from conftest import in_fresh_process
-import fer_fast.augmentation
 from fer_fast import VGG, backends, selfcheck, verdict
 from fer_fast.block import conv_bn_act_ref
 from fer_fast.stack import resolve_model_backend
@@ -93,6 +92,7 @@ def test_key_covers_the_kernel_sources_as_imported():
     """Every module of ``fer_fast.kernels`` is hashed from the file it was imported from (in an
     editable install: ``kernels/`` of the checkout, mapped by package_dir)."""
     import pkgutil
+    import fer_fast.augmentation
     import fer_fast.kernels
     files = set(verdict.source_files())
     for info in pkgutil.iter_modules(fer_fast.kernels.__path__):
@@ -241,7 +241,7 @@ def test_training_proceeds_on_safe_backends_after_a_faulting_child(cache, tmp_pa
     assert auto["verdict"].startswith(str(cache))
 
 
-def test_cli_prints_the_table_and_writes_json(cache, tmp_path):
+def test_cli_prints_the_table_and_writes_json(cache, tmp_path, capsys):
     out = tmp_path / "sc.json"
     code = selfcheck.main(["--device", "cpu", "--op", "augment", "--backend", "native",
                            "--json", str(out)])
@@ -254,8 +254,17 @@ def test_cli_prints_the_table_and_writes_json(cache, tmp_path):
             ("native", "time")} <= checks
     for r in result["rows"]:
         assert set(r) >= {"op", "backend", "check", "passed", "max_error", "tolerance",
-                          "time_ms", "speedup"}
+                          "margin", "worst", "time_ms", "speedup"}
     assert not list(cache.glob("verdict-*.json"))  # a partial run is not stored
+    printed = capsys.readouterr()
+    assert "parity fp32" not in printed.err  # the table is printed once, on stdout
+    header, *lines = printed.out.splitlines()
+    assert header.split() == ["op", "backend", "check", "result", "error", "tolerance", "margin",
+                              "time", "ms", "speed-up"]
+    (row,) = [ln for ln in lines if "native" in ln and "parity fp32" in ln]
+    tol = next(r for r in result["rows"] if r["check"] == "parity fp32")["tolerance"]
+    assert f"{tol:.1e}" in row.split()  # numeric, with the margin beside it
+    assert any(ln.startswith("auto augment: ") for ln in lines)  # the decision, one line
 
 
 def test_interpreter_numpy_constraint_is_named(monkeypatch):
