@@ -354,3 +354,24 @@ def test_cpu_precision_auto_is_bf16_only_where_verified_and_faster(cache, monkey
     if rows is not None and want:
         (line,) = [ln for ln in verdict.decisions({"rows": rows}, "cpu") if "precision" in ln]
         assert line.startswith(f"auto precision (CPU training): {want}")
+
+
+def test_a_check_that_cannot_fail_fails():
+    """A row passes only where something was compared within a tolerance that an all-zero
+    result would not meet; NaN and a 1e-3 relative change in fp32 fail."""
+    want = torch.linspace(-1, 1, 50)
+
+    def row(*pairs):
+        cmp = selfcheck._Compare()
+        for got, tol in pairs:
+            cmp.add(got, want, tol, "t")
+        return cmp.row("op", "b", "c")
+
+    assert row((want + 1e-7, 1e-5))["passed"]
+    assert not row()["passed"] and "nothing compared" in row()["detail"]
+    assert not row((want, 1e-5), (want, 1.0))["passed"]  # one vacuous tolerance is enough
+    assert "vacuous" in row((want, 1.0))["detail"]
+    assert not row((want * 1.001, 1e-5))["passed"]
+    assert not row((want.clone().fill_(float("nan")), 1e-5))["passed"]
+    bad = row((want, 1e-5), (torch.zeros(50), 0.5))
+    assert not bad["passed"] and bad["worst"] == "t" and bad["margin"] == 2.0
