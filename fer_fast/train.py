@@ -48,7 +48,7 @@ from .loader import DeviceLoader, TenCropBatches, augment_batch, load_run_data
 from .model import CLASS_NAMES, VGG, check_architecture
 from .stack import model_backend_choices, resolve_model_backend
 from .plots import write_run_outputs
-from .verdict import prepare_auto
+from .verdict import cpu_precision, prepare_auto
 
 __all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "parse_args", "train",
            "TrainStep", "make_model", "make_optimizer", "make_scaler", "setup", "run_epoch",
@@ -353,12 +353,13 @@ def _s(n: int) -> str:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """"auto": fp16 on CUDA; on a CPU bf16 where it has native bf16 arithmetic (oneDNN's
-    AVX512-BF16 / AMX kernels: about twice fp32's speed), else fp32."""
+    AVX512-BF16 / AMX kernels) and the selfcheck verdict has the bf16 training path passing
+    and faster than fp32 here (``fer_fast.verdict.cpu_precision``), else fp32."""
     if name != "auto":
         return name
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if devices.cpu_has_native_bf16() else "fp32"
+    return "bf16" if devices.cpu_has_native_bf16() and cpu_precision() == "bf16" else "fp32"
 
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
