@@ -13,7 +13,7 @@ namespace fer_fast {
 
 struct Shape {
   int64_t n, c, h, w;
-  int dtype;        // OutDtype: kFloat32 or kBFloat16
+  int dtype;        // OutDtype: kFloat32, kFloat16 or kBFloat16
   bool relu_first;  // block order "relu_bn" (conv -> ReLU -> BN), else "bn_relu"
 };
 

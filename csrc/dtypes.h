@@ -43,11 +43,13 @@ FER_HD uint16_t half_bits(float f) {
   return static_cast<uint16_t>(((x >> 16) & 0x8000u) | static_cast<uint32_t>(h));
 }
 
-// bfloat16 bits of f, round to nearest even, nan kept quiet.
+// bfloat16 bits of f, round to nearest even, nan kept quiet. Both cases are computed and one
+// selected, so that CPU loops vectorise.
 FER_HD uint16_t bfloat16_bits(float f) {
   const uint32_t x = float_bits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
-  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+  const uint32_t nan = (x >> 16) | 0x40u;
+  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 // Output element types: storage type and conversion from the fp32 value.
@@ -63,6 +65,30 @@ struct BFloat16Out {
   using type = uint16_t;
   static FER_HD uint16_t from(float v) { return bfloat16_bits(v); }
 };
+
+// The float value of IEEE binary16 bits (exact: every half is a float).
+FER_HD float half_value(uint16_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1fu, mantissa = bits & 0x3ffu;
+  // subnormal (and zero): mantissa * 2^-24, computed exactly in float
+  const float small = static_cast<float>(static_cast<int32_t>(mantissa)) * 5.9604644775390625e-08f;
+  uint32_t small_bits;
+#if defined(__CUDA_ARCH__)
+  small_bits = __float_as_uint(small);
+#else
+  std::memcpy(&small_bits, &small, sizeof small_bits);
+#endif
+  const uint32_t normal = exponent == 0x1fu ? (0x7f800000u | (mantissa << 13))  // inf, nan
+                                            : (((exponent + 112u) << 23) | (mantissa << 13));
+  const uint32_t x = sign | (exponent == 0 ? small_bits : normal);
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(x);
+#else
+  float f;
+  std::memcpy(&f, &x, sizeof f);
+  return f;
+#endif
+}
 
 FER_HD float bfloat16_value(uint16_t bits) {
   const uint32_t x = static_cast<uint32_t>(bits) << 16;

@@ -165,7 +165,7 @@ def _backward_eager(dout, y, coef, *, training, order, pool):
 # ReLU only: the block's 2x2 max-pool is torch's (its CPU kernel is vectorised over channels).
 # ----------------------------------------------------------------------------------------------
 #: element dtype codes of csrc/dtypes.h (OutDtype) the native kernels take
-_NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 2}
+_NATIVE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def native_supports(device: torch.device | str) -> bool:
@@ -180,8 +180,8 @@ def _native_shape(y: torch.Tensor, order: str) -> tuple:
         raise RuntimeError(f"native block backend: needs a CPU tensor and fer_fast._C built, got "
                            f"a tensor on {y.device}")
     if y.dtype not in _NATIVE_DTYPES:
-        raise TypeError(f"native block backend: the conv output must be float32 or bfloat16 "
-                        f"(CPU autocast), got {y.dtype}")
+        raise TypeError(f"native block backend: the conv output must be float32, float16 or "
+                        f"bfloat16, got {y.dtype}")
     if not y.is_contiguous(memory_format=_CL):
         raise ValueError("native block backend: the conv output must be channels_last contiguous")
     n, c, h, w = y.shape
@@ -347,7 +347,7 @@ def conv_bn_act_native(x, weight, bias, bn_weight, bn_bias, running_mean, runnin
                        training: bool, momentum: float, eps: float, order: str, pool: bool):
     """The CPU block: ``F.conv2d`` (oneDNN) on channels_last activations, the C++ BatchNorm +
     ReLU kernels, then ``F.max_pool2d`` when ``pool``; signature, dtypes and layout of
-    :func:`conv_bn_act_fused` (fp32, or bf16 under CPU autocast)."""
+    :func:`conv_bn_act_fused` (fp32, or bf16 / fp16 under CPU autocast)."""
     out = conv_bn_act_fused(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                             training=training, momentum=momentum, eps=eps, order=order,
                             pool=False, native=True)

@@ -24,7 +24,8 @@ Any change of these makes a new key, hence a new selfcheck. Files:
   caller's CUDA context down).
 - On the CPU without a verdict: the registry's own choices (native C++ augmentation, eager
   blocks; interpreter-only backends never, nor those registered ``verified_only``, such as the
-  native C++ block).
+  native C++ block). The trainer does not stay there: like on CUDA it runs the selfcheck
+  child first (:func:`prepare_auto`), so a training run takes the verified CPU fast path.
 - ``FER_FAST_SELFCHECK=0`` (or ``off``): no selfcheck is run and no verdict read; on CUDA "auto"
   takes the eager reference (and says so once), on the CPU the registry's choices.
 """
@@ -425,16 +426,15 @@ def prepare_auto(device: torch.device, *, needed: bool) -> dict:
     config.json records: the verdict file, what happened, and what "auto" takes and why."""
     device = torch.device(device)
     if disabled():
-        note, path = "FER_FAST_SELFCHECK disables the selfcheck: 'auto' takes eager-safe backends", None
-    elif device.type != "cuda" and load(device) is None:
-        note, path = f"no selfcheck verdict needed on {device}: 'auto' takes the registry's CPU choices", None
-    elif needed:
+        note, path = ("FER_FAST_SELFCHECK disables the selfcheck: 'auto' takes eager-safe "
+                      "backends"), None
+    elif needed:  # on a CPU too: its fast path (native blocks, bf16) is taken only once verified
         verdict, note = ensure_verdict(device)
         path = verdict["path"]
     else:
         verdict = load(device)
         note, path = "no 'auto' backend asked for", verdict["path"] if verdict else None
-    if needed and (device.type == "cuda" or path is not None):
+    if needed:
         print(f"fer_fast.train: {note}", flush=True)
     from .stack import resolve_model_backend
     with warnings.catch_warnings():

@@ -14,6 +14,10 @@ import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # CPU "auto" stays on the registry's choices (eager blocks, fp32): a training test does not
+    # run the selfcheck child first, and does not depend on what it measured on this machine;
+    # the tests of the selfcheck and the verdict set up their own environment
+    os.environ.setdefault("FER_FAST_SELFCHECK", "0")
 
 import pytest  # noqa: E402
 

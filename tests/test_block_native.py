@@ -1,7 +1,7 @@
 """The "native" CPU block backend (oneDNN conv + the C++ BatchNorm + ReLU kernels of fer_fast._C,
 torch's max-pool) vs the eager reference ``conv_bn_act_ref``: forward output, gradients of input,
 weight, bias, gamma, beta, and the running statistics; both orders, pool on/off, train and eval,
-fp32 and bf16 (CPU autocast), odd shapes; a VGG trained a few steps with it; its input checks;
+fp32, fp16 and bf16 (CPU autocast), odd shapes; a VGG trained a few steps with it; its input checks;
 and a kernel broken by 0.1 % that these tolerances catch."""
 import pytest
 import torch
@@ -13,7 +13,7 @@ from tolerances import tolerance
 
 pytestmark = pytest.mark.skipif(not block.native_supports("cpu"),
                                 reason="fer_fast._C is not built (pip install -e .)")
-DTYPES = (torch.float32, torch.bfloat16)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _inputs(n, cin, cout, h, w, seed):
@@ -30,7 +30,7 @@ def _run(fn, x, params, stats, *, dtype, training, order, pool, seed):
     x = x.detach().clone().requires_grad_(True)
     params = [p.detach().clone().requires_grad_(True) for p in params]
     running = [s.clone() for s in stats]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
         out = fn(x, *params, *running, training=training, momentum=0.1, eps=1e-5, order=order,
                  pool=pool)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.dtype)
@@ -39,7 +39,7 @@ def _run(fn, x, params, stats, *, dtype, training, order, pool, seed):
 
 def _compare(got, want, dtype, training, order):
     tol = tolerance("native_block", dtype)
-    assert got[0].dtype == want[0].dtype == (dtype if dtype == torch.bfloat16 else torch.float32)
+    assert got[0].dtype == want[0].dtype == dtype
     assert got[0].is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got[0], want[0], **tol)
     for name, g, r in zip(("x", "weight", "bias", "gamma", "beta"), got[1], want[1]):
@@ -99,7 +99,7 @@ def test_a_kernel_off_by_a_tenth_of_a_percent_fails(monkeypatch):
                  "bn_relu")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
 def test_vgg_trains_like_eager(dtype):
     """Four SGD steps of a narrow VGG from one init on the same crops: losses, parameters and
     running statistics of the native backend follow the eager reference."""
@@ -132,9 +132,8 @@ def test_vgg_trains_like_eager(dtype):
 def test_bad_inputs_are_refused_before_the_kernel_runs():
     y = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last)
     g, b = torch.ones(4), torch.zeros(4)
-    with pytest.raises(TypeError, match="float32 or bfloat16"):
-        block._forward_native(y.half(), g, b, None, None, training=True, momentum=0.1, eps=1e-5,
-                              order="bn_relu", pool=False)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        block._native_shape(y.double(), "bn_relu")
     with pytest.raises(ValueError, match="channels_last"):
         block._forward_native(y.contiguous(), g, b, None, None, training=True, momentum=0.1,
                               eps=1e-5, order="bn_relu", pool=False)
@@ -143,3 +142,20 @@ def test_bad_inputs_are_refused_before_the_kernel_runs():
                               eps=1e-5, order="bn_relu", pool=False)
     with pytest.raises(RuntimeError, match="CPU tensor"):
         block._native_shape(y.to("meta"), "bn_relu")
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_every_half_precision_value_loads_and_stores_exactly(dtype):
+    """The kernels' 16-bit conversions on all 65,536 bit patterns: relu(x * s + 0) with s = 1
+    and s = -1 equals torch's (zeros, subnormals, normals, infinities; NaN maps to 0 as in the
+    ReLU's x > 0 test)."""
+    bits = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16)
+    y = bits.view(dtype).view(-1, 8, 1, 1).contiguous(memory_format=torch.channels_last)
+    shape = block._native_shape(y, "bn_relu")
+    for sign in (1.0, -1.0):
+        scale, shift = torch.full((8,), sign), torch.zeros(8)
+        out = torch.empty_like(y)
+        block._C.bn_act_forward_cpu(y.data_ptr(), out.data_ptr(), shape, scale.data_ptr(),
+                                    shift.data_ptr(), 1)
+        want = torch.relu(y.float() * sign).nan_to_num(0.0).to(dtype)
+        assert torch.equal(out.float(), want.float())  # -0.0 may come out as +0.0
