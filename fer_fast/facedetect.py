@@ -218,7 +218,7 @@ _FRONTAL2 = ("frontalface_default", "frontalface_alt")
 
 CANDIDATES = {
     "opencv-default": OPENCV_DEFAULT,
-    "previous (eq, mn=5)": PREVIOUS,
+    "previous eq mn5": PREVIOUS,
     "default sf1.05 mn3": replace(OPENCV_DEFAULT, scale_factor=1.05),
     "default+alt votes2": CascadeConfig(_FRONTAL2, scale_factor=1.05, min_neighbors=3,
                                         min_votes=2),

@@ -47,6 +47,9 @@ def test_benchmark_images_are_reproducible_and_boxes_inside(small_set):
         for a in sample.truths:  # faces never overlap
             assert all(iou(a.box, b.box) == 0 for b in sample.truths if b is not a)
     assert "frontal" in kinds
+    simple = bench.simple_set(bench.drawn_faces(3), images=3, seed=0)  # the kind
+    assert [len(s.truths) for s in simple] == [1, 1, 1]
+    assert all(s.image.shape == (360, 480) and 100 <= s.truths[0].size <= 220 for s in simple)
 
 
 def test_matching_and_scores():
