@@ -669,6 +669,10 @@ def main(argv=None) -> int:
                           margin=args.margin, min_face=args.min_face,
                           if_no_face=args.if_no_face)
     say_bundled(args.model)
+    if args.detector == "auto" and predictor.detector.kind == "bundled" \
+            and not predictor.detector.cascade.config.hog:
+        print("note: dlib is not installed, so faces are found by OpenCV's cascade alone, which "
+              "finds fewer (pip install dlib-bin; docs/detection.md)", file=sys.stderr)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm

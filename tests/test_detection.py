@@ -177,3 +177,20 @@ def test_cli_if_no_face_whole_says_so(empty_photo, tmp_path, capsys):
     assert "no face found" in capsys.readouterr().out
     annotated = np.asarray(Image.open(plain / "empty.annotated.png"))
     assert (annotated[:12, :100] != original[:12, :100]).any()
+
+
+def test_predict_says_when_dlib_is_missing(empty_photo, tmp_path, capsys, monkeypatch):
+    import fer_fast.facedetect as facedetect
+
+    root, model = empty_photo
+    from fer_fast.checkpoint import save_atomic
+
+    ckpt = tmp_path / "m.pt"
+    save_atomic({"params": model.state_dict(), "config": {"recipe": "released",
+                                                          "width": 0.0625}}, ckpt)
+    monkeypatch.setattr(facedetect, "has_dlib", lambda: False)
+    args = [str(ckpt), str(root / "one.png"), "--device", "cpu", "--no-progress"]
+    assert predict_main(args) == 0
+    assert "note: dlib is not installed" in capsys.readouterr().err
+    assert predict_main(args + ["--detector", "haar"]) == 0  # asked for: no note
+    assert "dlib" not in capsys.readouterr().err
