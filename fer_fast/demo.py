@@ -94,8 +94,8 @@ def main(argv=None) -> int:
                         "the bundled model, fer_fast/models/MODEL_CARD.md)")
     p.add_argument("--port", type=cli.number(int, low=1, high=65535), default=7860,
                    help="port on 127.0.0.1")
-    p.add_argument("--detector", default="haar",
-                   help="haar, none (the photo is one face), or an OpenCV .xml/.onnx model")
+    p.add_argument("--detector", default="auto",
+                   help="auto, haar, none (the photo is one face), or an OpenCV .xml/.onnx model")
     cli.add_device_arg(p)
     cli.add_debug_arg(p)
     args = p.parse_args(argv)

@@ -1,12 +1,13 @@
 """Expressions of the faces in photos, folders, videos, a webcam: ``python -m fer_fast predict``.
 
-:class:`Predictor` finds the faces of a picture (OpenCV's bundled Haar cascade, a user's
-OpenCV face-detector model, or none: the picture is the face), converts each to the 48x48
+:class:`Predictor` finds the faces of a picture (:mod:`fer_fast.facedetect`: dlib's HOG detector
+with OpenCV's bundled Haar cascades, chosen on the detection benchmark; a user's OpenCV
+face-detector model; or none: the picture is the face), converts each to the 48x48
 grayscale of the training data with :func:`fer_fast.preprocess.to_fer_image`, and classifies
 it as evaluation does: logits of the ten 40x40 crops averaged (``tta="none"``: the centre crop
 only), then softmax. The model is a training checkpoint (``.pt``), exported weights
 (``.safetensors``) or an exported ONNX graph (``.onnx``, run by onnxruntime). Face detection
-needs OpenCV (``pip install fer_fast[predict]``).
+needs OpenCV and dlib (``pip install fer_fast[predict]``: opencv-python-headless, dlib-bin).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from .preprocess import MAX_PIXELS, ImageError, load_gray, open_image, to_fer_im
 __all__ = ["Face", "Predictor", "PredictError", "DETECTORS", "TTA", "IF_NO_FACE",
            "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "annotate", "main"]
 
-DETECTORS = ("haar", "none")
+DETECTORS = ("auto", "haar", "none")
 TTA = ("tencrop", "none")
 IF_NO_FACE = ("skip", "whole")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm",
@@ -167,16 +168,17 @@ class _Detector:
             self.kind = "none"
             return
         cv2 = _cv2()
-        if detector == "haar":  # the bundled cascades, set up as chosen by the benchmark
-            from .facedetect import DEFAULT, CascadeDetector
+        if detector in ("auto", "haar"):  # as chosen by the benchmark (docs/detection.md)
+            from .facedetect import HAAR_DEFAULT, CascadeDetector, default_config
 
-            self.cascade, self.kind = CascadeDetector(DEFAULT, min_face), "bundled"
+            config = default_config() if detector == "auto" else HAAR_DEFAULT
+            self.cascade, self.kind = CascadeDetector(config, min_face), "bundled"
             return
         else:
             path = Path(detector)
             if not path.is_file():
-                raise PredictError(f"{path}: no such face-detector file (give 'haar', 'none', "
-                                   f"an OpenCV cascade .xml or a YuNet .onnx)")
+                raise PredictError(f"{path}: no such face-detector file (give 'auto', 'haar', "
+                                   f"'none', an OpenCV cascade .xml or a YuNet .onnx)")
         if path.suffix.lower() == ".onnx":
             try:
                 self.yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), 0.7)
@@ -207,13 +209,9 @@ class _Detector:
             boxes = [b for b in boxes if min(b[2], b[3]) >= self.min_face]
         elif self.kind == "bundled":
             boxes = self.cascade(gray)
-        else:  # a user's cascade: the default detector's search settings
-            from .facedetect import DEFAULT
-
-            found = self.cascade.detectMultiScale(
-                cv2.equalizeHist(gray) if DEFAULT.equalize else gray,
-                scaleFactor=DEFAULT.scale_factor, minNeighbors=DEFAULT.min_neighbors,
-                minSize=(self.min_face, self.min_face))
+        else:  # a user's cascade: detectMultiScale's defaults (docs/detection.md)
+            found = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=3,
+                                                  minSize=(self.min_face, self.min_face))
             boxes = [tuple(int(v) for v in b) for b in found]
         return sorted(boxes)
 
@@ -224,9 +222,11 @@ class Predictor:
     ``model``: None (the model bundled with fer_fast, see ``fer_fast/models/MODEL_CARD.md``), a
     checkpoint path (``.pt``, ``.pth``: fer_fast.train's or the authors'), a ``.safetensors`` or
     ``.onnx`` file of ``python -m fer_fast export``, or a ``fer_fast.VGG``.
-    ``device``: "auto" (cuda when available), "cpu", "cuda", ... ``detector``: "haar" (OpenCV's
-    bundled frontal-face cascade), "none" (each picture is one face: its centred square, e.g. a
-    48x48 FER image), or the path of an OpenCV cascade ``.xml`` or YuNet ``.onnx`` model.
+    ``device``: "auto" (cuda when available), "cpu", "cuda", ... ``detector``: "auto" (dlib's HOG
+    detector with OpenCV's frontal cascades where dlib is installed, else "haar"), "haar"
+    (OpenCV's bundled frontal cascade with its default settings), "none" (each picture is one
+    face: its centred square, e.g. a 48x48 FER image), or the path of an OpenCV cascade ``.xml``
+    or YuNet ``.onnx`` model; see ``fer_fast.facedetect`` and docs/detection.md.
     ``tta``: "tencrop" (evaluation's ten-crop average) or "none" (the centre crop). ``margin``:
     fraction of a detected box's side added on each side before the square crop. ``min_face``:
     smallest face side in pixels the detector reports. ``batch_size``: faces per forward pass.
@@ -234,7 +234,7 @@ class Predictor:
     square is classified instead, as one Face with ``no_face_found=True``).
     """
 
-    def __init__(self, model=None, *, device: str = "auto", detector="haar", tta: str = "tencrop",
+    def __init__(self, model=None, *, device: str = "auto", detector="auto", tta: str = "tencrop",
                  margin: float = 0.1, min_face: int = 24, batch_size: int = 256,
                  if_no_face: str = "skip"):
         if tta not in TTA:
@@ -628,8 +628,10 @@ def _parser() -> argparse.ArgumentParser:
                         "probabilities) instead of the table")
     p.add_argument("--out", metavar="DIR", help="write annotated copies of the images (.png) "
                    "and videos (.mp4) here; must be a new or empty folder")
-    p.add_argument("--detector", default="haar",
-                   help="haar, none (each image is one face), or an OpenCV .xml/.onnx model")
+    p.add_argument("--detector", default="auto",
+                   help="auto (dlib HOG + OpenCV cascades; haar without dlib), haar (OpenCV's "
+                        "frontal cascade), none (each image is one face), or an OpenCV .xml/.onnx "
+                        "model; measured in docs/detection.md")
     p.add_argument("--if-no-face", choices=IF_NO_FACE, default="skip",
                    help="when no face is found: skip the image (reported as 'no face found') or "
                         "classify the whole image (its centred square; marked no_face_found)")
@@ -667,6 +669,10 @@ def main(argv=None) -> int:
                           margin=args.margin, min_face=args.min_face,
                           if_no_face=args.if_no_face)
     say_bundled(args.model)
+    if args.detector == "auto" and predictor.detector.kind == "bundled" \
+            and not predictor.detector.cascade.config.hog:
+        print("note: dlib is not installed, so faces are found by OpenCV's cascade alone, which "
+              "finds fewer (pip install dlib-bin; docs/detection.md)", file=sys.stderr)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm

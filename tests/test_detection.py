@@ -12,8 +12,8 @@ from PIL import Image
 
 from face_assets import face_photo
 from fer_fast import VGG, Predictor
-from fer_fast.facedetect import (CANDIDATES, DEFAULT, OPENCV_DEFAULT, CascadeConfig,
-                                 CascadeDetector, iou)
+from fer_fast.facedetect import (CANDIDATES, DEFAULT, HAAR_DEFAULT, OPENCV_DEFAULT,
+                                 CascadeConfig, CascadeDetector, default_config, has_dlib, iou)
 from fer_fast.predict import PredictError
 from fer_fast.predict import main as predict_main
 
@@ -47,6 +47,9 @@ def test_benchmark_images_are_reproducible_and_boxes_inside(small_set):
         for a in sample.truths:  # faces never overlap
             assert all(iou(a.box, b.box) == 0 for b in sample.truths if b is not a)
     assert "frontal" in kinds
+    simple = bench.simple_set(bench.drawn_faces(3), images=3, seed=0)  # the kind
+    assert [len(s.truths) for s in simple] == [1, 1, 1]
+    assert all(s.image.shape == (360, 480) and 100 <= s.truths[0].size <= 220 for s in simple)
 
 
 def test_matching_and_scores():
@@ -68,8 +71,13 @@ def test_matching_and_scores():
     assert "| x | 100.0 |" in text and "2 images (1 face-free), 2 faces" in text
 
 
-def test_default_detector_on_the_small_benchmark(small_set):
-    default = bench.evaluate(CascadeDetector(DEFAULT), small_set)
+needs_dlib = pytest.mark.skipif(not has_dlib(), reason="needs dlib (pip install dlib-bin)")
+
+
+@pytest.mark.parametrize("config", [pytest.param(DEFAULT, marks=needs_dlib, id="default"),
+                                    pytest.param(HAAR_DEFAULT, id="haar")])
+def test_default_detectors_on_the_small_benchmark(small_set, config):
+    default = bench.evaluate(CascadeDetector(config), small_set)
     opencv = bench.evaluate(CascadeDetector(OPENCV_DEFAULT), small_set)
     assert default["faces"]["frontal"] >= 5
     assert default["recall"]["frontal"] >= 0.9
@@ -88,9 +96,28 @@ def test_combined_cascades_merge_overlapping_boxes():
     assert votes >= 2 and neighbours >= 1 and iou(box, (105, 55, 110, 130)) > 0.3
     assert CascadeDetector(combined)(gray) == [box]
     assert "mirror(profileface)" in combined.describe()
-    assert set(CANDIDATES.values()) >= {DEFAULT, OPENCV_DEFAULT}
+    assert set(CANDIDATES.values()) >= {DEFAULT, HAAR_DEFAULT, OPENCV_DEFAULT}
+    assert default_config() == (DEFAULT if has_dlib() else HAAR_DEFAULT)
     with pytest.raises(ValueError, match="not an OpenCV cascade classifier"):
         CascadeDetector(CascadeConfig(("no_such_cascade",)))
+
+
+@needs_dlib
+def test_hog_boxes_are_enlarged_to_the_fer_framing_and_vote():
+    gray = cv2.cvtColor(face_photo(1, faces=((90, 120, 90), (240, 110, 100))),
+                        cv2.COLOR_BGR2GRAY)
+    hog = CascadeDetector(CascadeConfig((), hog=True, hog_alone=0.0))
+    merged = hog.detections(gray)
+    assert len(merged) == 2 and all(n > 1000 for _, _, n in merged)  # 1000 + HOG score
+    drawn = ((90, 120, 90), (240, 110, 100))  # (cx, cy, size) of the drawn faces
+    for box, (cx, cy, size) in zip(sorted(b for b, _, _ in merged), drawn):
+        x, y, w, h = box
+        assert w == h and abs(x + w / 2 - cx) < 0.15 * size and 0.8 * size < w < 1.6 * size
+    combined = CascadeDetector(DEFAULT).detections(gray)
+    assert sorted(votes for _, votes, _ in combined) == [3, 3]  # HOG, default and alt agree
+    # a weak HOG box is no vote and does not stand alone
+    strict = CascadeDetector(CascadeConfig((), hog=True, hog_alone=9.0, hog_vote=9.0))
+    assert strict(gray) == [] and all(v == 0 for _, v, _ in strict.detections(gray))
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +177,20 @@ def test_cli_if_no_face_whole_says_so(empty_photo, tmp_path, capsys):
     assert "no face found" in capsys.readouterr().out
     annotated = np.asarray(Image.open(plain / "empty.annotated.png"))
     assert (annotated[:12, :100] != original[:12, :100]).any()
+
+
+def test_predict_says_when_dlib_is_missing(empty_photo, tmp_path, capsys, monkeypatch):
+    import fer_fast.facedetect as facedetect
+
+    root, model = empty_photo
+    from fer_fast.checkpoint import save_atomic
+
+    ckpt = tmp_path / "m.pt"
+    save_atomic({"params": model.state_dict(), "config": {"recipe": "released",
+                                                          "width": 0.0625}}, ckpt)
+    monkeypatch.setattr(facedetect, "has_dlib", lambda: False)
+    args = [str(ckpt), str(root / "one.png"), "--device", "cpu", "--no-progress"]
+    assert predict_main(args) == 0
+    assert "note: dlib is not installed" in capsys.readouterr().err
+    assert predict_main(args + ["--detector", "haar"]) == 0  # asked for: no note
+    assert "dlib" not in capsys.readouterr().err
