@@ -126,6 +126,11 @@ def describe_os_error(e: OSError) -> str:
 SYNTHETIC_IMAGE_BYTES = 3 * 48 * 48
 
 
+def plural_s(n: int) -> str:
+    """The plural ending of a count's noun: "epoch" + plural_s(n)."""
+    return "" if n == 1 else "s"
+
+
 def sizes_arg(text: str) -> tuple[int, int, int]:
     """argparse type of TRAIN,VAL,TEST synthetic sizes (that fit in this machine's memory)."""
     from .model import physical_memory

@@ -28,7 +28,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cli, files, train
+from . import cli, files, rundir, train
+from .config import OPTIMIZERS, PRESETS, SCHEDULERS, Config, parse_args, saved_config
 from .plots import RESULT_FILE, check_result, new_figure, read_metrics
 
 __all__ = ["STUDIES", "SCHEDULE_PARAMETERS", "OPTIMIZER_REGIMES", "STUDY_LR", "FINETUNE_LR",
@@ -88,7 +89,7 @@ STUDY_FLAGS = ("--optimizer", "--scheduler", "--lr", "--train-on", "--init", "--
                "--epochs", "--width", "--preset", "--data", "--plateau-factor",
                "--plateau-patience", "--restart-period", "--step-size", "--gamma")
 #: what the trainer writes into a run directory before its first checkpoint
-PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv", train.LOCK_FILE}
+PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv", rundir.LOCK_FILE}
 
 
 #: exit codes of a trainer stopped by Ctrl-C (its own 130, or killed by SIGINT)
@@ -124,11 +125,11 @@ def plan(study: str) -> list[Run]:
     if study == "optimizers":
         return [Run(study, f"{opt}-{regime}",
                     ("--optimizer", opt, "--lr", str(lr)) + _schedule_flags(scheduler))
-                for opt in train.OPTIMIZERS
+                for opt in OPTIMIZERS
                 for regime, (scheduler, lr) in OPTIMIZER_REGIMES.items()]
     if study == "schedulers":
         return [Run(study, s, ("--optimizer", "nesterov", "--lr", str(STUDY_LR))
-                    + _schedule_flags(s)) for s in train.SCHEDULERS]
+                    + _schedule_flags(s)) for s in SCHEDULERS]
     if study == "finetune":
         return [Run(study, f"{s}-{suffix}", ("--optimizer", "nesterov", "--lr", str(FINETUNE_LR),
                                              "--train-on", train_on) + _schedule_flags(s))
@@ -222,8 +223,8 @@ _UNCOMPARED = {"out", "progress", "device", "init", "save_every", "test_every"}
 def _check_matches(run: Run, settings: Settings) -> None:
     """A run directory already there must hold the run this study asks for (the same settings),
     or the study would silently mix runs of different settings."""
-    saved = train.saved_config(_read_json(settings.out / run.name / "config.json"))
-    planned = vars(train.parse_args(trainer_argv(run, settings))[0])
+    saved = saved_config(_read_json(settings.out / run.name / "config.json"))
+    planned = vars(parse_args(trainer_argv(run, settings))[0])
     skip = _UNCOMPARED | ({"recipe", "width"} if run.study == "finetune" else set())
     diff = [f"{k} {saved.get(k)!r} (asked {v!r})" for k, v in planned.items()
             if k not in skip and _norm(saved.get(k)) != _norm(v)]
@@ -249,9 +250,9 @@ def next_step(run: Run, settings: Settings) -> list[str] | None:
         _check_matches(run, settings)
         return None if state == "finished" else ["--resume", str(run_dir)]
     if state == "stale":  # under the run's lock: never the files of a run starting elsewhere
-        lock = train.lock_run_dir(run_dir)
+        lock = rundir.lock_run_dir(run_dir)
         try:
-            for name in PRE_CHECKPOINT_FILES - {train.LOCK_FILE}:
+            for name in PRE_CHECKPOINT_FILES - {rundir.LOCK_FILE}:
                 (run_dir / name).unlink(missing_ok=True)
         finally:
             lock.close()
@@ -441,7 +442,7 @@ def _report_text(records: list[RunRecord], out: Path) -> str:
         lines.append(f"- runs on {data}, width {width}, epochs {epochs}")
     lines += ["", "## Optimizers (Figure 2)", ""]
     rows = []
-    for opt in train.OPTIMIZERS:
+    for opt in OPTIMIZERS:
         row = [opt]
         for regime in OPTIMIZER_REGIMES:
             rec = by[f"optimizers/{opt}-{regime}"]
@@ -453,7 +454,7 @@ def _report_text(records: list[RunRecord], out: Path) -> str:
     lines += ["", PAPER_NOTES["optimizers"]]
     lines += ["", "## Schedulers, SGD-Nesterov from lr 0.01 (Figure 3)", ""]
     rows = []
-    for s in train.SCHEDULERS:
+    for s in SCHEDULERS:
         rec = by[f"schedulers/{s}"]
         rows.append([s, _pct(_result(rec, "best_val_acc")), _pct(_result(rec, "test_acc")),
                      _paper("schedulers", s, "val"), _paper("schedulers", s, "test")])
@@ -530,11 +531,11 @@ def _plot_optimizers(records: dict, path: Path) -> None:
     for regime, color, label in (("constant", "gold", "constant lr 0.001"),
                                  ("plateau", "darkorange", "decaying lr (plateau from 0.01)")):
         values = [_result(records[f"optimizers/{o}-{regime}"], "best_val_acc")
-                  for o in train.OPTIMIZERS]
+                  for o in OPTIMIZERS]
         paper = {i: PAPER["optimizers"][f"{o}-{regime}"]["val"]
-                 for i, o in enumerate(train.OPTIMIZERS) if f"{o}-{regime}" in PAPER["optimizers"]}
+                 for i, o in enumerate(OPTIMIZERS) if f"{o}-{regime}" in PAPER["optimizers"]}
         groups.append((label, color, values, paper))
-    _grouped_bars(path, train.OPTIMIZERS, groups, title="Optimizers",
+    _grouped_bars(path, OPTIMIZERS, groups, title="Optimizers",
                   ylabel="validation accuracy (%)", width=9)
 
 
@@ -542,11 +543,11 @@ def _plot_schedulers(records: dict, path: Path) -> None:
     groups = []
     for field, key, color, label in (("best_val_acc", "val", "seagreen", "validation"),
                                      ("test_acc", "test", "steelblue", "test")):
-        values = [_result(records[f"schedulers/{s}"], field) for s in train.SCHEDULERS]
-        paper = {i: PAPER["schedulers"][s][key] for i, s in enumerate(train.SCHEDULERS)
+        values = [_result(records[f"schedulers/{s}"], field) for s in SCHEDULERS]
+        paper = {i: PAPER["schedulers"][s][key] for i, s in enumerate(SCHEDULERS)
                  if key in PAPER["schedulers"].get(s, {})}
         groups.append((label, color, values, paper))
-    _grouped_bars(path, train.SCHEDULERS, groups, title="Schedulers (SGD-Nesterov, lr 0.01)",
+    _grouped_bars(path, SCHEDULERS, groups, title="Schedulers (SGD-Nesterov, lr 0.01)",
                   ylabel="accuracy (%)", width=8)
 
 
@@ -639,7 +640,7 @@ def _settings(args, extra: list[str], p: argparse.ArgumentParser) -> Settings:
             p.error(f"{token.split('=')[0]} after -- : the study sets it (use the study's own "
                     f"flag where it has one: --data, --preset, --epochs, --width, --init)")
     preset = args.preset or ("full" if args.data else "quick")
-    epochs = args.epochs or train.PRESETS[preset].get("epochs", train.Config.epochs)
+    epochs = args.epochs or PRESETS[preset].get("epochs", Config.epochs)
     finetune_epochs = args.epochs or (FINETUNE_EPOCHS if preset == "full" else epochs)
     return Settings(Path(args.out), args.data, preset, epochs, finetune_epochs, args.width,
                     args.init, tuple(extra))
@@ -712,7 +713,7 @@ def main(argv=None) -> int:
         p.error(f"unexpected argument {args.report_dir!r} (the runs go to --out DIR)")
     settings = _settings(args, extra, p)
     runs = plan(args.study)
-    train.parse_args(trainer_argv(runs[0], settings))  # bad extra arguments: exit 2 now
+    parse_args(trainer_argv(runs[0], settings))  # bad extra arguments: exit 2 now
     if args.list:
         _list(runs, settings)
         return 0

@@ -99,7 +99,7 @@ class DeviceLoader(_DeviceSplit):
 
     def batches(self) -> Iterator[tuple[torch.Tensor, AugmentParams, torch.Tensor]]:
         """The epoch before augmentation: ``(images uint8 [b, 48, 48], params, labels [b])``
-        per batch, for a training step that augments itself (``fer_fast.train.TrainStep``)."""
+        per batch, for a training step that augments itself (``fer_fast.step.TrainStep``)."""
         n, g = self.images.shape[0], self.generator
         order = torch.randperm(n, generator=g, device=self.device)
         for start in range(0, n, self.batch_size):

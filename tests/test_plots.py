@@ -47,7 +47,7 @@ def test_training_run_writes_result_and_pictures(tmp_path, easy, capsys):
 
 def fake_run(run_dir, epochs=3):
     """A run directory as the trainer leaves it before its pictures: metrics.csv, result.json."""
-    from fer_fast.train import write_metrics
+    from fer_fast.rundir import write_metrics
     rows = [{"epoch": e, "lr": 0.01 * 0.5 ** e, "train_loss": 2.0 / e, "train_acc": 0.2 * e,
              "val_acc": 0.15 * e, "test_acc": None, "train_time_s": 2.0, "epoch_time_s": 2.5,
              "images_per_s": 50.0} for e in range(1, epochs + 1)]

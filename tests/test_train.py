@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from fer_fast import telemetry, train as T
-from fer_fast.checkpoint import load_checkpoint, save_atomic
+from fer_fast.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from fer_fast.config import OPTIMIZERS, SCHEDULERS, Config
 from fer_fast.data import FERData, Split
 from fer_fast.model import VGG
+from fer_fast.rundir import LOCK_FILE
+from fer_fast.step import TrainStep, make_optimizer, make_scheduler, resolve_precision
 
 TINY = ["--width", "0.0625", "--batch-size", "16", "--eval-batch-size", "32", "--no-progress",
         "--device", "cpu"]
@@ -127,22 +130,22 @@ def test_resume_reads_the_configuration_of_a_run_saved_before_the_renames(tmp_pa
     c, _ = T.parse_args(["--resume", str(run), "--epochs", "9"])
     assert c.model_backend == "fused" and c.width == 0.0625
 
-@pytest.mark.parametrize("name", T.OPTIMIZERS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_steps(name):
-    config = T.Config(optimizer=name, lr=0.01)
+    config = Config(optimizer=name, lr=0.01)
     w = torch.nn.Parameter(torch.randn(5))
-    opt = T.make_optimizer(config, [w])
+    opt = make_optimizer(config, [w])
     before = w.detach().clone()
     (w ** 2).sum().backward()
     opt.step()
     assert not torch.equal(before, w.detach())
 
 
-@pytest.mark.parametrize("name", T.SCHEDULERS)
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_every_scheduler(name):
-    config = T.Config(scheduler=name, epochs=4, step_size=1, restart_period=2)
+    config = Config(scheduler=name, epochs=4, step_size=1, restart_period=2)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.randn(2))], lr=0.01)
-    sched, unit = T.make_scheduler(config, opt, steps_per_epoch=3)
+    sched, unit = make_scheduler(config, opt, steps_per_epoch=3)
     lrs = []
     for _ in range(4):
         for _ in range(3):
@@ -176,7 +179,7 @@ def test_short_run_learns_and_writes_its_run_dir(tmp_path, easy, capsys):
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["epoch"] == ckpt["best"]["epoch"] and ckpt["config"]["width"] == 0.0625
     assert [r["epoch"] for r in ckpt["logs"]["history"]] == list(range(1, ckpt["epoch"] + 1))
-    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [T.LOCK_FILE]
+    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [LOCK_FILE]
     printed = capsys.readouterr().out
     assert "test ten-crop accuracy" in printed and "Neutral" in printed
     with open(out / "test_confusion.csv") as f:
@@ -224,10 +227,10 @@ def test_resume_on_another_kind_of_device_is_refused(tmp_path, easy):
     run(TINY + ["--epochs", "1", "--out", str(out)])
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["resolved"] == {"device_type": "cpu",
-                                "precision": T.resolve_precision("auto", torch.device("cpu"))}
+                                "precision": resolve_precision("auto", torch.device("cpu"))}
     ckpt["resolved"] = {"device_type": "cuda", "precision": "fp16"}
     save_atomic(ckpt, out / "last.pt")
-    with pytest.raises(T.CheckpointError, match="on cuda in fp16.*resolves to cpu;"):
+    with pytest.raises(CheckpointError, match="on cuda in fp16.*resolves to cpu;"):
         run(["--resume", str(out), "--epochs", "2"])
 
 
@@ -290,11 +293,11 @@ def test_train_step_is_the_whole_step():
     model = VGG(width=0.0625)
     twin = VGG(width=0.0625)
     twin.load_state_dict(model.state_dict())
-    config = T.Config(lr=0.05)
-    step = T.TrainStep(model, T.make_optimizer(config, model.parameters()),
-                       torch.amp.GradScaler("cpu", enabled=False), device_type="cpu",
-                       augment_backend="eager")
-    opt = T.make_optimizer(config, twin.parameters())
+    config = Config(lr=0.05)
+    step = TrainStep(model, make_optimizer(config, model.parameters()),
+                     torch.amp.GradScaler("cpu", enabled=False), device_type="cpu",
+                     augment_backend="eager")
+    opt = make_optimizer(config, twin.parameters())
     images, params, labels = next(DeviceLoader(easy_data().train, batch_size=4,
                                                device="cpu").batches())
     torch.manual_seed(1)  # the same dropout masks in both
