@@ -370,8 +370,8 @@ def make_train_step(provider: str, device: torch.device, sizes: Sizes,
             sync(device)
     else:
         loader = DeviceLoader(Split(images, labels), batch_size=b, device=device,
-                              recipe=config.recipe, augment_backend=aug)
-        batches = itertools.chain.from_iterable(loader.batches() for _ in itertools.count())
+                              recipe=config.recipe)
+        batches = itertools.chain.from_iterable(loader for _ in itertools.count())
 
         def run() -> None:
             step(*next(batches))

@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from . import devices
-from .augmentation import AugmentParams
+from .augmentation import NUM_CROPS, AugmentParams, augment
 from .config import OPTIMIZERS, SCHEDULERS, Config
-from .loader import augment_batch
 from .model import VGG
 
-__all__ = ["TrainStep", "DTYPES", "resolve_precision", "make_model", "make_optimizer",
+__all__ = ["TrainStep", "augment_batch", "DTYPES", "resolve_precision", "make_model", "make_optimizer",
            "make_scheduler", "make_scaler"]
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -85,6 +84,14 @@ def make_scheduler(config: Config, optimizer, steps_per_epoch: int):
         return sched.ConstantLR(optimizer, factor=1.0, total_iters=0), "epoch"
     raise ValueError(f"unknown scheduler {s!r}; choose one of {SCHEDULERS}")
 
+
+
+def augment_batch(images: torch.Tensor, params: AugmentParams, labels: torch.Tensor, *,
+                  backend: str = "auto", dtype: torch.dtype = torch.float32):
+    """``(crops [b*10, 1, 40, 40], crop labels [b*10])`` of uint8 ``images`` [b, 48, 48] with
+    image ``labels`` [b]: crop ``i*10 + k`` is the k-th crop of image i."""
+    return (augment(images, params, backend=backend, dtype=dtype),
+            labels.repeat_interleave(NUM_CROPS))
 
 
 class TrainStep:

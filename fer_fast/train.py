@@ -38,7 +38,7 @@ from .model import VGG
 from .rundir import (check_run_dir, copy_best, default_run_dir, finish, last_checkpoint,
                      lock_run_dir, save_epoch, set_rng_state, unlock_run_dir, write_metrics)
 from .stack import resolve_model_backend
-from .step import (DTYPES, TrainStep, make_model, make_optimizer, make_scaler, make_scheduler,
+from .step import (TrainStep, make_model, make_optimizer, make_scaler, make_scheduler,
                    resolve_precision)
 from .verdict import prepare_auto
 
@@ -131,8 +131,7 @@ def _setup(config: Config, resume: Path | None, device: torch.device, auto, mode
         load_params(model, load_checkpoint(config.init, trust=config.trust_checkpoint)["params"],
                     config.init)
     loader = DeviceLoader(_train_split(data, config.train_on), batch_size=config.batch_size,
-                          device=device, recipe=config.recipe, seed=config.seed,
-                          augment_backend=augment_backend, dtype=DTYPES[precision])
+                          device=device, recipe=config.recipe, seed=config.seed)
     val, test = (TenCropBatches(split, batch_size=config.eval_batch_size, device=device,
                                 augment_backend=augment_backend) if len(split) else None
                  for split in (data.val, data.test))
@@ -279,7 +278,7 @@ def run_epoch(run: Run, epoch: int) -> dict:
                disable=not show, dynamic_ncols=True)
     shown = time.perf_counter()
     timing_from = None
-    for i, (images, params, labels) in enumerate(loader.batches()):
+    for i, (images, params, labels) in enumerate(loader):
         loss, logits = run.step(images, params, labels)
         n = logits.shape[0]
         loss_sum += loss.float() * n

@@ -288,7 +288,8 @@ def test_package_entry_point_dispatches(capsys):
 def test_train_step_is_the_whole_step():
     """TrainStep (what train() runs per batch, and what a benchmark times) = augmentation ->
     forward -> mean cross-entropy over the crops -> backward -> optimizer step."""
-    from fer_fast.loader import DeviceLoader, augment_batch
+    from fer_fast.loader import DeviceLoader
+    from fer_fast.step import augment_batch
     torch.manual_seed(0)
     model = VGG(width=0.0625)
     twin = VGG(width=0.0625)
@@ -298,8 +299,8 @@ def test_train_step_is_the_whole_step():
                      torch.amp.GradScaler("cpu", enabled=False), device_type="cpu",
                      augment_backend="eager")
     opt = make_optimizer(config, twin.parameters())
-    images, params, labels = next(DeviceLoader(easy_data().train, batch_size=4,
-                                               device="cpu").batches())
+    images, params, labels = next(iter(DeviceLoader(easy_data().train, batch_size=4,
+                                                    device="cpu")))
     torch.manual_seed(1)  # the same dropout masks in both
     loss, logits = step(images, params, labels)
     assert loss.dim() == 0 and not loss.requires_grad and logits.shape == (40, 7)
