@@ -88,10 +88,27 @@ def _absolute(path: str | None) -> str | None:
 
 
 def setup(config: Config, resume: Path | None = None) -> Run:
-    """Resolve the device and backends, check the run directory (before any data is read),
-    load the data, build model / loader / optimizer / scheduler, and restore the checkpoint's
-    state when resuming; writes config.json and the (resumed) metrics.csv."""
+    """Check everything the command line names before saying or doing anything else (the run
+    directory before any data is read, the checkpoint, the data), then resolve the backends
+    (the selfcheck line), warn, build model / loader / optimizer / scheduler, and restore the
+    checkpoint's state when resuming; writes config.json and the (resumed) metrics.csv."""
     device = cli.resolve_device(config.device)
+    run_dir = default_run_dir(config)
+    check_run_dir(run_dir, resume)
+    created = not run_dir.exists()
+    lock = lock_run_dir(run_dir)
+    try:
+        check_run_dir(run_dir, resume)  # again under the lock: another run may have written it
+        run = _setup(config, resume, device, run_dir)
+    except BaseException:
+        unlock_run_dir(lock, run_dir, created)
+        raise
+    run.lock = lock
+    return run
+
+
+def _resolve_backends(config: Config, device: torch.device) -> tuple[dict, str, str]:
+    """(what config.json records of "auto", model backend, augmentation backend)."""
     auto = prepare_auto(device, needed="auto" in (config.model_backend, config.augment_backend))
     try:
         model_backend = resolve_model_backend(config.model_backend, device)
@@ -100,31 +117,20 @@ def setup(config: Config, resume: Path | None = None) -> Run:
         backends.resolve("augment", augment_backend or "auto", device)
     except (ValueError, RuntimeError) as e:
         raise cli.UserError(str(e)) from None
-    run_dir = default_run_dir(config)
-    check_run_dir(run_dir, resume)
-    created = not run_dir.exists()
-    lock = lock_run_dir(run_dir)
-    try:
-        check_run_dir(run_dir, resume)  # again under the lock: another run may have written it
-        run = _setup(config, resume, device, auto, model_backend, augment_backend, run_dir)
-    except BaseException:
-        unlock_run_dir(lock, run_dir, created)
-        raise
-    run.lock = lock
-    return run
+    return auto, model_backend, augment_backend
 
 
-def _setup(config: Config, resume: Path | None, device: torch.device, auto, model_backend: str,
-           augment_backend: str, run_dir: Path) -> Run:
+def _setup(config: Config, resume: Path | None, device: torch.device, run_dir: Path) -> Run:
     ckpt = _resume_checkpoint(resume, config, device)
     precision = (ckpt["resolved"]["precision"] if ckpt is not None and "resolved" in ckpt
                  and config.precision == "auto" else resolve_precision(config.precision, device))
-    _warn_before_start(config, device, precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     data, data_id = _run_data(config, ckpt, resume)
+    auto, model_backend, augment_backend = _resolve_backends(config, device)
+    _warn_before_start(config, device, precision)
 
     model = make_model(config, device, model_backend)
     if config.init and ckpt is None:

@@ -244,6 +244,18 @@ def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_errors_come_before_the_selfcheck_line_and_the_warnings(tmp_path, capsys, monkeypatch):
+    """Validate the arguments, then warn, then work: a missing --data file on the CPU with the
+    full preset is one error line, without the selfcheck line or the "weeks on a CPU" warning."""
+    selfchecks = []
+    monkeypatch.setattr(T, "prepare_auto", lambda *a, **k: selfchecks.append(a))
+    assert T.main(["--data", str(tmp_path / "missing.csv"), "--preset", "full", "--device", "cpu",
+                   "--out", str(tmp_path / "r")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and not selfchecks
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "missing.csv" in err
+
+
 def test_save_atomic_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "last.pt"
     save_atomic({"params": {"w": torch.ones(2)}}, path)
