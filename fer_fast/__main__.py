@@ -8,6 +8,7 @@ COMMANDS = {
     "evaluate": ("fer_fast.evaluate", "ten-crop accuracy of a checkpoint"),
     "saliency": ("fer_fast.saliency", "saliency maps, one per class"),
     "plot": ("fer_fast.plots", "curves.png and confusion.png of a run"),
+    "experiments": ("fer_fast.experiments", "the paper's studies as sets of runs, and their report"),
     "predict": ("fer_fast.predict", "expressions of the faces in photos, folders, videos, a webcam"),
     "export": ("fer_fast.export", "a checkpoint as ONNX and/or safetensors"),
     "demo": ("fer_fast.demo", "a local web page: upload a photo, see each face's expression"),

@@ -18,6 +18,7 @@ from .augmentation import RECIPES
 from .checkpoint import CheckpointError, infer_architecture, load_checkpoint
 from .model import check_architecture
 from .stack import model_backend_choices
+from .synthetic import SyntheticSpec
 
 __all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "TRAIN_ON",
            "RESUME_KEYS", "saved_config", "parse_args"]
@@ -99,82 +100,122 @@ def saved_config(config: dict) -> dict:
 MAX_EPOCHS, MAX_BATCH, MAX_LR = 1_000_000, 65_536, 10.0
 
 
+def _shown(value) -> str:
+    """A default as --help shows it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _preset_defaults(name: str, unset: str | None = None) -> str:
+    """``(default: X; quick preset Y; ...)`` of Config field ``name``: the full preset's value
+    (the released recipe), then each other preset's where it differs. ``unset``: what a None
+    value means."""
+    def value(preset):
+        v = PRESETS[preset].get(name, getattr(Config, name))
+        return unset if v is None else _shown(v)
+
+    base, others = value("full"), {}
+    for preset in PRESETS:
+        if preset != "full" and value(preset) != base:
+            others.setdefault(value(preset), []).append(preset)
+    return "(default: " + "; ".join([base] + [
+        f"{' and '.join(names)} preset{cli.plural_s(len(names))} {v}"
+        for v, names in others.items()]) + ")"
+
+
 def _parser() -> argparse.ArgumentParser:
     S = argparse.SUPPRESS  # absent flags stay absent, so presets and resume can fill them
     num = cli.number
-    p = cli.Parser(prog="python -m fer_fast.train", argument_default=S,
-                   description="Train the FER2013 VGG. Defaults shown are those of the full "
-                               "preset (the released recipe).")
-    d = Config()
+    p = cli.Parser(prog="python -m fer_fast train", argument_default=S,
+                   description="Train the FER2013 VGG. A default is the full preset's (the "
+                               "released recipe) unless a preset sets its own; without --data "
+                               "the quick preset is used.")
 
-    def default(name):  # the released recipe's value, shown by --help
-        return {"default": S, "help": "(default: %s)" % getattr(d, name)}
+    def default(name, text, unset=None):
+        return {"help": f"{text} {_preset_defaults(name, unset)}"}
 
     p.add_argument("--preset", choices=tuple(PRESETS),
-                   help="full: the released recipe (default with --data); quick: small model on "
-                        "small synthetic data for a CPU (default without --data)")
-    p.add_argument("--recipe", choices=RECIPES, help="released (conv-BN-ReLU, released "
-                   f"augmentation) or paper (conv-ReLU-BN, the paper's augmentation) "
-                   f"(default: {d.recipe})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, **default("optimizer"))
-    p.add_argument("--scheduler", choices=SCHEDULERS, **default("scheduler"))
-    p.add_argument("--epochs", type=num(int, low=1, high=MAX_EPOCHS), **default("epochs"))
-    p.add_argument("--batch-size", type=num(int, low=1, high=MAX_BATCH),
-                   help=f"images per step (x10 crops) (default: {d.batch_size})")
-    p.add_argument("--eval-batch-size", type=num(int, low=1, high=MAX_BATCH),
-                   help=f"images per evaluation batch (default: {d.eval_batch_size})")
-    p.add_argument("--lr", type=num(low=0, low_open=True, high=MAX_LR), **default("lr"))
-    p.add_argument("--momentum", type=num(low=0, high=1, high_open=True),
-                   help=f"SGD momentum (sgd, nesterov) (default: {d.momentum})")
-    p.add_argument("--weight-decay", type=num(low=0, high=1), **default("weight_decay"))
-    p.add_argument("--dropout", type=num(low=0, high=1, high_open=True), **default("dropout"))
-    p.add_argument("--width", type=num(low=0, low_open=True),
-                   help=f"channel multiplier (1 = the paper's VGG) (default: {d.width})")
+                   help="full: the released recipe; quick: a small model on small synthetic data "
+                        "for a CPU; cpu: the bundled model's recipe (default: full with --data, "
+                        "quick without)")
+    p.add_argument("--recipe", choices=RECIPES, **default(
+        "recipe", "released (conv-BN-ReLU, released augmentation) or paper (conv-ReLU-BN, the "
+                  "paper's augmentation)"))
+    p.add_argument("--optimizer", choices=OPTIMIZERS, **default(
+        "optimizer", "nesterov: SGD with Nesterov momentum"))
+    p.add_argument("--scheduler", choices=SCHEDULERS, **default(
+        "scheduler", "learning-rate schedule (plateau: ReduceLROnPlateau on the validation "
+                     "accuracy)"))
+    p.add_argument("--epochs", type=num(int, low=1, high=MAX_EPOCHS), **default(
+        "epochs", "epochs to train"))
+    p.add_argument("--batch-size", type=num(int, low=1, high=MAX_BATCH), **default(
+        "batch_size", "images per step (x10 crops)"))
+    p.add_argument("--eval-batch-size", type=num(int, low=1, high=MAX_BATCH), **default(
+        "eval_batch_size", "images per evaluation batch"))
+    p.add_argument("--lr", type=num(low=0, low_open=True, high=MAX_LR), **default(
+        "lr", "learning rate (onecycle: its peak)"))
+    p.add_argument("--momentum", type=num(low=0, high=1, high_open=True), **default(
+        "momentum", "SGD momentum (sgd, nesterov)"))
+    p.add_argument("--weight-decay", type=num(low=0, high=1), **default(
+        "weight_decay", "L2 weight decay on every parameter"))
+    p.add_argument("--dropout", type=num(low=0, high=1, high_open=True), **default(
+        "dropout", "dropout probability"))
+    p.add_argument("--width", type=num(low=0, low_open=True), **default(
+        "width", "channel multiplier (1 = the paper's VGG)"))
     p.add_argument("--plateau-factor", type=num(low=0, high=1, low_open=True, high_open=True),
-                   **default("plateau_factor"))
-    p.add_argument("--plateau-patience", type=num(int, low=0, high=MAX_EPOCHS),
-                   **default("plateau_patience"))
-    p.add_argument("--step-size", type=num(int, low=1, high=MAX_EPOCHS),
-                   help=f"StepLR period in epochs (default: {d.step_size})")
-    p.add_argument("--gamma", type=num(low=0, low_open=True, high=1),
-                   help=f"StepLR factor (default: {d.gamma})")
-    p.add_argument("--restart-period", type=num(int, low=1, high=MAX_EPOCHS),
-                   help=f"CosineAnnealingWarmRestarts T_0 in epochs (default: {d.restart_period})")
-    p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data); "
-                   "with --resume: the run's data at a new place")
-    p.add_argument("--synthetic-sizes", type=cli.sizes_arg, metavar="TRAIN,VAL,TEST")
+                   **default("plateau_factor", "plateau: the factor a drop multiplies the "
+                                               "learning rate by"))
+    p.add_argument("--plateau-patience", type=num(int, low=0, high=MAX_EPOCHS), **default(
+        "plateau_patience", "plateau: epochs without a better validation accuracy before a drop"))
+    p.add_argument("--step-size", type=num(int, low=1, high=MAX_EPOCHS), **default(
+        "step_size", "step: epochs between drops"))
+    p.add_argument("--gamma", type=num(low=0, low_open=True, high=1), **default(
+        "gamma", "step: the factor a drop multiplies the learning rate by"))
+    p.add_argument("--restart-period", type=num(int, low=1, high=MAX_EPOCHS), **default(
+        "restart_period", "cosine-wr: epochs between restarts"))
+    p.add_argument("--data", help="fer2013.csv or image-folder root; with --resume: the run's "
+                   "data at a new place (default: synthetic data)")
+    spec = SyntheticSpec()
+    p.add_argument("--synthetic-sizes", type=cli.sizes_arg, metavar="TRAIN,VAL,TEST", **default(
+        "synthetic_sizes", "images per split of the synthetic data",
+        unset=f"{spec.n_train},{spec.n_val},{spec.n_test}"))
     p.add_argument("--strict-images", action="store_true", help="image folders: refuse images "
                    "that are not 48x48 8-bit grayscale instead of converting them")
-    p.add_argument("--train-on", choices=TRAIN_ON, help="train+val: the fine-tuning stage on "
-                   "the combined data (validation accuracy then no longer measures "
-                   f"generalisation) (default: {d.train_on})")
-    p.add_argument("--seed", type=num(int, low=0, high=cli.MAX_SEED), **default("seed"))
+    p.add_argument("--train-on", choices=TRAIN_ON, **default(
+        "train_on", "train+val: the fine-tuning stage on the combined data (validation accuracy "
+                    "then no longer measures generalisation)"))
+    p.add_argument("--seed", type=num(int, low=0, high=cli.MAX_SEED), **default(
+        "seed", "seed of the weights, the data order, the augmentation and the synthetic data"))
     cli.add_device_arg(p, default=None)
-    p.add_argument("--model-backend", choices=tuple(model_backend_choices()),
-                   help="model backend: auto (GPU: the fastest that passed the selfcheck there; "
-                        "CPU: eager), a block backend (eager, fused) or a whole-stack one (triton) "
-                        "(default: auto)")
+    p.add_argument("--model-backend", choices=tuple(model_backend_choices()), **default(
+        "model_backend", "auto (GPU: the fastest that passed the selfcheck there; CPU: eager), "
+                         "a block backend (eager, fused) or a whole-stack one (triton)"))
     p.add_argument("--augment-backend", choices=("auto",) + tuple(backends.names("augment")),
-                   help="auto (GPU: the fastest that passed the selfcheck there) (default: auto)")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="auto: fp16 autocast + GradScaler on CUDA, fp32 on CPU (default: auto)")
+                   **default("augment_backend", "auto: on a GPU the fastest that passed the "
+                                                "selfcheck there"))
+    p.add_argument("--precision", choices=PRECISIONS, **default(
+        "precision", "auto: fp16 autocast + GradScaler on CUDA, fp32 on CPU"))
     p.add_argument("--init", metavar="CHECKPOINT",
-                   help="start from these weights (fine-tuning); recipe and width follow it")
+                   help="start from these weights (fine-tuning); recipe and width follow it "
+                        "(default: random weights)")
     p.add_argument("--allow-recipe-change", action="store_true",
                    help="with --init: allow a --recipe other than the checkpoint's (its weights "
                         "were trained with the other block order)")
     p.add_argument("--resume", metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="continue an interrupted run exactly (RUN_DIR means RUN_DIR/last.pt)")
+                   help="continue an interrupted run exactly (RUN_DIR means RUN_DIR/last.pt) "
+                        "(default: a new run)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow --init/--resume files that hold more than tensors and plain "
                         "values (unpickling them can run code: only for files you trust)")
-    p.add_argument("--save-every", type=num(int, low=0, high=MAX_EPOCHS),
-                   help="periodic checkpoint every N epochs (0: none) (default: full preset 50, "
-                        "quick preset 0)")
-    p.add_argument("--test-every", type=num(int, low=0, high=MAX_EPOCHS),
-                   help="test accuracy every N epochs (0: at the end) (default: 0)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction,
-                   help="progress bar (off when stderr is not a terminal) (default: on)")
+    p.add_argument("--save-every", type=num(int, low=0, high=MAX_EPOCHS), **default(
+        "save_every", "periodic checkpoint every N epochs (0: none)"))
+    p.add_argument("--test-every", type=num(int, low=0, high=MAX_EPOCHS), **default(
+        "test_every", "test accuracy every N epochs (0: at the end)"))
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, **default(
+        "progress", "progress bar (off when stderr is not a terminal)"))
     p.add_argument("--out", help="run directory, new or empty (default: runs/<timestamp>-<recipe>;"
                    " with --resume: the resumed run's directory)")
     cli.add_debug_arg(p)

@@ -37,6 +37,8 @@ __all__ = ["STUDIES", "SCHEDULE_PARAMETERS", "OPTIMIZER_REGIMES", "STUDY_LR", "F
            "finetune_source", "collect", "write_report", "main"]
 
 STUDIES = ("optimizers", "schedulers", "finetune")
+#: where a study's runs go without --out
+DEFAULT_OUT = Path("runs") / "study"
 
 #: The schedules' parameters, those the paper leaves open fixed here once. Each entry: the
 #: trainer flags passed explicitly (so the runs do not depend on the trainer's defaults) and
@@ -605,36 +607,38 @@ def write_report(out: Path) -> list[Path]:
 
 def _parser() -> argparse.ArgumentParser:
     p = cli.Parser(
-        prog="python -m fer_fast.experiments",
+        prog="python -m fer_fast experiments",
         description="The paper's studies (optimizers, schedulers, finetune, all) as resumable "
                     "sets of fer_fast.train runs; 'report DIR' tabulates and plots them.",
         epilog="Arguments after -- go to every fer_fast.train command unchanged (e.g. -- "
                "--synthetic-sizes 64,32,32 --batch-size 16).")
-    p.add_argument("study", choices=STUDIES + ("all", "report"))
-    p.add_argument("report_dir", nargs="?", metavar="DIR", help="with report: the study's --out")
-    p.add_argument("--out", help="directory of the study's runs (one subdirectory per run)")
+    p.add_argument("study", choices=STUDIES + ("all", "report"),
+                   help="a study, all of them, or report: tabulate and plot a study's runs")
+    p.add_argument("report_dir", nargs="?", metavar="DIR",
+                   help="with report: the study's --out (default: --out's)")
+    p.add_argument("--out", default=str(DEFAULT_OUT),
+                   help="directory of the study's runs (one subdirectory per run)")
     p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data)")
     p.add_argument("--preset", choices=("full", "quick"), help="the trainer's preset (default: "
                    "full with --data, quick without)")
     p.add_argument("--epochs", type=cli.number(int, low=1), help="epochs of every run, fine-tuning included "
                    f"(default: the preset's; fine-tuning {FINETUNE_EPOCHS} with the full preset)")
     p.add_argument("--width", type=cli.number(float, low=0, low_open=True), help="channel multiplier of the VGG (fine-tuning "
-                   "runs take their --init checkpoint's)")
+                   "runs take their --init checkpoint's) (default: the preset's)")
     p.add_argument("--init", metavar="CHECKPOINT", help="finetune: start from these weights "
-                   "instead of the schedulers study's best run")
+                   "(default: the schedulers study's best run)")
     p.add_argument("--list", action="store_true", help="print the runs (index, name, state, "
                    "command) and exit")
     p.add_argument("--run", type=int, metavar="INDEX", help="move exactly this run on (e.g. "
-                   "--run $SLURM_ARRAY_TASK_ID)")
+                   "--run $SLURM_ARRAY_TASK_ID) (default: every run)")
     p.add_argument("--devices", help="comma-separated local GPU indices (distinct, of this "
-                   "machine's GPUs): one training process per GPU")
+                   "machine's GPUs): one training process per GPU (default: the runs one after another "
+                   "in this process)")
     cli.add_debug_arg(p)
     return p
 
 
 def _settings(args, extra: list[str], p: argparse.ArgumentParser) -> Settings:
-    if args.out is None:
-        p.error("--out DIR is required")
     for token in extra:
         if token.split("=")[0] in STUDY_FLAGS:
             p.error(f"{token.split('=')[0]} after -- : the study sets it (use the study's own "
@@ -672,6 +676,7 @@ def _devices(text: str, p: argparse.ArgumentParser) -> list[str]:
 def _list(runs: list[Run], settings: Settings) -> None:
     """Index, name, state and the command that moves each run on (a stale run's leftovers are
     removed first when the study runs it)."""
+    print(f"{'#':>3s}  {'run':28s} {'state':12s} next step")
     for i, run in enumerate(runs):
         state = run_state(settings.out / run.name)
         if state == "finished":
@@ -701,9 +706,7 @@ def main(argv=None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.study == "report":
-        out = Path(args.report_dir or args.out or "")
-        if not args.report_dir and not args.out:
-            p.error("report needs the study directory: report DIR")
+        out = Path(args.report_dir or args.out)
         if not out.is_dir():
             raise StudyError(f"{out}: no such study directory")
         for path in write_report(out):

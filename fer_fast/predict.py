@@ -622,12 +622,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PATH", help="checkpoint (.pt), or .safetensors / .onnx of "
                    "fer_fast export (default: the bundled model, fer_fast/models/MODEL_CARD.md)")
     p.add_argument("--camera", type=cli.number(int, low=0, high=MAX_CAMERA), metavar="N",
-                   help="read webcam N (until Ctrl-C or --max-frames)")
+                   help="read webcam N (until Ctrl-C or --max-frames) (default: no webcam)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per face on stdout (file, frame, box, label, "
                         "probabilities) instead of the table")
     p.add_argument("--out", metavar="DIR", help="write annotated copies of the images (.png) "
-                   "and videos (.mp4) here; must be a new or empty folder")
+                   "and videos (.mp4) here; must be a new or empty folder (default: none written)")
     p.add_argument("--detector", default="haar",
                    help="haar, none (each image is one face), or an OpenCV .xml/.onnx model")
     p.add_argument("--if-no-face", choices=IF_NO_FACE, default="skip",
@@ -640,7 +640,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="smallest face side in pixels")
     cli.add_device_arg(p)
     p.add_argument("--max-frames", type=cli.number(int, low=1), default=None,
-                   help="stop each video / the camera after this many frames")
+                   help="stop each video / the camera after this many frames (default: no limit)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bars on stderr")
     cli.add_debug_arg(p)

@@ -481,13 +481,14 @@ def _parser() -> argparse.ArgumentParser:
         "passed, print one table; exit 1 if any parity check failed. A full run is stored as "
         "this machine's verdict, which backend='auto' decides by."))
     cli.add_device_arg(p)
-    p.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    p.add_argument("--json", type=Path, help="also write the result as JSON to this file (default: none written)")
     p.add_argument("--quick", action="store_true",
                    help="fewer training steps and timing repetitions")
     p.add_argument("--op", action="append", choices=OPS,
-                   help="check only this op (repeatable; a partial run is not stored)")
+                   help="check only this op (repeatable; a partial run is not stored) (default: every op)")
     p.add_argument("--backend", action="append",
-                   help="check only this backend (repeatable; a partial run is not stored)")
+                   help="check only this backend (repeatable; a partial run is not stored) (default: every "
+                        "backend)")
     cli.add_debug_arg(p)
     return p
 

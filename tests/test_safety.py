@@ -384,7 +384,8 @@ def test_evaluate_uses_the_runs_data_and_a_test_only_file(tmp_path, capsys):
 
 def test_help_shows_defaults(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # one line per flag
-    for main, expected in ((T.main, ["--lr LR", "(default: 0.01)", "(default: 300)"]),
+    for main, expected in ((T.main, ["--lr LR", "(default: 0.01; quick and cpu presets 0.02)",
+                                      "(default: 300; quick preset 6; cpu preset 30)"]),
                            (evaluate.main, ["(default: 256)", "(default: every split the data has)"]),
                            (saliency.main, ["(default: test)", "(default: ten)"])):
         assert status(main, ["--help"]) == 0
