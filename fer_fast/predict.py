@@ -426,18 +426,20 @@ class _Run:
             for face in faces:
                 print(json.dumps({"file": name, "frame": frame, **face.to_dict()}), flush=True)
             return
+        names = self.predictor.class_names  # whole, however long: columns widen to fit
+        label_width, widths = max(9, *map(len, names)), [max(7, len(n)) for n in names]
         if not self.header_done:
-            print(f"{'file':<40} {'frame':>6}  {'box (x,y,w,h)':<22} {'label':<9} {'p':>5}  "
-                  + " ".join(f"{n[:7]:>7}" for n in self.predictor.class_names))
+            print(f"{'file':<40} {'frame':>6}  {'box (x,y,w,h)':<22} {'label':<{label_width}} "
+                  f"{'p':>5}  " + " ".join(f"{n:>{w}}" for n, w in zip(names, widths)))
             self.header_done = True
         if not faces and frame is None:
             print(f"{_short(name):<40} {'-':>6}  no face found")
         for face in faces:
             box = "no face: whole image" if face.no_face_found else ",".join(map(str, face.box))
             print(f"{_short(name):<40} {'-' if frame is None else frame:>6}  "
-                  f"{box:<22} {face.label:<9} "
+                  f"{box:<22} {face.label:<{label_width}} "
                   f"{face.probability:>5.2f}  "
-                  + " ".join(f"{v:>7.3f}" for v in face.probabilities.values()))
+                  + " ".join(f"{v:>{w}.3f}" for v, w in zip(face.probabilities.values(), widths)))
 
     def target(self, source: Path, base: Path | None, suffix: str) -> Path:
         """A new file under --out for the annotated copy of ``source`` (never an existing one)."""

@@ -8,7 +8,6 @@ import csv
 import dataclasses
 import errno
 import fcntl
-import json
 import os
 import random
 import shutil
@@ -23,7 +22,7 @@ from . import cli, telemetry
 from .checkpoint import checksum_path, load_checkpoint, load_params, save_atomic
 from .config import Config
 from .evaluate import evaluate_split, format_confusion
-from .files import open_atomic, temporary_path, write_text
+from .files import open_atomic, temporary_path
 from .loader import DeviceLoader, TenCropBatches
 from .model import CLASS_NAMES, VGG
 from .plots import write_run_outputs
@@ -239,7 +238,7 @@ def finish(model: VGG, val: TenCropBatches, test: TenCropBatches | None, run_dir
     summary = {"epochs": len(history), "best_epoch": best["epoch"],
                "best_val_acc": best["val_acc"], "splits": ["train", "val"] + (["test"] if test
                                                                            else []),
-               "test_acc_last": None, "test_acc_best": None}
+               "test_acc_last": None, "test_acc": None}
     if test is not None:
         last_acc, cm = evaluate_split(model, test)
         summary["test_acc_last"] = last_acc
@@ -252,9 +251,9 @@ def finish(model: VGG, val: TenCropBatches, test: TenCropBatches | None, run_dir
     if best["epoch"] and best["epoch"] != len(history) and best_path.is_file():
         load_params(model, load_checkpoint(best_path)["params"], best_path)
         if test is not None:
-            summary["test_acc_best"], cm = evaluate_split(model, test)
+            summary["test_acc"], cm = evaluate_split(model, test)
     elif test is not None:
-        summary["test_acc_best"] = last_acc
+        summary["test_acc"] = last_acc
     _, val_cm = evaluate_split(model, val)
     summary["val_confusion"], cm = val_cm.tolist(), (cm if test is not None else None)
     print(f"validation ten-crop accuracy (best model, epoch {best['epoch']}): "
@@ -262,17 +261,16 @@ def finish(model: VGG, val: TenCropBatches, test: TenCropBatches | None, run_dir
     print(format_confusion(val_cm))
     if test is not None:
         print(f"test ten-crop accuracy (best validation {100 * best['val_acc']:.2f}% at epoch "
-              f"{best['epoch']}): {100 * summary['test_acc_best']:.2f}%")
+              f"{best['epoch']}): {100 * summary['test_acc']:.2f}%")
         print(format_confusion(cm))
         with open_atomic(run_dir / "test_confusion.csv", overwrite=True, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["true\\predicted", *CLASS_NAMES])
             for name, row in zip(CLASS_NAMES, cm.tolist()):
                 writer.writerow([name, *row])
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
-    write_run_outputs(run_dir, summary, cm, history)  # result.json, curves.png, confusion.png
+    result = write_run_outputs(run_dir, summary, cm, history)  # result.json, the figures
     files = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".sha256"
                    and p.name != LOCK_FILE)
     print(f"run dir {run_dir}: {', '.join(files)} (best.pt: best validation; last.pt: "
           f"--resume {run_dir} --epochs N trains further)")
-    return summary
+    return result

@@ -395,7 +395,7 @@ def _fmt_duration(seconds: float) -> str:
 
 
 def train(config: Config, resume: Path | None = None) -> dict:
-    """Run (or continue) a training run; returns the final summary (also in ``summary.json``)."""
+    """Run (or continue) a training run; returns its result (result.json's content)."""
     run = setup(config, resume)
     try:
         run.meter = telemetry.start(run.device)
