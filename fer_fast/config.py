@@ -329,7 +329,7 @@ def _parse_resume(p: argparse.ArgumentParser, path: Path, given: dict) -> tuple[
     if "epochs" in given and given["epochs"] <= done:
         p.error(f"--resume {path}: the run has already done {done} epoch{cli.plural_s(done)}; "
                 f"--epochs {given['epochs']} must be larger to train further")
-    finished = (path.parent / "result.json").is_file()  # written last by _finish
+    finished = (path.parent / "result.json").is_file()  # written last by rundir.finish
     if "epochs" not in given and done >= config.epochs and finished:
         p.error(f"--resume {path}: the run is finished ({done} of {config.epochs} "
                 f"epoch{cli.plural_s(config.epochs)}); to train it further pass --epochs N with N > {done}")

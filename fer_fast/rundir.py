@@ -146,7 +146,6 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
         raise
 
 
-
 def rng_state(loader: DeviceLoader, device: torch.device) -> dict:
     """Every RNG state as tensors and plain values (a checkpoint loads with weights_only)."""
     version, internal, gauss = random.getstate()
@@ -170,7 +169,6 @@ def set_rng_state(state: dict, loader: DeviceLoader, device: torch.device) -> No
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-
 def copy_best(source: Path, run_dir: Path) -> None:
     """Resuming a run's last.pt into another folder: bring its best.pt (and checksum) along."""
     best = source / "best.pt"
@@ -180,7 +178,6 @@ def copy_best(source: Path, run_dir: Path) -> None:
             if src.is_file():
                 with temporary_path(dst, overwrite=True) as tmp:
                     shutil.copy2(src, tmp)
-
 
 
 def _checkpoint_state(run: Run, epoch: int) -> dict:
@@ -216,7 +213,6 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     run.saved_epoch = epoch
 
 
-
 def _is_disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -227,7 +223,7 @@ def last_checkpoint(run: Run) -> str:
         return (f"no checkpoint was written yet; {run.run_dir} holds only its config.json and "
                 f"metrics.csv (remove it to start again there)")
     return (f"the last checkpoint is {run.run_dir / 'last.pt'} (epoch {run.saved_epoch}); "
-            f"continue with: python -m fer_fast.train --resume {run.run_dir}")
+            f"continue with: python -m fer_fast train --resume {run.run_dir}")
 
 
 def finish(model: VGG, val: TenCropBatches, test: TenCropBatches | None, run_dir: Path,

@@ -85,7 +85,6 @@ def make_scheduler(config: Config, optimizer, steps_per_epoch: int):
     raise ValueError(f"unknown scheduler {s!r}; choose one of {SCHEDULERS}")
 
 
-
 def augment_batch(images: torch.Tensor, params: AugmentParams, labels: torch.Tensor, *,
                   backend: str = "auto", dtype: torch.dtype = torch.float32):
     """``(crops [b*10, 1, 40, 40], crop labels [b*10])`` of uint8 ``images`` [b, 48, 48] with

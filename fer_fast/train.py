@@ -53,6 +53,10 @@ REQUIRED_SPLITS = ("train", "val")
 ESTIMATE_WARMUP, ESTIMATE_STEPS = 3, 20
 
 
+# ----------------------------------------------------------------------------------------------
+# Setup (or resume)
+# ----------------------------------------------------------------------------------------------
+
 @dataclass
 class Run:
     """The state of a run between its phases."""
@@ -80,7 +84,6 @@ class Run:
     meter: object = None  # telemetry.start(device) while the epochs run
     epoch_started: float = 0.0  # perf_counter() at the start of the current epoch
     lock: object = None  # the run folder's lock (lock_run_dir), held until the run ends
-
 
 
 def _absolute(path: str | None) -> str | None:
@@ -247,13 +250,11 @@ def _warn_before_start(config: Config, device: torch.device, precision: str) -> 
               "kernels); use fp32 or bf16 there", file=sys.stderr)
 
 
-
 def _train_split(data: FERData, train_on: str) -> Split:
     if train_on == "train":
         return data.train
     return Split(torch.cat([data.train.images, data.val.images]),
                  torch.cat([data.train.labels, data.val.labels]))
-
 
 
 def data_fingerprint(data: FERData) -> dict:
@@ -268,6 +269,9 @@ def data_fingerprint(data: FERData) -> dict:
             "sha256": digest.hexdigest()}
 
 
+# ----------------------------------------------------------------------------------------------
+# The epochs
+# ----------------------------------------------------------------------------------------------
 
 def run_epoch(run: Run, epoch: int) -> dict:
     """Train one epoch; returns its row's training columns (loss, accuracy, times)."""
@@ -374,7 +378,6 @@ def end_epoch(run: Run, stats: dict) -> None:
     sys.stdout.flush()
 
 
-
 def _fmt_postfix(values: dict) -> dict:
     names = {"gpu_util_pct": "util%", "gpu_mem_peak_mib": "memMiB", "gpu_power_w": "W",
              "gpu_sm_clock_mhz": "MHz", "gpu_energy_j": "J"}
@@ -393,6 +396,9 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
+# ----------------------------------------------------------------------------------------------
+# The whole run
+# ----------------------------------------------------------------------------------------------
 
 def train(config: Config, resume: Path | None = None) -> dict:
     """Run (or continue) a training run; returns its result (result.json's content)."""
@@ -411,7 +417,6 @@ def train(config: Config, resume: Path | None = None) -> dict:
         return finish(run.model, run.val, run.test, run.run_dir, run.best, run.history)
     finally:
         run.lock.close()  # the run folder is free for the next process
-
 
 
 @cli.command
