@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["register", "resolve", "available", "auto_choice", "names", "eligible",
+__all__ = ["register", "choose", "resolve", "available", "auto_choice", "names", "eligible",
            "set_auto_policy", "verified_only"]
 
 
@@ -88,9 +88,11 @@ def auto_choice(op: str, device: torch.device | str) -> str | None:
     return best[0] if best else None
 
 
-def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
-    """The implementation of ``op`` named ``backend`` ("auto": the best one) for ``device``."""
-    device = torch.device(device)
+@torch.compiler.assume_constant_result
+def choose(op: str, backend: str, device: torch.device) -> str:
+    """The name of the backend :func:`resolve` returns. torch.compile calls it once while
+    tracing and takes its result as a constant: the policy reads the verdict file, which a
+    traced forward cannot (``torch.compile(fullgraph=True)`` works from a process's first call)."""
     impls = _REGISTRY.get(op)
     if impls is None:
         raise KeyError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
@@ -98,7 +100,7 @@ def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
         best = auto_choice(op, device)
         if best is None:
             raise RuntimeError(f"no backend of op {op!r} runs on device {device}")
-        return impls[best].fn
+        return best
     if backend not in impls:
         raise ValueError(f"unknown backend {backend!r} for op {op!r}; choose one of "
                          f"{['auto'] + sorted(impls)}")
@@ -107,4 +109,9 @@ def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
                            f"available there: {available(op, device)}")
     if _POLICY is not None:
         _POLICY[1](op, backend, device)
-    return impls[backend].fn
+    return backend
+
+
+def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
+    """The implementation of ``op`` named ``backend`` ("auto": the best one) for ``device``."""
+    return _REGISTRY[op][choose(op, backend, torch.device(device))].fn

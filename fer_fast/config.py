@@ -197,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
                    **default("augment_backend", "auto: on a GPU the fastest that passed the "
                                                 "selfcheck there"))
     p.add_argument("--precision", choices=PRECISIONS, **default(
-        "precision", "auto: fp16 autocast + GradScaler on CUDA, fp32 on CPU"))
+        "precision", "auto: fp16 autocast + GradScaler on CUDA; on a CPU bf16 autocast where the "
+                     "selfcheck verified it and found it faster, else fp32"))
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from these weights (fine-tuning); recipe and width follow it "
                         "(default: random weights)")

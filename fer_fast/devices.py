@@ -52,9 +52,11 @@ def refuse_bf16_dot_under_interpreter(op: str, dtype: torch.dtype) -> None:
     """Raise for bfloat16 data in a kernel using ``tl.dot`` under the Triton interpreter, where
     ``tl.dot`` on bfloat16 operands returns garbage (wrong by orders of magnitude, an upstream
     interpreter bug): a clear error instead of silently wrong numbers. Kernels without
-    ``tl.dot`` (BatchNorm/ReLU/pool, the augmentation) are not affected: there the interpreter
-    only rounds bfloat16 stores differently from a GPU (at most one bfloat16 ulp, within the
-    bfloat16 tolerances), so they run."""
+    ``tl.dot`` (BatchNorm/ReLU/pool, the augmentation) run: there the interpreter only
+    converts float32 to bfloat16 by truncation (toward zero) where a GPU rounds to nearest
+    even, so about half of the stored values are one bfloat16 ulp smaller in magnitude
+    (within the bfloat16 tolerances, but biased, not only at ties); float16 conversions are
+    rounded to nearest as on a GPU."""
     if dtype == torch.bfloat16 and is_interpreter():
         raise ValueError(f"{op}: bfloat16 is not supported under the Triton interpreter "
                          f"(TRITON_INTERPRET=1): its tl.dot returns wrong values for bfloat16; "

@@ -284,6 +284,7 @@ def conv_bn_act_stack_triton(x, convs, bns, pools, *, order):
         dtype = torch.get_autocast_dtype(x.device.type)
     else:
         dtype = x.dtype
+    devices.refuse_bf16_dot_under_interpreter(_OP_NAME, dtype)  # before any counter moves
     training = bns[0].training or not bns[0].track_running_stats
     tracked = bns[0].track_running_stats
     means, variances, counters = ([b.running_mean for b in bns], [b.running_var for b in bns],
@@ -318,10 +319,12 @@ def model_backend_choices() -> list[str]:
     return ["auto"] + sorted(set(backends.names("stack")) | set(backends.names("block")))
 
 
+@torch.compiler.assume_constant_result
 def resolve_model_backend(backend: str, device: torch.device | str) -> str:
     """The backend a block chain with ``backend`` runs on ``device``: "auto" takes a
     whole-stack (op "stack") backend when "auto" may choose one there, else the best block
-    backend. Raises a clear error when ``backend`` is unknown or does not run on ``device``."""
+    backend. Raises a clear error when ``backend`` is unknown or does not run on ``device``.
+    A constant to torch.compile (see ``backends.choose``)."""
     if backend == "auto":
         return (backends.auto_choice("stack", device)
                 or backends.auto_choice("block", device))

@@ -15,18 +15,21 @@ from . import devices
 from .augmentation import NUM_CROPS, AugmentParams, augment
 from .config import OPTIMIZERS, SCHEDULERS, Config
 from .model import VGG
+from .verdict import cpu_precision
 
-__all__ = ["TrainStep", "augment_batch", "DTYPES", "resolve_precision", "make_model", "make_optimizer",
-           "make_scheduler", "make_scaler"]
+__all__ = ["TrainStep", "augment_batch", "DTYPES", "resolve_precision", "make_model",
+           "make_optimizer", "make_scheduler", "make_scaler"]
+
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """"auto": fp16 on CUDA; on a CPU bf16 where it has native bf16 arithmetic (oneDNN's
-    AVX512-BF16 / AMX kernels: about twice fp32's speed), else fp32."""
+    AVX512-BF16 / AMX kernels) and the selfcheck verdict has the bf16 training path passing
+    and faster than fp32 here (``fer_fast.verdict.cpu_precision``), else fp32."""
     if name != "auto":
         return name
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if devices.cpu_has_native_bf16() else "fp32"
+    return "bf16" if devices.cpu_has_native_bf16() and cpu_precision() == "bf16" else "fp32"
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

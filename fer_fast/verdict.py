@@ -3,8 +3,10 @@ selfcheck``, one file per machine and software.
 
 A verdict is the selfcheck's JSON (its ``rows``: parity per op, backend and check, and the
 measured time of each passing backend) plus the ``key`` it holds for: device kind and name,
-compute capability, driver, torch, triton, fer_fast version and the sha256 of the kernel
-sources (``kernels/*.py``, the native extension's sources or binary, the fast-path modules).
+compute capability, driver, torch, triton, fer_fast version and the sha256 of the sources the
+fast paths run, as imported (:func:`source_files`: the loaded kernel modules' files in every
+install mode, the fast-path modules, the native extension's binary and, in a checkout, its
+sources).
 Any change of these makes a new key, hence a new selfcheck. Files:
 ``$FER_FAST_VERDICT_DIR`` or ``$XDG_CACHE_HOME/fer_fast`` or ``~/.cache/fer_fast``, named
 ``verdict-<device type>-<first 16 hex digits of the key's sha256>.json``.
@@ -29,8 +31,10 @@ Any change of these makes a new key, hence a new selfcheck. Files:
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import pkgutil
 import platform
 import signal
 import subprocess
@@ -43,13 +47,14 @@ import torch
 
 from . import backends
 
-__all__ = ["verdict_dir", "disabled", "environment", "verdict_path", "load", "save",
-           "ensure_verdict", "auto_order", "prepare_auto", "passed_backends"]
+__all__ = ["verdict_dir", "disabled", "source_files", "source_hash", "environment",
+           "verdict_path", "load", "save", "malformed", "ensure_verdict", "selfcheck_timeout",
+           "auto_order", "decisions", "cpu_precision", "prepare_auto", "passed_backends"]
 
 _PACKAGE = Path(__file__).resolve().parent
 #: modules whose code runs on the fast paths (their hash is part of the key)
-_FAST_MODULES = ("augmentation.py", "block.py", "stack.py", "backends.py", "tolerances.py",
-                 "selfcheck.py", "verdict.py")
+_FAST_MODULES = ("augmentation", "block", "stack", "backends", "devices", "tolerances",
+                 "selfcheck", "verdict")
 #: seconds the trainer waits for the selfcheck child (``FER_FAST_SELFCHECK_TIMEOUT`` overrides)
 DEFAULT_TIMEOUT_S = 1200
 _cache: dict[str, dict | None] = {}
@@ -70,16 +75,27 @@ def verdict_dir() -> Path:
     return Path(base) / "fer_fast"
 
 
+def source_files() -> list[Path]:
+    """The files whose code the fast paths run, as this process imports them: every module of
+    ``fer_fast.kernels`` (wherever the install put it: ``kernels/`` of the checkout in an
+    editable install), the fast-path modules, the native extension and, in a source checkout,
+    its sources."""
+    from . import kernels
+    modules = [f"{kernels.__name__}.{m.name}" for m in pkgutil.iter_modules(kernels.__path__)]
+    modules += [kernels.__name__] + [f"{__package__}.{m}" for m in _FAST_MODULES]
+    files = [Path(importlib.import_module(m).__file__).resolve() for m in modules]
+    native = sys.modules.get(f"{__package__}._C")
+    files += [Path(native.__file__).resolve()] if native is not None else []
+    csrc = _PACKAGE.parent / "csrc"
+    files += [p for p in csrc.glob("*") if p.is_file()] if csrc.is_dir() else []
+    return sorted(set(files))
+
+
 def source_hash() -> str:
-    """sha256 over the kernel sources, the native extension and the fast-path modules."""
-    files = sorted((_PACKAGE / "kernels").glob("*.py"))
-    csrc = _PACKAGE.parent / "csrc"  # a source checkout; an installed package hashes its binary
-    files += sorted(p for p in csrc.glob("*") if p.is_file()) if csrc.is_dir() else []
-    files += sorted(_PACKAGE.glob("_C*.so")) + [_PACKAGE / m for m in _FAST_MODULES]
+    """sha256 over :func:`source_files` (their names and contents)."""
     digest = hashlib.sha256()
-    for path in files:
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in source_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -146,11 +162,43 @@ def load(device: torch.device | str) -> dict | None:
         path = verdict_path(device)
         try:
             result = json.loads(path.read_text())
-            result["path"] = str(path)
-        except (OSError, ValueError):
+        except OSError:
             result = None
+        except ValueError as err:
+            result = _ignored(path, f"not JSON ({err})")
+        else:
+            why = malformed(result)
+            result = _ignored(path, why) if why else {**result, "path": str(path)}
         _cache[slot] = result
     return _cache[slot]
+
+
+def malformed(result) -> str | None:
+    """Why ``result`` is not a verdict "auto" can trust (None when it is): an object whose
+    ``rows`` are objects with a string ``op``, ``backend`` and ``check``, a boolean ``passed``
+    and a numeric or null ``time_ms``."""
+    if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
+        return "not an object with a list of rows"
+    for i, row in enumerate(result["rows"]):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str)
+                                                for k in ("op", "backend", "check")):
+            return f"row {i} lacks op, backend or check"
+        if not isinstance(row.get("passed"), bool):
+            return f"row {i}: passed is {row.get('passed')!r}, not true or false"
+        time_ms = row.get("time_ms")
+        if time_ms is not None and (isinstance(time_ms, bool)
+                                    or not isinstance(time_ms, (int, float))):
+            return f"row {i}: time_ms is {time_ms!r}, not a number"
+    return None
+
+
+def _ignored(path: Path, why: str) -> None:
+    """A verdict file that cannot be trusted counts as absent (said once on stderr)."""
+    if ("malformed", str(path)) not in _warned:
+        _warned.add(("malformed", str(path)))
+        print(f"fer_fast: ignoring the selfcheck verdict {path}: {why}; it counts as absent "
+              f"(the selfcheck runs again where a verdict is needed)", file=sys.stderr)
+    return None
 
 
 def save(device: torch.device | str, result: dict) -> Path:
@@ -211,16 +259,89 @@ def auto_order(op: str, device: torch.device, candidates: list[str]) -> list[str
                    f"or call fer_fast.selfcheck.ensure_verdict() to verify and time the fast "
                    f"backends here")
         return [n for n in candidates if n == "eager"]
+    return _order(verdict, op, candidates)
+
+
+def _order(verdict: dict, op: str, candidates: list[str]) -> list[str]:
+    """``candidates`` that passed in ``verdict`` (eager always), fastest measured first; a
+    whole-stack backend only where it beats every passing block backend."""
     passed, times = passed_backends(verdict, op), _times(verdict, op)
     ok = [n for n in candidates if n == "eager" or n in passed]
     inf = float("inf")
     ok.sort(key=lambda n: times.get(n, inf))  # stable: unmeasured keep the registry's order
-    if op == "stack":  # a whole-stack backend only where it beats every passing block backend
+    if op == "stack":
         block = _times(verdict, "block")
         best_block = min((t for n, t in block.items()
                           if n == "eager" or n in passed_backends(verdict, "block")), default=inf)
         ok = [n for n in ok if times.get(n, inf) < best_block]
     return ok
+
+
+def decisions(result: dict, device: torch.device | str) -> list[str]:
+    """One line per op of ``result`` (a selfcheck result or verdict): what "auto" takes for it
+    on ``device`` by that result, and why the other backends are not taken."""
+    device = torch.device(device)
+    lines = []
+    for op in dict.fromkeys(r["op"] for r in result["rows"]):
+        if op == "precision":
+            lines.append(f"auto precision (CPU training): {_precision_choice(result)}: "
+                         + _precision_why(result))
+            continue
+        eligible = backends.eligible(op, device)
+        order, failed, times = _order(result, op, eligible), _failed_checks(result, op), \
+            _times(result, op)
+        choice = order[0] if order else None
+        if choice is None:
+            taken = "nothing (the VGG takes the best block backend)"
+        elif choice in times and len([n for n in order if n in times]) > 1:
+            taken = f"{choice}: the fastest that passed ({times[choice]:.3g} ms)"
+        elif choice in times:
+            taken = f"{choice}: passed, {times[choice]:.3g} ms"
+        else:
+            taken = f"{choice}: passed, registry priority (not timed)"
+        why = []
+        for name in backends.available(op, device):
+            if name == choice:
+                continue
+            if name in failed:
+                why.append(f"{name} failed {', '.join(failed[name])}")
+            elif name not in eligible:
+                why.append(f"{name} is never taken on {device.type}")
+            elif name not in order:
+                why.append(f"{name} is slower than the best block backend")
+            else:
+                why.append(f"{name} is slower")
+        lines.append(f"auto {op}: {taken}" + (f"; {'; '.join(why)}" if why else ""))
+    return lines
+
+
+def _precision_choice(verdict: dict) -> str | None:
+    """"bf16" where the CPU training path in bf16 passed and was faster than fp32 in
+    ``verdict``, "fp32" where it failed or was slower, None where it was not checked."""
+    if not any(r["op"] == "precision" for r in verdict["rows"]):
+        return None
+    times = _times(verdict, "precision")
+    inf = float("inf")
+    faster = times.get("bf16", inf) < times.get("fp32", inf)
+    return "bf16" if "bf16" in passed_backends(verdict, "precision") and faster else "fp32"
+
+
+def _precision_why(verdict: dict) -> str:
+    times, failed = _times(verdict, "precision"), _failed_checks(verdict, "precision")
+    if failed:
+        return f"bf16 failed {', '.join(failed['bf16'])}"
+    if not {"fp32", "bf16"} <= set(times):
+        return "bf16 + channels_last passed but was not timed"
+    return (f"bf16 + channels_last passed, a training step {times['fp32'] / times['bf16']:.2f}x "
+            f"the speed of fp32 ({times['bf16']:.3g} vs {times['fp32']:.3g} ms)")
+
+
+def cpu_precision() -> str | None:
+    """The precision ``--precision auto`` trains in on this CPU by its verdict: "bf16" where
+    bf16 autocast + channels_last passed the selfcheck's training parity here and was faster
+    than fp32, "fp32" where not; None without a verdict (or one without that check)."""
+    record = None if disabled() else load("cpu")
+    return None if record is None else _precision_choice(record)
 
 
 def check_explicit(op: str, name: str, device: torch.device) -> None:
@@ -236,6 +357,23 @@ def check_explicit(op: str, name: str, device: torch.device) -> None:
 
 
 backends.set_auto_policy(auto_order, check_explicit)
+
+
+def selfcheck_timeout() -> float:
+    """Seconds the selfcheck child may run: ``FER_FAST_SELFCHECK_TIMEOUT``, else
+    ``DEFAULT_TIMEOUT_S``; anything but a positive number is a user error."""
+    from .cli import UserError
+    text = os.environ.get("FER_FAST_SELFCHECK_TIMEOUT", "").strip()
+    if not text:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"FER_FAST_SELFCHECK_TIMEOUT={text!r}: give the seconds the selfcheck "
+                        f"may run, a number > 0 (default {DEFAULT_TIMEOUT_S})")
+    return seconds
 
 
 def _failure_verdict(device: torch.device, why: str) -> dict:
@@ -254,11 +392,10 @@ def ensure_verdict(device: torch.device | str, *, timeout: float | None = None) 
     that crashes, faults or outlives ``timeout`` (default ``FER_FAST_SELFCHECK_TIMEOUT`` or
     1200 s) is recorded as a verdict in which every fast backend failed."""
     device = torch.device(device)
+    timeout = selfcheck_timeout() if timeout is None else timeout  # a bad value: said at once
     verdict = load(device)
     if verdict is not None:
         return verdict, f"selfcheck verdict for {device}: {verdict['path']} (cached)"
-    if timeout is None:
-        timeout = float(os.environ.get("FER_FAST_SELFCHECK_TIMEOUT", DEFAULT_TIMEOUT_S))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "selfcheck.json"
         cmd = [sys.executable, "-m", "fer_fast", "selfcheck", "--device", str(device), "--quick",

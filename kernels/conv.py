@@ -438,6 +438,15 @@ def _dot_precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _refuse_bf16_under_interpreter(t: torch.Tensor) -> None:
+    """The interpreter's ``tl.dot`` on bfloat16 operands returns garbage (values of 1e10): a
+    clear error instead (every launcher here multiplies with ``tl.dot``)."""
+    if t.dtype == torch.bfloat16 and is_interpreter():
+        raise ValueError("conv3x3 kernels: bfloat16 is not supported under the Triton "
+                         "interpreter (TRITON_INTERPRET=1): its tl.dot returns wrong values for "
+                         "bfloat16; use float16 or float32 here, or run on a GPU")
+
+
 def _check(name, t, *, dtype=None, device=None, shape=None, contiguous=False):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
@@ -527,6 +536,7 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
     (``bn_stats.COEF_ROWS``) of the BatchNorm of y, from y's batch statistics (training, computed
     from the values as stored, running statistics updated as nn.BatchNorm2d does) or its
     running statistics (eval) — in the same kernel."""
+    _refuse_bf16_under_interpreter(x)
     nb, h, w, c_in = _check_input(x, pro, scale, shift, pool)
     _check_packed_weight(wp, x)
     c_out = wp.shape[1]
@@ -608,6 +618,7 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
     sum dz * x_hat] (its beta and gamma gradients) and fp32 [4, C_in] = the coefficients with
     which the next data / weight gradient forms its conv-output gradient (BatchNorm backward in
     ``training`` mode, else the fixed affine) — all in one kernel."""
+    _refuse_bf16_under_interpreter(dy)
     g_mode, gy, gcoef = _grad_operand(dy, bn, relu_first)
     nb, h, w, c_dy = dy.shape
     _check_packed_weight(wd, dy)
@@ -671,6 +682,7 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
 
     Returns (dw packed [9*C_in, C_out] fp32 — see ``unpack_weight_grad`` — , db [C_out] fp32
     or None). The sum over N*H*W is split so that the grid fills the GPU; fp32 partials."""
+    _refuse_bf16_under_interpreter(x)
     g_mode, gy, gcoef = _grad_operand(dy, bn, relu_first)
     _check("dy", dy, dtype=x.dtype, device=x.device)
     nb, h, w, c_in = _check_input(x, pro, scale, shift, pool)

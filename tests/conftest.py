@@ -2,7 +2,11 @@
 
 TRITON_INTERPRET must be set before any kernel module is imported, hence here.
 """
+import functools
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see fer_fast/__init__)
 
@@ -33,3 +37,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: set in the child process of ``in_fresh_process``
+FRESH_PROCESS_ENV = "FER_FAST_TEST_FRESH_PROCESS"
+
+
+def in_fresh_process(test):
+    """Run ``test`` alone in a new Python process (pytest on its node id): a torch.compile test
+    then makes the process's first call, so it cannot pass thanks to caches warmed by earlier
+    tests (backend resolution, the verdict read once per process)."""
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        if os.environ.get(FRESH_PROCESS_ENV) == "1":
+            return test(*args, **kwargs)
+        nodeid = os.environ["PYTEST_CURRENT_TEST"].rsplit(" ", 1)[0]
+        child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                nodeid], cwd=Path(__file__).resolve().parent.parent,
+                               env=dict(os.environ, **{FRESH_PROCESS_ENV: "1"}),
+                               capture_output=True, text=True, timeout=600)
+        assert child.returncode == 0, f"{nodeid} in a fresh process:\n{child.stdout[-4000:]}"
+    return wrapper

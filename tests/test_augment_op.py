@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fer_fast
+from conftest import in_fresh_process
 from fer_fast import backends
 from fer_fast.augmentation import (CROP_CORNERS, CROP_SIZE, NUM_CROPS, AugmentParams,
                                    augment, augment_ref, identity_params, sample_params,
@@ -42,6 +43,7 @@ def test_op_is_registered_with_fake_impl():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@in_fresh_process
 def test_augment_under_torch_compile_fullgraph(dtype):
     def step(images, geom, erase):
         crops = fer_fast.augment(images, AugmentParams(geom, erase), backend="auto", dtype=dtype)

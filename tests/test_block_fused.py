@@ -9,7 +9,7 @@ eager-math CPU path is checked by forcing it (``bn_act.runs_on`` patched to Fals
 import pytest
 import torch
 
-from conftest import requires_cuda
+from conftest import in_fresh_process, requires_cuda
 from fer_fast import ConvBNReLU2d, VGG, backends, block
 from fer_fast.block import ORDERS, conv_bn_act_ref
 from fer_fast.kernels import bn_act, is_interpreter
@@ -228,6 +228,7 @@ def test_ops_registered_with_fake_impls():
                           (torch.randn_like(out), y, coef, True, "relu_bn", True))
 
 
+@in_fresh_process
 def test_torch_compile_fullgraph():
     """A compiled tiny VGG (fullgraph: no graph breaks) trains like the uncompiled one."""
     torch.manual_seed(1)

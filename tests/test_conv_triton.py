@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import requires_cuda
+from conftest import in_fresh_process, requires_cuda
 from tolerances import tolerance
 
 from fer_fast.kernels import bn_stats
@@ -756,6 +756,7 @@ def _stack_step(model, x):
     return outs, dxs
 
 
+@in_fresh_process
 def test_conv_bn_relu_stack_under_torch_compile_fullgraph():
     """``torch.compile(fullgraph=True)`` (aot_eager: fake implementations, functionalised
     running-statistics updates) over a triton stack gives exactly the uncompiled stack's
@@ -824,6 +825,15 @@ def test_stack_refuses_bfloat16_under_the_interpreter():
     with pytest.raises(ValueError, match="bfloat16.*TRITON_INTERPRET"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             stack.float()(x)
+    assert int(stack.blocks[0].bn.num_batches_tracked) == 0  # a refused call counts no batch
+    xb, wp = torch.randn(2, 4, 4, 3, dtype=torch.bfloat16), torch.randn(27, 5, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="conv3x3.*bfloat16.*TRITON_INTERPRET"):
+        K.conv3x3(xb, wp)  # the kernel library's own launcher
+    with pytest.raises(ValueError, match="conv3x3.*bfloat16.*TRITON_INTERPRET"):
+        K.conv3x3_wgrad(xb, torch.randn(2, 4, 4, 5, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="conv3x3.*bfloat16.*TRITON_INTERPRET"):
+        K.conv3x3_dgrad(torch.randn(2, 4, 4, 5, dtype=torch.bfloat16),
+                        torch.randn(45, 3, dtype=torch.bfloat16))
 
 
 @requires_cuda

@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from fer_fast import backends, selfcheck, verdict
+from conftest import in_fresh_process
+from fer_fast import VGG, backends, selfcheck, verdict
 from fer_fast.block import conv_bn_act_ref
 from fer_fast.stack import resolve_model_backend
 
@@ -86,6 +88,33 @@ def test_key_changes_with_the_software(cache):
     assert verdict.verdict_path(CUDA, {**env, "kernel_source_sha256": "0" * 64}) != path
 
 
+def test_key_covers_the_kernel_sources_as_imported():
+    """Every module of ``fer_fast.kernels`` is hashed from the file it was imported from (in an
+    editable install: ``kernels/`` of the checkout, mapped by package_dir)."""
+    import pkgutil
+    import fer_fast.augmentation
+    import fer_fast.kernels
+    files = set(verdict.source_files())
+    for info in pkgutil.iter_modules(fer_fast.kernels.__path__):
+        module = __import__(f"fer_fast.kernels.{info.name}", fromlist=["_"])
+        assert Path(module.__file__).resolve() in files, info.name
+    assert Path(fer_fast.augmentation._C.__file__).resolve() in files
+
+
+def test_editing_a_kernel_changes_the_key(cache, tmp_path, monkeypatch):
+    """A kernel source edited after a verdict was stored: a new key, so the old verdict (which
+    judged the old code) is not read."""
+    import shutil
+    from fer_fast.kernels import conv
+    copy = tmp_path / "conv.py"
+    shutil.copy(conv.__file__, copy)
+    monkeypatch.setattr(conv, "__file__", str(copy))
+    before = verdict.verdict_path("cpu")
+    assert verdict.verdict_path("cpu") == before
+    copy.write_text(copy.read_text() + "\n# edited\n")
+    assert verdict.verdict_path("cpu") != before
+
+
 def test_auto_takes_the_fastest_that_passed(cache, fake_cuda_backends):
     _write([_parity("augment", "triton", True), _parity("augment", "native", True),
             _time("augment", "eager", 10.0), _time("augment", "triton", 2.0),
@@ -132,6 +161,20 @@ def test_disabled_means_eager_on_cuda_and_todays_choices_on_cpu(cache, fake_cuda
     assert backends.auto_choice("augment", "cpu") == "native"
     record = verdict.prepare_auto(CUDA, needed=True)
     assert record["verdict"] is None and "disables" in record["selfcheck"]
+
+
+@in_fresh_process
+def test_auto_under_torch_compile_fullgraph_as_the_first_call(cache):
+    """The verdict is read while resolving "auto", outside the traced forward: a compiled
+    ``VGG(backend="auto")`` works as the process's first call with a verdict file to read."""
+    verdict.save("cpu", {"device": "cpu", "env": verdict.environment("cpu"), "passed": True,
+                         "rows": [_parity("augment", "native", True)]})
+    torch.manual_seed(0)
+    model, twin = VGG(width=1 / 32, dropout=0.0, backend="auto"), VGG(width=1 / 32, dropout=0.0)
+    twin.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 40, 40)
+    got = torch.compile(model, backend="eager", fullgraph=True)(x)
+    torch.testing.assert_close(got, twin(x), rtol=0, atol=0)
 
 
 def test_cpu_without_a_verdict_keeps_the_registry_choices(cache):
@@ -198,7 +241,7 @@ def test_training_proceeds_on_safe_backends_after_a_faulting_child(cache, tmp_pa
     assert auto["verdict"].startswith(str(cache))
 
 
-def test_cli_prints_the_table_and_writes_json(cache, tmp_path):
+def test_cli_prints_the_table_and_writes_json(cache, tmp_path, capsys):
     out = tmp_path / "sc.json"
     code = selfcheck.main(["--device", "cpu", "--op", "augment", "--backend", "native",
                            "--json", str(out)])
@@ -211,8 +254,17 @@ def test_cli_prints_the_table_and_writes_json(cache, tmp_path):
             ("native", "time")} <= checks
     for r in result["rows"]:
         assert set(r) >= {"op", "backend", "check", "passed", "max_error", "tolerance",
-                          "time_ms", "speedup"}
+                          "margin", "worst", "time_ms", "speedup"}
     assert not list(cache.glob("verdict-*.json"))  # a partial run is not stored
+    printed = capsys.readouterr()
+    assert "parity fp32" not in printed.err  # the table is printed once, on stdout
+    header, *lines = printed.out.splitlines()
+    assert header.split() == ["op", "backend", "check", "result", "error", "tolerance", "margin",
+                              "time", "ms", "speed-up"]
+    (row,) = [ln for ln in lines if "native" in ln and "parity fp32" in ln]
+    tol = next(r for r in result["rows"] if r["check"] == "parity fp32")["tolerance"]
+    assert f"{tol:.1e}" in row.split()  # numeric, with the margin beside it
+    assert any(ln.startswith("auto augment: ") for ln in lines)  # the decision, one line
 
 
 def test_interpreter_numpy_constraint_is_named(monkeypatch):
@@ -226,3 +278,100 @@ def test_interpreter_numpy_constraint_is_named(monkeypatch):
     monkeypatch.setattr(triton, "__version__", "3.9.0")
     monkeypatch.setattr(numpy, "__version__", "2.5.0")
     assert selfcheck.interpreter_conflict() is None
+
+
+def test_an_unknown_backend_is_a_user_error(capsys):
+    for backend in ("bogus", "fused"):  # fused: a backend, but not of the augmentation
+        argv = ["--op", "augment", "--backend", backend]
+        assert selfcheck.main(["--device", "cpu", *argv]) == 2
+        assert capsys.readouterr().err.startswith("error: --backend")
+
+
+def test_a_selfcheck_of_zero_checks_fails():
+    result = selfcheck.run("cpu", ops=("augment",), only_backends={"none of them"})
+    assert result["checks"] == 0 and not result["passed"]
+    assert "no check ran" in selfcheck.format_footer(result)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "abc", "nan", "inf"])
+def test_a_bad_selfcheck_timeout_is_a_user_error(cache, monkeypatch, value):
+    from fer_fast.cli import UserError
+    monkeypatch.setenv("FER_FAST_SELFCHECK_TIMEOUT", value)
+    with pytest.raises(UserError, match="FER_FAST_SELFCHECK_TIMEOUT"):
+        verdict.ensure_verdict("cpu")
+    monkeypatch.setenv("FER_FAST_SELFCHECK_TIMEOUT", "30")
+    assert verdict.selfcheck_timeout() == 30.0
+
+
+@pytest.mark.parametrize("content", [
+    [], None, {"rows": [{"op": "block"}]}, {"rows": "all passed"},
+    {"rows": [{"op": "block", "backend": "fused", "check": "forward fp16", "passed": "false"}]},
+    {"rows": [{"op": "block", "backend": "fused", "check": "time", "passed": True,
+               "time_ms": "1"}]}])
+def test_a_malformed_verdict_counts_as_absent_and_is_recomputed(cache, fake_cuda_backends,
+                                                                 monkeypatch, capsys, content):
+    path = verdict.verdict_path(CUDA)
+    path.write_text(json.dumps(content))
+    assert verdict.load(CUDA) is None and verdict.load(CUDA) is None
+    assert capsys.readouterr().err.count("ignoring the selfcheck verdict") == 1  # said once
+    with pytest.warns(RuntimeWarning, match="no selfcheck verdict"):
+        assert resolve_model_backend("auto", CUDA) == "eager"
+    fresh = {"device": "cuda", "env": verdict.environment(CUDA), "passed": True,
+             "rows": [_parity("block", "fused", True), _time("block", "eager", 2.0),
+                      _time("block", "fused", 1.0)]}
+
+    def fake_child(cmd, **kwargs):  # the selfcheck child, recomputing
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps(fresh))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(verdict.subprocess, "run", fake_child)
+    record, note = verdict.ensure_verdict(CUDA)
+    assert "ran the selfcheck" in note and verdict.passed_backends(record, "block") == {"fused"}
+
+
+def _precision_rows(passed=True, fp32_ms=10.0, bf16_ms=5.0):
+    return [_parity("precision", "bf16", passed, "train 2 steps vs fp32"),
+            _time("precision", "fp32", fp32_ms), _time("precision", "bf16", bf16_ms)]
+
+
+@pytest.mark.parametrize("rows, native, want", [
+    (None, True, None), (_precision_rows(), True, "bf16"),
+    (_precision_rows(bf16_ms=20.0), True, "fp32"), (_precision_rows(passed=False), True, "fp32"),
+    ([_parity("augment", "native", True)], True, None), (_precision_rows(), False, "bf16")])
+def test_cpu_precision_auto_is_bf16_only_where_verified_and_faster(cache, monkeypatch, rows,
+                                                                    native, want):
+    """``--precision auto`` on a CPU: bf16 only where the CPU has native bf16 and the verdict
+    has the bf16 training path passing and faster than fp32 here; fp32 otherwise."""
+    from fer_fast import devices, step
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    if rows is not None:
+        verdict.save("cpu", {"device": "cpu", "env": verdict.environment("cpu"), "rows": rows,
+                             "passed": all(r["passed"] for r in rows)})
+    assert verdict.cpu_precision() == want
+    expected = "bf16" if native and want == "bf16" else "fp32"
+    assert step.resolve_precision("auto", torch.device("cpu")) == expected
+    assert step.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    if rows is not None and want:
+        (line,) = [ln for ln in verdict.decisions({"rows": rows}, "cpu") if "precision" in ln]
+        assert line.startswith(f"auto precision (CPU training): {want}")
+
+
+def test_a_check_that_cannot_fail_fails():
+    """A row passes only where something was compared within a tolerance that an all-zero
+    result would not meet; NaN and a 1e-3 relative change in fp32 fail."""
+    want = torch.linspace(-1, 1, 50)
+
+    def row(*pairs):
+        cmp = selfcheck._Compare()
+        for got, tol in pairs:
+            cmp.add(got, want, tol, "t")
+        return cmp.row("op", "b", "c")
+
+    assert row((want + 1e-7, 1e-5))["passed"]
+    assert not row()["passed"] and "nothing compared" in row()["detail"]
+    assert not row((want, 1e-5), (want, 1.0))["passed"]  # one vacuous tolerance is enough
+    assert "vacuous" in row((want, 1.0))["detail"]
+    assert not row((want * 1.001, 1e-5))["passed"]
+    assert not row((want.clone().fill_(float("nan")), 1e-5))["passed"]
+    bad = row((want, 1e-5), (torch.zeros(50), 0.5))
+    assert not bad["passed"] and bad["worst"] == "t" and bad["margin"] == 2.0
