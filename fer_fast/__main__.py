@@ -16,7 +16,7 @@ COMMANDS = {
 }
 
 USAGE = (f"usage: python -m fer_fast {{{','.join(COMMANDS)}}} [options]\n"
-         + "\n".join(f"  {name:<9} {what} (python -m fer_fast {name} --help)"
+         + "\n".join(f"  {name:<{max(map(len, COMMANDS))}} {what} (python -m fer_fast {name} --help)"
                      for name, (_, what) in COMMANDS.items()))
 
 
