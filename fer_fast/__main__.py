@@ -15,8 +15,9 @@ COMMANDS = {
     "selfcheck": ("fer_fast.selfcheck", "verify and time the fast backends on this machine"),
 }
 
+_WIDTH = max(map(len, COMMANDS))
 USAGE = (f"usage: python -m fer_fast {{{','.join(COMMANDS)}}} [options]\n"
-         + "\n".join(f"  {name:<{max(map(len, COMMANDS))}} {what} (python -m fer_fast {name} --help)"
+         + "\n".join(f"  {name:<{_WIDTH}} {what} (python -m fer_fast {name} --help)"
                      for name, (_, what) in COMMANDS.items()))
 
 
