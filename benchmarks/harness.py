@@ -21,11 +21,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fer_fast import backends, train
+from fer_fast import backends
 from fer_fast.augmentation import CROP_SIZE, NUM_CROPS
+from fer_fast.config import Config
 from fer_fast.data import Split
 from fer_fast.loader import DeviceLoader
 from fer_fast.model import BLOCKS, stage_channels
+from fer_fast.step import TrainStep, make_model, make_optimizer, make_scaler, resolve_precision
 
 #: (name, C_in, C_out, H = W, max-pool after) of the eight conv blocks at width 1.
 VGG_LAYERS = tuple(
@@ -335,26 +337,24 @@ def synthetic_u8(n: int, device: torch.device, seed: int = 0) -> tuple[torch.Ten
 def make_train_step(provider: str, device: torch.device, sizes: Sizes,
                     compile_mode: str | None = None) -> Callable[[], None]:
     """One training step of ``provider`` as ``fer_fast.train`` runs it: the model, optimizer,
-    precision and loss scaler built by ``fer_fast.train``'s functions, batches from its
+    precision and loss scaler built by ``fer_fast.step``'s functions, batches from its
     ``DeviceLoader``, then ``TrainStep`` (augmentation -> forward -> loss -> scaled backward ->
     SGD-Nesterov step): fp16 autocast with a GradScaler on a GPU, the trainer's "auto" precision
     on a CPU (fp32 NCHW for the ``/fp32-nchw`` baseline)."""
     provider, _, variant = provider.partition("/")
     model_name, _, aug = provider.partition("+")
-    config = train.Config(width=sizes.step_width, batch_size=sizes.step_images)
-    precision = "fp32" if variant == CPU_BASELINE else train.resolve_precision(config.precision,
-                                                                                device)
+    config = Config(width=sizes.step_width, batch_size=sizes.step_images)
+    precision = "fp32" if variant == CPU_BASELINE else resolve_precision(config.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = train.make_model(config, device,
-                             "eager" if model_name in ("authors", "compile") else model_name)
+    model = make_model(config, device,
+                       "eager" if model_name in ("authors", "compile") else model_name)
     if variant == CPU_BASELINE:
         model = model.to(memory_format=torch.contiguous_format)
-    optimizer = train.make_optimizer(config, model.parameters(), fused=device.type == "cuda")
+    optimizer = make_optimizer(config, model.parameters(), fused=device.type == "cuda")
     forward = torch.compile(model, mode=compile_mode) if model_name == "compile" else model
-    step = train.TrainStep(forward, optimizer, train.make_scaler(device, precision),
-                           device_type=device.type, precision=precision,
-                           augment_backend=aug or "auto")
+    step = TrainStep(forward, optimizer, make_scaler(device, precision),
+                     device_type=device.type, precision=precision, augment_backend=aug or "auto")
     b = sizes.step_images
     images, labels = synthetic_u8(b * max(8, -(-512 // b)), device)
 
@@ -370,8 +370,8 @@ def make_train_step(provider: str, device: torch.device, sizes: Sizes,
             sync(device)
     else:
         loader = DeviceLoader(Split(images, labels), batch_size=b, device=device,
-                              recipe=config.recipe, augment_backend=aug)
-        batches = itertools.chain.from_iterable(loader.batches() for _ in itertools.count())
+                              recipe=config.recipe)
+        batches = itertools.chain.from_iterable(loader for _ in itertools.count())
 
         def run() -> None:
             step(*next(batches))

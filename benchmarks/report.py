@@ -155,7 +155,8 @@ def _number(text: str):
 
 
 def _training(work: Path) -> list[dict]:
-    """metrics.csv and summary.json of each training run listed in train_runs.tsv."""
+    """metrics.csv and result.json (stored as "summary") of each training run listed in
+    train_runs.tsv."""
     runs = []
     index = work / "train_runs.tsv"
     for line in index.read_text().splitlines() if index.exists() else []:
@@ -166,7 +167,7 @@ def _training(work: Path) -> list[dict]:
             with open(run_dir / "metrics.csv", newline="") as f:
                 epochs = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
         runs.append({"name": name, "flags": flags, "epochs": epochs,
-                     "summary": _read_json(run_dir / "summary.json")})
+                     "summary": _read_json(run_dir / "result.json")})
     return runs
 
 

@@ -8,14 +8,16 @@ COMMANDS = {
     "evaluate": ("fer_fast.evaluate", "ten-crop accuracy of a checkpoint"),
     "saliency": ("fer_fast.saliency", "saliency maps, one per class"),
     "plot": ("fer_fast.plots", "curves.png and confusion.png of a run"),
+    "experiments": ("fer_fast.experiments", "the paper's studies as sets of runs, and their report"),
     "predict": ("fer_fast.predict", "expressions of the faces in photos, folders, videos, a webcam"),
     "export": ("fer_fast.export", "a checkpoint as ONNX and/or safetensors"),
     "demo": ("fer_fast.demo", "a local web page: upload a photo, see each face's expression"),
     "selfcheck": ("fer_fast.selfcheck", "verify and time the fast backends on this machine"),
 }
 
+_WIDTH = max(map(len, COMMANDS))
 USAGE = (f"usage: python -m fer_fast {{{','.join(COMMANDS)}}} [options]\n"
-         + "\n".join(f"  {name:<9} {what} (python -m fer_fast {name} --help)"
+         + "\n".join(f"  {name:<{_WIDTH}} {what} (python -m fer_fast {name} --help)"
                      for name, (_, what) in COMMANDS.items()))
 
 

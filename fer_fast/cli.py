@@ -46,10 +46,13 @@ USER_ERRORS = (UserError, DataError, CheckpointError)
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends ``(default: X)`` to a flag's help unless the help already states its default or
-    there is none to show (None, False, suppressed)."""
+    there is none to show (None, False, suppressed); an on/off flag's default reads on or off."""
 
     def _get_help_string(self, action):
         text = action.help or ""
+        if isinstance(action, argparse.BooleanOptionalAction) and isinstance(action.default, bool):
+            text = text.replace(" (default: %(default)s)", "")  # argparse's own, True/False
+            return f"{text} (default: {'on' if action.default else 'off'})"
         if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
@@ -61,6 +64,9 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        for text in ("description", "epilog"):  # module docstrings' lines, shown as plain text
+            if kwargs.get(text):
+                kwargs[text] = kwargs[text].replace("``", "")
         super().__init__(*args, **kwargs)
         self._argv: list[str] = []
 
@@ -124,6 +130,11 @@ def describe_os_error(e: OSError) -> str:
 
 #: bytes a synthetic image takes while a run holds it (the uint8 array, its tensor, the loader's)
 SYNTHETIC_IMAGE_BYTES = 3 * 48 * 48
+
+
+def plural_s(n: int) -> str:
+    """The plural ending of a count's noun: "epoch" + plural_s(n)."""
+    return "" if n == 1 else "s"
 
 
 def sizes_arg(text: str) -> tuple[int, int, int]:

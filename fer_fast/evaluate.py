@@ -71,7 +71,7 @@ def format_confusion(cm: torch.Tensor, names=CLASS_NAMES) -> str:
 
 @cli.command
 def main(argv=None) -> int:
-    p = cli.Parser(prog="python -m fer_fast.evaluate", description=__doc__.split("\n")[0])
+    p = cli.Parser(prog="python -m fer_fast evaluate", description=__doc__.split("\n")[0])
     cli.add_checkpoint_args(p)
     p.add_argument("--splits", default=None, help="comma-separated splits to evaluate, each of "
                    f"{', '.join(SPLITS)} (default: every split the data has)")

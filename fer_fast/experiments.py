@@ -28,7 +28,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cli, files, train
+from . import cli, files, rundir, train
+from .config import OPTIMIZERS, PRESETS, SCHEDULERS, Config, parse_args, saved_config
 from .plots import RESULT_FILE, check_result, new_figure, read_metrics
 
 __all__ = ["STUDIES", "SCHEDULE_PARAMETERS", "OPTIMIZER_REGIMES", "STUDY_LR", "FINETUNE_LR",
@@ -36,6 +37,8 @@ __all__ = ["STUDIES", "SCHEDULE_PARAMETERS", "OPTIMIZER_REGIMES", "STUDY_LR", "F
            "finetune_source", "collect", "write_report", "main"]
 
 STUDIES = ("optimizers", "schedulers", "finetune")
+#: where a study's runs go without --out
+DEFAULT_OUT = Path("runs") / "study"
 
 #: The schedules' parameters, those the paper leaves open fixed here once. Each entry: the
 #: trainer flags passed explicitly (so the runs do not depend on the trainer's defaults) and
@@ -88,7 +91,7 @@ STUDY_FLAGS = ("--optimizer", "--scheduler", "--lr", "--train-on", "--init", "--
                "--epochs", "--width", "--preset", "--data", "--plateau-factor",
                "--plateau-patience", "--restart-period", "--step-size", "--gamma")
 #: what the trainer writes into a run directory before its first checkpoint
-PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv", train.LOCK_FILE}
+PRE_CHECKPOINT_FILES = {"config.json", "metrics.csv", rundir.LOCK_FILE}
 
 
 #: exit codes of a trainer stopped by Ctrl-C (its own 130, or killed by SIGINT)
@@ -124,11 +127,11 @@ def plan(study: str) -> list[Run]:
     if study == "optimizers":
         return [Run(study, f"{opt}-{regime}",
                     ("--optimizer", opt, "--lr", str(lr)) + _schedule_flags(scheduler))
-                for opt in train.OPTIMIZERS
+                for opt in OPTIMIZERS
                 for regime, (scheduler, lr) in OPTIMIZER_REGIMES.items()]
     if study == "schedulers":
         return [Run(study, s, ("--optimizer", "nesterov", "--lr", str(STUDY_LR))
-                    + _schedule_flags(s)) for s in train.SCHEDULERS]
+                    + _schedule_flags(s)) for s in SCHEDULERS]
     if study == "finetune":
         return [Run(study, f"{s}-{suffix}", ("--optimizer", "nesterov", "--lr", str(FINETUNE_LR),
                                              "--train-on", train_on) + _schedule_flags(s))
@@ -222,8 +225,8 @@ _UNCOMPARED = {"out", "progress", "device", "init", "save_every", "test_every"}
 def _check_matches(run: Run, settings: Settings) -> None:
     """A run directory already there must hold the run this study asks for (the same settings),
     or the study would silently mix runs of different settings."""
-    saved = train.saved_config(_read_json(settings.out / run.name / "config.json"))
-    planned = vars(train.parse_args(trainer_argv(run, settings))[0])
+    saved = saved_config(_read_json(settings.out / run.name / "config.json"))
+    planned = vars(parse_args(trainer_argv(run, settings))[0])
     skip = _UNCOMPARED | ({"recipe", "width"} if run.study == "finetune" else set())
     diff = [f"{k} {saved.get(k)!r} (asked {v!r})" for k, v in planned.items()
             if k not in skip and _norm(saved.get(k)) != _norm(v)]
@@ -249,9 +252,9 @@ def next_step(run: Run, settings: Settings) -> list[str] | None:
         _check_matches(run, settings)
         return None if state == "finished" else ["--resume", str(run_dir)]
     if state == "stale":  # under the run's lock: never the files of a run starting elsewhere
-        lock = train.lock_run_dir(run_dir)
+        lock = rundir.lock_run_dir(run_dir)
         try:
-            for name in PRE_CHECKPOINT_FILES - {train.LOCK_FILE}:
+            for name in PRE_CHECKPOINT_FILES - {rundir.LOCK_FILE}:
                 (run_dir / name).unlink(missing_ok=True)
         finally:
             lock.close()
@@ -441,7 +444,7 @@ def _report_text(records: list[RunRecord], out: Path) -> str:
         lines.append(f"- runs on {data}, width {width}, epochs {epochs}")
     lines += ["", "## Optimizers (Figure 2)", ""]
     rows = []
-    for opt in train.OPTIMIZERS:
+    for opt in OPTIMIZERS:
         row = [opt]
         for regime in OPTIMIZER_REGIMES:
             rec = by[f"optimizers/{opt}-{regime}"]
@@ -453,7 +456,7 @@ def _report_text(records: list[RunRecord], out: Path) -> str:
     lines += ["", PAPER_NOTES["optimizers"]]
     lines += ["", "## Schedulers, SGD-Nesterov from lr 0.01 (Figure 3)", ""]
     rows = []
-    for s in train.SCHEDULERS:
+    for s in SCHEDULERS:
         rec = by[f"schedulers/{s}"]
         rows.append([s, _pct(_result(rec, "best_val_acc")), _pct(_result(rec, "test_acc")),
                      _paper("schedulers", s, "val"), _paper("schedulers", s, "test")])
@@ -530,11 +533,11 @@ def _plot_optimizers(records: dict, path: Path) -> None:
     for regime, color, label in (("constant", "gold", "constant lr 0.001"),
                                  ("plateau", "darkorange", "decaying lr (plateau from 0.01)")):
         values = [_result(records[f"optimizers/{o}-{regime}"], "best_val_acc")
-                  for o in train.OPTIMIZERS]
+                  for o in OPTIMIZERS]
         paper = {i: PAPER["optimizers"][f"{o}-{regime}"]["val"]
-                 for i, o in enumerate(train.OPTIMIZERS) if f"{o}-{regime}" in PAPER["optimizers"]}
+                 for i, o in enumerate(OPTIMIZERS) if f"{o}-{regime}" in PAPER["optimizers"]}
         groups.append((label, color, values, paper))
-    _grouped_bars(path, train.OPTIMIZERS, groups, title="Optimizers",
+    _grouped_bars(path, OPTIMIZERS, groups, title="Optimizers",
                   ylabel="validation accuracy (%)", width=9)
 
 
@@ -542,11 +545,11 @@ def _plot_schedulers(records: dict, path: Path) -> None:
     groups = []
     for field, key, color, label in (("best_val_acc", "val", "seagreen", "validation"),
                                      ("test_acc", "test", "steelblue", "test")):
-        values = [_result(records[f"schedulers/{s}"], field) for s in train.SCHEDULERS]
-        paper = {i: PAPER["schedulers"][s][key] for i, s in enumerate(train.SCHEDULERS)
+        values = [_result(records[f"schedulers/{s}"], field) for s in SCHEDULERS]
+        paper = {i: PAPER["schedulers"][s][key] for i, s in enumerate(SCHEDULERS)
                  if key in PAPER["schedulers"].get(s, {})}
         groups.append((label, color, values, paper))
-    _grouped_bars(path, train.SCHEDULERS, groups, title="Schedulers (SGD-Nesterov, lr 0.01)",
+    _grouped_bars(path, SCHEDULERS, groups, title="Schedulers (SGD-Nesterov, lr 0.01)",
                   ylabel="accuracy (%)", width=8)
 
 
@@ -604,42 +607,44 @@ def write_report(out: Path) -> list[Path]:
 
 def _parser() -> argparse.ArgumentParser:
     p = cli.Parser(
-        prog="python -m fer_fast.experiments",
+        prog="python -m fer_fast experiments",
         description="The paper's studies (optimizers, schedulers, finetune, all) as resumable "
                     "sets of fer_fast.train runs; 'report DIR' tabulates and plots them.",
         epilog="Arguments after -- go to every fer_fast.train command unchanged (e.g. -- "
                "--synthetic-sizes 64,32,32 --batch-size 16).")
-    p.add_argument("study", choices=STUDIES + ("all", "report"))
-    p.add_argument("report_dir", nargs="?", metavar="DIR", help="with report: the study's --out")
-    p.add_argument("--out", help="directory of the study's runs (one subdirectory per run)")
+    p.add_argument("study", choices=STUDIES + ("all", "report"),
+                   help="a study, all of them, or report: tabulate and plot a study's runs")
+    p.add_argument("report_dir", nargs="?", metavar="DIR",
+                   help="with report: the study's --out (default: --out's)")
+    p.add_argument("--out", default=str(DEFAULT_OUT),
+                   help="directory of the study's runs (one subdirectory per run)")
     p.add_argument("--data", help="fer2013.csv or image-folder root (default: synthetic data)")
     p.add_argument("--preset", choices=("full", "quick"), help="the trainer's preset (default: "
                    "full with --data, quick without)")
     p.add_argument("--epochs", type=cli.number(int, low=1), help="epochs of every run, fine-tuning included "
                    f"(default: the preset's; fine-tuning {FINETUNE_EPOCHS} with the full preset)")
     p.add_argument("--width", type=cli.number(float, low=0, low_open=True), help="channel multiplier of the VGG (fine-tuning "
-                   "runs take their --init checkpoint's)")
+                   "runs take their --init checkpoint's) (default: the preset's)")
     p.add_argument("--init", metavar="CHECKPOINT", help="finetune: start from these weights "
-                   "instead of the schedulers study's best run")
+                   "(default: the schedulers study's best run)")
     p.add_argument("--list", action="store_true", help="print the runs (index, name, state, "
                    "command) and exit")
     p.add_argument("--run", type=int, metavar="INDEX", help="move exactly this run on (e.g. "
-                   "--run $SLURM_ARRAY_TASK_ID)")
+                   "--run $SLURM_ARRAY_TASK_ID) (default: every run)")
     p.add_argument("--devices", help="comma-separated local GPU indices (distinct, of this "
-                   "machine's GPUs): one training process per GPU")
+                   "machine's GPUs): one training process per GPU (default: the runs one after another "
+                   "in this process)")
     cli.add_debug_arg(p)
     return p
 
 
 def _settings(args, extra: list[str], p: argparse.ArgumentParser) -> Settings:
-    if args.out is None:
-        p.error("--out DIR is required")
     for token in extra:
         if token.split("=")[0] in STUDY_FLAGS:
             p.error(f"{token.split('=')[0]} after -- : the study sets it (use the study's own "
                     f"flag where it has one: --data, --preset, --epochs, --width, --init)")
     preset = args.preset or ("full" if args.data else "quick")
-    epochs = args.epochs or train.PRESETS[preset].get("epochs", train.Config.epochs)
+    epochs = args.epochs or PRESETS[preset].get("epochs", Config.epochs)
     finetune_epochs = args.epochs or (FINETUNE_EPOCHS if preset == "full" else epochs)
     return Settings(Path(args.out), args.data, preset, epochs, finetune_epochs, args.width,
                     args.init, tuple(extra))
@@ -671,6 +676,7 @@ def _devices(text: str, p: argparse.ArgumentParser) -> list[str]:
 def _list(runs: list[Run], settings: Settings) -> None:
     """Index, name, state and the command that moves each run on (a stale run's leftovers are
     removed first when the study runs it)."""
+    print(f"{'#':>3s}  {'run':28s} {'state':12s} next step")
     for i, run in enumerate(runs):
         state = run_state(settings.out / run.name)
         if state == "finished":
@@ -700,9 +706,7 @@ def main(argv=None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.study == "report":
-        out = Path(args.report_dir or args.out or "")
-        if not args.report_dir and not args.out:
-            p.error("report needs the study directory: report DIR")
+        out = Path(args.report_dir or args.out)
         if not out.is_dir():
             raise StudyError(f"{out}: no such study directory")
         for path in write_report(out):
@@ -712,7 +716,7 @@ def main(argv=None) -> int:
         p.error(f"unexpected argument {args.report_dir!r} (the runs go to --out DIR)")
     settings = _settings(args, extra, p)
     runs = plan(args.study)
-    train.parse_args(trainer_argv(runs[0], settings))  # bad extra arguments: exit 2 now
+    parse_args(trainer_argv(runs[0], settings))  # bad extra arguments: exit 2 now
     if args.list:
         _list(runs, settings)
         return 0

@@ -244,10 +244,10 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="a .pt checkpoint of fer_fast.train (or the authors') (default: the "
                         "bundled model, fer_fast/models/MODEL_CARD.md)")
-    p.add_argument("--onnx", metavar="PATH", help="write the ONNX evaluation graph here")
-    p.add_argument("--weights", metavar="PATH", help="write the weights as safetensors here")
+    p.add_argument("--onnx", metavar="PATH", help="write the ONNX evaluation graph here (default: not written)")
+    p.add_argument("--weights", metavar="PATH", help="write the weights as safetensors here (default: not written)")
     p.add_argument("--pt", metavar="PATH", help="write the weights as a fer_fast checkpoint (.pt; "
-                   "e.g. for train --init)")
+                   "e.g. for train --init) (default: not written)")
     p.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset")
     cli.add_debug_arg(p)
     args = p.parse_args(argv)

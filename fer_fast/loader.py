@@ -1,8 +1,9 @@
 """Device-resident data: a whole split lives on the training device as one uint8 tensor.
 
 Per training step the loader gathers a batch of images by index, samples the augmentation
-parameters with a seeded generator on that device, and launches ``fer_fast.augment``; nothing
-is copied between host and device and nothing waits for the device (no ``.item()``/``.cpu()``).
+parameters with a seeded generator on that device, and hands both to the training step, which
+augments them; nothing is copied between host and device and nothing waits for the device (no
+``.item()``/``.cpu()``).
 
 Randomness: one ``torch.Generator`` on the device drives both the epoch permutation
 (``torch.randperm``) and the augmentation parameters, in that order, so its state at an epoch
@@ -18,11 +19,11 @@ from typing import Iterator
 
 import torch
 
-from .augmentation import NUM_CROPS, RECIPES, AugmentParams, augment, sample_params, ten_crop
+from .augmentation import RECIPES, AugmentParams, sample_params, ten_crop
 from .data import SPLITS, FERData, Split, load_data
 from .synthetic import SyntheticSpec
 
-__all__ = ["DeviceLoader", "TenCropBatches", "load_run_data", "augment_batch"]
+__all__ = ["DeviceLoader", "TenCropBatches", "load_run_data"]
 
 
 def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None, splits=SPLITS,
@@ -33,14 +34,6 @@ def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None, splits=SPLI
     already be 48x48 8-bit gray."""
     spec = None if synthetic_sizes is None else SyntheticSpec(*synthetic_sizes)
     return load_data(path, seed=seed, synthetic=spec, splits=splits, strict_images=strict_images)
-
-
-def augment_batch(images: torch.Tensor, params: AugmentParams, labels: torch.Tensor, *,
-                  backend: str = "auto", dtype: torch.dtype = torch.float32):
-    """``(crops [b*10, 1, 40, 40], crop labels [b*10])`` of uint8 ``images`` [b, 48, 48] with
-    image ``labels`` [b]: crop ``i*10 + k`` is the k-th crop of image i."""
-    return (augment(images, params, backend=backend, dtype=dtype),
-            labels.repeat_interleave(NUM_CROPS))
 
 
 class _DeviceSplit:
@@ -75,31 +68,22 @@ class _DeviceSplit:
 
 
 class DeviceLoader(_DeviceSplit):
-    """Training batches ``(crops [b*10, 1, 40, 40], labels [b*10])`` of a device-resident split.
-
-    Crop ``i*10 + k`` is the k-th crop of the i-th image of the batch, so the labels are the
-    image labels ``repeat_interleave(10)``. ``augment_backend``: "auto" or a name of
-    ``fer_fast.backends.names("augment")`` ("eager" = the reference path).
+    """Training batches ``(images uint8 [b, 48, 48], params, labels [b])`` of a device-resident
+    split in a seeded random order, ``params`` the batch's ``AugmentParams`` of ``recipe``: the
+    training step augments them (``fer_fast.step.TrainStep``), so the augmentation's backend and
+    precision have one owner.
     """
 
     def __init__(self, split: Split, *, batch_size: int, device: torch.device | str,
-                 recipe: str = "released", seed: int = 0, augment_backend: str = "auto",
-                 dtype: torch.dtype = torch.float32):
+                 recipe: str = "released", seed: int = 0):
         if recipe not in RECIPES:
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
         super().__init__(split, batch_size, device)
-        self.recipe, self.augment_backend, self.dtype = recipe, augment_backend, dtype
+        self.recipe = recipe
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, params, labels in self.batches():
-            yield augment_batch(images, params, labels, backend=self.augment_backend,
-                                dtype=self.dtype)
-
-    def batches(self) -> Iterator[tuple[torch.Tensor, AugmentParams, torch.Tensor]]:
-        """The epoch before augmentation: ``(images uint8 [b, 48, 48], params, labels [b])``
-        per batch, for a training step that augments itself (``fer_fast.train.TrainStep``)."""
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, AugmentParams, torch.Tensor]]:
         n, g = self.images.shape[0], self.generator
         order = torch.randperm(n, generator=g, device=self.device)
         for start in range(0, n, self.batch_size):

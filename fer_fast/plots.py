@@ -46,7 +46,7 @@ def run_result(summary: dict, confusion, history: list[dict], classes=CLASS_NAME
     train_time = sum(float(r["train_time_s"]) for r in history)
     images = sum(float(r["images_per_s"]) * float(r["train_time_s"]) for r in history)
     return {
-        "test_acc": summary["test_acc_best"],
+        "test_acc": summary["test_acc"],
         "test_acc_last": summary["test_acc_last"],
         "best_val_acc": summary["best_val_acc"],
         "best_epoch": summary["best_epoch"],

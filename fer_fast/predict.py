@@ -426,18 +426,20 @@ class _Run:
             for face in faces:
                 print(json.dumps({"file": name, "frame": frame, **face.to_dict()}), flush=True)
             return
+        names = self.predictor.class_names  # whole, however long: columns widen to fit
+        label_width, widths = max(9, *map(len, names)), [max(7, len(n)) for n in names]
         if not self.header_done:
-            print(f"{'file':<40} {'frame':>6}  {'box (x,y,w,h)':<22} {'label':<9} {'p':>5}  "
-                  + " ".join(f"{n[:7]:>7}" for n in self.predictor.class_names))
+            print(f"{'file':<40} {'frame':>6}  {'box (x,y,w,h)':<22} {'label':<{label_width}} "
+                  f"{'p':>5}  " + " ".join(f"{n:>{w}}" for n, w in zip(names, widths)))
             self.header_done = True
         if not faces and frame is None:
             print(f"{_short(name):<40} {'-':>6}  no face found")
         for face in faces:
             box = "no face: whole image" if face.no_face_found else ",".join(map(str, face.box))
             print(f"{_short(name):<40} {'-' if frame is None else frame:>6}  "
-                  f"{box:<22} {face.label:<9} "
+                  f"{box:<22} {face.label:<{label_width}} "
                   f"{face.probability:>5.2f}  "
-                  + " ".join(f"{v:>7.3f}" for v in face.probabilities.values()))
+                  + " ".join(f"{v:>{w}.3f}" for v, w in zip(face.probabilities.values(), widths)))
 
     def target(self, source: Path, base: Path | None, suffix: str) -> Path:
         """A new file under --out for the annotated copy of ``source`` (never an existing one)."""
@@ -622,12 +624,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PATH", help="checkpoint (.pt), or .safetensors / .onnx of "
                    "fer_fast export (default: the bundled model, fer_fast/models/MODEL_CARD.md)")
     p.add_argument("--camera", type=cli.number(int, low=0, high=MAX_CAMERA), metavar="N",
-                   help="read webcam N (until Ctrl-C or --max-frames)")
+                   help="read webcam N (until Ctrl-C or --max-frames) (default: no webcam)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per face on stdout (file, frame, box, label, "
                         "probabilities) instead of the table")
     p.add_argument("--out", metavar="DIR", help="write annotated copies of the images (.png) "
-                   "and videos (.mp4) here; must be a new or empty folder")
+                   "and videos (.mp4) here; must be a new or empty folder (default: none written)")
     p.add_argument("--detector", default="auto",
                    help="auto (dlib HOG + OpenCV cascades; haar without dlib), haar (OpenCV's "
                         "frontal cascade), none (each image is one face), or an OpenCV .xml/.onnx "
@@ -642,7 +644,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="smallest face side in pixels")
     cli.add_device_arg(p)
     p.add_argument("--max-frames", type=cli.number(int, low=1), default=None,
-                   help="stop each video / the camera after this many frames")
+                   help="stop each video / the camera after this many frames (default: no limit)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bars on stderr")
     cli.add_debug_arg(p)

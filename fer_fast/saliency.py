@@ -139,7 +139,7 @@ def save_figure(path: Path, images: np.ndarray, maps: np.ndarray, labels: np.nda
 
 @cli.command
 def main(argv=None) -> int:
-    p = cli.Parser(prog="python -m fer_fast.saliency", description=__doc__.split("\n")[0])
+    p = cli.Parser(prog="python -m fer_fast saliency", description=__doc__.split("\n")[0])
     cli.add_checkpoint_args(p)
     p.add_argument("--split", default="test", choices=SPLITS,
                    help="split to draw the examples from")

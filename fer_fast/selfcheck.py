@@ -22,7 +22,7 @@ Per op and backend available on the device (``fer_fast.backends.available``):
   near, not equal to, this batch's own) and the no-grad output.
 - ``train`` rows: each block / whole-stack backend "auto" may take trains a whole VGG a few
   SGD-Nesterov steps; losses, parameters and buffers within ``SELFCHECK_TRAIN`` of eager.
-- ``precision`` (CPU with native bf16): the training step (``train.TrainStep``) in bf16
+- ``precision`` (CPU with native bf16): the training step (``step.TrainStep``) in bf16
   autocast + channels_last vs fp32 NCHW, a few steps from the same init on the same batches,
   then a step of each timed: ``fer_fast.verdict.cpu_precision`` takes bf16 only where it passed
   and was faster.
@@ -454,11 +454,11 @@ def check_train(op, name, device, sz: Sizes) -> dict:
 # ------------------------------------------------------------------------ CPU training path
 def check_cpu_precision(device, sz: Sizes) -> list[dict]:
     """What ``--precision auto`` may take on this CPU (``fer_fast.verdict.cpu_precision``): a
-    few training steps (``fer_fast.train.TrainStep``, SGD-Nesterov) of a small VGG in bf16
+    few training steps (``fer_fast.step.TrainStep``, SGD-Nesterov) of a small VGG in bf16
     autocast, channels_last, vs the fp32 NCHW eager reference from the same init on the same
     batches: losses, parameters and running statistics within ``SELFCHECK_TRAIN[bf16]``; then
     one training step of each timed at the timing shape."""
-    from .train import TrainStep
+    from .step import TrainStep
 
     def train(model, precision, crops, labels):
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
@@ -681,13 +681,14 @@ def _parser() -> argparse.ArgumentParser:
         "passed, print one table; exit 1 if any parity check failed. A full run is stored as "
         "this machine's verdict, which backend='auto' decides by."))
     cli.add_device_arg(p)
-    p.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    p.add_argument("--json", type=Path, help="also write the result as JSON to this file (default: none written)")
     p.add_argument("--quick", action="store_true",
                    help="fewer training steps and timing repetitions")
     p.add_argument("--op", action="append", choices=OPS,
-                   help="check only this op (repeatable; a partial run is not stored)")
+                   help="check only this op (repeatable; a partial run is not stored) (default: every op)")
     p.add_argument("--backend", action="append",
-                   help="check only this backend (repeatable; a partial run is not stored)")
+                   help="check only this backend (repeatable; a partial run is not stored) (default: every "
+                        "backend)")
     cli.add_debug_arg(p)
     return p
 

@@ -1,4 +1,5 @@
-"""The demo page in a real headless browser (Debian's chromium + chromium-driver, Selenium):
+"""The demo: what it says without a browser (the model it serves, the saliency captions, a busy
+port), and the page in a real headless browser (Debian's chromium + chromium-driver, Selenium):
 it loads, takes an uploaded photo and shows each face's expression; nothing leaves 127.0.0.1."""
 import json
 import os
@@ -10,18 +11,17 @@ import pytest
 import torch
 
 from face_assets import face_photo
-from fer_fast import VGG, Predictor
+from fer_fast import VGG, Predictor, bundled
+from fer_fast.checkpoint import save_atomic
+from fer_fast.demo import describe_model, saliency_panel
+from fer_fast.demo import main as demo_main
 from fer_fast.model import CLASS_NAMES
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                       reason="needs a headless browser: apt-get install chromium chromium-driver"),
-]
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="needs a headless browser: apt-get install chromium chromium-driver")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-gr = pytest.importorskip("gradio", reason="the demo page needs gradio: pip install fer_fast[demo]")
-webdriver = pytest.importorskip("selenium.webdriver",
-                                reason="the browser test drives chromium with selenium")
 
 
 def _free_port() -> int:
@@ -30,8 +30,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_the_page_names_the_model_it_serves(tmp_path):
+    assert describe_model(None, None) == bundled.describe()
+    torch.manual_seed(0)
+    model = VGG("paper", width=0.0625)
+    path = tmp_path / "mine.pt"
+    save_atomic({"params": model.state_dict(), "config": {"recipe": "paper", "width": 0.0625},
+                 "logs": {"best_val_acc": 0.5}}, path)
+    assert describe_model(path, Predictor(path, device="cpu")) == (
+        "mine.pt: VGG width 0.0625, paper recipe, 50.00% validation ten-crop accuracy")
+
+
+def test_saliency_panel_captions_each_face_with_its_number_and_class():
+    torch.manual_seed(0)
+    predictor = Predictor(VGG(width=0.0625), device="cpu")
+    faces = torch.randint(0, 256, (2, 48, 48), dtype=torch.uint8).numpy()
+    panel = saliency_panel(predictor, faces, [3, 0])
+    assert [caption for _, caption in panel] == [f"face 1: {CLASS_NAMES[3]}",
+                                                 f"face 2: {CLASS_NAMES[0]}"]
+    assert all(image.shape == (192, 384, 3) and image.dtype == "uint8" for image, _ in panel)
+
+
+def test_a_busy_port_says_to_choose_another_with_port(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert demo_main(["--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: port {port} on 127.0.0.1 is in use") and "--port" in err
+    assert len(err.splitlines()) == 1 and "GRADIO" not in err
+
+
 @pytest.fixture
 def browser(tmp_path):
+    pytest.importorskip("gradio", reason="the demo page needs gradio: pip install fer_fast[demo]")
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="the browser test drives chromium with selenium")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -47,6 +82,7 @@ def browser(tmp_path):
     driver.quit()
 
 
+@needs_browser
 def test_demo_page_labels_an_uploaded_photo(browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -54,7 +90,7 @@ def test_demo_page_labels_an_uploaded_photo(browser, tmp_path):
     from fer_fast.demo import build_demo
 
     torch.manual_seed(0)
-    page = build_demo(Predictor(VGG(width=0.0625), device="cpu"))
+    page = build_demo(Predictor(VGG(width=0.0625), device="cpu"), "a test VGG")
     port = _free_port()
     page.launch(server_name="127.0.0.1", server_port=port, share=False, inbrowser=False,
                 prevent_thread_lock=True, quiet=True)
@@ -63,6 +99,7 @@ def test_demo_page_labels_an_uploaded_photo(browser, tmp_path):
         WebDriverWait(browser, 60).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))
         assert "facial expressions" in browser.title
+        assert "Model: a test VGG" in browser.find_element(By.ID, "model").text
         photo = tmp_path / "photo.png"
         cv2.imwrite(str(photo), face_photo(0, faces=((90, 120, 90), (240, 110, 100))))
         browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(photo))

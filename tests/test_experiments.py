@@ -160,8 +160,8 @@ def test_run_index_resume_skip_and_refusals(tmp_path, tiny, trainer_calls, capsy
     # --list: index, name, state and a command a user can paste
     capsys.readouterr()
     assert study("all", out, "--list") == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 24
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == ["#", "run", "state", "next", "step"] and len(lines) == 24
     by_name = {l.split()[1]: l for l in lines}
     assert by_name["schedulers/cosine"].split()[:3] == ["15", "schedulers/cosine", "finished"]
     assert "waits until that study has finished" in by_name["finetune/cosine-train"]
@@ -226,3 +226,12 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "training loss is nan" in err
     assert "failed runs: optimizers/adadelta-constant, optimizers/adadelta-plateau" in err
+
+
+def test_list_without_out_shows_the_default_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert E.main(["all", "--list"]) == 0
+    header, first, *_ = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["#", "run", "state"]
+    assert f"--out {E.DEFAULT_OUT / 'optimizers/sgd-constant'}" in first
+    assert not (tmp_path / "runs").exists()  # listing writes nothing

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fer_fast import cli, files, train as T
+from fer_fast import cli, files, rundir, train as T
 from fer_fast.checkpoint import save_atomic
 from fer_fast.model import VGG
+from fer_fast.rundir import LOCK_FILE, lock_run_dir
+from fer_fast.step import TrainStep
 from test_safety import easy, finished_run, no_data, status  # noqa: F401 - fixtures
 from test_train import TINY
 
@@ -100,7 +102,7 @@ def test_saliency_refuses_to_replace_its_files_before_any_work(tmp_path, capsys)
 
 def test_a_run_folder_in_use_is_refused(tmp_path, capsys, no_data):
     out = tmp_path / "run"
-    lock = T.lock_run_dir(out)  # as another fer_fast.train would hold it
+    lock = lock_run_dir(out)  # as another fer_fast.train would hold it
     try:
         assert status(T.main, TINY + ["--epochs", "1", "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -108,7 +110,7 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys, no_data):
                        f"wait for it to end or choose another --out"]
     finally:
         lock.close()
-    assert sorted(p.name for p in out.iterdir()) == [T.LOCK_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
 
 
 def test_a_resumed_run_in_use_is_refused(tmp_path, finished_run, capsys, no_data):
@@ -116,21 +118,21 @@ def test_a_resumed_run_in_use_is_refused(tmp_path, finished_run, capsys, no_data
 
     run = shutil.copytree(finished_run, tmp_path / "run")
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    lock = T.lock_run_dir(run)
+    lock = lock_run_dir(run)
     try:
         assert status(T.main, ["--resume", str(run), "--epochs", "5"]) == 2
         assert "is in use by another fer_fast.train" in capsys.readouterr().err
     finally:
         lock.close()
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != T.LOCK_FILE} == \
-        {k: v for k, v in before.items() if k != T.LOCK_FILE}
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_FILE} == \
+        {k: v for k, v in before.items() if k != LOCK_FILE}
 
 
 def test_the_lock_is_released_when_a_run_ends(tmp_path, easy, capsys):
     out = tmp_path / "run"
     T.train(*T.parse_args(TINY + ["--epochs", "1", "--out", str(out)]))
-    T.lock_run_dir(out).close()  # free again
-    assert T.LOCK_FILE not in capsys.readouterr().out  # not listed among the run's files
+    lock_run_dir(out).close()  # free again
+    assert LOCK_FILE not in capsys.readouterr().out  # not listed among the run's files
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def test_disk_full_while_writing_best_pt_leaves_a_resumable_run(tmp_path, easy, 
     assert status(T.main, TINY + ["--epochs", "3", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the disk is full" in err[0] and f"--resume {out}" in err[0]
-    names = sorted(p.name for p in out.iterdir() if p.name != T.LOCK_FILE)
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
     assert names == ["best.pt", "best.pt.sha256", "config.json", "last.pt", "last.pt.sha256",
                      "metrics.csv"]
     from fer_fast.checkpoint import load_checkpoint
@@ -485,7 +487,7 @@ def test_ctrl_c_stops_the_study_and_says_how_to_continue(tmp_path, monkeypatch, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(T, "main", main)
-    monkeypatch.setattr(T.TrainStep, "__call__", step)
+    monkeypatch.setattr(TrainStep, "__call__", step)
     monkeypatch.setattr(plots, "draw_run", lambda *a, **k: [])
     out = tmp_path / "study"
     assert E.main(["optimizers", "--out", str(out), *STUDY_TINY]) == 130
@@ -608,7 +610,7 @@ def test_training_past_the_file_size_limit_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert err[-1].startswith(f"error: writing the epoch-1 files in {out} failed: the file is "
                               f"too large") and "Traceback" not in proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == [T.LOCK_FILE, "config.json", "metrics.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "config.json", "metrics.csv"]
 
 
 def test_a_study_leaves_a_starting_run_of_another_process_alone(tmp_path, capsys):
@@ -621,7 +623,7 @@ def test_a_study_leaves_a_starting_run_of_another_process_alone(tmp_path, capsys
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
     (run / "metrics.csv").write_text("epoch\n")
-    lock = T.lock_run_dir(run)
+    lock = lock_run_dir(run)
     try:
         assert status(E.main, ["schedulers", "--out", str(out), "--run", "0", *STUDY_TINY]) == 2
         assert "is in use by another fer_fast.train" in capsys.readouterr().err
@@ -646,6 +648,6 @@ def test_a_file_system_without_locks_warns_and_trains_on(tmp_path, monkeypatch, 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(T.fcntl, "flock", no_locks)
-    T.lock_run_dir(tmp_path / "run").close()
+    monkeypatch.setattr(rundir.fcntl, "flock", no_locks)
+    lock_run_dir(tmp_path / "run").close()
     assert "this file system cannot lock files (No locks available)" in capsys.readouterr().err

@@ -1,8 +1,8 @@
-"""DeviceLoader / TenCropBatches: shapes, labels per crop, determinism per seed, exact resume."""
+"""DeviceLoader / TenCropBatches: shapes, labels, determinism per seed, exact resume."""
 import pytest
 import torch
 
-from fer_fast.augmentation import augment_ref, sample_params, ten_crop
+from fer_fast.augmentation import sample_params, ten_crop
 from fer_fast.data import Split
 from fer_fast.loader import DeviceLoader, TenCropBatches
 
@@ -14,7 +14,15 @@ def _split(n: int, seed: int = 0) -> Split:
 
 
 def _epoch(loader):
-    return [(x.clone(), y.clone()) for x, y in loader]
+    return [(x.clone(), p, y.clone()) for x, p, y in loader]
+
+
+def _same(a, b) -> bool:
+    """Two epochs of the loader drew the same images, parameters and labels."""
+    return len(a) == len(b) and all(
+        torch.equal(xa, xb) and torch.equal(ya, yb)
+        and torch.equal(pa.geom, pb.geom) and torch.equal(pa.erase, pb.erase)
+        for (xa, pa, ya), (xb, pb, yb) in zip(a, b))
 
 
 def test_shapes_labels_and_partial_last_batch():
@@ -22,28 +30,25 @@ def test_shapes_labels_and_partial_last_batch():
     loader = DeviceLoader(split, batch_size=8, device="cpu", seed=3)
     batches = _epoch(loader)
     assert len(loader) == len(batches) == 3
-    assert [y.numel() for _, y in batches] == [80, 80, 70]  # the partial batch is kept
-    for x, y in batches:
-        assert x.shape == (y.numel(), 1, 40, 40) and x.dtype == torch.float32
-        assert 0 <= x.min() and x.max() <= 1
-        assert torch.equal(y.view(-1, 10), y.view(-1, 10)[:, :1].expand(-1, 10))
+    assert [y.numel() for _, _, y in batches] == [8, 8, 7]  # the partial batch is kept
+    for x, p, y in batches:
+        assert x.shape == (y.numel(), 48, 48) and x.dtype == torch.uint8
+        assert len(p) == y.numel()
     # every image appears exactly once per epoch: its label multiset is preserved
-    seen = torch.cat([y.view(-1, 10)[:, 0] for _, y in batches])
+    seen = torch.cat([y for _, _, y in batches])
     assert torch.equal(seen.sort().values, split.labels.sort().values)
 
 
-def test_batch_is_augment_of_permuted_images():
+def test_batch_is_permuted_images_and_their_params():
     """The loader draws randperm then the params from one generator: replay it by hand."""
     split = _split(10, seed=1)
-    loader = DeviceLoader(split, batch_size=4, device="cpu", seed=11, augment_backend="eager",
-                          recipe="paper")
-    x, y = next(iter(loader))
+    loader = DeviceLoader(split, batch_size=4, device="cpu", seed=11, recipe="paper")
+    x, params, y = next(iter(loader))
     g = torch.Generator().manual_seed(11)
-    order = torch.randperm(10, generator=g)
-    idx = order[:4]
-    expected = augment_ref(split.images[idx].contiguous(), sample_params("paper", 4, g))
-    assert torch.equal(x, expected)
-    assert torch.equal(y, split.labels[idx].repeat_interleave(10))
+    idx = torch.randperm(10, generator=g)[:4]
+    expected = sample_params("paper", 4, g)
+    assert torch.equal(x, split.images[idx]) and torch.equal(y, split.labels[idx])
+    assert torch.equal(params.geom, expected.geom) and torch.equal(params.erase, expected.erase)
 
 
 def test_deterministic_per_seed_and_generator_state_restore():
@@ -52,27 +57,13 @@ def test_deterministic_per_seed_and_generator_state_restore():
     b = DeviceLoader(split, batch_size=6, device="cpu", seed=5)
     c = DeviceLoader(split, batch_size=6, device="cpu", seed=6)
     first_a, first_b, first_c = _epoch(a), _epoch(b), _epoch(c)
-    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
-               for p, q in zip(first_a, first_b))
-    assert not torch.equal(first_a[0][0], first_c[0][0])
+    assert _same(first_a, first_b) and not _same(first_a, first_c)
     state = a.state_dict()  # epoch boundary
     second_a = _epoch(a)
-    assert not torch.equal(second_a[0][0], first_a[0][0])  # a new permutation and new params
+    assert not _same(second_a, first_a)  # a new permutation and new params
     fresh = DeviceLoader(split, batch_size=6, device="cpu", seed=0)
     fresh.load_state_dict(state)
-    replay = _epoch(fresh)
-    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
-               for p, q in zip(second_a, replay))
-
-
-def test_auto_backend_matches_eager():
-    split = _split(12, seed=4)
-    auto = _epoch(DeviceLoader(split, batch_size=5, device="cpu", seed=1))
-    eager = _epoch(DeviceLoader(split, batch_size=5, device="cpu", seed=1,
-                                augment_backend="eager"))
-    for (xa, ya), (xe, ye) in zip(auto, eager):
-        torch.testing.assert_close(xa, xe, atol=1e-5, rtol=1e-5)
-        assert torch.equal(ya, ye)
+    assert _same(second_a, _epoch(fresh))
 
 
 def test_ten_crop_batches_in_order():

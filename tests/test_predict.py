@@ -182,12 +182,29 @@ def test_cli_json_on_images_folder_and_video(files, tmp_path, capsys):
     capture.release()
 
 
+def test_table_columns_fit_every_class_name(capsys):
+    """The table never cuts a class name (a model's own names can be long): columns widen."""
+    from types import SimpleNamespace
+
+    from fer_fast.predict import Face, _Run
+    names = ("angry", "a rather long class name", "happy")
+    probabilities = dict(zip(names, (0.125, 0.625, 0.25)))
+    run = _Run(SimpleNamespace(class_names=names), SimpleNamespace(json=False, out=None))
+    run.report("photo.png", None, [Face(box=(1, 2, 30, 30), probabilities=probabilities,
+                                        label=names[1])])
+    header, row = capsys.readouterr().out.splitlines()
+    assert f" {names[1]} " in row  # the label column
+    for name, p in probabilities.items():  # each value right-aligned under its whole name
+        assert header.index(name) + len(name) == row.rindex(f"{p:.3f}") + len(f"{p:.3f}")
+
+
 def test_cli_table_and_never_overwrites(files, tmp_path, capsys):
     code = predict_main([str(files["ckpt"]), str(files["photos"] / "more"), "--device", "cpu",
                          "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0
     assert "no face found" in out and "label" in out.splitlines()[0]
+    assert out.splitlines()[0].split()[-len(CLASS_NAMES):] == list(CLASS_NAMES)  # whole names
     assert "2 image(s), 0 video frame(s): 2 face(s)" in out and "1 without a face" in out
     taken = tmp_path / "taken"
     taken.mkdir()

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from fer_fast import cli, evaluate, saliency, train as T
+from fer_fast import cli, evaluate, rundir, saliency, train as T
 from fer_fast.checkpoint import CheckpointError, checksum_path, load_checkpoint, save_atomic
+from fer_fast.config import RESUME_KEYS
 from fer_fast.model import VGG
+from fer_fast.step import TrainStep
 from test_train import TINY, easy_data
 
 MARKER_NAME = "code-ran"
@@ -80,7 +82,7 @@ def _copy_run(src, dst):
 def test_project_checkpoints_load_with_weights_only(finished_run):
     for name in ("last.pt", "best.pt", "epoch0001.pt"):
         ckpt = torch.load(finished_run / name, weights_only=True)
-        assert set(T.RESUME_KEYS) <= set(ckpt) and "params" in ckpt
+        assert set(RESUME_KEYS) <= set(ckpt) and "params" in ckpt
 
 
 def test_malicious_checkpoint_never_runs_code(tmp_path, capsys, monkeypatch):
@@ -284,14 +286,14 @@ def test_devices_the_machine_lacks(tool, device, tmp_path, capsys, no_data):
 
 def test_disk_full_keeps_the_last_good_checkpoint(tmp_path, easy, capsys, monkeypatch):
     out = tmp_path / "run"
-    real_save = T.save_atomic
+    real_save = rundir.save_atomic
 
     def save(obj, *paths):
         if obj["epoch"] == 2:
             raise OSError(errno.ENOSPC, "No space left on device", str(paths[0]))
         real_save(obj, *paths)
 
-    monkeypatch.setattr(T, "save_atomic", save)
+    monkeypatch.setattr(rundir, "save_atomic", save)
     assert status(T.main, TINY + ["--epochs", "3", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "the disk is full" in err and f"{out / 'last.pt'} (epoch 1)" in err
@@ -301,7 +303,7 @@ def test_disk_full_keeps_the_last_good_checkpoint(tmp_path, easy, capsys, monkey
 
 def test_ctrl_c_says_where_to_resume(tmp_path, easy, capsys, monkeypatch):
     out = tmp_path / "run"
-    real_step = T.TrainStep.__call__
+    real_step = TrainStep.__call__
     calls = []
 
     def step(self, *args):
@@ -310,7 +312,7 @@ def test_ctrl_c_says_where_to_resume(tmp_path, easy, capsys, monkeypatch):
             raise KeyboardInterrupt
         return real_step(self, *args)
 
-    monkeypatch.setattr(T.TrainStep, "__call__", step)
+    monkeypatch.setattr(TrainStep, "__call__", step)
     assert status(T.main, TINY + ["--epochs", "3", "--out", str(out)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stopped in epoch 2" in err[0]
@@ -318,13 +320,13 @@ def test_ctrl_c_says_where_to_resume(tmp_path, easy, capsys, monkeypatch):
 
 
 def test_diverged_run_is_one_line(tmp_path, easy, capsys, monkeypatch):
-    real_step = T.TrainStep.__call__
+    real_step = TrainStep.__call__
 
     def step(self, *args):
         loss, logits = real_step(self, *args)
         return loss * float("nan"), logits
 
-    monkeypatch.setattr(T.TrainStep, "__call__", step)
+    monkeypatch.setattr(TrainStep, "__call__", step)
     assert status(T.main, TINY + ["--epochs", "2", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "epoch 1: the training loss is nan: the run diverged" in err
@@ -382,7 +384,8 @@ def test_evaluate_uses_the_runs_data_and_a_test_only_file(tmp_path, capsys):
 
 def test_help_shows_defaults(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # one line per flag
-    for main, expected in ((T.main, ["--lr LR", "(default: 0.01)", "(default: 300)"]),
+    for main, expected in ((T.main, ["--lr LR", "(default: 0.01; quick and cpu presets 0.02)",
+                                      "(default: 300; quick preset 6; cpu preset 30)"]),
                            (evaluate.main, ["(default: 256)", "(default: every split the data has)"]),
                            (saliency.main, ["(default: test)", "(default: ten)"])):
         assert status(main, ["--help"]) == 0

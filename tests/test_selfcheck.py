@@ -342,15 +342,15 @@ def test_cpu_precision_auto_is_bf16_only_where_verified_and_faster(cache, monkey
                                                                     native, want):
     """``--precision auto`` on a CPU: bf16 only where the CPU has native bf16 and the verdict
     has the bf16 training path passing and faster than fp32 here; fp32 otherwise."""
-    from fer_fast import devices, train
+    from fer_fast import devices, step
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     if rows is not None:
         verdict.save("cpu", {"device": "cpu", "env": verdict.environment("cpu"), "rows": rows,
                              "passed": all(r["passed"] for r in rows)})
     assert verdict.cpu_precision() == want
     expected = "bf16" if native and want == "bf16" else "fp32"
-    assert train.resolve_precision("auto", torch.device("cpu")) == expected
-    assert train.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert step.resolve_precision("auto", torch.device("cpu")) == expected
+    assert step.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     if rows is not None and want:
         (line,) = [ln for ln in verdict.decisions({"rows": rows}, "cpu") if "precision" in ln]
         assert line.startswith(f"auto precision (CPU training): {want}")

@@ -216,20 +216,20 @@ def test_the_command_exits_1_on_the_failed_row(cache, monkeypatch, capsys):
 def test_a_broken_bf16_cpu_training_path_is_refused(cache, monkeypatch):
     """The CPU training path in bf16 with the loss taken against the wrong class: its row
     fails and ``--precision auto`` trains in fp32."""
-    from fer_fast import devices, train
+    from fer_fast import devices, step
     if not devices.cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16: the path is not checked")
-    real = train.F.cross_entropy
+    real = step.F.cross_entropy
 
     def wrong_class(logits, labels):
         if torch.is_autocast_enabled("cpu"):
             labels = (labels + 1) % logits.shape[1]
         return real(logits, labels)
 
-    monkeypatch.setattr(train, "F", types.SimpleNamespace(cross_entropy=wrong_class))
+    monkeypatch.setattr(step, "F", types.SimpleNamespace(cross_entropy=wrong_class))
     rows = selfcheck.check_cpu_precision(CPU, selfcheck.sizes(CPU, quick=True))
     assert [r["check"] for r in rows if not r["passed"]] == ["train 2 steps vs fp32"]
     verdict.save(CPU, {"device": "cpu", "env": verdict.environment(CPU), "rows": rows,
                        "passed": False})
     assert verdict.cpu_precision() == "fp32"
-    assert train.resolve_precision("auto", CPU) == "fp32"
+    assert step.resolve_precision("auto", CPU) == "fp32"

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from fer_fast import telemetry, train as T
-from fer_fast.checkpoint import load_checkpoint, save_atomic
+from fer_fast.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from fer_fast.config import OPTIMIZERS, SCHEDULERS, Config
 from fer_fast.data import FERData, Split
 from fer_fast.model import VGG
+from fer_fast.rundir import LOCK_FILE
+from fer_fast.step import TrainStep, make_optimizer, make_scheduler, resolve_precision
 
 TINY = ["--width", "0.0625", "--batch-size", "16", "--eval-batch-size", "32", "--no-progress",
         "--device", "cpu"]
@@ -127,22 +130,22 @@ def test_resume_reads_the_configuration_of_a_run_saved_before_the_renames(tmp_pa
     c, _ = T.parse_args(["--resume", str(run), "--epochs", "9"])
     assert c.model_backend == "fused" and c.width == 0.0625
 
-@pytest.mark.parametrize("name", T.OPTIMIZERS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_steps(name):
-    config = T.Config(optimizer=name, lr=0.01)
+    config = Config(optimizer=name, lr=0.01)
     w = torch.nn.Parameter(torch.randn(5))
-    opt = T.make_optimizer(config, [w])
+    opt = make_optimizer(config, [w])
     before = w.detach().clone()
     (w ** 2).sum().backward()
     opt.step()
     assert not torch.equal(before, w.detach())
 
 
-@pytest.mark.parametrize("name", T.SCHEDULERS)
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_every_scheduler(name):
-    config = T.Config(scheduler=name, epochs=4, step_size=1, restart_period=2)
+    config = Config(scheduler=name, epochs=4, step_size=1, restart_period=2)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.randn(2))], lr=0.01)
-    sched, unit = T.make_scheduler(config, opt, steps_per_epoch=3)
+    sched, unit = make_scheduler(config, opt, steps_per_epoch=3)
     lrs = []
     for _ in range(4):
         for _ in range(3):
@@ -166,9 +169,9 @@ def test_short_run_learns_and_writes_its_run_dir(tmp_path, easy, capsys):
     rows = history(out)
     losses = [float(r["train_loss"]) for r in rows]
     assert len(rows) == 5 and losses[-1] < 0.8 * losses[0]
-    assert float(rows[-1]["train_acc"]) > 0.3 and summary["test_acc_best"] > 0.3  # chance 1/7
+    assert float(rows[-1]["train_acc"]) > 0.3 and summary["test_acc"] > 0.3  # chance 1/7
     for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "test_confusion.csv",
-                 "summary.json"):
+                 "result.json"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "config.json").read_text())
     assert saved["width"] == 0.0625 and saved["resolved"]["device"] == "cpu"
@@ -176,7 +179,7 @@ def test_short_run_learns_and_writes_its_run_dir(tmp_path, easy, capsys):
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["epoch"] == ckpt["best"]["epoch"] and ckpt["config"]["width"] == 0.0625
     assert [r["epoch"] for r in ckpt["logs"]["history"]] == list(range(1, ckpt["epoch"] + 1))
-    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [T.LOCK_FILE]
+    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [LOCK_FILE]
     printed = capsys.readouterr().out
     assert "test ten-crop accuracy" in printed and "Neutral" in printed
     with open(out / "test_confusion.csv") as f:
@@ -215,8 +218,8 @@ def test_resume_is_bit_identical(tmp_path, easy):
     ha, hb = history(full), history(part)
     assert len(hb) == 3
     assert [[r[k] for k in TIMELESS] for r in ha] == [[r[k] for k in TIMELESS] for r in hb]
-    assert json.loads((full / "summary.json").read_text())["test_acc_last"] == \
-        json.loads((part / "summary.json").read_text())["test_acc_last"]
+    assert json.loads((full / "result.json").read_text())["test_acc_last"] == \
+        json.loads((part / "result.json").read_text())["test_acc_last"]
 
 
 def test_resume_on_another_kind_of_device_is_refused(tmp_path, easy):
@@ -224,10 +227,10 @@ def test_resume_on_another_kind_of_device_is_refused(tmp_path, easy):
     run(TINY + ["--epochs", "1", "--out", str(out)])
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["resolved"] == {"device_type": "cpu",
-                                "precision": T.resolve_precision("auto", torch.device("cpu"))}
+                                "precision": resolve_precision("auto", torch.device("cpu"))}
     ckpt["resolved"] = {"device_type": "cuda", "precision": "fp16"}
     save_atomic(ckpt, out / "last.pt")
-    with pytest.raises(T.CheckpointError, match="on cuda in fp16.*resolves to cpu;"):
+    with pytest.raises(CheckpointError, match="on cuda in fp16.*resolves to cpu;"):
         run(["--resume", str(out), "--epochs", "2"])
 
 
@@ -239,6 +242,18 @@ def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
     save_atomic({"params": {}}, tmp_path / "last.pt")
     assert T.main(TINY + ["--out", str(tmp_path)]) == 2  # would overwrite another run
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_errors_come_before_the_selfcheck_line_and_the_warnings(tmp_path, capsys, monkeypatch):
+    """Validate the arguments, then warn, then work: a missing --data file on the CPU with the
+    full preset is one error line, without the selfcheck line or the "weeks on a CPU" warning."""
+    selfchecks = []
+    monkeypatch.setattr(T, "prepare_auto", lambda *a, **k: selfchecks.append(a))
+    assert T.main(["--data", str(tmp_path / "missing.csv"), "--preset", "full", "--device", "cpu",
+                   "--out", str(tmp_path / "r")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and not selfchecks
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "missing.csv" in err
 
 
 def test_save_atomic_keeps_old_file_on_failure(tmp_path):
@@ -285,18 +300,19 @@ def test_package_entry_point_dispatches(capsys):
 def test_train_step_is_the_whole_step():
     """TrainStep (what train() runs per batch, and what a benchmark times) = augmentation ->
     forward -> mean cross-entropy over the crops -> backward -> optimizer step."""
-    from fer_fast.loader import DeviceLoader, augment_batch
+    from fer_fast.loader import DeviceLoader
+    from fer_fast.step import augment_batch
     torch.manual_seed(0)
     model = VGG(width=0.0625)
     twin = VGG(width=0.0625)
     twin.load_state_dict(model.state_dict())
-    config = T.Config(lr=0.05)
-    step = T.TrainStep(model, T.make_optimizer(config, model.parameters()),
-                       torch.amp.GradScaler("cpu", enabled=False), device_type="cpu",
-                       augment_backend="eager")
-    opt = T.make_optimizer(config, twin.parameters())
-    images, params, labels = next(DeviceLoader(easy_data().train, batch_size=4,
-                                               device="cpu").batches())
+    config = Config(lr=0.05)
+    step = TrainStep(model, make_optimizer(config, model.parameters()),
+                     torch.amp.GradScaler("cpu", enabled=False), device_type="cpu",
+                     augment_backend="eager")
+    opt = make_optimizer(config, twin.parameters())
+    images, params, labels = next(iter(DeviceLoader(easy_data().train, batch_size=4,
+                                                    device="cpu")))
     torch.manual_seed(1)  # the same dropout masks in both
     loss, logits = step(images, params, labels)
     assert loss.dim() == 0 and not loss.requires_grad and logits.shape == (40, 7)
