@@ -112,7 +112,8 @@ def setup(config: Config, resume: Path | None = None) -> Run:
 
 def _resolve_backends(config: Config, device: torch.device) -> tuple[dict, str, str]:
     """(what config.json records of "auto", model backend, augmentation backend)."""
-    auto = prepare_auto(device, needed="auto" in (config.model_backend, config.augment_backend))
+    auto = prepare_auto(device, needed="auto" in (config.model_backend, config.augment_backend,
+                                                  config.precision))
     try:
         model_backend = resolve_model_backend(config.model_backend, device)
         augment_backend = (backends.auto_choice("augment", device)
@@ -125,14 +126,15 @@ def _resolve_backends(config: Config, device: torch.device) -> tuple[dict, str, 
 
 def _setup(config: Config, resume: Path | None, device: torch.device, run_dir: Path) -> Run:
     ckpt = _resume_checkpoint(resume, config, device)
-    precision = (ckpt["resolved"]["precision"] if ckpt is not None and "resolved" in ckpt
-                 and config.precision == "auto" else resolve_precision(config.precision, device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     data, data_id = _run_data(config, ckpt, resume)
     auto, model_backend, augment_backend = _resolve_backends(config, device)
+    # after the selfcheck: on a CPU "auto" is bf16 only where its verdict says so
+    precision = (ckpt["resolved"]["precision"] if ckpt is not None and "resolved" in ckpt
+                 and config.precision == "auto" else resolve_precision(config.precision, device))
     _warn_before_start(config, device, precision)
 
     model = make_model(config, device, model_backend)

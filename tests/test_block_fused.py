@@ -215,17 +215,23 @@ def test_bad_inputs_raise_clear_errors():
         bn_act.backward(y, y, coef, training=True, order="bn_relu", pool=True)
 
 
-def test_ops_registered_with_fake_impls():
+@pytest.mark.parametrize("native", [False, True])
+def test_ops_registered_with_fake_impls(native):
+    """Both implementations behind the custom ops (the Triton kernels / eager math, and the
+    native C++ kernels) pass torch.library's schema and fake-tensor checks."""
+    if native and not block.native_supports("cpu"):
+        pytest.skip("fer_fast._C is not built (pip install -e .)")
     x, params, stats = _inputs(2, 3, 4, 4, 4, F32, "cpu", seed=9)
     y = torch.nn.functional.conv2d(x, params[0], params[1], padding=1).contiguous(
         memory_format=torch.channels_last)
+    pool = not native  # the native kernels leave the pool to torch
     args = (y, params[2], params[3], stats[0].clone(), stats[1].clone(), True, 0.1, 1e-5,
-            "relu_bn", True)
+            "relu_bn", pool, native)
     torch.library.opcheck(torch.ops.fer_fast.bn_act_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor"))
     out, coef = torch.ops.fer_fast.bn_act_fwd(*args)
     torch.library.opcheck(torch.ops.fer_fast.bn_act_bwd.default,
-                          (torch.randn_like(out), y, coef, True, "relu_bn", True))
+                          (torch.randn_like(out), y, coef, True, "relu_bn", pool, native))
 
 
 @in_fresh_process

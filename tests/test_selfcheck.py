@@ -375,3 +375,46 @@ def test_a_check_that_cannot_fail_fails():
     assert not row((want.clone().fill_(float("nan")), 1e-5))["passed"]
     bad = row((want, 1e-5), (torch.zeros(50), 0.5))
     assert not bad["passed"] and bad["worst"] == "t" and bad["margin"] == 2.0
+
+
+def test_cpu_training_takes_the_verified_fast_path(cache, monkeypatch, tmp_path, capsys):
+    """End to end on a CPU: with a verdict that passed the native blocks and bf16 (and measured
+    them faster), a training run with the defaults takes them; with one where they failed it
+    keeps the eager fp32 reference; without a verdict it runs the selfcheck child first."""
+    from fer_fast import devices, train
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    tiny = ["--width", "0.0625", "--batch-size", "16", "--epochs", "1", "--no-progress",
+            "--device", "cpu", "--synthetic-sizes", "32,16,16"]
+
+    def run(name):
+        config, resume = train.parse_args(tiny + ["--out", str(tmp_path / name)])
+        train.train(config, resume)
+        resolved = json.loads((tmp_path / name / "config.json").read_text())["resolved"]
+        return resolved["model_backend"], resolved["precision"]
+
+    def verdict_with(passed):
+        rows = [_parity("block", "native", passed, "forward fp32"), _time("block", "eager", 2.0),
+                _time("block", "native", 1.0), *_precision_rows(passed=passed)]
+        verdict.save("cpu", {"device": "cpu", "env": verdict.environment("cpu"), "rows": rows,
+                             "passed": passed})
+        verdict._cache.clear()
+
+    verdict_with(True)
+    assert run("verified") == ("native", "bf16")
+    verdict_with(False)
+    assert run("refused") == ("eager", "fp32")
+    verdict.verdict_path("cpu").unlink()
+    verdict._cache.clear()
+    children = []
+
+    def fake_child(cmd, **kwargs):  # the selfcheck child: record that it ran, pass everything
+        children.append(cmd)
+        rows = [_parity("block", "native", True, "forward fp32"), _time("block", "eager", 2.0),
+                _time("block", "native", 1.0), *_precision_rows()]
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps(
+            {"device": "cpu", "env": verdict.environment("cpu"), "rows": rows, "passed": True}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(verdict.subprocess, "run", fake_child)
+    assert run("first") == ("native", "bf16")
+    assert len(children) == 1 and "ran the selfcheck for cpu" in capsys.readouterr().out
