@@ -109,16 +109,14 @@ def _act(x, scale, shift, order):
     return F.relu(x * scale + shift) if order == "bn_relu" else F.relu(x) * scale + shift
 
 
-def _forward_eager(y, gamma, beta, running_mean, running_var, *, training, momentum, eps, order,
-                   pool):
-    bn_act.check_forward_inputs(y, gamma, beta, running_mean, running_var, training=training,
-                                order=order, pool=pool)
-    x = y.float()
-    bn_in = x if order == "bn_relu" else F.relu(x)
-    if training:
-        var, mean = torch.var_mean(bn_in, dim=(0, 2, 3), correction=0)
+def _coefficients(batch_stats, gamma, beta, running_mean, running_var, *, momentum, eps,
+                  count):
+    """fp32 [mean, rstd, scale, shift] of a BatchNorm: from ``batch_stats`` (mean, biased
+    variance; training) after updating the running statistics like nn.BatchNorm2d (unbiased
+    variance of ``count`` values), or from the running statistics (``batch_stats`` None)."""
+    if batch_stats is not None:
+        mean, var = batch_stats
         if running_mean is not None:
-            count = bn_in.numel() // bn_in.shape[1]
             running_mean.copy_((1 - momentum) * running_mean.float() + momentum * mean)
             running_var.copy_((1 - momentum) * running_var.float()
                               + momentum * var * (count / (count - 1)))
@@ -126,7 +124,21 @@ def _forward_eager(y, gamma, beta, running_mean, running_var, *, training, momen
         mean, var = running_mean.float(), running_var.float()
     rstd = torch.rsqrt(var + eps)
     scale = gamma.float() * rstd
-    coef = torch.stack([mean, rstd, scale, beta.float() - mean * scale])
+    return torch.stack([mean, rstd, scale, beta.float() - mean * scale])
+
+
+def _forward_eager(y, gamma, beta, running_mean, running_var, *, training, momentum, eps, order,
+                   pool):
+    bn_act.check_forward_inputs(y, gamma, beta, running_mean, running_var, training=training,
+                                order=order, pool=pool)
+    x = y.float()
+    bn_in = x if order == "bn_relu" else F.relu(x)
+    stats = None
+    if training:
+        var, mean = torch.var_mean(bn_in, dim=(0, 2, 3), correction=0)
+        stats = (mean, var)
+    coef = _coefficients(stats, gamma, beta, running_mean, running_var, momentum=momentum,
+                         eps=eps, count=bn_in.numel() // bn_in.shape[1])
     c = coef.view(4, 1, -1, 1, 1)
     out = _act(x, c[2], c[3], order).to(y.dtype)
     if pool:
@@ -197,22 +209,15 @@ def _forward_native(y, gamma, beta, running_mean, running_var, *, training, mome
     shape = _native_shape(y, order)
     n, c, h, w = y.shape
     threads = torch.get_num_threads()
+    count, stats = n * h * w, None
     if training:
         sums = torch.empty(3, c, dtype=torch.float64)
         _C.bn_stats_cpu(y.data_ptr(), shape, sums.data_ptr(), threads)
-        count = n * h * w
         mean_shift = sums[1] / count
-        mean = (sums[0] + mean_shift).float()
-        var = (sums[2] / count - mean_shift * mean_shift).clamp_min(0).float()
-        if running_mean is not None:
-            running_mean.copy_((1 - momentum) * running_mean.float() + momentum * mean)
-            running_var.copy_((1 - momentum) * running_var.float()
-                              + momentum * var * (count / (count - 1)))
-    else:
-        mean, var = running_mean.float(), running_var.float()
-    rstd = torch.rsqrt(var + eps)
-    scale = gamma.float() * rstd
-    coef = torch.stack([mean, rstd, scale, beta.float() - mean * scale])
+        stats = ((sums[0] + mean_shift).float(),
+                 (sums[2] / count - mean_shift * mean_shift).clamp_min(0).float())
+    coef = _coefficients(stats, gamma, beta, running_mean, running_var, momentum=momentum,
+                         eps=eps, count=count)
     out = torch.empty_like(y, memory_format=_CL)
     _C.bn_act_forward_cpu(y.data_ptr(), out.data_ptr(), shape, coef[2].data_ptr(),
                           coef[3].data_ptr(), threads)
