@@ -1,0 +1,71 @@
+"""One data-parallel step of a small block stack per (backend, order, bn sync), run by
+tests/test_distributed.py under ``torchrun --nproc-per-node 2``: each process saves its
+outputs, gradients and running statistics to OUT/rank{R}.pt for the test to compare with one
+process on the whole batch. ``case(...)`` builds the stack and batch both sides use."""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import torch
+import torch.distributed as dist
+
+from fer_fast import distributed
+from fer_fast.stack import ConvBNReLUStack
+
+BACKENDS = ("eager", "fused", "native", "triton")
+ORDERS = ("bn_relu", "relu_bn")
+#: (out_channels, pool) of the stack's blocks; 7 images of 8x8 (odd: the shards differ in size)
+BLOCKS = ((4, False), (6, True), (5, True))
+IMAGES, SIZE = 7, 8
+
+
+def case(backend: str, order: str):
+    """(stack, input, output weights) of one case, the same in every process."""
+    torch.manual_seed(0)
+    stack = ConvBNReLUStack(1, BLOCKS, order=order, backend=backend)
+    for block in stack.blocks:  # BatchNorm affine away from (1, 0)
+        torch.nn.init.uniform_(block.bn.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(block.bn.bias, -0.5, 0.5)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(IMAGES, 1, SIZE, SIZE, generator=gen)
+    weights = torch.randn(IMAGES, BLOCKS[-1][0], SIZE // 4, SIZE // 4, generator=gen)
+    return stack, x, weights
+
+
+def step(stack, x, weights, world: int = 1):
+    """Output and loss backward of a step whose loss is mean(output * weights) over the global
+    batch: this process's share, scaled by ``world`` (DistributedDataParallel averages)."""
+    out = stack(x)
+    loss = (out.float() * weights).sum() * world / (IMAGES * weights[0].numel())
+    loss.backward()
+    return out.detach()
+
+
+def results(stack, out) -> dict:
+    return {"out": out.contiguous(),
+            **{f"grad/{n}": p.grad.clone() for n, p in stack.named_parameters()},
+            **{f"buffer/{n}": b.clone() for n, b in stack.named_buffers()
+               if b.is_floating_point()}}
+
+
+def main(out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    saved = {}
+    for backend in BACKENDS:
+        for order in ORDERS:
+            for sync in ("global", "local"):
+                stack, x, weights = case(backend, order)
+                ddp = distributed.data_parallel(stack, torch.device("cpu"))
+                first, stop = distributed.shard(IMAGES, rank, world)
+                scope = distributed.bn_sync() if sync == "global" else contextlib.nullcontext()
+                with scope:
+                    out = step(ddp, x[first:stop], weights[first:stop], world)
+                saved[(backend, order, sync)] = results(stack, out)
+    torch.save(saved, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
