@@ -1,7 +1,12 @@
-"""One data-parallel step of a small block stack per (backend, order, bn sync), run by
-tests/test_distributed.py under ``torchrun --nproc-per-node 2``: each process saves its
-outputs, gradients and running statistics to OUT/rank{R}.pt for the test to compare with one
-process on the whole batch. ``case(...)`` builds the stack and batch both sides use."""
+"""What tests/test_distributed.py runs under ``torchrun --nproc-per-node 2``.
+
+``distributed_worker.py OUT``: one data-parallel step of a small block stack per (backend,
+order, bn sync); each process saves its outputs, gradients and running statistics to
+OUT/rank{R}.pt for the test to compare with one process on the whole batch (``case(...)``
+builds the stack and batch both sides use).
+
+``distributed_worker.py fail EPOCH STEP TRAIN_ARGS...``: ``python -m fer_fast train
+TRAIN_ARGS`` in which rank 1 raises at step STEP of epoch EPOCH (a failing process)."""
 from __future__ import annotations
 
 import contextlib
@@ -67,5 +72,32 @@ def main(out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def train_failing(epoch: int, step_index: int, argv: list[str]) -> int:
+    from fer_fast import train
+
+    real_step = train.TrainStep.__call__
+    calls = {"n": 0}
+    steps_per_epoch = {}
+
+    def failing(self, *args):
+        calls["n"] += 1
+        if dist.get_rank() == 1 and calls["n"] == steps_per_epoch["n"] * (epoch - 1) + step_index:
+            raise RuntimeError(f"rank 1 fails at step {step_index} of epoch {epoch}")
+        return real_step(self, *args)
+
+    real_setup = train.setup
+
+    def setup(*args, **kwargs):
+        run = real_setup(*args, **kwargs)
+        steps_per_epoch["n"] = len(run.loader)
+        return run
+
+    train.TrainStep.__call__ = failing
+    train.setup = setup
+    return train.main(argv)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "fail":
+        sys.exit(train_failing(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]))
     main(sys.argv[1])

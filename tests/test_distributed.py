@@ -4,9 +4,11 @@ differs as it should; a 2-process training run equals a 1-process run, resumes, 
 cleanly when a process fails."""
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,62 @@ def test_local_batch_norm_is_each_process_alone(step_results, backend):
             torch.testing.assert_close(got["buffer/blocks.0.bn.running_mean"],
                                        whole["buffer/blocks.0.bn.running_mean"],
                                        **TOL["buffer"])
+
+
+#: a small training run on the synthetic data (CPU, eager blocks, fp32)
+TRAIN = ["--preset", "quick", "--synthetic-sizes", "192,48,48", "--batch-size", "32",
+         "--device", "cpu", "--no-progress", "--model-backend", "eager", "--precision", "fp32"]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_processes_train_like_one_and_resume(tmp_path):
+    """torchrun --nproc-per-node 2: epoch 1, then --resume to epoch 2 (another launch) = one
+    process training 2 epochs with the same seed: the same data order, augmentation and
+    dropout, global BatchNorm statistics; equal up to the rounding that summation order
+    causes (amplified by training: losses within 0.2 %, validation accuracy within one
+    image). Rank 0 alone prints and writes the run folder."""
+    from fer_fast.train import main
+
+    one = tmp_path / "one"
+    assert main(TRAIN + ["--epochs", "2", "--out", str(one)]) == 0
+    two = tmp_path / "two"
+    first = torchrun("-m", "fer_fast", "train", *TRAIN, "--epochs", "1", "--out", two)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.stdout.count("epoch   1/1") == 1  # printed by rank 0 only
+    assert "2 processes (data-parallel, BatchNorm statistics global)" in first.stdout
+    second = torchrun("-m", "fer_fast", "train", "--resume", two, "--epochs", "2")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    a, b = _metrics(one), _metrics(two)
+    assert [r["epoch"] for r in b] == ["1", "2"]
+    for ra, rb in zip(a, b):
+        assert abs(float(ra["train_loss"]) - float(rb["train_loss"])) <= 2e-3 * float(
+            ra["train_loss"]), (ra, rb)
+        assert abs(float(ra["val_acc"]) - float(rb["val_acc"])) <= 1 / 48 + 1e-9, (ra, rb)
+
+
+def test_user_error_is_reported_once(tmp_path):
+    """A mistake every process meets (an unknown data path) is one line from rank 0."""
+    bad = torchrun("-m", "fer_fast", "train", *TRAIN, "--data", tmp_path / "missing.csv",
+                   "--out", tmp_path / "run")
+    assert bad.returncode != 0
+    assert bad.stderr.count("error: ") == 1, bad.stderr[-3000:]
+
+
+def test_a_failing_process_ends_the_job(tmp_path):
+    """Rank 1 raising in epoch 2 ends the whole job (torchrun stops rank 0) with a non-zero
+    status within a bounded time; the run resumes from its epoch-1 checkpoint."""
+    out = tmp_path / "run"
+    start = time.monotonic()
+    failed = torchrun("tests/distributed_worker.py", "fail", 2, 2, *TRAIN, "--epochs", "2",
+                      "--out", out, timeout=240)
+    assert failed.returncode != 0
+    assert time.monotonic() - start < 180
+    assert "rank 1 fails at step 2 of epoch 2" in failed.stdout + failed.stderr
+    assert [r["epoch"] for r in _metrics(out)] == ["1"]
+    resumed = torchrun("-m", "fer_fast", "train", "--resume", out, "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert [r["epoch"] for r in _metrics(out)] == ["1", "2"]
