@@ -107,16 +107,15 @@ def _sync_batch_norm_ref(x, running_mean, running_var, weight, bias, training, m
     count, then the centred sum of squares), so that autograd's backward all-reduces their
     gradients as ``torch.nn.SyncBatchNorm``'s backward does. Updates the running statistics like
     nn.BatchNorm2d (unbiased variance of the global count)."""
-    from torch.distributed.nn.functional import all_reduce
-
     group = distributed.bn_sync_group()
+    all_reduce = distributed.all_reduce_with_grad
     xf, c = x.float(), x.shape[1]
     count = torch.tensor([float(x.numel() // c)], device=x.device)
-    packed = all_reduce(torch.cat([xf.sum((0, 2, 3)), count]), group=group)
+    packed = all_reduce(torch.cat([xf.sum((0, 2, 3)), count]), group)
     total = packed[c]
     mean = packed[:c] / total
     centred = xf - mean.view(1, -1, 1, 1)
-    var = all_reduce(centred.square().sum((0, 2, 3)), group=group) / total
+    var = all_reduce(centred.square().sum((0, 2, 3)), group) / total
     if running_mean is not None:
         with torch.no_grad():
             running_mean.mul_(1 - momentum).add_(momentum * mean)

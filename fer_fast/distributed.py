@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 __all__ = ["World", "from_environment", "launched", "init", "shutdown", "shard", "bn_sync",
            "bn_sync_group", "global_stats", "global_sums", "all_reduce_sum", "broadcast_object",
-           "data_parallel", "reports",
+           "data_parallel", "reports", "all_reduce_with_grad",
            "TIMEOUT_ENV"]
 
 #: seconds a collective may wait for the other processes before the job fails (default 600)
@@ -162,6 +162,29 @@ def bn_sync_group():
     if not _BN_GROUP or not (dist.is_available() and dist.is_initialized()):
         return None
     return _BN_GROUP[-1]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes of ``group``; its gradient is the sum of the processes'
+    gradients (each process's input contributes to every process's output)."""
+
+    @staticmethod
+    def forward(ctx, t, group):
+        ctx.group = group
+        t = t.clone()
+        dist.all_reduce(t, group=group)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_with_grad(t: torch.Tensor, group) -> torch.Tensor:
+    """``t`` summed over ``group``, differentiable (the eager synchronized BatchNorm)."""
+    return _AllReduceSum.apply(t, group)
 
 
 def global_stats(mean: torch.Tensor, var: torch.Tensor, count: int, group

@@ -20,10 +20,10 @@ run folder, the backends), prints, and writes the run folder; the final evaluati
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-import contextlib
 import math
 import random
 import sys
