@@ -25,10 +25,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "from_environment", "launched", "init", "shutdown", "shard", "bn_sync",
-           "bn_sync_group", "global_stats", "global_sums", "all_reduce_sum", "broadcast_object",
-           "data_parallel", "reports", "all_reduce_with_grad",
-           "TIMEOUT_ENV"]
+__all__ = ["World", "from_environment", "launched", "reports", "init", "shutdown", "shard",
+           "data_parallel", "bn_sync", "bn_sync_group", "global_stats", "global_sums",
+           "all_reduce_sum", "all_reduce_with_grad", "broadcast_object", "TIMEOUT_ENV"]
 
 #: seconds a collective may wait for the other processes before the job fails (default 600)
 TIMEOUT_ENV = "FER_FAST_DIST_TIMEOUT_S"
