@@ -103,14 +103,14 @@ def conv_bn_act_ref(x, weight, bias, bn_weight, bn_bias, running_mean, running_v
 
 def _sync_batch_norm_ref(x, running_mean, running_var, weight, bias, training, momentum, eps):
     """``F.batch_norm`` in training mode with the statistics of the global batch (the active
-    ``distributed.bn_sync`` group), in fp32: two differentiable all-reduces (the sum with the
-    count, then the centred sum of squares), so that autograd's backward all-reduces their
-    gradients as ``torch.nn.SyncBatchNorm``'s backward does. Updates the running statistics like
-    nn.BatchNorm2d (unbiased variance of the global count)."""
+    ``distributed.bn_sync`` group), in fp32 (fp64 for fp64 inputs): two differentiable
+    all-reduces (the sum with the count, then the centred sum of squares), so that autograd's
+    backward all-reduces their gradients as ``torch.nn.SyncBatchNorm``'s backward does. Updates
+    the running statistics like nn.BatchNorm2d (unbiased variance of the global count)."""
     group = distributed.bn_sync_group()
     all_reduce = distributed.all_reduce_with_grad
-    xf, c = x.float(), x.shape[1]
-    count = torch.tensor([float(x.numel() // c)], device=x.device)
+    xf, c = x.to(torch.promote_types(x.dtype, torch.float32)), x.shape[1]
+    count = torch.tensor([float(x.numel() // c)], device=x.device, dtype=xf.dtype)
     packed = all_reduce(torch.cat([xf.sum((0, 2, 3)), count]), group)
     total = packed[c]
     mean = packed[:c] / total
@@ -122,9 +122,9 @@ def _sync_batch_norm_ref(x, running_mean, running_var, weight, bias, training, m
             running_var.mul_(1 - momentum).add_(momentum * var * (total / (total - 1)))
     out = centred * torch.rsqrt(var + eps).view(1, -1, 1, 1)
     if weight is not None:
-        out = out * weight.float().view(1, -1, 1, 1)
+        out = out * weight.to(xf.dtype).view(1, -1, 1, 1)
     if bias is not None:
-        out = out + bias.float().view(1, -1, 1, 1)
+        out = out + bias.to(xf.dtype).view(1, -1, 1, 1)
     return out.to(x.dtype)
 
 

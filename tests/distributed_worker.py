@@ -1,7 +1,8 @@
 """What tests/test_distributed.py runs under ``torchrun --nproc-per-node 2``.
 
 ``distributed_worker.py OUT``: one data-parallel step of a small block stack per (backend,
-order, bn sync); each process saves its outputs, gradients and running statistics to
+order, bn sync), and an epoch of the trainer's steps on a small VGG in float64
+(``train_steps``); each process saves its outputs, gradients, running statistics and weights to
 OUT/rank{R}.pt for the test to compare with one process on the whole batch (``case(...)``
 builds the stack and batch both sides use).
 
@@ -54,6 +55,30 @@ def results(stack, out) -> dict:
                if b.is_floating_point()}}
 
 
+def train_steps(rank: int = 0, world: int = 1) -> dict:
+    """The state of a small VGG (eager blocks, float64, dropout on) after one epoch of
+    ``fer_fast``'s training steps on this process's rows of each batch: the trainer's loader,
+    augmentation, dropout masks, loss share, DistributedDataParallel and synchronized BatchNorm."""
+    from fer_fast.config import Config
+    from fer_fast.loader import DeviceLoader, load_run_data
+    from fer_fast.model import VGG
+    from fer_fast.step import TrainStep, augment_batch, make_optimizer
+
+    data = load_run_data(None, seed=0, synthetic_sizes=(44, 8, 8))  # 2 batches: 32 + 12
+    torch.manual_seed(0)
+    model = VGG(width=0.0625, dropout=0.2).double()
+    net = distributed.data_parallel(model, torch.device("cpu")) if world > 1 else model
+    step = TrainStep(net, make_optimizer(Config(lr=0.05), model.parameters()),
+                     torch.amp.GradScaler("cpu", enabled=False), device_type="cpu")
+    loader = DeviceLoader(data.train, batch_size=32, device="cpu", rank=rank, world=world)
+    with distributed.bn_sync() if world > 1 else contextlib.nullcontext():
+        for batch in loader.batches(1):  # the crops in float64 (the augmentation is fp32)
+            crops, labels = augment_batch(batch.images, batch.params, batch.labels,
+                                          backend="eager")
+            step.on_crops(crops.double(), labels, batch.shard)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -68,6 +93,7 @@ def main(out_dir: str) -> None:
                 with scope:
                     out = step(ddp, x[first:stop], weights[first:stop], world)
                 saved[(backend, order, sync)] = results(stack, out)
+    saved["train_steps"] = train_steps(rank, world)
     torch.save(saved, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
