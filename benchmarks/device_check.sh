@@ -16,6 +16,9 @@
 #                  bench_step (training step), bench_augment, bench_block, bench_conv
 #   train          python -m fer_fast.train: the eager reference and each fast model backend,
 #                  same synthetic data and seed, a few epochs each
+#   scaling        benchmarks/scaling.py: data-parallel training images/s under torchrun with
+#                  1 process and with every GPU of the machine (skipped, with its reason, on a
+#                  machine with one GPU; CPU mode: 1 and 2 processes with gloo)
 #   bench_compile  the torch.compile (max-autotune) step provider, last: its autotuning is the
 #                  slowest part and the one most likely to run out of time
 # After every part, device_check.json (everything so far, the selfcheck's rows included) and
@@ -36,7 +39,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 MODE=""
 QUICK=0
-PARTS="env,install,selfcheck,tests,bench,train,bench_compile"
+PARTS="env,install,selfcheck,tests,bench,train,scaling,bench_compile"
 COMMAND="benchmarks/device_check.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -51,9 +54,9 @@ while [ $# -gt 0 ]; do
 done
 for part in ${PARTS//,/ }; do
   case "$part" in
-    env|install|selfcheck|tests|bench|train|bench_compile) ;;
+    env|install|selfcheck|tests|bench|train|scaling|bench_compile) ;;
     *) echo "device_check.sh: unknown part '$part' (parts: env, install, selfcheck, tests, bench," \
-         "train, bench_compile)" >&2; exit 2 ;;
+         "train, scaling, bench_compile)" >&2; exit 2 ;;
   esac
 done
 if [ -z "$MODE" ]; then
@@ -82,17 +85,17 @@ REPORT_RESERVE=15   # seconds kept for the report at the end
 if [ "$MODE" = gpu ]; then
   B_INSTALL=90; B_SELFCHECK=150; B_TESTS=90
   B_STEP=60; B_AUGMENT=25; B_BLOCK=40; B_CONV=50; B_TRAIN=35
-  B_COMPILE=150
+  B_SCALING=120; B_COMPILE=150
   TRAIN_ARGS="--epochs 3 --width 1 --synthetic-sizes 1920,512,512"
 elif [ "$QUICK" = 1 ]; then
   B_INSTALL=300; B_SELFCHECK=60; B_TESTS=300
   B_STEP=60; B_AUGMENT=60; B_BLOCK=60; B_CONV=60; B_TRAIN=60
-  B_COMPILE=60
+  B_SCALING=120; B_COMPILE=60
   TRAIN_ARGS="--epochs 1 --width 0.0625 --synthetic-sizes 64,32,32 --eval-batch-size 32"
 else
   B_INSTALL=300; B_SELFCHECK=240; B_TESTS=600
   B_STEP=120; B_AUGMENT=60; B_BLOCK=120; B_CONV=120; B_TRAIN=120
-  B_COMPILE=60
+  B_SCALING=240; B_COMPILE=60
   TRAIN_ARGS="--epochs 2 --width 0.125 --synthetic-sizes 256,64,64"
 fi
 BENCH_ARGS=()
@@ -186,6 +189,23 @@ if wants train; then
       --no-progress --out "$WORK/train-$name"
   done < "$WORK/train_configs.txt"
 else skip_part train; fi
+
+if wants scaling; then
+  SCALE_ARGS=(--device cpu --procs 1,2 --epochs 2)
+  [ "$QUICK" = 1 ] && SCALE_ARGS=(--device cpu --procs 1,2 --epochs 1 -- --preset quick \
+    --synthetic-sizes 128,32,32)
+  NGPU=0
+  [ "$MODE" = gpu ] && NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null)
+  if [ "$MODE" = gpu ] && [ "${NGPU:-0}" -lt 2 ]; then
+    echo "skipped: ${NGPU:-0} GPU(s) here; data-parallel scaling needs 2 or more" \
+      | tee "$WORK/scaling.log" >> "$LOG"
+    skip_part scaling
+  else
+    [ "$MODE" = gpu ] && SCALE_ARGS=(--device cuda --procs "1,$NGPU" --epochs 2)
+    run_part scaling "$B_SCALING" "$PY" benchmarks/scaling.py --json "$WORK/scaling.json" \
+      "${SCALE_ARGS[@]}"
+  fi
+else skip_part scaling; fi
 
 if wants bench_compile; then
   bench_part bench_compile step "$B_COMPILE" -k compile

@@ -118,8 +118,9 @@ def _parts(work: Path) -> list[dict]:
         status = {-1: "skipped", -2: "no time left", 0: "ok", 124: "timeout",
                   137: "timeout"}.get(rc, "failed")
         log = work / f"{name}.log"
+        # a failed part's log tail; a skipped part's log is its reason (one line), if it has one
         tail = log.read_text(errors="replace").splitlines()[-10:] \
-            if status not in ("ok", "skipped") and log.exists() else []
+            if status != "ok" and log.exists() else []
         parts.append({"name": name, "status": status, "rc": rc, "seconds": int(seconds),
                       "limit_s": int(limit), "tail": tail})
     return parts
@@ -194,6 +195,7 @@ def collect(work: Path, out: Path, mode: str, quick: bool, command: str) -> dict
         "selfcheck": _read_json(out / "selfcheck.json"),
         "tests": tests[0] if tests else None,
         "matmul_peak": meta.get("matmul_peak"), "benchmarks": benchmarks, "skipped_benchmarks": skipped, "training": _training(work),
+        "scaling": _read_json(work / "scaling.json"),
     }
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "device_check.json", json.dumps(result, indent=1) + "\n")
@@ -328,6 +330,17 @@ def _training_table(result: dict) -> str:
                       "first epoch s", "later epochs s"], out))
 
 
+def _scaling_table(result: dict) -> str:
+    scaling = result.get("scaling")
+    if not scaling:
+        return ""
+    rows = [[r["processes"], r["images_per_s"], r["speedup"], r["efficiency"],
+             f"{100 * r['val_acc']:.1f} %"] for r in scaling["rows"]]
+    return (f"**Data-parallel scaling** (torchrun, {scaling['device']}, "
+            f"`{' '.join(scaling['train_args'])}`, last of {scaling['epochs']} epochs):\n\n"
+            + _table(["processes", "images/s", "speed-up", "efficiency", "val acc"], rows))
+
+
 def _skips(result: dict) -> str:
     by_reason: dict[str, list[str]] = {}
     for name, reason in sorted((result.get("skipped_benchmarks") or {}).items()):
@@ -346,7 +359,7 @@ def render(result: dict) -> str:
         mine = [r for r in rows if r["group"].split("-")[0] == kind]
         if mine:
             sections.append(_benchmark_table(mine, title, baselines))
-    sections += [_training_table(result), _skips(result)]
+    sections += [_training_table(result), _scaling_table(result), _skips(result)]
     return "\n".join(s for s in sections if s)
 
 

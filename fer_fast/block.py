@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backends, devices
+from . import backends, devices, distributed
 from .augmentation import _C
 from .kernels import bn_act
 
@@ -90,13 +90,42 @@ def conv_bn_act_ref(x, weight, bias, bn_weight, bn_bias, running_mean, running_v
     ``pool``), in the layout F.conv2d gives (channels_last for channels_last inputs).
     ``order``: "bn_relu" or "relu_bn"."""
     y = F.conv2d(x, weight, bias, padding=1)
+    group = distributed.bn_sync_group() if training else None
+    norm = F.batch_norm if group is None else _sync_batch_norm_ref
     if order == "bn_relu":
-        y = F.relu(F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training,
-                                momentum, eps))
+        y = F.relu(norm(y, running_mean, running_var, bn_weight, bn_bias, training, momentum,
+                        eps))
     else:
-        y = F.batch_norm(F.relu(y), running_mean, running_var, bn_weight, bn_bias, training,
-                         momentum, eps)
+        y = norm(F.relu(y), running_mean, running_var, bn_weight, bn_bias, training, momentum,
+                 eps)
     return F.max_pool2d(y, 2, 2) if pool else y
+
+
+def _sync_batch_norm_ref(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    """``F.batch_norm`` in training mode with the statistics of the global batch (the active
+    ``distributed.bn_sync`` group), in fp32 (fp64 for fp64 inputs): two differentiable
+    all-reduces (the sum with the count, then the centred sum of squares), so that autograd's
+    backward all-reduces their gradients as ``torch.nn.SyncBatchNorm``'s backward does. Updates
+    the running statistics like nn.BatchNorm2d (unbiased variance of the global count)."""
+    group = distributed.bn_sync_group()
+    all_reduce = distributed.all_reduce_with_grad
+    xf, c = x.to(torch.promote_types(x.dtype, torch.float32)), x.shape[1]
+    count = torch.tensor([float(x.numel() // c)], device=x.device, dtype=xf.dtype)
+    packed = all_reduce(torch.cat([xf.sum((0, 2, 3)), count]), group)
+    total = packed[c]
+    mean = packed[:c] / total
+    centred = xf - mean.view(1, -1, 1, 1)
+    var = all_reduce(centred.square().sum((0, 2, 3)), group) / total
+    if running_mean is not None:
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(momentum * mean)
+            running_var.mul_(1 - momentum).add_(momentum * var * (total / (total - 1)))
+    out = centred * torch.rsqrt(var + eps).view(1, -1, 1, 1)
+    if weight is not None:
+        out = out * weight.to(xf.dtype).view(1, -1, 1, 1)
+    if bias is not None:
+        out = out + bias.to(xf.dtype).view(1, -1, 1, 1)
+    return out.to(x.dtype)
 
 
 backends.register("block", "eager", conv_bn_act_ref, supports=lambda device: True, priority=0)
@@ -127,18 +156,51 @@ def _coefficients(batch_stats, gamma, beta, running_mean, running_var, *, moment
     return torch.stack([mean, rstd, scale, beta.float() - mean * scale])
 
 
+def _global_batch_stats(mean, var, count):
+    """(mean, var, count) of the global batch under ``distributed.bn_sync``, else as given."""
+    group = distributed.bn_sync_group()
+    if group is None:
+        return mean, var, count
+    return distributed.global_stats(mean, var, count, group)
+
+
+def _global_coefficients(gamma, beta, running_mean, running_var, *, momentum, eps):
+    """The ``global_coef`` hook of the Triton launchers (None without ``distributed.bn_sync``):
+    coefficients of one batch (their mean and rstd: the biased variance is 1/rstd^2 - eps) ->
+    those of the global batch, updating the running statistics."""
+    if distributed.bn_sync_group() is None:
+        return None
+
+    def global_coef(coef, count):
+        var = (coef[1].double().pow(-2) - eps).clamp_min(0).float()
+        mean, var, total = _global_batch_stats(coef[0], var, count)
+        return _coefficients((mean, var), gamma, beta, running_mean, running_var,
+                             momentum=momentum, eps=eps, count=total)
+    return global_coef
+
+
+def _global_sums(sync: bool):
+    """The ``global_sums`` hook of the Triton launchers: (sums, count) -> (global sums, global
+    count) over the bn_sync group when the forward synchronized (``sync``), else None."""
+    if not sync:
+        return None
+    group = distributed.bn_sync_group() or torch.distributed.group.WORLD  # the forward's
+    return lambda sums, count: distributed.global_sums(sums, count, group)
+
+
 def _forward_eager(y, gamma, beta, running_mean, running_var, *, training, momentum, eps, order,
                    pool):
     bn_act.check_forward_inputs(y, gamma, beta, running_mean, running_var, training=training,
                                 order=order, pool=pool)
     x = y.float()
     bn_in = x if order == "bn_relu" else F.relu(x)
-    stats = None
+    stats, count = None, bn_in.numel() // bn_in.shape[1]
     if training:
         var, mean = torch.var_mean(bn_in, dim=(0, 2, 3), correction=0)
+        mean, var, count = _global_batch_stats(mean, var, count)
         stats = (mean, var)
     coef = _coefficients(stats, gamma, beta, running_mean, running_var, momentum=momentum,
-                         eps=eps, count=bn_in.numel() // bn_in.shape[1])
+                         eps=eps, count=count)
     c = coef.view(4, 1, -1, 1, 1)
     out = _act(x, c[2], c[3], order).to(y.dtype)
     if pool:
@@ -146,7 +208,7 @@ def _forward_eager(y, gamma, beta, running_mean, running_var, *, training, momen
     return out.contiguous(memory_format=_CL), coef
 
 
-def _backward_eager(dout, y, coef, *, training, order, pool):
+def _backward_eager(dout, y, coef, *, training, order, pool, sync=False):
     bn_act.check_backward_inputs(dout, y, coef, order=order, pool=pool)
     x = y.float()
     mean, rstd, scale, shift = coef.view(4, 1, -1, 1, 1)
@@ -161,8 +223,10 @@ def _backward_eager(dout, y, coef, *, training, order, pool):
     dz = torch.where(z > 0, g, 0.0) if order == "bn_relu" else g
     sums = torch.stack([dz.sum(dim=(0, 2, 3)), (dz * x_hat).sum(dim=(0, 2, 3))])
     if training:
-        count = x.numel() // x.shape[1]
-        s = (sums / count).view(2, 1, -1, 1, 1)
+        dy_sums, count = sums, x.numel() // x.shape[1]
+        if sync:
+            dy_sums, count = _global_sums(sync)(sums, count)
+        s = (dy_sums / count).view(2, 1, -1, 1, 1)
         dy = scale * (dz - s[0] - x_hat * s[1])
     else:
         dy = scale * dz
@@ -214,8 +278,10 @@ def _forward_native(y, gamma, beta, running_mean, running_var, *, training, mome
         sums = torch.empty(3, c, dtype=torch.float64)
         _C.bn_stats_cpu(y.data_ptr(), shape, sums.data_ptr(), threads)
         mean_shift = sums[1] / count
-        stats = ((sums[0] + mean_shift).float(),
-                 (sums[2] / count - mean_shift * mean_shift).clamp_min(0).float())
+        mean, var, count = _global_batch_stats(
+            (sums[0] + mean_shift).float(),
+            (sums[2] / count - mean_shift * mean_shift).clamp_min(0).float(), count)
+        stats = (mean, var)
     coef = _coefficients(stats, gamma, beta, running_mean, running_var, momentum=momentum,
                          eps=eps, count=count)
     out = torch.empty_like(y, memory_format=_CL)
@@ -224,7 +290,7 @@ def _forward_native(y, gamma, beta, running_mean, running_var, *, training, mome
     return out, coef
 
 
-def _backward_native(dout, y, coef, *, training, order, pool):
+def _backward_native(dout, y, coef, *, training, order, pool, sync=False):
     bn_act.check_backward_inputs(dout, y, coef, order=order, pool=pool)
     if pool:
         raise ValueError("native block backend: the pool runs outside the BatchNorm kernels")
@@ -238,7 +304,10 @@ def _backward_native(dout, y, coef, *, training, order, pool):
     _C.bn_act_backward_sums_cpu(dout.data_ptr(), y.data_ptr(), shape, coef.data_ptr(),
                                 sums.data_ptr(), threads)
     sums = sums.float()
-    means = (sums / (n * h * w)).contiguous()
+    dy_sums, count = sums, n * h * w
+    if training and sync:
+        dy_sums, count = _global_sums(sync)(sums, count)
+    means = (dy_sums / count).contiguous()
     dy = torch.empty_like(y, memory_format=_CL)
     _C.bn_act_backward_cpu(dout.data_ptr(), y.data_ptr(), dy.data_ptr(), shape, coef.data_ptr(),
                            means.data_ptr(), training, threads)
@@ -257,11 +326,17 @@ def _bn_act_fwd(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     ``native``: the C++ CPU kernels, else the Triton kernels (the eager math on a CPU)."""
     # bfloat16 runs under the Triton interpreter too: these kernels use no tl.dot, which the
     # interpreter gets wrong in bfloat16 (see fer_fast.devices)
-    impl = (_forward_native if native else
-            bn_act.forward if bn_act.runs_on(y.device) else _forward_eager)
+    kwargs = dict(training=training, momentum=momentum, eps=eps, order=order, pool=pool)
+    if native:
+        impl = _forward_native
+    elif bn_act.runs_on(y.device):
+        impl = bn_act.forward
+        kwargs["global_coef"] = _global_coefficients(gamma, beta, running_mean, running_var,
+                                                     momentum=momentum, eps=eps)
+    else:
+        impl = _forward_eager
     with devices.on_device(y):
-        return impl(y, gamma, beta, running_mean, running_var, training=training,
-                    momentum=momentum, eps=eps, order=order, pool=pool)
+        return impl(y, gamma, beta, running_mean, running_var, **kwargs)
 
 
 @_bn_act_fwd.register_fake
@@ -275,16 +350,24 @@ def _(y, gamma, beta, running_mean, running_var, training, momentum, eps, order,
 
 @torch.library.custom_op("fer_fast::bn_act_bwd", mutates_args=())
 def _bn_act_bwd(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, training: bool,
-                order: str, pool: bool, native: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradient w.r.t. ``y``, fp32 [sum(dz), sum(dz * x_hat)] = [dbeta, dgamma])."""
-    impl = (_backward_native if native else
-            bn_act.backward if bn_act.runs_on(y.device) else _backward_eager)
+                order: str, pool: bool, native: bool, sync: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient w.r.t. ``y``, fp32 [sum(dz), sum(dz * x_hat)] = [dbeta, dgamma] of this
+    batch); ``sync``: the forward took global-batch statistics (``distributed.bn_sync``), so
+    the gradient takes the global sums."""
+    kwargs = dict(training=training, order=order, pool=pool)
+    if bn_act.runs_on(y.device) and not native:
+        impl = bn_act.backward
+        kwargs["global_sums"] = _global_sums(sync)
+    else:
+        impl = _backward_native if native else _backward_eager
+        kwargs["sync"] = sync
     with devices.on_device(y):
-        return impl(dout, y, coef, training=training, order=order, pool=pool)
+        return impl(dout, y, coef, **kwargs)
 
 
 @_bn_act_bwd.register_fake
-def _(dout, y, coef, training, order, pool, native):
+def _(dout, y, coef, training, order, pool, native, sync):
     return (torch.empty_like(y, memory_format=_CL),
             coef.new_empty((2, y.shape[1]), dtype=torch.float32))
 
@@ -307,6 +390,7 @@ class BNActFunction(torch.autograd.Function):
                                                   training, momentum, eps, order, pool, native)
         ctx.save_for_backward(y, coef)
         ctx.training, ctx.order, ctx.pool, ctx.native = training, order, pool, native
+        ctx.sync = training and distributed.bn_sync_group() is not None
         ctx.gamma_dtype, ctx.beta_dtype = gamma.dtype, beta.dtype
         return out
 
@@ -314,7 +398,8 @@ class BNActFunction(torch.autograd.Function):
     def backward(ctx, dout):
         y, coef = ctx.saved_tensors
         dy, sums = torch.ops.fer_fast.bn_act_bwd(dout.contiguous(memory_format=_CL), y, coef,
-                                                 ctx.training, ctx.order, ctx.pool, ctx.native)
+                                                 ctx.training, ctx.order, ctx.pool, ctx.native,
+                                                 ctx.sync)
         return (dy, sums[1].to(ctx.gamma_dtype), sums[0].to(ctx.beta_dtype),
                 None, None, None, None, None, None, None, None)
 

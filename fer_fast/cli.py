@@ -21,6 +21,7 @@ import torch
 
 from .checkpoint import CheckpointError
 from .data import DataError
+from .distributed import reports
 
 __all__ = ["UserError", "Interrupted", "USER_ERRORS", "Parser", "command", "debug_enabled",
            "sizes_arg", "number", "check_range", "resolve_device", "default_device",
@@ -79,7 +80,8 @@ class Parser(argparse.ArgumentParser):
         traceback shows where the error came from (chained to the exception being handled)."""
         if debug_enabled(self._argv):
             raise UserError(f"{message} (see {self.prog} --help)")
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        if reports():
+            print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -89,7 +91,9 @@ def debug_enabled(argv) -> bool:
 
 def command(main: Callable[[list[str]], int]) -> Callable[..., int]:
     """Wrap a command's ``main(argv) -> exit status``: user errors become one line and status
-    2, Ctrl-C one line and status 130; other exceptions (bugs) keep their traceback."""
+    2, Ctrl-C one line and status 130; other exceptions (bugs) keep their traceback. In a
+    data-parallel job (torchrun, srun) only rank 0 prints those lines: every process meets the
+    same mistake (``distributed.reports``)."""
 
     @functools.wraps(main)
     def wrapper(argv=None) -> int:
@@ -100,17 +104,20 @@ def command(main: Callable[[list[str]], int]) -> Callable[..., int]:
         except KeyboardInterrupt as e:
             if debug:
                 raise
-            print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+            if reports():
+                print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
             return 130
         except USER_ERRORS as e:
             if debug:
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            if reports():
+                print(f"error: {e}", file=sys.stderr)
             return 2
         except OSError as e:  # the file system said no: a path, a permission, a full disk
             if debug:
                 raise
-            print(f"error: {describe_os_error(e)}", file=sys.stderr)
+            if reports():
+                print(f"error: {describe_os_error(e)}", file=sys.stderr)
             return 2
 
     return wrapper

@@ -20,12 +20,13 @@ from .model import check_architecture
 from .stack import model_backend_choices
 from .synthetic import SyntheticSpec
 
-__all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "TRAIN_ON",
+__all__ = ["Config", "PRESETS", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "BN_SYNC", "TRAIN_ON",
            "RESUME_KEYS", "saved_config", "parse_args"]
 
 OPTIMIZERS = ("sgd", "nesterov", "asgd", "adam", "amsgrad", "adadelta", "adagrad")
 SCHEDULERS = ("plateau", "cosine", "cosine-wr", "onecycle", "step", "constant")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+BN_SYNC = ("global", "local")
 TRAIN_ON = ("train", "train+val")
 
 
@@ -59,6 +60,7 @@ class Config:
     model_backend: str = "auto"
     augment_backend: str = "auto"
     precision: str = "auto"
+    bn_sync: str = "global"  # under torchrun: BatchNorm statistics of the global batch, or local
     init: str | None = None  # stored absolute once the run starts
     save_every: int = 0   # 0: no periodic checkpoints
     test_every: int = 0   # 0: test accuracy only at the end
@@ -199,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, **default(
         "precision", "auto: fp16 autocast + GradScaler on CUDA; on a CPU bf16 autocast where the "
                      "selfcheck verified it and found it faster, else fp32"))
+    p.add_argument("--bn-sync", choices=BN_SYNC, **default(
+        "bn_sync", "data-parallel runs (torchrun, srun): BatchNorm statistics over the global "
+                   "batch, as one process would compute them, or over each process's share"))
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from these weights (fine-tuning); recipe and width follow it "
                         "(default: random weights)")

@@ -5,25 +5,59 @@ parameters with a seeded generator on that device, and hands both to the trainin
 augments them; nothing is copied between host and device and nothing waits for the device (no
 ``.item()``/``.cpu()``).
 
-Randomness: one ``torch.Generator`` on the device drives both the epoch permutation
-(``torch.randperm``) and the augmentation parameters, in that order, so its state at an epoch
-boundary (``state_dict``) fixes everything the following epochs draw: restoring it restarts
-the next epoch exactly as an uninterrupted run would have.
+Randomness is a function of (seed, epoch, batch index, row), not of a generator's history: the
+epoch's order comes from a device generator seeded with the key of (seed, epoch), each global
+batch's augmentation parameters (and the dropout masks the training step draws) from one seeded
+with the key of (seed, epoch, batch). So epoch k of a run is the same whenever it is trained
+(a resumed run continues exactly), and the same whatever the number of processes: in a
+data-parallel run (``rank`` of ``world``) every process draws the whole global batch's
+parameters and keeps its own rows (``distributed.shard``), so one process and N processes see
+the same images with the same augmentation.
 
 The last, partial batch of an epoch is kept (as torch's DataLoader does by default, and as
 the released code trains): every image is seen once per epoch.
 """
 from __future__ import annotations
 
-from typing import Iterator
+import hashlib
+from typing import Iterator, NamedTuple
 
 import torch
 
 from .augmentation import RECIPES, AugmentParams, sample_params, ten_crop
 from .data import SPLITS, FERData, Split, load_data
+from .distributed import shard
 from .synthetic import SyntheticSpec
 
-__all__ = ["DeviceLoader", "TenCropBatches", "load_run_data"]
+__all__ = ["DeviceLoader", "TenCropBatches", "TrainBatch", "Shard", "load_run_data",
+           "random_key"]
+
+
+def random_key(*parts) -> int:
+    """A 63-bit seed for a torch.Generator from ``parts`` (seed, epoch, batch, ...)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class Shard(NamedTuple):
+    """Where a process's batch sits in the global batch: rows [first, stop) of ``total``
+    images, ``world`` processes, ``key`` the global batch's random key (its dropout masks)."""
+
+    key: int
+    first: int
+    stop: int
+    total: int
+    world: int
+
+
+class TrainBatch(NamedTuple):
+    """One training batch of a process: uint8 ``images`` [b, 48, 48], their ``params``,
+    int64 ``labels`` [b], and its ``shard`` of the global batch."""
+
+    images: torch.Tensor
+    params: AugmentParams
+    labels: torch.Tensor
+    shard: Shard
 
 
 def load_run_data(path=None, *, seed: int = 0, synthetic_sizes=None, splits=SPLITS,
@@ -68,36 +102,49 @@ class _DeviceSplit:
 
 
 class DeviceLoader(_DeviceSplit):
-    """Training batches ``(images uint8 [b, 48, 48], params, labels [b])`` of a device-resident
-    split in a seeded random order, ``params`` the batch's ``AugmentParams`` of ``recipe``: the
-    training step augments them (``fer_fast.step.TrainStep``), so the augmentation's backend and
-    precision have one owner.
+    """Training batches (``TrainBatch``: images uint8 [b, 48, 48], params, labels [b], shard) of
+    a device-resident split in a seeded random order, ``params`` the batch's ``AugmentParams``
+    of ``recipe``: the training step augments them (``fer_fast.step.TrainStep``), so the
+    augmentation's backend and precision have one owner. ``batch_size`` is the global batch;
+    process ``rank`` of ``world`` takes its rows of each (see the module docstring).
+
+    ``batches(epoch)`` are the batches of epoch ``epoch`` (any int: the run's epochs count from
+    1); iterating the loader gives epochs 1, 2, ... in turn.
     """
 
     def __init__(self, split: Split, *, batch_size: int, device: torch.device | str,
-                 recipe: str = "released", seed: int = 0):
+                 recipe: str = "released", seed: int = 0, rank: int = 0, world: int = 1):
         if recipe not in RECIPES:
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
         super().__init__(split, batch_size, device)
-        self.recipe = recipe
+        n = self.images.shape[0]
+        smallest = min(batch_size, n % batch_size or batch_size, n)
+        if smallest < world:
+            raise ValueError(f"{type(self).__name__}: a batch of {smallest} images (of "
+                             f"{n} images in batches of {batch_size}) cannot be split over "
+                             f"{world} processes; use fewer processes or another batch size")
+        self.recipe, self.seed, self.rank, self.world = recipe, seed, rank, world
         self.generator = torch.Generator(self.device)
-        self.generator.manual_seed(seed)
+        self.next_epoch = 1
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, AugmentParams, torch.Tensor]]:
+    def __iter__(self) -> Iterator[TrainBatch]:
+        epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        return self.batches(epoch)
+
+    def batches(self, epoch: int) -> Iterator[TrainBatch]:
         n, g = self.images.shape[0], self.generator
+        g.manual_seed(random_key(self.seed, epoch))
         order = torch.randperm(n, generator=g, device=self.device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            images = self.images.index_select(0, idx)
-            params = sample_params(self.recipe, idx.shape[0], g)
-            yield images, params, self.labels.index_select(0, idx)
-
-    def state_dict(self) -> dict:
-        """Generator state; valid for exact resume when taken at an epoch boundary."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"].cpu())
+        for b, start in enumerate(range(0, n, self.batch_size)):
+            total = min(self.batch_size, n - start)
+            first, stop = shard(total, self.rank, self.world)
+            key = random_key(self.seed, epoch, b)
+            g.manual_seed(key)
+            params = sample_params(self.recipe, total, g)[first:stop]
+            idx = order[start + first:start + stop]
+            yield TrainBatch(self.images.index_select(0, idx), params,
+                             self.labels.index_select(0, idx),
+                             Shard(key, first, stop, total, self.world))
 
 
 class TenCropBatches(_DeviceSplit):

@@ -123,8 +123,29 @@ class VGG(nn.Module):
         return conv_bn_act_stack(x, convs, bns, [pool for _, _, pool in BLOCKS],
                                  order=self.order, backend=self.backend)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dropout_masks=None) -> torch.Tensor:
+        """``dropout_masks`` (training): the head's two dropout masks (``dropout_masks()``)
+        instead of nn.Dropout's draws from the global generator."""
         x = self.features(x).flatten(1)
-        x = F.relu(self.drop(self.lin1(x)))
-        x = F.relu(self.drop(self.lin2(x)))
+        if dropout_masks is None or not self.training:
+            x = F.relu(self.drop(self.lin1(x)))
+            x = F.relu(self.drop(self.lin2(x)))
+        else:
+            for layer, mask in zip((self.lin1, self.lin2), dropout_masks):
+                x = layer(x)
+                x = F.relu(x * mask.to(x.dtype))
         return self.lin3(x)
+
+    def dropout_masks(self, generator: torch.Generator, rows: int, first: int = 0,
+                      stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's dropout masks (kept / (1 - p), dropped 0; fp32 [stop - first, hidden]) for
+        rows [first, stop) of a batch of ``rows``: drawn for all ``rows`` from ``generator``, so
+        that a row's mask does not depend on which process computes it."""
+        p, stop = self.drop.p, rows if stop is None else stop
+        device = self.lin1.weight.device
+        masks = []
+        for layer in (self.lin1, self.lin2):
+            keep = torch.rand(rows, layer.out_features, generator=generator,
+                              device=device)[first:stop] >= p
+            masks.append(keep.float() / (1 - p))
+        return masks[0], masks[1]

@@ -23,7 +23,7 @@ from .checkpoint import checksum_path, load_checkpoint, load_params, save_atomic
 from .config import Config
 from .evaluate import evaluate_split, format_confusion
 from .files import open_atomic, temporary_path
-from .loader import DeviceLoader, TenCropBatches
+from .loader import TenCropBatches
 from .model import CLASS_NAMES, VGG
 from .plots import write_run_outputs
 
@@ -146,25 +146,26 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
         raise
 
 
-def rng_state(loader: DeviceLoader, device: torch.device) -> dict:
-    """Every RNG state as tensors and plain values (a checkpoint loads with weights_only)."""
+def rng_state(device: torch.device) -> dict:
+    """The global RNG states as tensors and plain values (a checkpoint loads with
+    weights_only). The data order, the augmentation and the dropout masks of a run do not
+    draw from them (they are functions of seed, epoch and batch: fer_fast.loader)."""
     version, internal, gauss = random.getstate()
     state = {"torch": torch.get_rng_state(),
              "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
-                        "gauss": gauss},
-             "loader": loader.state_dict()}
-    if device.type == "cuda":  # dropout draws on the training device
+                        "gauss": gauss}}
+    if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict, loader: DeviceLoader, device: torch.device) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore ``rng_state``'s states (a "loader" entry of older runs is not needed)."""
     torch.set_rng_state(state["torch"])
     python = state["python"]
     if isinstance(python, dict):
         python = (python["version"], tuple(python["state"].tolist()), python["gauss"])
     random.setstate(python)
-    loader.load_state_dict(state["loader"])
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
@@ -186,9 +187,10 @@ def _checkpoint_state(run: Run, epoch: int) -> dict:
                      "best_epoch": run.best["epoch"]},
             "config": dataclasses.asdict(run.config), "epoch": epoch,
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict(), "rng": rng_state(run.loader, run.device),
+            "scaler": run.scaler.state_dict(), "rng": rng_state(run.device),
             "best": run.best, "data": run.data_id,
-            "resolved": {"device_type": run.device.type, "precision": run.precision}}
+            "resolved": {"device_type": run.device.type, "precision": run.precision,
+                         "world_size": run.world.size}}
 
 
 def save_epoch(run: Run, epoch: int, improved: bool) -> None:

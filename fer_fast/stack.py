@@ -47,12 +47,14 @@ bfloat16 is refused there, see ``devices.refuse_bf16_dot_under_interpreter``).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from . import backends, devices
-from .block import (ConvBNReLU2d, check_input, check_order, check_pool, conv_bn_act,
-                    is_relu_first)
+from . import backends, devices, distributed
+from .block import (ConvBNReLU2d, _global_coefficients, _global_sums, check_input, check_order,
+                    check_pool, conv_bn_act, is_relu_first)
 from .kernels import bn_act, is_interpreter
 from .kernels import conv as K
 
@@ -83,6 +85,16 @@ def _batch_norm_args(i, gammas, betas, running_means, running_vars, num_batches_
     return K.BatchNormArgs(gammas[i], betas[i], running_means[i] if track else None,
                            running_vars[i] if track else None, training=training,
                            momentum=momentum if training else 0.0, eps=eps[i])
+
+
+def _sync_backward_coefficients(sums, count, coef, sync):
+    """The data gradient's BN-backward coefficients [c1, c2, c3, mean] (``K.GCOEF_ROWS``) of a
+    block with forward coefficients ``coef`` from the global sums [sum(dz), sum(dz * x_hat)]
+    of its ``count`` values over the bn_sync group (the kernel formed them from this batch's)."""
+    sums, total = _global_sums(sync)(sums, count)
+    mean, rstd, scale, _ = coef
+    return torch.stack([scale, -scale * rstd * (sums[1] / total), -scale * (sums[0] / total),
+                        mean])
 
 
 def _prologue_args(coef, order):
@@ -124,14 +136,23 @@ def _stack_fwd(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.
         if training and running_means:  # the kernels update copies: the op mutates no input
             running_means = [m.clone() for m in running_means]
             running_vars = [v.clone() for v in running_vars]
+        sync = training and distributed.bn_sync_group() is not None
         h, coef, pool_in = _nhwc(x, dtype), None, False
         ys, coefs = [], []
         for i in range(len(weights)):
             bn = _batch_norm_args(i, gammas, betas, running_means, running_vars,
                                   num_batches_tracked, momentums, cumulative, eps, training)
+            if sync:  # the kernel forms this batch's statistics; the running ones follow below
+                bn = dataclasses.replace(bn, running_mean=None, running_var=None)
             y, coef = K.conv3x3(h, K.pack_weight(weights[i], dtype), biases[i].to(dtype),
                                 pool=pool_in, relu=is_relu_first(order), bn=bn,
                                 **_prologue_args(coef, order))
+            if sync:
+                track = bool(running_means)
+                coef = _global_coefficients(
+                    gammas[i], betas[i], running_means[i] if track else None,
+                    running_vars[i] if track else None, momentum=bn.momentum, eps=bn.eps,
+                )(coef, y.shape[0] * y.shape[1] * y.shape[2])
             ys.append(y)
             coefs.append(coef)
             pool_in = pools[i]
@@ -166,9 +187,9 @@ def _(x, weights, biases, gammas, betas, running_means, running_vars, num_batche
 @torch.library.custom_op("fer_fast::conv_stack_bwd", mutates_args=())
 def _stack_bwd(grad_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor],
                ys: list[torch.Tensor], coefs: list[torch.Tensor], pools: list[bool], order: str,
-               training: bool, dtype: torch.dtype, weight_grads: list[bool], input_grad: bool
-               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor],
-                          list[torch.Tensor]]:
+               training: bool, dtype: torch.dtype, weight_grads: list[bool], input_grad: bool,
+               sync: bool) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor],
+                                    list[torch.Tensor]]:
     """(gradient of ``x`` in x's dtype, channels_last — empty unless ``input_grad``; the fp32
     weight and bias gradients of each block i with ``weight_grads[i]``, in block order; per
     block the fp32 [dbeta, dgamma] [2, C]).
@@ -178,9 +199,12 @@ def _stack_bwd(grad_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tens
     the data gradient of the block after it stores dz (the gradient of this block's BN output,
     through its pool and ReLU) and gives dgamma, dbeta and the BN-backward coefficients, and the
     weight and data gradients of this block form dy from dz and the stored conv output while
-    loading."""
+    loading. ``sync``: the forward took global-batch statistics (``distributed.bn_sync``): the
+    BN backwards take the global sums (one all-reduce per block between its kernels; the
+    dgamma, dbeta returned stay this batch's)."""
     devices.refuse_bf16_dot_under_interpreter(_OP_NAME, dtype)
     nblocks = len(weights)
+    sync = sync and training
     relu_first = is_relu_first(order)
     with devices.on_device(grad_out):
         x_nhwc = _nhwc(x, dtype)
@@ -188,7 +212,7 @@ def _stack_bwd(grad_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tens
         dy, sums = bn_act.backward(grad_out.permute(0, 2, 3, 1).to(dtype).contiguous()
                                    .permute(0, 3, 1, 2), ys[last].permute(0, 3, 1, 2),
                                    coefs[last], training=training, order=order,
-                                   pool=pools[last])
+                                   pool=pools[last], global_sums=_global_sums(sync))
         dz, bn = dy.permute(0, 2, 3, 1), None  # channels_last NCHW -> contiguous NHWC
         dx = x.new_empty(0)
         dweights, dbiases, bn_grads = [], [], [None] * nblocks
@@ -206,6 +230,10 @@ def _stack_bwd(grad_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tens
                 dz, sums, gcoef = K.conv3x3_dgrad(dz, wd, bn=bn, relu_first=relu_first,
                                                   prev=(ys[i - 1], coefs[i - 1]), pool=pool_in,
                                                   training=training)
+                if sync:
+                    prev = ys[i - 1]
+                    gcoef = _sync_backward_coefficients(
+                        sums, prev.shape[0] * prev.shape[1] * prev.shape[2], coefs[i - 1], sync)
                 bn = (ys[i - 1], gcoef)
             elif input_grad:
                 g = K.conv3x3_dgrad(dz, K.pack_weight_dgrad(weights[i], dtype), bn=bn,
@@ -215,7 +243,8 @@ def _stack_bwd(grad_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tens
 
 
 @_stack_bwd.register_fake
-def _(grad_out, x, weights, ys, coefs, pools, order, training, dtype, weight_grads, input_grad):
+def _(grad_out, x, weights, ys, coefs, pools, order, training, dtype, weight_grads, input_grad,
+      sync):
     dx = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
           if input_grad else x.new_empty(0))
     chosen = [w for w, needed in zip(weights, weight_grads) if needed]
@@ -227,6 +256,7 @@ def _(grad_out, x, weights, ys, coefs, pools, order, training, dtype, weight_gra
 def _setup_stack_context(ctx, inputs, output):
     x, weights, biases, gammas, betas, *buffers = inputs[:8]
     ctx.pools, ctx.order, ctx.training, ctx.dtype = inputs[11:]
+    ctx.sync = ctx.training and distributed.bn_sync_group() is not None
     _, ys, coefs, new_means, new_vars = output
     ctx.save_for_backward(x, *weights, *ys, *coefs)
     ctx.param_dtypes = [[t.dtype for t in ts] for ts in (weights, biases, gammas, betas)]
@@ -243,7 +273,7 @@ def _stack_backward(ctx, grad_out, *_):
     weight_grads = [w or b for w, b in zip(needs[1], needs[2])]
     dx, dweights, dbiases, bn_grads = torch.ops.fer_fast.conv_stack_bwd(
         grad_out, x, list(weights), list(ys), list(coefs), ctx.pools, ctx.order, ctx.training,
-        ctx.dtype, weight_grads, needs[0])
+        ctx.dtype, weight_grads, needs[0], ctx.sync)
     grads = [[None] * nblocks for _ in range(4)]  # weights, biases, gammas, betas
     for i, dw, db in zip([i for i in range(nblocks) if weight_grads[i]], dweights, dbiases):
         grads[0][i], grads[1][i] = dw, db

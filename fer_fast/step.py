@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from . import devices
 from .augmentation import NUM_CROPS, AugmentParams, augment
 from .config import OPTIMIZERS, SCHEDULERS, Config
+from .loader import random_key
 from .model import VGG
 from .verdict import cpu_precision
 
@@ -101,11 +102,19 @@ class TrainStep:
     augmentation -> forward -> mean cross-entropy over the crops -> (scaled) backward ->
     optimizer step (-> per-step scheduler step).
 
-    ``step(images, params, labels)``: uint8 ``images`` [b, 48, 48] and int64 ``labels`` [b] on
-    the model's device, ``params`` their ``AugmentParams``; returns the detached loss (a 0-d
-    tensor) and logits [b*10, 7], without a host synchronisation. The crops go to the model as
+    ``step(images, params, labels, shard=None)`` (or ``step(*loader_batch)``): uint8 ``images``
+    [b, 48, 48] and int64 ``labels`` [b] on the model's device, ``params`` their
+    ``AugmentParams``; returns the detached loss (a 0-d tensor, the mean over this batch's
+    crops) and logits [b*10, 7], without a host synchronisation. The crops go to the model as
     the augmentation writes them, contiguous [b*10, 1, 40, 40]: with one channel that is also the
     channels_last layout of the CUDA model (the same strides), so no conversion is needed.
+
+    ``shard`` (``fer_fast.loader.Shard``, what the trainer passes): the batch is rows
+    [first, stop) of a global batch of ``total`` images over ``world`` processes. The loss is
+    then the mean over the global batch's crops (this process's part of it, times ``world``:
+    DistributedDataParallel averages the gradients), and a model with ``dropout_masks`` (the
+    VGG) takes its dropout masks from the global batch's key, so that the step does not depend
+    on the number of processes.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -115,22 +124,35 @@ class TrainStep:
         self.device_type, self.dtype = device_type, DTYPES[precision]
         self.autocast = precision != "fp32"
         self.augment_backend = augment_backend
+        self.generator = None  # the dropout masks' (see on_crops), made on first use
 
-    def __call__(self, images: torch.Tensor, params: AugmentParams,
-                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, params: AugmentParams, labels: torch.Tensor,
+                 shard=None) -> tuple[torch.Tensor, torch.Tensor]:
         crops, crop_labels = augment_batch(images, params, labels, backend=self.augment_backend,
                                            dtype=self.dtype)
-        return self.on_crops(crops, crop_labels)
+        return self.on_crops(crops, crop_labels, shard)
 
-    def on_crops(self, crops: torch.Tensor,
-                 crop_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def on_crops(self, crops: torch.Tensor, crop_labels: torch.Tensor,
+                 shard=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The step after the augmentation: ``crops`` [b*10, 1, 40, 40] (float, pixels / 255)
         and int64 ``crop_labels`` [b*10] on the model's device."""
+        kwargs, share = {}, 1.0
+        if shard is not None:
+            net = getattr(self.model, "module", self.model)  # under DistributedDataParallel
+            if hasattr(net, "dropout_masks"):
+                if self.generator is None:
+                    self.generator = torch.Generator(crops.device)
+                # a stream of its own: not the numbers the batch's augmentation drew
+                self.generator.manual_seed(random_key(shard.key, "dropout"))
+                kwargs["dropout_masks"] = net.dropout_masks(
+                    self.generator, shard.total * NUM_CROPS, shard.first * NUM_CROPS,
+                    shard.stop * NUM_CROPS)
+            share = (shard.stop - shard.first) * shard.world / shard.total
         with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.autocast):
-            logits = self.model(crops)
+            logits = self.model(crops, **kwargs)
             loss = F.cross_entropy(logits, crop_labels)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * share if share != 1.0 else loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.scheduler is not None:

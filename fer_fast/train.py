@@ -10,9 +10,17 @@ last checkpoints, exact resume. Every choice of the paper's experiments is a fla
 The parts: ``fer_fast.config`` (Config, presets, the command line, resume checks),
 ``fer_fast.step`` (TrainStep and its factories), ``fer_fast.rundir`` (the run folder, its lock,
 metrics, checkpoints and final files); this module runs them in order.
+
+Data-parallel (``torchrun --nproc-per-node N -m fer_fast.train ...``, or ``srun``; see
+``fer_fast.distributed``): every process holds the data on its device and trains the same model
+in DistributedDataParallel on its rows of each global batch (``--batch-size`` stays the global
+batch), with BatchNorm statistics of the global batch (``--bn-sync global``); validation is
+sharded and its counts all-reduced. Rank 0 alone decides what every process must agree on (the
+run folder, the backends), prints, and writes the run folder; the final evaluation is its own.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,11 +34,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import backends, cli, telemetry
+from . import backends, cli, distributed, telemetry
 from .augmentation import NUM_CROPS
 from .checkpoint import CheckpointError, load_checkpoint, load_params
 from .config import Config, parse_args
 from .data import FERData, Split
+from .distributed import World
 from .evaluate import evaluate_split
 from .files import write_text
 from .loader import DeviceLoader, TenCropBatches, load_run_data
@@ -52,6 +61,9 @@ REQUIRED_SPLITS = ("train", "val")
 #: training steps timed for the estimate printed early in a run (after a few warm-up steps)
 ESTIMATE_WARMUP, ESTIMATE_STEPS = 3, 20
 
+#: the world of a run in one process
+SINGLE = World(rank=0, size=1, local_rank=0)
+
 
 # ----------------------------------------------------------------------------------------------
 # Setup (or resume)
@@ -67,8 +79,9 @@ class Run:
     precision: str
     model: VGG
     loader: DeviceLoader
-    val: TenCropBatches
+    val: TenCropBatches  # this process's share of the validation split
     test: TenCropBatches | None  # None: the data has no test split
+    final: tuple | None  # (val, test) whole, for the final evaluation (rank 0; else None)
     optimizer: torch.optim.Optimizer
     scheduler: object
     sched_unit: str
@@ -84,34 +97,62 @@ class Run:
     meter: object = None  # telemetry.start(device) while the epochs run
     epoch_started: float = 0.0  # perf_counter() at the start of the current epoch
     lock: object = None  # the run folder's lock (lock_run_dir), held until the run ends
+    world: World = SINGLE
 
 
 def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def setup(config: Config, resume: Path | None = None) -> Run:
+def setup(config: Config, resume: Path | None = None, world: World = SINGLE,
+          device: torch.device | None = None) -> Run:
     """Check everything the command line names before saying or doing anything else (the run
     directory before any data is read, the checkpoint, the data), then resolve the backends
     (the selfcheck line), warn, build model / loader / optimizer / scheduler, and restore the
-    checkpoint's state when resuming; writes config.json and the (resumed) metrics.csv."""
-    device = cli.resolve_device(config.device)
-    run_dir = default_run_dir(config)
-    check_run_dir(run_dir, resume)
-    created = not run_dir.exists()
-    lock = lock_run_dir(run_dir)
-    try:
+    checkpoint's state when resuming; writes config.json and the (resumed) metrics.csv.
+    ``world``: this process's place in a data-parallel job (its process group joined, see
+    ``train``); rank 0 claims the run folder."""
+    device = cli.resolve_device(config.device) if device is None else device
+    claimed = {}
+
+    def claim() -> Path:
+        run_dir = default_run_dir(config)
+        check_run_dir(run_dir, resume)
+        claimed.update(created=not run_dir.exists(), lock=lock_run_dir(run_dir), dir=run_dir)
         check_run_dir(run_dir, resume)  # again under the lock: another run may have written it
-        run = _setup(config, resume, device, run_dir)
+        return run_dir
+
+    try:
+        run_dir = _on_main(world, claim)
+        run = _setup(config, resume, device, run_dir, world)
     except BaseException:
-        unlock_run_dir(lock, run_dir, created)
+        if "lock" in claimed:
+            unlock_run_dir(claimed["lock"], claimed["dir"], claimed["created"])
         raise
-    run.lock = lock
+    run.lock = claimed.get("lock")
     return run
 
 
-def _resolve_backends(config: Config, device: torch.device) -> tuple[dict, str, str]:
-    """(what config.json records of "auto", model backend, augmentation backend)."""
+def _on_main(world: World, fn):
+    """``fn()`` run by rank 0 alone, its result (or its user error) on every rank: what every
+    process must agree on (the run folder, the backends)."""
+    if world.size == 1:
+        return fn()
+    outcome = None
+    if world.main:
+        try:
+            outcome = ("ok", fn())
+        except cli.USER_ERRORS as e:
+            distributed.broadcast_object(("error", str(e)))
+            raise
+    kind, value = distributed.broadcast_object(outcome)
+    if kind == "error":
+        raise cli.UserError(value)  # reported once, by rank 0
+    return value
+
+
+def _resolve_backends(config: Config, device: torch.device) -> tuple[dict, str, str, str]:
+    """(what config.json records of "auto", model backend, augmentation backend, precision)."""
     auto = prepare_auto(device, needed="auto" in (config.model_backend, config.augment_backend,
                                                   config.precision))
     try:
@@ -121,54 +162,92 @@ def _resolve_backends(config: Config, device: torch.device) -> tuple[dict, str, 
         backends.resolve("augment", augment_backend or "auto", device)
     except (ValueError, RuntimeError) as e:
         raise cli.UserError(str(e)) from None
-    return auto, model_backend, augment_backend
+    # after the selfcheck: on a CPU "auto" is bf16 only where its verdict says so
+    return auto, model_backend, augment_backend, resolve_precision(config.precision, device)
 
 
-def _setup(config: Config, resume: Path | None, device: torch.device, run_dir: Path) -> Run:
-    ckpt = _resume_checkpoint(resume, config, device)
+def _check_backends(model_backend: str, augment_backend: str, device: torch.device) -> None:
+    """Rank 0's choices run on this process's device too."""
+    try:
+        resolve_model_backend(model_backend, device)
+        backends.resolve("augment", augment_backend or "auto", device)
+    except (ValueError, RuntimeError) as e:
+        raise cli.UserError(f"{e} (the backend rank 0 chose)") from None
+
+
+def _shard_split(split: Split, world: World) -> Split:
+    """This process's rows of an evaluation split."""
+    first, stop = distributed.shard(len(split), world.rank, world.size)
+    if len(split) and first == stop:
+        raise cli.UserError(f"an evaluation split of {len(split)} images cannot be shared by "
+                            f"{world.size} processes; use fewer processes")
+    return Split(split.images[first:stop], split.labels[first:stop])
+
+
+def _setup(config: Config, resume: Path | None, device: torch.device, run_dir: Path,
+           world: World = SINGLE) -> Run:
+    ckpt = _resume_checkpoint(resume, config, device, world)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     data, data_id = _run_data(config, ckpt, resume)
-    auto, model_backend, augment_backend = _resolve_backends(config, device)
-    # after the selfcheck: on a CPU "auto" is bf16 only where its verdict says so
-    precision = (ckpt["resolved"]["precision"] if ckpt is not None and "resolved" in ckpt
-                 and config.precision == "auto" else resolve_precision(config.precision, device))
-    _warn_before_start(config, device, precision)
+    auto, model_backend, augment_backend, precision = _on_main(
+        world, lambda: _resolve_backends(config, device))
+    if not world.main:
+        _check_backends(model_backend, augment_backend, device)
+    if ckpt is not None and "resolved" in ckpt and config.precision == "auto":
+        precision = ckpt["resolved"]["precision"]
+    if world.main:
+        _warn_before_start(config, device, precision)
 
     model = make_model(config, device, model_backend)
     if config.init and ckpt is None:
         load_params(model, load_checkpoint(config.init, trust=config.trust_checkpoint)["params"],
                     config.init)
-    loader = DeviceLoader(_train_split(data, config.train_on), batch_size=config.batch_size,
-                          device=device, recipe=config.recipe, seed=config.seed)
-    val, test = (TenCropBatches(split, batch_size=config.eval_batch_size, device=device,
-                                augment_backend=augment_backend) if len(split) else None
-                 for split in (data.val, data.test))
+    try:
+        loader = DeviceLoader(_train_split(data, config.train_on), batch_size=config.batch_size,
+                              device=device, recipe=config.recipe, seed=config.seed,
+                              rank=world.rank, world=world.size)
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+
+    def batches(split):
+        return TenCropBatches(split, batch_size=config.eval_batch_size, device=device,
+                              augment_backend=augment_backend) if len(split) else None
+    val, test = (batches(_shard_split(split, world)) for split in (data.val, data.test))
+    final = None
+    if world.main:
+        final = (val, test) if world.size == 1 else (batches(data.val), batches(data.test))
     optimizer = make_optimizer(config, model.parameters(), fused=device.type == "cuda")
     scheduler, sched_unit = make_scheduler(config, optimizer, len(loader))
     scaler = make_scaler(device, precision)
-    step = TrainStep(model, optimizer, scaler, device_type=device.type, precision=precision,
-                     augment_backend=augment_backend,
-                     scheduler=scheduler if sched_unit == "step" else None)
     run = Run(config=config, run_dir=run_dir, device=device, precision=precision, model=model,
-              loader=loader, val=val, test=test, optimizer=optimizer, scheduler=scheduler,
-              sched_unit=sched_unit, scaler=scaler, step=step, history=[],
+              loader=loader, val=val, test=test, final=final, optimizer=optimizer,
+              scheduler=scheduler, sched_unit=sched_unit, scaler=scaler, step=None, history=[],
               best={"val_acc": -1.0, "epoch": 0}, start_epoch=0, data_id=data_id,
-              saved_epoch=None, epoch_times=[])
+              saved_epoch=None, epoch_times=[], world=world)
     if ckpt is not None:
         _restore(run, ckpt, resume)
+    # after the restore: DistributedDataParallel starts every process from rank 0's weights
+    trained = distributed.data_parallel(model, device) if world.size > 1 else model
+    run.step = TrainStep(trained, optimizer, scaler, device_type=device.type,
+                         precision=precision, augment_backend=augment_backend,
+                         scheduler=scheduler if sched_unit == "step" else None)
+    config.out = str(run_dir)
+    if not world.main:
+        return run
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is not None and run_dir.resolve() != resume.parent.resolve() \
             and resume.name == "last.pt":
         copy_best(resume.parent, run_dir)  # a copy of the run: its best model comes along
-    config.out = str(run_dir)
     resolved = {"device": str(device), "model_backend": model_backend, "precision": precision,
                 "augment_backend": augment_backend, "data_source": data.source,
                 "data_sha256": data_id["sha256"], "torch": torch.__version__, "auto": auto,
-                "sizes": {"train": loader.num_images, "val": len(data.val), "test": len(data.test)}}
+                "sizes": {"train": loader.num_images, "val": len(data.val), "test": len(data.test)},
+                "world_size": world.size,
+                "bn_sync": config.bn_sync if world.size > 1 else "single process"}
     write_text(run_dir / "config.json", json.dumps(
         {**dataclasses.asdict(config), "resolved": resolved}, indent=2) + "\n", overwrite=True)
     write_metrics(run_dir / "metrics.csv", run.history)
@@ -176,14 +255,19 @@ def _setup(config: Config, resume: Path | None, device: torch.device, run_dir: P
           f"width={config.width}), {config.optimizer}+{config.scheduler}, lr {config.lr}, "
           f"{config.epochs} epoch{cli.plural_s(config.epochs)} of {loader.num_images} images, batch "
           f"{config.batch_size}, {device} {precision}, model {model_backend}, augment "
-          f"{augment_backend}; data {data.source}; run dir {run_dir}", flush=True)
+          f"{augment_backend}; data {data.source}; run dir {run_dir}"
+          + (f"; {world.size} processes (data-parallel, BatchNorm statistics "
+             f"{config.bn_sync})" if world.size > 1 else ""), flush=True)
     return run
 
 
-def _resume_checkpoint(resume: Path | None, config: Config,
-                       device: torch.device) -> dict | None:
+def _resume_checkpoint(resume: Path | None, config: Config, device: torch.device,
+                       world: World = SINGLE) -> dict | None:
     """The checkpoint to resume from (None for a new run), checked to fit this machine: the
-    same kind of device, and the run's precision ("auto" keeps the one the run started with)."""
+    same kind of device, and the run's precision ("auto" keeps the one the run started with).
+    Another number of processes is allowed (said once): with global BatchNorm statistics the
+    run continues as it would have, beyond rounding; with local ones each process's share of
+    a batch changes, and with it the statistics."""
     if resume is None:
         return None
     ckpt = load_checkpoint(resume, trust=config.trust_checkpoint)  # on the CPU: RNG states stay there
@@ -196,6 +280,16 @@ def _resume_checkpoint(resume: Path | None, config: Config,
     if saved and config.precision != "auto" and saved["precision"] != precision:
         raise CheckpointError(f"{resume}: the run trains in {saved['precision']}, not in "
                               f"{precision} (--precision); resume it without --precision")
+    before = saved.get("world_size", 1) if saved else 1
+    if before != world.size and world.main:
+        print(f"fer_fast.train: {resume} was trained by {before} process"
+              f"{'es' if before != 1 else ''}, now {world.size}: "
+              + ("the data order, augmentation, dropout and BatchNorm statistics (global) do "
+                 "not depend on it: the run continues as before, up to rounding"
+                 if config.bn_sync == "global" else
+                 f"with --bn-sync local the BatchNorm statistics now come from shares of "
+                 f"{config.batch_size / world.size:g} images instead of "
+                 f"{config.batch_size / before:g}"), flush=True)
     return ckpt
 
 
@@ -231,7 +325,7 @@ def _restore_state(run: Run, ckpt: dict) -> None:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"], run.loader, run.device)
+    set_rng_state(ckpt["rng"], run.device)
     run.history, run.best = list(ckpt["logs"]["history"]), dict(ckpt["best"])
     if not all(isinstance(row, dict) for row in run.history):
         raise ValueError("'logs' history must be a list of per-epoch dicts")
@@ -278,7 +372,7 @@ def data_fingerprint(data: FERData) -> dict:
 def run_epoch(run: Run, epoch: int) -> dict:
     """Train one epoch; returns its row's training columns (loss, accuracy, times)."""
     config, device, loader = run.config, run.device, run.loader
-    show = config.progress and sys.stderr.isatty()
+    show = config.progress and sys.stderr.isatty() and run.world.main
     t0 = run.epoch_started = time.perf_counter()
     run.model.train()
     lr = run.optimizer.param_groups[0]["lr"]
@@ -290,11 +384,11 @@ def run_epoch(run: Run, epoch: int) -> dict:
                disable=not show, dynamic_ncols=True)
     shown = time.perf_counter()
     timing_from = None
-    for i, (images, params, labels) in enumerate(loader):
-        loss, logits = run.step(images, params, labels)
+    for i, batch in enumerate(loader.batches(epoch)):
+        loss, logits = run.step(*batch)
         n = logits.shape[0]
         loss_sum += loss.float() * n
-        correct += (logits.argmax(1) == labels.repeat_interleave(NUM_CROPS)).sum()
+        correct += (logits.argmax(1) == batch.labels.repeat_interleave(NUM_CROPS)).sum()
         seen += n
         bar.update()
         if run.step_estimate is None:
@@ -308,7 +402,11 @@ def run_epoch(run: Run, epoch: int) -> dict:
                 "eta": _fmt_duration(epoch_left + remaining_epochs * _epoch_seconds(run)),
                 **run.meter.snapshot()}))
     bar.close()
-    train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+    totals = distributed.all_reduce_sum(torch.stack([
+        loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device,
+                                                          dtype=torch.float64)]))
+    loss_total, correct_total, seen = totals.tolist()
+    train_loss, train_acc = loss_total / seen, correct_total / seen
     if not math.isfinite(train_loss):
         raise cli.UserError(f"epoch {epoch}: the training loss is {train_loss}: the run diverged "
                             f"(a smaller --lr may help); {last_checkpoint(run)}")
@@ -326,6 +424,8 @@ def _estimate(run: Run, epoch: int, i: int, timing_from):
         run.step_estimate = (time.perf_counter() - timing_from[0]) / ESTIMATE_STEPS
         per_epoch = run.step_estimate * len(run.loader)
         left = run.config.epochs - epoch + 1
+        if not run.world.main:
+            return timing_from
         tqdm.write(f"estimated training time: {_fmt_duration(per_epoch)} per epoch, "
                    f"~{_fmt_duration(per_epoch * left)} for the {left} epoch{cli.plural_s(left)} left "
                    f"(from {ESTIMATE_STEPS} steps; validation adds to it)", file=sys.stdout)
@@ -349,14 +449,14 @@ def end_epoch(run: Run, stats: dict) -> None:
     """Validate, step an epoch scheduler, optionally test, record the row, write metrics.csv
     and the checkpoints (best / periodic / last), print the epoch line."""
     config, epoch = run.config, stats["epoch"]
-    val_acc, _ = evaluate_split(run.model, run.val)
+    val_acc = _accuracy(run, run.val)
     if config.scheduler == "plateau":
         run.scheduler.step(val_acc)
     elif run.sched_unit == "epoch":
         run.scheduler.step()
     test_acc = None
     if config.test_every and epoch % config.test_every == 0 and run.test is not None:
-        test_acc, _ = evaluate_split(run.model, run.test)
+        test_acc = _accuracy(run, run.test)
     row = {**stats, "val_acc": val_acc, "test_acc": test_acc,
            "epoch_time_s": time.perf_counter() - run.epoch_started,
            "images_per_s": run.loader.num_images / stats["train_time_s"],
@@ -366,6 +466,9 @@ def end_epoch(run: Run, stats: dict) -> None:
     improved = val_acc > run.best["val_acc"]
     if improved:
         run.best = {"val_acc": val_acc, "epoch": epoch}
+    if not run.world.main:
+        run.saved_epoch = epoch
+        return
     save_epoch(run, epoch, improved)
     tel = "".join(f" {k} {v}" for k, v in _fmt_postfix(
         {k: row[k] for k in telemetry.COLUMNS if k in row}).items())
@@ -378,6 +481,17 @@ def end_epoch(run: Run, stats: dict) -> None:
                + f"{' *' if improved else ''} | {row['images_per_s']:.0f} img/s "
                f"{row['epoch_time_s']:.1f} s{eta}{tel}", file=sys.stdout)
     sys.stdout.flush()
+
+
+def _accuracy(run: Run, batches: TenCropBatches) -> float:
+    """Ten-crop accuracy of a split of which ``batches`` is this process's share (in a
+    data-parallel run the counts of every process summed)."""
+    acc, cm = evaluate_split(run.model, batches)
+    if run.world.size == 1:
+        return acc
+    counts = distributed.all_reduce_sum(torch.stack([cm.diagonal().sum(), cm.sum()]).to(
+        batches.device))
+    return counts[0].item() / max(1, counts[1].item())
 
 
 def _fmt_postfix(values: dict) -> dict:
@@ -403,22 +517,57 @@ def _fmt_duration(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def train(config: Config, resume: Path | None = None) -> dict:
-    """Run (or continue) a training run; returns its result (result.json's content)."""
-    run = setup(config, resume)
+    """Run (or continue) a training run; returns its result (result.json's content; in a
+    data-parallel job rank 0's, the other ranks return {})."""
+    world, device = _join(config)
+    try:
+        return _train(config, resume, world, device)
+    finally:
+        distributed.shutdown()
+
+
+def _join(config: Config) -> tuple[World, torch.device | None]:
+    """(this process's World, its device): SINGLE and None (``setup`` resolves --device), or
+    under torchrun / srun its rank and device, the process group joined: a CUDA device means
+    the GPU of its LOCAL_RANK."""
+    try:
+        world = distributed.from_environment()
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+    if world is None:
+        return SINGLE, None
+    device = cli.resolve_device(config.device)
+    if device.type == "cuda":
+        device = cli.resolve_device(f"cuda:{world.local_rank}", "LOCAL_RANK")
+        torch.cuda.set_device(device)
+    try:
+        distributed.init(world, device)
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+    return world, device
+
+
+def _train(config: Config, resume: Path | None, world: World, device) -> dict:
+    run = setup(config, resume, world, device)
+    sync = world.size > 1 and config.bn_sync == "global"
     try:
         run.meter = telemetry.start(run.device)
         epoch = run.start_epoch
         try:
-            for epoch in range(run.start_epoch + 1, config.epochs + 1):
-                run.meter.epoch_begin()
-                end_epoch(run, run_epoch(run, epoch))
+            with distributed.bn_sync() if sync else contextlib.nullcontext():
+                for epoch in range(run.start_epoch + 1, config.epochs + 1):
+                    run.meter.epoch_begin()
+                    end_epoch(run, run_epoch(run, epoch))
         except KeyboardInterrupt:
             raise cli.Interrupted(f"stopped in epoch {epoch}; {last_checkpoint(run)}") from None
         finally:
             run.meter.close()
-        return finish(run.model, run.val, run.test, run.run_dir, run.best, run.history)
+        if not world.main:
+            return {}
+        return finish(run.model, *run.final, run.run_dir, run.best, run.history)
     finally:
-        run.lock.close()  # the run folder is free for the next process
+        if run.lock is not None:
+            run.lock.close()  # the run folder is free for the next process
 
 
 @cli.command

@@ -439,14 +439,19 @@ def _check_dout(dout, y, shape) -> None:
 
 def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
             running_mean: torch.Tensor | None, running_var: torch.Tensor | None, *,
-            training: bool, momentum: float, eps: float, order: str, pool: bool):
+            training: bool, momentum: float, eps: float, order: str, pool: bool,
+            global_coef=None):
     """Block output of conv output ``y`` and the coefficients that ``backward`` needs.
 
     y: [N, C, H, W] channels_last (NHWC in memory), fp16 / bf16 / fp32; gamma, beta and the
     running statistics (both or neither): contiguous [C], one dtype. Returns (out, coef): out
     [N, C, H', W'] channels_last in y's dtype (H' = H // 2 with ``pool``), coef fp32 [4, C]
     (``COEF_ROWS``). Training normalises with the batch statistics and updates the running ones
-    in place (when given); eval uses the running statistics."""
+    in place (when given); eval uses the running statistics.
+
+    ``global_coef`` (data-parallel BatchNorm, training): a function (coef of this batch,
+    its count N*H*W) -> the coefficients of the global batch, called between the statistics and
+    the apply launch; it updates the running statistics (the finalize kernel then does not)."""
     check_forward_inputs(y, gamma, beta, running_mean, running_var, training=training,
                          order=order, pool=pool)
     relu_first = _relu_first(order)
@@ -468,8 +473,11 @@ def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     rvar = running_var if track else gamma
     _finalize_kernel[(n_cblocks,)](part, programs, chunks * tiles.rows, m, gamma, beta, rmean,
                                    rvar, coef, c, eps, momentum, int(training),
-                                   int(training and track), BLOCK_P=tiles.partials,
-                                   BLOCK_C=tiles.c, num_warps=tiles.warps)
+                                   int(training and track and global_coef is None),
+                                   BLOCK_P=tiles.partials, BLOCK_C=tiles.c,
+                                   num_warps=tiles.warps)
+    if training and global_coef is not None:
+        coef = global_coef(coef, m)
     return apply(y, coef, order=order, pool=pool), coef
 
 
@@ -494,13 +502,17 @@ def apply(y: torch.Tensor, coef: torch.Tensor, *, order: str, pool: bool) -> tor
 
 
 def backward(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, *, training: bool,
-             order: str, pool: bool):
+             order: str, pool: bool, global_sums=None):
     """Gradient w.r.t. the conv output ``y`` and the per-channel sums that are the BN's
     parameter gradients.
 
     dout: gradient of the block output, [N, C, H', W'] channels_last in y's dtype; y: the saved
     conv output [N, C, H, W] channels_last; coef: ``forward``'s fp32 [4, C]. Returns (dy, sums):
-    dy like y (channels_last), sums fp32 [2, C] = [sum(dz), sum(dz * x_hat)] (dbeta, dgamma)."""
+    dy like y (channels_last), sums fp32 [2, C] = [sum(dz), sum(dz * x_hat)] (dbeta, dgamma).
+
+    ``global_sums`` (data-parallel BatchNorm, training): a function (sums of this batch, its
+    count N*H*W) -> (sums, count) of the global batch, called between the two launches; dy is
+    formed from those, the returned sums stay this batch's."""
     check_backward_inputs(dout, y, coef, order=order, pool=pool)
     relu_first = _relu_first(order)
     n, c, h, w = y.shape
@@ -515,11 +527,14 @@ def backward(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, *, trainin
         y, dout, coef, part, h, w, c, ho, wo, sites, chunks, relu_first, POOL=pool,
         BLOCK_S=block, BLOCK_C=tiles.c, num_warps=tiles.warps)
     sums = part.sum(dim=0)
+    dy_sums, count = sums, n * h * w
+    if training and global_sums is not None:
+        dy_sums, count = global_sums(sums, count)
     dy = torch.empty_like(y, memory_format=torch.channels_last)
     hc, wc = (triton.cdiv(h, 2), triton.cdiv(w, 2)) if pool else (h, w)
     sites = n * hc * wc
     _bwd_dy_kernel[(triton.cdiv(sites, block), n_cblocks)](
-        y, dout, coef, sums, dy, h, w, c, ho, wo, hc, wc, sites, 1.0 / (n * h * w),
+        y, dout, coef, dy_sums, dy, h, w, c, ho, wo, hc, wc, sites, 1.0 / count,
         relu_first, int(training), POOL=pool, BLOCK_S=block, BLOCK_C=tiles.c,
         num_warps=tiles.warps)
     return dy, sums

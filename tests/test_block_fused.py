@@ -231,7 +231,7 @@ def test_ops_registered_with_fake_impls(native):
                           test_utils=("test_schema", "test_faketensor"))
     out, coef = torch.ops.fer_fast.bn_act_fwd(*args)
     torch.library.opcheck(torch.ops.fer_fast.bn_act_bwd.default,
-                          (torch.randn_like(out), y, coef, True, "relu_bn", pool, native))
+                          (torch.randn_like(out), y, coef, True, "relu_bn", pool, native, False))
 
 
 @in_fresh_process

@@ -809,7 +809,7 @@ def test_stack_ops_registered_with_fake_impls():
             torch.library.opcheck(
                 torch.ops.fer_fast.conv_stack_bwd.default,
                 (torch.randn_like(out), x, weights, ys, coefs, [True, False], "relu_bn", training,
-                 x.dtype, *grads), test_utils=("test_schema", "test_faketensor"))
+                 x.dtype, *grads, False), test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="bfloat16 runs on a GPU: the GPU parity tests "

@@ -91,7 +91,8 @@ def _result(out):
 
 
 def test_cpu_smoke_run_produces_json_and_table(tmp_path):
-    proc, out = _run(tmp_path, "--quick", "--parts", "env,selfcheck,tests,bench,train,bench_compile",
+    proc, out = _run(tmp_path, "--quick", "--parts",
+                     "env,selfcheck,tests,bench,train,scaling,bench_compile",
                      DC_TESTS="tests/test_report.py::test_flops_match_spec_figures",
                      DC_BENCH_FILTER="t1 or 4b or eager+eager")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -103,7 +104,8 @@ def test_cpu_smoke_run_produces_json_and_table(tmp_path):
     status = {p["name"]: p["status"] for p in result["parts"]}
     assert status.pop("install") == "skipped"
     assert set(status) >= {"env", "selfcheck", "tests", "bench_step", "bench_augment", "bench_block",
-                           "bench_conv", "train-configs", "train-reference", "bench_compile"}
+                           "bench_conv", "train-configs", "train-reference", "scaling",
+                           "bench_compile"}
     assert all(s == "ok" for s in status.values()), result["parts"]
     # the selfcheck: asked for the CPU at quick sizes, its JSON and printed table kept in $OUT
     check = result["selfcheck"]
@@ -113,6 +115,10 @@ def test_cpu_smoke_run_produces_json_and_table(tmp_path):
     assert "**Selfcheck** on `cpu`: every backend passed" in md
     assert "| augment | native | bit-exact | pass | 0 | 0 | 0.8 | 30.5 |" in md
     assert result["tests"] == {"passed": 1, "failed": 0, "errors": 0, "skipped": 0}
+    # data-parallel scaling: torchrun with 1 and 2 CPU processes (gloo)
+    assert [r["processes"] for r in result["scaling"]["rows"]] == [1, 2]
+    assert all(r["images_per_s"] > 0 for r in result["scaling"]["rows"])
+    assert "**Data-parallel scaling** (torchrun, cpu," in md
     assert result["matmul_peak"]["flops_per_s"] > 0
     groups = {b["group"] for b in result["benchmarks"]}
     assert {"augment", "block-4b", "conv-4b-fwd", "conv-4b-wgrad", "train-step"} <= groups
@@ -158,6 +164,16 @@ def test_on_a_gpu_the_selfcheck_runs_on_cuda_at_full_size(tmp_path):
     assert result["selfcheck"]["env"]["argv"] == ["--device", "cuda", "--json",
                                                   str(out / "selfcheck.json")]
     assert "**Selfcheck** on `cuda`: every backend passed" in md
+
+
+def test_scaling_is_skipped_with_its_reason_on_a_machine_with_one_gpu(tmp_path):
+    proc, out = _run(tmp_path, "--parts", "scaling", FAKE_CUDA="1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result, md = _result(out)
+    part = next(p for p in result["parts"] if p["name"] == "scaling")
+    assert part["status"] == "skipped" and result["scaling"] is None
+    assert "data-parallel scaling needs 2 or more" in part["tail"][-1]
+    assert "| scaling | skipped | 0 s / 0 s | skipped: 0 GPU(s) here; data-parallel scaling" in md
 
 
 def test_a_run_cut_short_leaves_the_parts_it_finished(tmp_path):

@@ -211,7 +211,6 @@ def test_resume_is_bit_identical(tmp_path, easy):
     for k in a["params"]:
         assert torch.equal(a["params"][k], b["params"][k]), k
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
-    assert torch.equal(a["rng"]["loader"]["generator"], b["rng"]["loader"]["generator"])
     assert a["scheduler"] == b["scheduler"]
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
@@ -226,7 +225,7 @@ def test_resume_on_another_kind_of_device_is_refused(tmp_path, easy):
     out = tmp_path / "run"
     run(TINY + ["--epochs", "1", "--out", str(out)])
     ckpt = load_checkpoint(out / "last.pt")
-    assert ckpt["resolved"] == {"device_type": "cpu",
+    assert ckpt["resolved"] == {"device_type": "cpu", "world_size": 1,
                                 "precision": resolve_precision("auto", torch.device("cpu"))}
     ckpt["resolved"] = {"device_type": "cuda", "precision": "fp16"}
     save_atomic(ckpt, out / "last.pt")
@@ -311,8 +310,8 @@ def test_train_step_is_the_whole_step():
                      torch.amp.GradScaler("cpu", enabled=False), device_type="cpu",
                      augment_backend="eager")
     opt = make_optimizer(config, twin.parameters())
-    images, params, labels = next(iter(DeviceLoader(easy_data().train, batch_size=4,
-                                                    device="cpu")))
+    images, params, labels, _ = next(iter(DeviceLoader(easy_data().train, batch_size=4,
+                                                       device="cpu")))
     torch.manual_seed(1)  # the same dropout masks in both
     loss, logits = step(images, params, labels)
     assert loss.dim() == 0 and not loss.requires_grad and logits.shape == (40, 7)
