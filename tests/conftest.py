@@ -43,6 +43,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def verdict_cache(tmp_path, monkeypatch):
+    """An empty selfcheck-verdict directory, the selfcheck enabled, the verdict module's
+    per-process caches empty."""
+    from fer_fast import verdict
+    monkeypatch.setenv("FER_FAST_VERDICT_DIR", str(tmp_path))
+    monkeypatch.delenv("FER_FAST_SELFCHECK", raising=False)
+    monkeypatch.setattr(verdict, "_cache", {})
+    monkeypatch.setattr(verdict, "_warned", set())
+    return tmp_path
+
+
 #: set in the child process of ``in_fresh_process``
 FRESH_PROCESS_ENV = "FER_FAST_TEST_FRESH_PROCESS"
 

@@ -22,12 +22,8 @@ CUDA = torch.device("cuda")
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
+def cache(verdict_cache, monkeypatch):
     """An empty verdict directory, and a fake CUDA device whose environment is fixed."""
-    monkeypatch.setenv("FER_FAST_VERDICT_DIR", str(tmp_path))
-    monkeypatch.delenv("FER_FAST_SELFCHECK", raising=False)
-    monkeypatch.setattr(verdict, "_cache", {})
-    monkeypatch.setattr(verdict, "_warned", set())
     monkeypatch.setattr(verdict, "_cuda_usable", lambda: True)
     real_env = verdict.environment
 
@@ -39,7 +35,7 @@ def cache(tmp_path, monkeypatch):
         return real_env(device)
 
     monkeypatch.setattr(verdict, "environment", fake_env)
-    return tmp_path
+    return verdict_cache
 
 
 @pytest.fixture

@@ -18,16 +18,6 @@ CPU = torch.device("cpu")
 F32, F16 = torch.float32, torch.float16
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty verdict directory."""
-    monkeypatch.setenv("FER_FAST_VERDICT_DIR", str(tmp_path))
-    monkeypatch.delenv("FER_FAST_SELFCHECK", raising=False)
-    monkeypatch.setattr(verdict, "_cache", {})
-    monkeypatch.setattr(verdict, "_warned", set())
-    return tmp_path
-
-
 class _ScaleGrad(torch.autograd.Function):
     """Identity forward; the gradient times ``factor`` (a broken gradient kernel)."""
 
@@ -170,8 +160,8 @@ def _break(monkeypatch, op, name, defect):
 
 @pytest.mark.parametrize("defect, op, name, dtype, row", SABOTAGE,
                          ids=[s[0].__name__ for s in SABOTAGE])
-def test_a_small_defect_fails_its_row_and_auto_refuses_the_backend(cache, monkeypatch, defect,
-                                                                   op, name, dtype, row):
+def test_a_small_defect_fails_its_row_and_auto_refuses_the_backend(verdict_cache, monkeypatch,
+                                                                   defect, op, name, dtype, row):
     if name not in backends.available(op, CPU):
         pytest.skip(f"{op} backend {name!r} does not run here")
     _break(monkeypatch, op, name, defect)
@@ -201,7 +191,7 @@ def test_without_a_defect_every_row_passes(op, name, dtypes):
         selfcheck.format_table({"device": "cpu", "rows": rows, "checks": 1, "passed": False})
 
 
-def test_the_command_exits_1_on_the_failed_row(cache, monkeypatch, capsys):
+def test_the_command_exits_1_on_the_failed_row(verdict_cache, monkeypatch, capsys):
     if "native" not in backends.available("augment", CPU):
         pytest.skip("the native extension is not built")
     _break(monkeypatch, "augment", "native", native_one_pixel_shift)
@@ -213,7 +203,7 @@ def test_the_command_exits_1_on_the_failed_row(cache, monkeypatch, capsys):
     assert "auto augment: eager" in out and "native failed parity fp32" in out
 
 
-def test_a_broken_bf16_cpu_training_path_is_refused(cache, monkeypatch):
+def test_a_broken_bf16_cpu_training_path_is_refused(verdict_cache, monkeypatch):
     """The CPU training path in bf16 with the loss taken against the wrong class: its row
     fails and ``--precision auto`` trains in fp32."""
     from fer_fast import devices, step
