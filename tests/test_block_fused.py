@@ -220,7 +220,7 @@ def test_ops_registered_with_fake_impls(native):
     """Both implementations behind the custom ops (the Triton kernels / eager math, and the
     native C++ kernels) pass torch.library's schema and fake-tensor checks."""
     if native and not block.native_supports("cpu"):
-        pytest.skip("fer_fast._C is not built (pip install -e .)")
+        pytest.skip(reason="fer_fast._C is not built (pip install -e .)")
     x, params, stats = _inputs(2, 3, 4, 4, 4, F32, "cpu", seed=9)
     y = torch.nn.functional.conv2d(x, params[0], params[1], padding=1).contiguous(
         memory_format=torch.channels_last)

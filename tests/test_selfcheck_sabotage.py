@@ -163,7 +163,7 @@ def _break(monkeypatch, op, name, defect):
 def test_a_small_defect_fails_its_row_and_auto_refuses_the_backend(verdict_cache, monkeypatch,
                                                                    defect, op, name, dtype, row):
     if name not in backends.available(op, CPU):
-        pytest.skip(f"{op} backend {name!r} does not run here")
+        pytest.skip(reason=f"{op} backend {name!r} does not run here")
     _break(monkeypatch, op, name, defect)
     # the stack at its smallest input (16x16, half the interpreter's time): only the broken
     # row is asserted here, the clean rows at the selfcheck's shape below
@@ -184,7 +184,7 @@ def test_a_small_defect_fails_its_row_and_auto_refuses_the_backend(verdict_cache
 def test_without_a_defect_every_row_passes(op, name, dtypes):
     """The same checks on the real backends pass (the tolerances are not below their error)."""
     if name not in backends.available(op, CPU):
-        pytest.skip(f"{op} backend {name!r} does not run here")
+        pytest.skip(reason=f"{op} backend {name!r} does not run here")
     sz = dataclasses.replace(selfcheck.sizes(CPU, quick=True), dtypes=dtypes)
     rows = selfcheck._CHECKS[op](name, CPU, sz)
     assert rows and all(r["passed"] and r["margin"] <= 1 for r in rows), \
@@ -193,7 +193,7 @@ def test_without_a_defect_every_row_passes(op, name, dtypes):
 
 def test_the_command_exits_1_on_the_failed_row(verdict_cache, monkeypatch, capsys):
     if "native" not in backends.available("augment", CPU):
-        pytest.skip("the native extension is not built")
+        pytest.skip(reason="the native extension is not built")
     _break(monkeypatch, "augment", "native", native_one_pixel_shift)
     code = selfcheck.main(["--device", "cpu", "--quick", "--op", "augment", "--backend", "native"])
     out = capsys.readouterr().out
@@ -208,7 +208,7 @@ def test_a_broken_bf16_cpu_training_path_is_refused(verdict_cache, monkeypatch):
     fails and ``--precision auto`` trains in fp32."""
     from fer_fast import devices, step
     if not devices.cpu_has_native_bf16():
-        pytest.skip("this CPU has no native bf16: the path is not checked")
+        pytest.skip(reason="this CPU has no native bf16: the path is not checked")
     real = step.F.cross_entropy
 
     def wrong_class(logits, labels):
