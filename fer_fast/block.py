@@ -180,8 +180,9 @@ def _global_coefficients(gamma, beta, running_mean, running_var, *, momentum, ep
 
 
 def _global_sums(sync: bool):
-    """The ``global_sums`` hook of the Triton launchers: (sums, count) -> (global sums, global
-    count) over the bn_sync group when the forward synchronized (``sync``), else None."""
+    """The ``global_sums`` hook of every backward (Triton, eager math, native): (sums, count)
+    -> (global sums, global count) over the bn_sync group when the forward synchronized
+    (``sync``), else None."""
     if not sync:
         return None
     group = distributed.bn_sync_group() or torch.distributed.group.WORLD  # the forward's
@@ -208,7 +209,7 @@ def _forward_eager(y, gamma, beta, running_mean, running_var, *, training, momen
     return out.contiguous(memory_format=_CL), coef
 
 
-def _backward_eager(dout, y, coef, *, training, order, pool, sync=False):
+def _backward_eager(dout, y, coef, *, training, order, pool, global_sums=None):
     bn_act.check_backward_inputs(dout, y, coef, order=order, pool=pool)
     x = y.float()
     mean, rstd, scale, shift = coef.view(4, 1, -1, 1, 1)
@@ -224,8 +225,8 @@ def _backward_eager(dout, y, coef, *, training, order, pool, sync=False):
     sums = torch.stack([dz.sum(dim=(0, 2, 3)), (dz * x_hat).sum(dim=(0, 2, 3))])
     if training:
         dy_sums, count = sums, x.numel() // x.shape[1]
-        if sync:
-            dy_sums, count = _global_sums(sync)(sums, count)
+        if global_sums is not None:
+            dy_sums, count = global_sums(sums, count)
         s = (dy_sums / count).view(2, 1, -1, 1, 1)
         dy = scale * (dz - s[0] - x_hat * s[1])
     else:
@@ -290,7 +291,7 @@ def _forward_native(y, gamma, beta, running_mean, running_var, *, training, mome
     return out, coef
 
 
-def _backward_native(dout, y, coef, *, training, order, pool, sync=False):
+def _backward_native(dout, y, coef, *, training, order, pool, global_sums=None):
     bn_act.check_backward_inputs(dout, y, coef, order=order, pool=pool)
     if pool:
         raise ValueError("native block backend: the pool runs outside the BatchNorm kernels")
@@ -305,8 +306,8 @@ def _backward_native(dout, y, coef, *, training, order, pool, sync=False):
                                 sums.data_ptr(), threads)
     sums = sums.float()
     dy_sums, count = sums, n * h * w
-    if training and sync:
-        dy_sums, count = _global_sums(sync)(sums, count)
+    if training and global_sums is not None:
+        dy_sums, count = global_sums(sums, count)
     means = (dy_sums / count).contiguous()
     dy = torch.empty_like(y, memory_format=_CL)
     _C.bn_act_backward_cpu(dout.data_ptr(), y.data_ptr(), dy.data_ptr(), shape, coef.data_ptr(),
@@ -355,15 +356,11 @@ def _bn_act_bwd(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, trainin
     """(gradient w.r.t. ``y``, fp32 [sum(dz), sum(dz * x_hat)] = [dbeta, dgamma] of this
     batch); ``sync``: the forward took global-batch statistics (``distributed.bn_sync``), so
     the gradient takes the global sums."""
-    kwargs = dict(training=training, order=order, pool=pool)
-    if bn_act.runs_on(y.device) and not native:
-        impl = bn_act.backward
-        kwargs["global_sums"] = _global_sums(sync)
-    else:
-        impl = _backward_native if native else _backward_eager
-        kwargs["sync"] = sync
+    impl = (_backward_native if native else
+            bn_act.backward if bn_act.runs_on(y.device) else _backward_eager)
     with devices.on_device(y):
-        return impl(dout, y, coef, **kwargs)
+        return impl(dout, y, coef, training=training, order=order, pool=pool,
+                    global_sums=_global_sums(sync))
 
 
 @_bn_act_bwd.register_fake

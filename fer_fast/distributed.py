@@ -199,7 +199,7 @@ def global_stats(mean: torch.Tensor, var: torch.Tensor, count: int, group
     total = counts.sum(0)
     merged = (counts * means).sum(0) / total
     merged_var = (counts * (variances + (means - merged) ** 2)).sum(0) / total
-    return merged.float(), merged_var.float(), int(total[0].item()) if total.numel() else 0
+    return merged.float(), merged_var.float(), int(total[0].item())
 
 
 def global_sums(sums: torch.Tensor, count: int, group) -> tuple[torch.Tensor, int]:

@@ -142,17 +142,16 @@ def _stack_fwd(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.
         for i in range(len(weights)):
             bn = _batch_norm_args(i, gammas, betas, running_means, running_vars,
                                   num_batches_tracked, momentums, cumulative, eps, training)
-            if sync:  # the kernel forms this batch's statistics; the running ones follow below
+            if sync:  # the kernel forms this batch's statistics; global_coef the rest
+                global_coef = _global_coefficients(bn.weight, bn.bias, bn.running_mean,
+                                                   bn.running_var, momentum=bn.momentum,
+                                                   eps=bn.eps)
                 bn = dataclasses.replace(bn, running_mean=None, running_var=None)
             y, coef = K.conv3x3(h, K.pack_weight(weights[i], dtype), biases[i].to(dtype),
                                 pool=pool_in, relu=is_relu_first(order), bn=bn,
                                 **_prologue_args(coef, order))
             if sync:
-                track = bool(running_means)
-                coef = _global_coefficients(
-                    gammas[i], betas[i], running_means[i] if track else None,
-                    running_vars[i] if track else None, momentum=bn.momentum, eps=bn.eps,
-                )(coef, y.shape[0] * y.shape[1] * y.shape[2])
+                coef = global_coef(coef, y.shape[0] * y.shape[1] * y.shape[2])
             ys.append(y)
             coefs.append(coef)
             pool_in = pools[i]
