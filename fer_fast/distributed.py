@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "from_environment", "launched", "reports", "init", "shutdown", "shard",
+__all__ = ["World", "from_environment", "reports", "init", "shutdown", "shard",
            "data_parallel", "bn_sync", "bn_sync_group", "global_stats", "global_sums",
            "all_reduce_sum", "all_reduce_with_grad", "broadcast_object", "TIMEOUT_ENV"]
 
@@ -69,25 +69,22 @@ def from_environment() -> World | None:
     else:
         return None
     if size is None or size < 1 or rank is None or not 0 <= rank < size:
-        raise ValueError(f"inconsistent launcher environment: rank {rank} of {size} processes")
+        raise ValueError(f"inconsistent launcher environment (RANK / WORLD_SIZE, or SLURM_PROCID "
+                         f"/ SLURM_NTASKS): rank {rank} of {size} processes")
     if size == 1:
         return None
     return World(rank=rank, size=size, local_rank=local if local is not None else rank)
 
 
-def launched() -> bool:
-    """Whether this process is one of several of a launcher (torchrun, srun)."""
-    try:
-        return from_environment() is not None
-    except ValueError:
-        return True
-
-
 def reports() -> bool:
     """Whether this process prints what all processes would print alike (user errors, the
-    run's lines): rank 0, or a process that is not part of a job."""
-    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
-    return rank == "0" or not launched()
+    run's lines): rank 0, or a process that is not part of a job (or whose launcher environment
+    is inconsistent: that mistake is every process's to report)."""
+    try:
+        world = from_environment()
+    except ValueError:
+        return True
+    return world is None or world.main
 
 
 def _timeout() -> datetime.timedelta:

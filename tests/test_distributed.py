@@ -64,6 +64,7 @@ def test_single_process_is_not_a_job(monkeypatch):
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="rank 4 of 4"):
         distributed.from_environment()
+    assert distributed.reports()  # an inconsistent launcher environment is reported
 
 
 @pytest.fixture(scope="module")
