@@ -4,8 +4,8 @@
 ``conv_bn_act`` runs one block with the parameters of an ``nn.Conv2d`` and an ``nn.BatchNorm2d``
 through the backend chosen in ``fer_fast.backends`` (op ``"block"``); ``ConvBNReLU2d`` is the
 same block as a module (children ``conv`` and ``bn``: its state_dict is that of an
-``nn.Conv2d`` plus an ``nn.BatchNorm2d``). The block order (``ORDERS``, ``RECIPE_ORDER``) is
-defined here once.
+``nn.Conv2d`` plus an ``nn.BatchNorm2d``). The block orders (``ORDERS``, ``RECIPE_ORDER``) are
+those of the kernel library, defined there once.
 
 The ``"fused"`` backend: library convolution + fused BatchNorm/ReLU/max-pool kernels. The
 convolution stays ``F.conv2d`` (cuDNN on a GPU; autograd gives dx, dW, db). Around it, the
@@ -42,8 +42,8 @@ __all__ = ["ORDERS", "RECIPE_ORDER", "check_order", "is_relu_first", "conv_bn_ac
 #: The block orders, defined once, in the kernel library whose launchers take them:
 #: "bn_relu": conv -> BatchNorm -> ReLU (released code); "relu_bn": conv -> ReLU -> BatchNorm (paper).
 ORDERS = bn_act.ORDERS
-#: recipe -> block order
-RECIPE_ORDER = {"released": "bn_relu", "paper": "relu_bn"}
+#: recipe -> block order (the kernels' compile variants are named after the recipes)
+RECIPE_ORDER = bn_act.RECIPE_ORDER
 
 _CL = torch.channels_last
 

@@ -42,11 +42,13 @@ from . import is_interpreter
 from .bn_stats import (COEF_MEAN, COEF_ROWS, COEF_RSTD, COEF_SCALE, COEF_SHIFT, chan_merge,
                        store_coefficients, update_running_stats)
 
-__all__ = ["ORDERS", "COEF_ROWS", "GPU_TILES", "INTERPRETER_TILES", "runs_on",
+__all__ = ["ORDERS", "RECIPE_ORDER", "COEF_ROWS", "GPU_TILES", "INTERPRETER_TILES", "runs_on",
            "check_forward_inputs", "check_backward_inputs", "forward", "backward", "AOT_SPECS"]
 
 #: block orders: "bn_relu" = relu(bn(y)), "relu_bn" = bn(relu(y)) (kernel flag relu_first)
 ORDERS = ("bn_relu", "relu_bn")
+#: recipe -> block order; the compile variants of these kernels and conv's are named after them
+RECIPE_ORDER = {"released": "bn_relu", "paper": "relu_bn"}
 
 
 @dataclass(frozen=True)
