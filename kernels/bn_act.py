@@ -146,10 +146,10 @@ def _normalise(y, scale, shift, relu_first, dtype: tl.constexpr):
 def _window_offsets(sites, cols, H, W, C, WH, WW):
     """For ``sites`` numbering a WH x WW grid of 2x2 windows per image of an [N, H, W, C]
     tensor: the offsets [S, C] of each window's top-left element, and the window's (n, i, j)."""
-    j = sites % WW
-    t = sites // WW
-    i = t % WH
+    t = sites // WW  # one int64 division per quotient, the remainder from it (sites >= 0)
+    j = sites - t * WW
     n = t // WH
+    i = t - n * WH
     return ((n * H + 2 * i) * W + 2 * j)[:, None] * C + cols[None, :], n, i, j
 
 
