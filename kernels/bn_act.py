@@ -5,9 +5,10 @@ row-major [M = N*H*W, C] matrix, so every tile is a block of rows x a block of c
 are contiguous along C. Arithmetic is fp32; storage is the activation dtype (fp16, bf16, fp32).
 
 Orders: ``"bn_relu"`` (z = relu(bn(y)), released code) and ``"relu_bn"`` (z = bn(relu(y)),
-paper); with ``pool`` the block output is the 2x2/stride-2 max of z (floor: an odd last row or
-column is dropped). BN uses per-channel ``scale = gamma * rstd`` and ``shift = beta - mean *
-scale`` so that the forward pass costs one FMA per element.
+paper), the kernels' constexpr ``RELU_FIRST``; with ``pool`` the block output is the
+2x2/stride-2 max of z (floor: an odd last row or column is dropped). BN uses per-channel
+``scale = gamma * rstd`` and ``shift = beta - mean * scale`` so that the forward pass costs one
+FMA per element.
 
 Forward (training): ``_stats_kernel`` (split reduction: each program reduces a strip of rows
 of one channel block to a partial (mean, M2), shifted by the strip's first row for stability)
@@ -24,8 +25,9 @@ w.r.t. the BN output; ``_bwd_dy_kernel`` writes the gradient w.r.t. the conv out
 in training mode, or the fixed affine in eval mode, times the ReLU mask for ``relu_bn``).
 
 Nothing here clamps or filters inf/NaN: they propagate (GradScaler relies on it); ReLU is written
-``where(x < 0, 0, x)`` and the pool compare takes NaN, like PyTorch. No kernel is autotuned, so no
-launch is ever repeated and the running statistics are updated exactly once per forward.
+``where(x < 0, 0, x)`` (a NaN-propagating maximum in the statistics) and the pool compare takes
+NaN, like PyTorch. No kernel is autotuned, so no launch is ever repeated and the running
+statistics are updated exactly once per forward.
 
 Tiles: ``GPU_TILES`` on CUDA (the configurations in ``AOT_SPECS``); under the interpreter
 ``INTERPRETER_TILES``, larger, since there each Triton op costs Python time whatever its size.
@@ -45,7 +47,7 @@ from .bn_stats import (COEF_MEAN, COEF_ROWS, COEF_RSTD, COEF_SCALE, COEF_SHIFT, 
 __all__ = ["ORDERS", "RECIPE_ORDER", "COEF_ROWS", "GPU_TILES", "INTERPRETER_TILES", "runs_on",
            "check_forward_inputs", "check_backward_inputs", "forward", "backward", "AOT_SPECS"]
 
-#: block orders: "bn_relu" = relu(bn(y)), "relu_bn" = bn(relu(y)) (kernel flag relu_first)
+#: block orders: "bn_relu" = relu(bn(y)), "relu_bn" = bn(relu(y)) (kernel flag RELU_FIRST)
 ORDERS = ("bn_relu", "relu_bn")
 #: recipe -> block order; the compile variants of these kernels and conv's are named after them
 RECIPE_ORDER = {"released": "bn_relu", "paper": "relu_bn"}
@@ -71,14 +73,15 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------
-# Kernels. The order ("relu_first": ReLU before BN) and training flags are runtime scalars, so each
-# kernel compiles once per dtype (and pool); they select with `where`, which keeps NaN.
+# Kernels. The order is a constexpr (RELU_FIRST: ReLU before BN), so each kernel compiles per
+# dtype, order (and pool); the training flags are runtime scalars, selecting with `where` or a
+# branch; NaN is kept either way.
 # The per-element kernels avoid helper calls in their loops on purpose: each one is costly under
 # the interpreter. The finalize helpers (chan_merge, update_running_stats, store_coefficients)
 # are shared with the conv kernels' in-kernel reduction (kernels/conv.py).
 # ----------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["relu_first"])
-def _stats_kernel(y_ptr, part_ptr, M, C, CHUNKS_PER_PROG, relu_first,
+@triton.jit
+def _stats_kernel(y_ptr, part_ptr, M, C, CHUNKS_PER_PROG, RELU_FIRST: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Partial (mean, M2) of the BN input over rows [pid*CHUNKS*BLOCK_M, ...) of a channel block."""
     pid_m = tl.program_id(0)
@@ -86,9 +89,12 @@ def _stats_kernel(y_ptr, part_ptr, M, C, CHUNKS_PER_PROG, relu_first,
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     row0 = pid_m.to(tl.int64) * CHUNKS_PER_PROG * BLOCK_M  # int64 indices: no int32 overflow
-    # shifted sums: subtracting a sample of the strip keeps sum(d^2) free of cancellation
+    # shifted sums: subtracting a sample of the strip keeps sum(d^2) free of cancellation. The
+    # ReLU here is a NaN-propagating maximum: the statistics of where(x < 0, 0, x) (only the sign
+    # of a zero may differ), and with it ptxas compiles the paper variant without spills
     ref = tl.load(y_ptr + row0 * C + cols, mask=cmask, other=0.0).to(tl.float32)
-    ref = tl.where((ref < 0) & (relu_first != 0), 0.0, ref)
+    if RELU_FIRST:
+        ref = tl.maximum(ref, 0.0, propagate_nan=tl.PropagateNan.ALL)
     s1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     for k in range(CHUNKS_PER_PROG):
@@ -96,7 +102,8 @@ def _stats_kernel(y_ptr, part_ptr, M, C, CHUNKS_PER_PROG, relu_first,
         mask = (rows < M)[:, None] & cmask[None, :]
         x = tl.load(y_ptr + rows[:, None] * C + cols[None, :], mask=mask,
                     other=0.0).to(tl.float32)
-        x = tl.where((x < 0) & (relu_first != 0), 0.0, x)
+        if RELU_FIRST:
+            x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
         d = tl.where(mask, x - ref[None, :], 0.0)
         s1 += d
         s2 += d * d
@@ -133,13 +140,16 @@ def _finalize_kernel(part_ptr, P, ROWS_PER_PROG, M, gamma_ptr, beta_ptr, rmean_p
 
 
 @triton.jit
-def _normalise(y, scale, shift, relu_first, dtype: tl.constexpr):
+def _normalise(y, scale, shift, RELU_FIRST: tl.constexpr, dtype: tl.constexpr):
     """(x, z): the BN input (ReLU'd first in the paper order) and the block output as the forward
     stored it (rounded to ``dtype``), recomputed from the conv output ``y`` (fp32)."""
-    x = tl.where((y < 0) & (relu_first != 0), 0.0, y)
+    x = y
+    if RELU_FIRST:
+        x = tl.where(y < 0, 0.0, y)
     z = x * scale + shift
-    z = tl.where((z < 0) & (relu_first == 0), 0.0, z).to(dtype).to(tl.float32)
-    return x, z
+    if not RELU_FIRST:
+        z = tl.where(z < 0, 0.0, z)
+    return x, z.to(dtype).to(tl.float32)
 
 
 @triton.jit
@@ -155,7 +165,7 @@ def _window_offsets(sites, cols, H, W, C, WH, WW):
 
 @triton.jit
 def _window_tap(y_ptr, ptrs, k: tl.constexpr, step_h, step_w, smask, cmask, has_below,
-                has_right, scale, shift, relu_first):
+                has_right, scale, shift, RELU_FIRST: tl.constexpr):
     """Tap k (row-major) of each 2x2 pooling window: offsets, mask, y, and _normalise's (x, z)."""
     inside = smask
     if k // 2 == 1:
@@ -165,12 +175,12 @@ def _window_tap(y_ptr, ptrs, k: tl.constexpr, step_h, step_w, smask, cmask, has_
     mk = inside[:, None] & cmask[None, :]
     offs = ptrs + (k // 2) * step_h + (k % 2) * step_w
     y = tl.load(y_ptr + offs, mask=mk, other=0.0).to(tl.float32)
-    x, z = _normalise(y, scale, shift, relu_first, y_ptr.dtype.element_ty)
+    x, z = _normalise(y, scale, shift, RELU_FIRST, y_ptr.dtype.element_ty)
     return offs, mk, y, x, z
 
 
-@triton.jit(do_not_specialize=["relu_first"])
-def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, relu_first,
+@triton.jit
+def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, RELU_FIRST: tl.constexpr,
                   POOL: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     """Block output of a tile of sites: rows (act(y)), or with POOL 2x2 windows: the first
     maximum (NaN wins, as in F.max_pool2d) of act(y) rounded to the output dtype."""
@@ -183,7 +193,6 @@ def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, relu_first
     scale = tl.load(coef_ptr + COEF_SCALE * C + cols, mask=cmask, other=0.0)[None, :]
     shift = tl.load(coef_ptr + COEF_SHIFT * C + cols, mask=cmask, other=0.0)[None, :]
     dtype = out_ptr.dtype.element_ty
-    relu_last = relu_first == 0
     if POOL:
         offs, _, _, _ = _window_offsets(sites, cols, H, W, C, HO, WO)
         ptrs = y_ptr + offs
@@ -193,7 +202,7 @@ def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, relu_first
         for k in tl.static_range(4):
             y = tl.load(ptrs + (k // 2) * step_h + (k % 2) * step_w, mask=mask,
                         other=0.0).to(tl.float32)
-            _, z = _normalise(y, scale, shift, relu_first, dtype)
+            _, z = _normalise(y, scale, shift, RELU_FIRST, dtype)
             if k == 0:
                 best = z
             else:
@@ -202,14 +211,17 @@ def _apply_kernel(y_ptr, coef_ptr, out_ptr, H, W, C, HO, WO, n_sites, relu_first
     else:
         y = tl.load(y_ptr + sites[:, None] * C + cols[None, :], mask=mask,
                     other=0.0).to(tl.float32)
-        out = tl.where((y < 0) & (relu_first != 0), 0.0, y) * scale + shift
-        out = tl.where((out < 0) & relu_last, 0.0, out)
+        if RELU_FIRST:
+            y = tl.where(y < 0, 0.0, y)
+        out = y * scale + shift
+        if not RELU_FIRST:
+            out = tl.where(out < 0, 0.0, out)
     tl.store(out_ptr + sites[:, None] * C + cols[None, :], out.to(dtype), mask=mask)
 
 
-@triton.jit(do_not_specialize=["relu_first"])
+@triton.jit
 def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_sites,
-                       CHUNKS_PER_PROG, relu_first, POOL: tl.constexpr,
+                       CHUNKS_PER_PROG, RELU_FIRST: tl.constexpr, POOL: tl.constexpr,
                        BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     """Partial per-channel sum(dz) and sum(dz * x_hat) over a strip of sites (rows or 2x2
     windows), dz being the gradient w.r.t. the BN output: dout routed to the window's argmax
@@ -223,7 +235,6 @@ def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_s
     scale = tl.load(coef_ptr + COEF_SCALE * C + cols, mask=cmask, other=0.0)[None, :]
     shift = tl.load(coef_ptr + COEF_SHIFT * C + cols, mask=cmask, other=0.0)[None, :]
     dtype = y_ptr.dtype.element_ty
-    relu_last = relu_first == 0
     acc_dz = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     acc_dzx = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     site0 = pid_s.to(tl.int64) * CHUNKS_PER_PROG * BLOCK_S
@@ -242,7 +253,7 @@ def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_s
             for k in tl.static_range(4):
                 y = tl.load(ptrs + (k // 2) * step_h + (k % 2) * step_w, mask=mask,
                             other=0.0).to(tl.float32)
-                xk, zk = _normalise(y, scale, shift, relu_first, dtype)
+                xk, zk = _normalise(y, scale, shift, RELU_FIRST, dtype)
                 if k == 0:
                     x = xk
                     z = zk
@@ -252,8 +263,10 @@ def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_s
                     z = tl.where(take, zk, z)
         else:
             y = tl.load(y_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
-            x, z = _normalise(y, scale, shift, relu_first, dtype)
-        dz = tl.where(relu_last & ~(z > 0), 0.0, g)
+            x, z = _normalise(y, scale, shift, RELU_FIRST, dtype)
+        dz = g
+        if not RELU_FIRST:
+            dz = tl.where(z > 0, g, 0.0)
         acc_dz += dz
         acc_dzx += dz * ((x - mean) * rstd)
     base_p = part_ptr + pid_s.to(tl.int64) * 2 * C
@@ -261,9 +274,9 @@ def _bwd_reduce_kernel(y_ptr, dout_ptr, coef_ptr, part_ptr, H, W, C, HO, WO, n_s
     tl.store(base_p + C + cols, tl.sum(acc_dzx, axis=0), mask=cmask)
 
 
-@triton.jit(do_not_specialize=["relu_first", "training"])
+@triton.jit(do_not_specialize=["training"])
 def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO, HC, WC,
-                   n_sites, inv_count, relu_first, training, POOL: tl.constexpr,
+                   n_sites, inv_count, training, RELU_FIRST: tl.constexpr, POOL: tl.constexpr,
                    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     """dL/dy for a tile of sites: rows, or with POOL every 2x2 window of a ceil(H/2) x ceil(W/2)
     grid, so that the odd row/column the pool dropped is written too (in training it still gets
@@ -285,7 +298,6 @@ def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO,
         mean_dz = (tl.load(sums_ptr + cols, mask=cmask, other=0.0) * inv_count)[None, :]
         mean_dzx = (tl.load(sums_ptr + C + cols, mask=cmask, other=0.0) * inv_count)[None, :]
     dtype = y_ptr.dtype.element_ty
-    relu_last = relu_first == 0
     if POOL:
         ptrs, n, i, j = _window_offsets(sites, cols, H, W, C, HC, WC)
         step_w = C.to(tl.int64)
@@ -300,7 +312,7 @@ def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO,
         best = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
         for k in tl.static_range(4):
             _, _, _, _, z = _window_tap(y_ptr, ptrs, k, step_h, step_w, smask, cmask, has_below,
-                                        has_right, scale, shift, relu_first)
+                                        has_right, scale, shift, RELU_FIRST)
             if k == 0:
                 best = z
             else:
@@ -310,20 +322,27 @@ def _bwd_dy_kernel(y_ptr, dout_ptr, coef_ptr, sums_ptr, dy_ptr, H, W, C, HO, WO,
         # pass 2: the gradient at each of the four positions (reloads hit the cache)
         for k in tl.static_range(4):
             offs, mk, y, x, z = _window_tap(y_ptr, ptrs, k, step_h, step_w, smask, cmask,
-                                            has_below, has_right, scale, shift, relu_first)
-            dz = tl.where((arg == k) & ~(relu_last & ~(z > 0)), g, 0.0)
+                                            has_below, has_right, scale, shift, RELU_FIRST)
+            if RELU_FIRST:
+                dz = tl.where(arg == k, g, 0.0)
+            else:
+                dz = tl.where((arg == k) & (z > 0), g, 0.0)
             dy = scale * (dz - mean_dz - (x - mean) * rstd * mean_dzx)
-            dy = tl.where((relu_first != 0) & ~(y > 0), 0.0, dy)
+            if RELU_FIRST:
+                dy = tl.where(y > 0, dy, 0.0)
             tl.store(dy_ptr + offs, dy.to(dtype), mask=mk)
     else:
         mask = smask[:, None] & cmask[None, :]
         offs = sites[:, None] * C + cols[None, :]
         y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        x, z = _normalise(y, scale, shift, relu_first, dtype)
-        dz = tl.where(relu_last & ~(z > 0), 0.0, g)
+        x, z = _normalise(y, scale, shift, RELU_FIRST, dtype)
+        dz = g
+        if not RELU_FIRST:
+            dz = tl.where(z > 0, g, 0.0)
         dy = scale * (dz - mean_dz - (x - mean) * rstd * mean_dzx)
-        dy = tl.where((relu_first != 0) & ~(y > 0), 0.0, dy)
+        if RELU_FIRST:
+            dy = tl.where(y > 0, dy, 0.0)
         tl.store(dy_ptr + offs, dy.to(dtype), mask=mask)
 
 
@@ -375,10 +394,10 @@ def _check_vector(t: torch.Tensor, name: str, c: int, device: torch.device) -> N
         raise TypeError(f"bn_act: {name} has dtype {t.dtype}; use one of {_DTYPES}")
 
 
-def _relu_first(order: str) -> int:
+def _relu_first(order: str) -> bool:
     if order not in ORDERS:
         raise ValueError(f"bn_act: unknown order {order!r}; choose one of {ORDERS}")
-    return int(order == "relu_bn")
+    return order == "relu_bn"
 
 
 def _pooled_size(h: int, w: int, pool: bool) -> tuple[int, int]:
@@ -468,7 +487,7 @@ def forward(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     if training:
         programs, chunks = _split(triton.cdiv(m, tiles.rows), n_cblocks, y.device)
         part = torch.empty((programs, 2, c), device=y.device, dtype=torch.float32)
-        _stats_kernel[(programs, n_cblocks)](y, part, m, c, chunks, relu_first,
+        _stats_kernel[(programs, n_cblocks)](y, part, m, c, chunks, RELU_FIRST=relu_first,
                                              BLOCK_M=tiles.rows, BLOCK_C=tiles.c,
                                              num_warps=tiles.warps)
     rmean = running_mean if track else gamma  # not touched without running statistics
@@ -498,8 +517,8 @@ def apply(y: torch.Tensor, coef: torch.Tensor, *, order: str, pool: bool) -> tor
                       memory_format=torch.channels_last)
     sites, block = (n * ho * wo, tiles.windows) if pool else (n * h * w, tiles.rows)
     _apply_kernel[(triton.cdiv(sites, block), triton.cdiv(c, tiles.c))](
-        y, coef, out, h, w, c, ho, wo, sites, _relu_first(order), POOL=pool, BLOCK_S=block,
-        BLOCK_C=tiles.c, num_warps=tiles.warps)
+        y, coef, out, h, w, c, ho, wo, sites, RELU_FIRST=_relu_first(order), POOL=pool,
+        BLOCK_S=block, BLOCK_C=tiles.c, num_warps=tiles.warps)
     return out
 
 
@@ -526,7 +545,7 @@ def backward(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, *, trainin
     programs, chunks = _split(triton.cdiv(sites, block), n_cblocks, y.device)
     part = torch.empty((programs, 2, c), device=y.device, dtype=torch.float32)
     _bwd_reduce_kernel[(programs, n_cblocks)](
-        y, dout, coef, part, h, w, c, ho, wo, sites, chunks, relu_first, POOL=pool,
+        y, dout, coef, part, h, w, c, ho, wo, sites, chunks, RELU_FIRST=relu_first, POOL=pool,
         BLOCK_S=block, BLOCK_C=tiles.c, num_warps=tiles.warps)
     sums = part.sum(dim=0)
     dy_sums, count = sums, n * h * w
@@ -536,25 +555,20 @@ def backward(dout: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, *, trainin
     hc, wc = (triton.cdiv(h, 2), triton.cdiv(w, 2)) if pool else (h, w)
     sites = n * hc * wc
     _bwd_dy_kernel[(triton.cdiv(sites, block), n_cblocks)](
-        y, dout, coef, dy_sums, dy, h, w, c, ho, wo, hc, wc, sites, 1.0 / count,
-        relu_first, int(training), POOL=pool, BLOCK_S=block, BLOCK_C=tiles.c,
+        y, dout, coef, dy_sums, dy, h, w, c, ho, wo, hc, wc, sites, 1.0 / count, int(training),
+        RELU_FIRST=relu_first, POOL=pool, BLOCK_S=block, BLOCK_C=tiles.c,
         num_warps=tiles.warps)
     return dy, sums
 
 
 # ----------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs (tests/aot.py): every kernel at the GPU tiles, every dtype and pool
+# Ahead-of-time compile specs (tests/aot.py): every kernel at the GPU tiles, every dtype, pool
+# and block order (the variants named after the recipes, RECIPE_ORDER)
 # ----------------------------------------------------------------------------------------------
 def _aot_specs() -> list[dict]:
     t = GPU_TILES
     specs = []
     for name, dt in (("fp16", "*fp16"), ("bf16", "*bf16"), ("fp32", "*fp32")):
-        specs.append(dict(
-            name=f"_stats_kernel[{name}]", fn=_stats_kernel,
-            signature={"y_ptr": dt, "part_ptr": "*fp32", "M": "i32", "C": "i32",
-                       "CHUNKS_PER_PROG": "i32", "relu_first": "i32",
-                       "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
-            constexprs={"BLOCK_M": t.rows, "BLOCK_C": t.c}, num_warps=t.warps))
         specs.append(dict(  # dtype here is that of gamma, beta and the running statistics
             name=f"_finalize_kernel[{name}]", fn=_finalize_kernel,
             signature={"part_ptr": "*fp32", "P": "i32", "ROWS_PER_PROG": "i32", "M": "i32",
@@ -563,36 +577,45 @@ def _aot_specs() -> list[dict]:
                        "training": "i32", "update_running": "i32",
                        "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
             constexprs={"BLOCK_P": t.partials, "BLOCK_C": t.c}, num_warps=t.warps))
-        for pool in (False, True):
-            block = t.windows if pool else t.rows
-            tag = f"[{name}, pool={pool}]"
+        for recipe, order in RECIPE_ORDER.items():
+            relu_first = _relu_first(order)
             specs.append(dict(
-                name=f"_apply_kernel{tag}", fn=_apply_kernel,
-                signature={"y_ptr": dt, "coef_ptr": "*fp32", "out_ptr": dt, "H": "i32",
-                           "W": "i32", "C": "i32", "HO": "i32", "WO": "i32", "n_sites": "i32",
-                           "relu_first": "i32", "POOL": "constexpr", "BLOCK_S": "constexpr",
-                           "BLOCK_C": "constexpr"},
-                constexprs={"POOL": pool, "BLOCK_S": block, "BLOCK_C": t.c},
+                name=f"_stats_kernel[{name}, {recipe}]", fn=_stats_kernel,
+                signature={"y_ptr": dt, "part_ptr": "*fp32", "M": "i32", "C": "i32",
+                           "CHUNKS_PER_PROG": "i32", "RELU_FIRST": "constexpr",
+                           "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
+                constexprs={"RELU_FIRST": relu_first, "BLOCK_M": t.rows, "BLOCK_C": t.c},
                 num_warps=t.warps))
-            specs.append(dict(
-                name=f"_bwd_reduce_kernel{tag}", fn=_bwd_reduce_kernel,
-                signature={"y_ptr": dt, "dout_ptr": dt, "coef_ptr": "*fp32",
-                           "part_ptr": "*fp32", "H": "i32", "W": "i32", "C": "i32", "HO": "i32",
-                           "WO": "i32", "n_sites": "i32", "CHUNKS_PER_PROG": "i32",
-                           "relu_first": "i32", "POOL": "constexpr", "BLOCK_S": "constexpr",
-                           "BLOCK_C": "constexpr"},
-                constexprs={"POOL": pool, "BLOCK_S": block, "BLOCK_C": t.c},
-                num_warps=t.warps))
-            specs.append(dict(
-                name=f"_bwd_dy_kernel{tag}", fn=_bwd_dy_kernel,
-                signature={"y_ptr": dt, "dout_ptr": dt, "coef_ptr": "*fp32",
-                           "sums_ptr": "*fp32", "dy_ptr": dt, "H": "i32", "W": "i32",
-                           "C": "i32", "HO": "i32", "WO": "i32", "HC": "i32", "WC": "i32",
-                           "n_sites": "i32", "inv_count": "fp32", "relu_first": "i32",
-                           "training": "i32", "POOL": "constexpr", "BLOCK_S": "constexpr",
-                           "BLOCK_C": "constexpr"},
-                constexprs={"POOL": pool, "BLOCK_S": block, "BLOCK_C": t.c},
-                num_warps=t.warps))
+            for pool in (False, True):
+                block = t.windows if pool else t.rows
+                tag = f"[{name}, {recipe}{'_pool' if pool else ''}]"
+                constexprs = {"RELU_FIRST": relu_first, "POOL": pool, "BLOCK_S": block,
+                              "BLOCK_C": t.c}
+                specs.append(dict(
+                    name=f"_apply_kernel{tag}", fn=_apply_kernel,
+                    signature={"y_ptr": dt, "coef_ptr": "*fp32", "out_ptr": dt, "H": "i32",
+                               "W": "i32", "C": "i32", "HO": "i32", "WO": "i32",
+                               "n_sites": "i32", "RELU_FIRST": "constexpr", "POOL": "constexpr",
+                               "BLOCK_S": "constexpr", "BLOCK_C": "constexpr"},
+                    constexprs=constexprs, num_warps=t.warps))
+                specs.append(dict(
+                    name=f"_bwd_reduce_kernel{tag}", fn=_bwd_reduce_kernel,
+                    signature={"y_ptr": dt, "dout_ptr": dt, "coef_ptr": "*fp32",
+                               "part_ptr": "*fp32", "H": "i32", "W": "i32", "C": "i32",
+                               "HO": "i32", "WO": "i32", "n_sites": "i32",
+                               "CHUNKS_PER_PROG": "i32", "RELU_FIRST": "constexpr",
+                               "POOL": "constexpr", "BLOCK_S": "constexpr",
+                               "BLOCK_C": "constexpr"},
+                    constexprs=constexprs, num_warps=t.warps))
+                specs.append(dict(
+                    name=f"_bwd_dy_kernel{tag}", fn=_bwd_dy_kernel,
+                    signature={"y_ptr": dt, "dout_ptr": dt, "coef_ptr": "*fp32",
+                               "sums_ptr": "*fp32", "dy_ptr": dt, "H": "i32", "W": "i32",
+                               "C": "i32", "HO": "i32", "WO": "i32", "HC": "i32", "WC": "i32",
+                               "n_sites": "i32", "inv_count": "fp32", "training": "i32",
+                               "RELU_FIRST": "constexpr", "POOL": "constexpr",
+                               "BLOCK_S": "constexpr", "BLOCK_C": "constexpr"},
+                    constexprs=constexprs, num_warps=t.warps))
     return specs
 
 
