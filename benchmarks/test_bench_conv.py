@@ -40,11 +40,11 @@ def _triton_pass(name, x, w, b, dy, fused=False, pool=False):
     if fused:
         cin, cout, dev = x.shape[1], dy.shape[1], x.device
         scale, shift = torch.rand(cin, device=dev) + 0.5, torch.randn(cin, device=dev)
-        fusion = dict(pool=pool, pro=K.PRO_BN_RELU if cin > 1 else K.PRO_NONE, scale=scale,
-                      shift=shift)
+        fusion = dict(pool=pool)  # the released block order (relu_first False)
         # this block's BN backward formed while loading dy (from dz and the stored conv output)
         grad_fusion = dict(bn=(torch.randn_like(dy_nhwc), torch.randn(4, cout, device=dev)))
-        if cin > 1:  # and the previous block's pool / ReLU / BN partials in the epilogue
+        if cin > 1:  # the previous block's BN + ReLU while loading x, and its pool / ReLU / BN
+            fusion.update(scale=scale, shift=shift)  # partials in the data gradient's epilogue
             coef = torch.stack([torch.randn(cin, device=dev), scale, scale, shift])
             boundary = dict(prev=(x_nhwc, coef), pool=pool)
     if name == "fwd":

@@ -71,8 +71,8 @@ def check_input(x, in_channels: int) -> None:
 
 
 def is_relu_first(order: str) -> bool:
-    """The conv kernels' flag for ``order`` (``relu_first`` / ``relu``): whether the ReLU comes
-    before the BatchNorm."""
+    """The kernels' flag for ``order`` (the conv launchers' ``relu_first``, ``RELU_FIRST`` in the
+    kernels): whether the ReLU comes before the BatchNorm."""
     check_order(order)
     return order == "relu_bn"
 

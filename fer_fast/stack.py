@@ -97,12 +97,12 @@ def _sync_backward_coefficients(sums, count, coef, sync):
                         mean])
 
 
-def _prologue_args(coef, order):
-    """Conv-kernel prologue arguments that apply a block's BN (+ ReLU) to its stored output."""
+def _prologue_args(coef):
+    """Conv-kernel prologue arguments that apply a block's BN (and ReLU, as the block order
+    says) to its stored output: none for the stack input (``coef`` None)."""
     if coef is None:
-        return dict(pro=K.PRO_NONE, scale=None, shift=None)
-    pro = K.PRO_BN if is_relu_first(order) else K.PRO_BN_RELU
-    return dict(pro=pro, scale=coef[2], shift=coef[3])
+        return dict(scale=None, shift=None)
+    return dict(scale=coef[2], shift=coef[3])
 
 
 def _nhwc(x, dtype):
@@ -137,6 +137,7 @@ def _stack_fwd(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.
             running_means = [m.clone() for m in running_means]
             running_vars = [v.clone() for v in running_vars]
         sync = training and distributed.bn_sync_group() is not None
+        relu_first = is_relu_first(order)
         h, coef, pool_in = _nhwc(x, dtype), None, False
         ys, coefs = [], []
         for i in range(len(weights)):
@@ -148,8 +149,8 @@ def _stack_fwd(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.
                                                    eps=bn.eps)
                 bn = dataclasses.replace(bn, running_mean=None, running_var=None)
             y, coef = K.conv3x3(h, K.pack_weight(weights[i], dtype), biases[i].to(dtype),
-                                pool=pool_in, relu=is_relu_first(order), bn=bn,
-                                **_prologue_args(coef, order))
+                                relu_first=relu_first, pool=pool_in, bn=bn,
+                                **_prologue_args(coef))
             if sync:
                 coef = global_coef(coef, y.shape[0] * y.shape[1] * y.shape[2])
             ys.append(y)
@@ -219,8 +220,8 @@ def _stack_bwd(grad_out: torch.Tensor, x: torch.Tensor, weights: list[torch.Tens
             h = ys[i - 1] if i > 0 else x_nhwc
             pool_in = i > 0 and pools[i - 1]
             if weight_grads[i]:
-                dw, db = K.conv3x3_wgrad(h, dz, pool=pool_in, bn=bn, relu_first=relu_first,
-                                         **_prologue_args(coefs[i - 1] if i > 0 else None, order))
+                dw, db = K.conv3x3_wgrad(h, dz, relu_first=relu_first, pool=pool_in, bn=bn,
+                                         **_prologue_args(coefs[i - 1] if i > 0 else None))
                 dweights.insert(0, K.unpack_weight_grad(dw, h.shape[3]))
                 dbiases.insert(0, db)
             bn_grads[i] = sums

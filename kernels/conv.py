@@ -7,20 +7,20 @@ is a row-major [BK, BN] block (contiguous along C_out) and the A tile a [BM, BK]
 from NHWC rows (contiguous along C: 16-byte loads).
 
 * ``conv3x3_kernel`` — forward.
-  Prologue on the A loads (``PRO``): per-input-channel affine (scale, shift) and ReLU in either
-  order, and (``POOL``) the 2x2 max-pool of the stored previous-stage output, taken AFTER the
-  affine/ReLU so that a negative scale stays correct. Taps outside the image contribute 0 in the
-  normalised space (zero padding of what the conv sees, not of the stored tensor).
-  Epilogue: bias, optional ReLU, store in the activation dtype, and the coefficients of the
-  BatchNorm that follows (``BN_MODE``): in training per-tile, per-channel mean and M2 =
-  sum((y - tile mean)^2) of the STORED (rounded) values, merged with Chan's formula in tile
-  order inside the kernel (``reduce_tree``: the last program to finish a group of GROUP tiles
-  merges the group, the last group merges the groups, found with arrival counters; no
-  separate finalize launch, and a critical path of a few merge steps instead of one program
-  looping over thousands of partials); that last program also updates the running statistics
-  — stable, deterministic (the merge order does not depend on which program is last), and not
-  repeated by tuning runs (``update_running`` is 0 for them); in eval from the running
-  statistics.
+  Prologue on the A loads (``PRO_BN``): the previous block's BatchNorm as a per-input-channel
+  affine (scale, shift) and its ReLU (see Block order), and (``POOL``) the 2x2 max-pool of the
+  stored previous-stage output, taken AFTER the affine/ReLU so that a negative scale stays
+  correct. Taps outside the image contribute 0 in the normalised space (zero padding of what
+  the conv sees, not of the stored tensor).
+  Epilogue: bias, the block's ReLU when it comes first, store in the activation dtype, and the
+  coefficients of the BatchNorm that follows (``BN_MODE``): in training per-tile, per-channel mean
+  and M2 = sum((y - tile mean)^2) of the STORED (rounded) values, merged with Chan's formula in
+  tile order inside the kernel (``reduce_tree``: the last program to finish a group of GROUP tiles
+  merges the group, the last group merges the groups, found with arrival counters; no separate
+  finalize launch, and a critical path of a few merge steps instead of one program looping over
+  thousands of partials); that last program also updates the running statistics — stable,
+  deterministic (the merge order does not depend on which program is last), and not repeated by
+  tuning runs (``update_running`` is 0 for them); in eval from the running statistics.
 * ``conv3x3_wgrad_kernel`` — weight (and bias) gradient: dW^T[k, co] = sum_m A[m, k] dy[m, co],
   split over M into fp32 partials that are summed afterwards; A is the same prologue-applied
   gather as the forward, so the normalised input is recomputed from the stored conv output and
@@ -46,10 +46,17 @@ Indexing: pixel indices (N*H*W, of every operand) are int32 (the launchers check
 element offsets (pixel index * channels, image index * batch stride) are int64, so an operand
 may have 2**31 elements or more.
 
-Block order: a block is ``relu(bn(y))`` ("bn_relu") or ``bn(relu(y))`` ("relu_bn", ReLU first);
-the flags name it the same way everywhere: prologues ``PRO_BN_RELU`` / ``PRO_RELU_BN``,
-gradient operands ``G_BN`` (bn_relu: the ReLU mask was applied where dz was formed) /
-``G_RELU_BN``, and ``RELU_FIRST`` (= ``bn_act``'s ``relu_first``) in the data gradient's epilogue.
+Block order: a block is ``relu(bn(y))`` ("bn_relu", recipe "released") or ``bn(relu(y))``
+("relu_bn", recipe "paper": ReLU first). The kernels take it as ONE flag, ``RELU_FIRST`` (like
+``bn_act``'s), and place every ReLU from it; the other flags say only what is fused (``PRO_BN``: a
+prologue applying the previous block's BN; ``GRAD_BN``: a gradient operand formed through the
+block's BN backward). With ``RELU_FIRST`` the forward's epilogue applies the ReLU and stores
+relu(y), so that the next conv's prologue applies that block's BN alone; the gradient operand gets
+the ReLU mask of the stored y (0 where y <= 0), and the data gradient's epilogue applies none.
+Without it the stored y is the raw conv output, the prologue applies relu(bn(y)), and the ReLU
+mask, which follows the BN, is applied where the gradient of the BN output is formed: in the data
+gradient's epilogue (from the previous block's recomputed output), or by ``bn_act``'s backward for
+the last block. The compile variants (``AOT_SPECS``) are named after the recipes.
 """
 from __future__ import annotations
 
@@ -61,20 +68,13 @@ import triton.language as tl
 
 from . import conv_configs as configs
 from . import is_interpreter
+from .bn_act import RECIPE_ORDER
 from .bn_stats import (COEF_MEAN, COEF_RSTD, COEF_SCALE, COEF_SHIFT, GPU_GROUP, GROUP,
                        reduce_tree, statistics_buffers, store_coefficients, update_running_stats)
 
-__all__ = ["PRO_NONE", "PRO_BN", "PRO_BN_RELU", "PRO_RELU_BN", "G_DENSE", "G_BN", "G_RELU_BN",
-           "GCOEF_ROWS", "MAX_PIXELS", "pack_weight", "pack_weight_dgrad", "unpack_weight_grad",
+__all__ = ["GCOEF_ROWS", "MAX_PIXELS", "pack_weight", "pack_weight_dgrad", "unpack_weight_grad",
            "conv3x3", "conv3x3_dgrad", "conv3x3_wgrad", "BatchNormArgs", "AOT_SPECS"]
 
-#: prologue on the loaded input (the previous block's BN, from its coefficients): none,
-#: bn = x*scale+shift, bn_relu = relu(bn(x)), relu_bn = bn(relu(x))
-PRO_NONE, PRO_BN, PRO_BN_RELU, PRO_RELU_BN = (tl.constexpr(v) for v in range(4))
-#: how the gradient kernels read a conv-output gradient (``_load_grad``): as stored (dense), or
-#: formed from the stored gradient of the block's BN output: BN backward (G_BN), and for a
-#: relu_bn block times the ReLU mask (G_RELU_BN)
-G_DENSE, G_BN, G_RELU_BN = (tl.constexpr(v) for v in range(3))
 #: rows of the fp32 gradient coefficients [4, C] with which ``_load_grad`` forms dL/dy
 GCOEF_ROWS = ("c1", "c2", "c3", "mean")
 GCOEF_C1, GCOEF_C2, GCOEF_C3, GCOEF_MEAN = (tl.constexpr(v) for v in range(4))
@@ -83,30 +83,30 @@ MAX_PIXELS = 2 ** 31 - 1
 
 
 @triton.jit
-def _apply_prologue(v, scale, shift, PRO: tl.constexpr):
-    if PRO == PRO_BN:
-        v = v * scale + shift
-    elif PRO == PRO_BN_RELU:
-        v = tl.maximum(v * scale + shift, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    elif PRO == PRO_RELU_BN:
-        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL) * scale + shift
+def _apply_prologue(v, scale, shift, RELU_FIRST: tl.constexpr):
+    """The previous block's output from its stored conv output v: relu(bn(v)), or with
+    ``RELU_FIRST`` bn(v), v having been stored ReLU'd (that conv's epilogue)."""
+    v = v * scale + shift
+    if not RELU_FIRST:
+        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
     return v
 
 
 @triton.jit
 def _load_a(x_ptr, scale_ptr, shift_ptr, n, ih, iw, c, m_ok, k_ok, H, W, sxn, sxh, sxw, sxc,
-            PRO: tl.constexpr, POOL: tl.constexpr, OUT_DTYPE: tl.constexpr):
+            PRO_BN: tl.constexpr, RELU_FIRST: tl.constexpr, POOL: tl.constexpr,
+            OUT_DTYPE: tl.constexpr):
     """The conv's input tile at (n, ih, iw, c) (broadcastable index tensors; c and k_ok [1, BK]),
-    0 where m_ok & k_ok is false or the tap is outside the image; ``POOL`` reads the 2x2 window
-    at (2*ih, 2*iw)."""
+    0 where m_ok & k_ok is false or the tap is outside the image; ``PRO_BN`` applies the
+    previous block's BN (``_apply_prologue``), ``POOL`` reads the 2x2 window at (2*ih, 2*iw)."""
     inside = m_ok & k_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     image = x_ptr + n.to(tl.int64) * sxn  # int64: the batch may span 2**31 elements
-    if PRO == PRO_NONE and not POOL:
+    if not PRO_BN and not POOL:
         v = tl.load(image + (ih * sxh + iw * sxw) + c * sxc, mask=inside, other=0.0)
         return v.to(OUT_DTYPE)
     scale = 1.0
     shift = 0.0
-    if PRO != PRO_NONE:
+    if PRO_BN:
         scale = tl.load(scale_ptr + c, mask=k_ok, other=0.0)
         shift = tl.load(shift_ptr + c, mask=k_ok, other=0.0)
     if POOL:
@@ -115,16 +115,17 @@ def _load_a(x_ptr, scale_ptr, shift_ptr, n, ih, iw, c, m_ok, k_ok, H, W, sxn, sx
         v01 = tl.load(base + sxw, mask=inside, other=0.0).to(tl.float32)
         v10 = tl.load(base + sxh, mask=inside, other=0.0).to(tl.float32)
         v11 = tl.load(base + sxh + sxw, mask=inside, other=0.0).to(tl.float32)
-        v00 = _apply_prologue(v00, scale, shift, PRO)
-        v01 = _apply_prologue(v01, scale, shift, PRO)
-        v10 = _apply_prologue(v10, scale, shift, PRO)
-        v11 = _apply_prologue(v11, scale, shift, PRO)
+        if PRO_BN:
+            v00 = _apply_prologue(v00, scale, shift, RELU_FIRST)
+            v01 = _apply_prologue(v01, scale, shift, RELU_FIRST)
+            v10 = _apply_prologue(v10, scale, shift, RELU_FIRST)
+            v11 = _apply_prologue(v11, scale, shift, RELU_FIRST)
         v = tl.maximum(tl.maximum(v00, v01, propagate_nan=tl.PropagateNan.ALL),
                        tl.maximum(v10, v11, propagate_nan=tl.PropagateNan.ALL),
                        propagate_nan=tl.PropagateNan.ALL)
     else:
         v = tl.load(image + (ih * sxh + iw * sxw) + c * sxc, mask=inside, other=0.0)
-        v = _apply_prologue(v.to(tl.float32), scale, shift, PRO)
+        v = _apply_prologue(v.to(tl.float32), scale, shift, RELU_FIRST)
     return tl.where(inside, v, 0.0).to(OUT_DTYPE)
 
 
@@ -171,12 +172,14 @@ def _output_tile(M, H, W, C, BM: tl.constexpr, BN: tl.constexpr):
 def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, gpart_ptr,
                    count_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, coef_ptr,
                    M, H, W, C_in, C_out, sxn, sxh, sxw, sxc, eps, momentum, update_running,
-                   PRO: tl.constexpr, POOL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   RELU_OUT: tl.constexpr, BN_MODE: tl.constexpr, K_ALIGNED: tl.constexpr,
+                   PRO_BN: tl.constexpr, RELU_FIRST: tl.constexpr, POOL: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, BN_MODE: tl.constexpr, K_ALIGNED: tl.constexpr,
                    DOT_PREC: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr):
     """y[m, co] = epilogue(sum_k prologue(x)[m, k] * w[k, co]); 1-D grid over (M tile, C_out
-    tile), C_out tiles fastest (``_output_tile``).
+    tile), C_out tiles fastest (``_output_tile``). ``RELU_FIRST``: the block order (module
+    docstring): the epilogue applies the ReLU, the prologue (``PRO_BN``) the previous block's BN
+    alone; else the prologue applies that BN and then its ReLU.
 
     ``BN_MODE`` (the BatchNorm that follows): 0 none; 1 training: per-tile (mean, M2) of the
     stored values, reduced over all M tiles by ``reduce_tree``, whose last program writes the
@@ -190,14 +193,14 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, g
     for k0 in range(0, K_total, BK):
         ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED, BK)
         a = _load_a(x_ptr, scale_ptr, shift_ptr, n[:, None], ih, iw, c, m_ok[:, None], k_ok,
-                    H, W, sxn, sxh, sxw, sxc, PRO, POOL, dtype)
+                    H, W, sxn, sxh, sxw, sxc, PRO_BN, RELU_FIRST, POOL, dtype)
         kk = k0 + rk
         b = tl.load(w_ptr + kk[:, None] * C_out + rn[None, :],
                     mask=(kk < K_total)[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if RELU_OUT:
+    if RELU_FIRST:
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     out = acc.to(y_ptr.dtype.element_ty)
     mask = m_ok[:, None] & n_ok[None, :]
@@ -222,23 +225,24 @@ def conv3x3_kernel(x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, y_ptr, part_ptr, g
 
 
 @triton.jit
-def _load_grad(dz_ptr, gy_ptr, gcoef_ptr, rows, cols, mask, c, c_ok, C, G: tl.constexpr,
-               OUT_DTYPE: tl.constexpr):
+def _load_grad(dz_ptr, gy_ptr, gcoef_ptr, rows, cols, mask, c, c_ok, C, GRAD_BN: tl.constexpr,
+               RELU_FIRST: tl.constexpr, OUT_DTYPE: tl.constexpr):
     """dL/dy of a conv output at element offsets ``rows + cols`` (``rows``: int64 pixel offsets
     [BM, 1], ``cols``: channels [1, B*]; 0 where not ``mask``; ``c``, ``c_ok``: the channels of
-    the coefficient loads): the stored tensor itself (``G_DENSE``), or formed
-    from the stored gradient dz of the block's BN output and the stored conv output y with the
-    coefficients ``GCOEF_ROWS`` [c1, c2, c3, mean] that ``conv3x3_dgrad_kernel`` computed for
-    the block: dL/dy = c1*dz + c2*(y - mean) + c3 (G_BN); 0 where y <= 0 (G_RELU_BN)."""
+    the coefficient loads): the stored tensor itself, or with ``GRAD_BN`` formed from the stored
+    gradient dz of the block's BN output and the stored conv output y with the coefficients
+    ``GCOEF_ROWS`` [c1, c2, c3, mean] that ``conv3x3_dgrad_kernel`` computed for the block:
+    dL/dy = c1*dz + c2*(y - mean) + c3, and with ``RELU_FIRST`` 0 where y <= 0 (the ReLU before
+    the BN; after it, the mask was applied where dz was formed)."""
     v = tl.load(dz_ptr + rows + cols, mask=mask, other=0.0)
-    if G != G_DENSE:
+    if GRAD_BN:
         y = tl.load(gy_ptr + rows + cols, mask=mask, other=0.0).to(tl.float32)
         c1 = tl.load(gcoef_ptr + GCOEF_C1 * C + c, mask=c_ok, other=0.0)
         c2 = tl.load(gcoef_ptr + GCOEF_C2 * C + c, mask=c_ok, other=0.0)
         c3 = tl.load(gcoef_ptr + GCOEF_C3 * C + c, mask=c_ok, other=0.0)
         mean = tl.load(gcoef_ptr + GCOEF_MEAN * C + c, mask=c_ok, other=0.0)
         v = c1 * v.to(tl.float32) + c2 * (y - mean) + c3
-        if G == G_RELU_BN:
+        if RELU_FIRST:
             v = tl.where(y <= 0, 0.0, v)  # as threshold_backward: NaN passes
         v = tl.where(mask, v, 0.0)
     return v.to(OUT_DTYPE)
@@ -247,14 +251,16 @@ def _load_grad(dz_ptr, gy_ptr, gcoef_ptr, rows, cols, mask, c, c_ok, C, G: tl.co
 @triton.jit
 def conv3x3_wgrad_kernel(x_ptr, dy_ptr, gy_ptr, gcoef_ptr, scale_ptr, shift_ptr, dw_ptr, db_ptr,
                          M, H, W, C_in, C_out, sxn, sxh, sxw, sxc, m_per_split,
-                         PRO: tl.constexpr, POOL: tl.constexpr, G: tl.constexpr,
-                         HAS_DB: tl.constexpr, K_ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr,
-                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                         PRO_BN: tl.constexpr, GRAD_BN: tl.constexpr, RELU_FIRST: tl.constexpr,
+                         POOL: tl.constexpr, HAS_DB: tl.constexpr, K_ALIGNED: tl.constexpr,
+                         DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                         BK: tl.constexpr):
     """dw[s, k, co] = sum over split s of M of A[m, k] * dy[m, co]; db[s, co] = sum dy (pid_k 0).
 
-    Grid (K tiles, C_out tiles, splits); A is the forward's prologue-applied input gather, dy
-    the conv-output gradient formed by ``_load_grad`` (prologue G: the block's BN / ReLU
-    backward from the stored BN-output gradient)."""
+    Grid (K tiles, C_out tiles, splits); A is the forward's prologue-applied input gather
+    (``PRO_BN``), dy the conv-output gradient formed by ``_load_grad`` (``GRAD_BN``: the block's
+    BN / ReLU backward from the stored BN-output gradient), both in the block order
+    ``RELU_FIRST``."""
     pid_k = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -278,9 +284,10 @@ def conv3x3_wgrad_kernel(x_ptr, dy_ptr, gy_ptr, gcoef_ptr, scale_ptr, shift_ptr,
         n = t // H
         ih, iw, c, k_ok = _a_indices(k0, rk, h, w_, C_in, K_total, K_ALIGNED, BK)
         a = _load_a(x_ptr, scale_ptr, shift_ptr, n[:, None], ih, iw, c, m_ok[:, None], k_ok,
-                    H, W, sxn, sxh, sxw, sxc, PRO, POOL, dtype)
+                    H, W, sxn, sxh, sxw, sxc, PRO_BN, RELU_FIRST, POOL, dtype)
         g = _load_grad(dy_ptr, gy_ptr, gcoef_ptr, rm.to(tl.int64)[:, None] * C_out,
-                       rn[None, :], m_ok[:, None] & n_ok[None, :], rn, n_ok, C_out, G, dtype)
+                       rn[None, :], m_ok[:, None] & n_ok[None, :], rn, n_ok, C_out, GRAD_BN,
+                       RELU_FIRST, dtype)
         acc = tl.dot(tl.trans(a), g, acc, input_precision=DOT_PREC)
         if HAS_DB:
             dbias += tl.sum(g.to(tl.float32), axis=0)
@@ -310,20 +317,21 @@ def _block_output(y, mean, rstd, scale, shift, RELU_FIRST: tl.constexpr):
 def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, out_ptr, part_ptr,
                          gpart_ptr, count_ptr, sums_ptr, pcoef_ptr, M, H, W, C_dy, C_dx, EH, EW,
                          inv_count, training,
-                         G: tl.constexpr, EPI: tl.constexpr, RELU_FIRST: tl.constexpr,
+                         GRAD_BN: tl.constexpr, EPI: tl.constexpr, RELU_FIRST: tl.constexpr,
                          K_ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr, GROUP: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """Data gradient through a block boundary; 1-D grid over (M tile, C_dx tile) as the
     forward's, M = N*H*W.
 
     GEMM: g[m, cx] = sum_k dy[m, k] * wd[k, cx] (flipped weights), the A tile formed by
-    ``_load_grad`` (prologue G: this block's BN / ReLU backward). g is the gradient of the conv's
-    input. Epilogue ``EPI``: 0 stores g; 1 / 2 (2: through the 2x2 max-pool) treat the input as
-    the previous block's output pool?(z), z = act(bn(y_prev)) of its stored conv output
-    ``ey_ptr`` [N, EH, EW, C_dx] with its forward coefficients ``ecoef_ptr`` [mean, rstd, scale,
-    shift]: route g to the window's argmax (first maximum, NaN wins, of z as stored), apply the
-    ReLU mask when ReLU follows BN, store dz (the gradient of the previous BN's output, full
-    resolution), and reduce [sum dz, sum dz * x_hat] per channel over all tiles
+    ``_load_grad`` (``GRAD_BN``: this block's BN / ReLU backward). g is the gradient of the
+    conv's input. ``RELU_FIRST``: the block order, of this block and of the previous one.
+    Epilogue ``EPI``: 0 stores g; 1 / 2 (2: through the 2x2 max-pool) treat the input as the
+    previous block's output pool?(z), z = act(bn(y_prev)) of its stored conv output ``ey_ptr``
+    [N, EH, EW, C_dx] with its forward coefficients ``ecoef_ptr`` [mean, rstd, scale, shift]:
+    route g to the window's argmax (first maximum, NaN wins, of z as stored), apply the ReLU
+    mask unless ``RELU_FIRST`` (the ReLU follows the BN), store dz (the gradient of the previous
+    BN's output, full resolution), and reduce [sum dz, sum dz * x_hat] per channel over all tiles
     (``reduce_tree``, ``inv_count`` = 1 / (N*EH*EW)), whose last program writes them to
     ``sums_ptr`` [2, C_dx] (dbeta, dgamma of the previous BN) and that BN's backward as the
     coefficients ``pcoef_ptr`` [c1, c2, c3, mean] with which ``_load_grad`` forms its dy: in
@@ -340,7 +348,7 @@ def conv3x3_dgrad_kernel(dz_ptr, gy_ptr, gcoef_ptr, w_ptr, ey_ptr, ecoef_ptr, ou
         inside = m_ok[:, None] & k_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         pixel = (n[:, None] * H + ih) * W + iw
         a = _load_grad(dz_ptr, gy_ptr, gcoef_ptr, pixel.to(tl.int64) * C_dy, c, inside, c, k_ok,
-                       C_dy, G, dtype)
+                       C_dy, GRAD_BN, RELU_FIRST, dtype)
         kk = k0 + rk
         b = tl.load(w_ptr + kk[:, None] * C_dx + rn[None, :],
                     mask=(kk < K_total)[:, None] & n_ok[None, :], other=0.0)
@@ -476,7 +484,7 @@ def _check_packed_weight(wp, x):
                          f"[{9 * x.shape[3]}, C] for an input with {x.shape[3]} channels")
 
 
-def _check_input(x, pro, scale, shift, pool):
+def _check_input(x, scale, shift, pool):
     """Validate the NHWC input and its prologue; return (N, H, W, C_in) of what the conv sees."""
     if x.dim() != 4:
         raise ValueError(f"x must be NHWC [N, H, W, C], got shape {tuple(x.shape)}")
@@ -488,9 +496,9 @@ def _check_input(x, pro, scale, shift, pool):
     if sum((d - 1) * abs(st) for d, st in zip(x.shape[1:], x.stride()[1:])) > MAX_PIXELS:
         raise ValueError(f"one image of x (shape {tuple(x.shape)}, strides {x.stride()}) spans "
                          f"2**31 elements or more")
-    if pro not in (PRO_NONE, PRO_BN, PRO_BN_RELU, PRO_RELU_BN):
-        raise ValueError(f"unknown prologue {pro!r}")
-    if pro != PRO_NONE:
+    if (scale is None) != (shift is None):
+        raise ValueError("the prologue needs both scale and shift (or neither)")
+    if scale is not None:
         for nm, t in (("scale", scale), ("shift", shift)):
             _check(nm, t, dtype=torch.float32, device=x.device, shape=(c_in,), contiguous=True)
     h, w = (hx // 2, wx // 2) if pool else (hx, wx)
@@ -523,21 +531,24 @@ class BatchNormArgs:
             raise ValueError("BatchNorm in eval mode needs running_mean and running_var")
 
 
-def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=False,
-            relu=False, bn: BatchNormArgs | None = None):
+def conv3x3(x, wp, bias=None, *, scale=None, shift=None, relu_first=False, pool=False,
+            bn: BatchNormArgs | None = None):
     """Fused 3x3 conv over NHWC ``x`` with packed weight ``wp`` [9*C_in, C_out] (``pack_weight``).
 
     x: [N, H_in, W_in, C_in] (NHWC), fp16 / bf16 / fp32, any strides (contiguous gets the
-    vectorised configs); wp: x's dtype, contiguous; bias: [C_out]; scale, shift (with ``pro``
-    other than PRO_NONE): contiguous fp32 [C_in], the previous block's BN coefficients.
-    Input seen by the conv: ``pool2x2(prologue(x))`` (pool optional; see PRO_*), zero padded.
-    Returns y [N, H, W, C_out] (x's dtype, contiguous) = relu?(conv + bias), and with ``bn``
-    (y, coef): the coefficients [mean, rstd, gamma*rstd, beta - mean*gamma*rstd] fp32 [4, C_out]
-    (``bn_stats.COEF_ROWS``) of the BatchNorm of y, from y's batch statistics (training, computed
-    from the values as stored, running statistics updated as nn.BatchNorm2d does) or its
-    running statistics (eval) — in the same kernel."""
+    vectorised configs); wp: x's dtype, contiguous; bias: [C_out]; ``relu_first``: the block order
+    (True: "relu_bn"). With ``scale``, ``shift`` (contiguous fp32 [C_in], the previous block's BN
+    coefficients) x is the previous block's stored conv output and the prologue applies that
+    block's BN, and unless ``relu_first`` its ReLU (with ``relu_first`` that block's conv stored
+    it ReLU'd). Input seen by the conv: ``pool2x2(prologue(x))`` (pool optional), zero padded.
+    Returns y [N, H, W, C_out] (x's dtype, contiguous) = conv + bias, ReLU'd with ``relu_first``,
+    and with ``bn`` (y, coef): the coefficients [mean, rstd, gamma*rstd, beta - mean*gamma*rstd]
+    fp32 [4, C_out] (``bn_stats.COEF_ROWS``) of the BatchNorm of y, from y's batch statistics
+    (training, computed from the values as stored, running statistics updated as nn.BatchNorm2d
+    does) or its running statistics (eval) — in the same kernel."""
     _refuse_bf16_under_interpreter(x)
-    nb, h, w, c_in = _check_input(x, pro, scale, shift, pool)
+    nb, h, w, c_in = _check_input(x, scale, shift, pool)
+    prologue = scale is not None
     _check_packed_weight(wp, x)
     c_out = wp.shape[1]
     if bias is not None:
@@ -555,8 +566,8 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
     track = bn is not None and bn.running_mean is not None
     gamma, beta = (bn.weight, bn.bias) if mode else (coef, coef)
     rmean, rvar = (bn.running_mean, bn.running_var) if track else (coef, coef)
-    key = ("fwd", m, h, w, c_in, c_out, x.dtype, x.stride(), pro, pool, bias is not None, relu,
-           mode)
+    key = ("fwd", m, h, w, c_in, c_out, x.dtype, x.stride(), prologue, relu_first, pool,
+           bias is not None, mode)
 
     def launch(cfg, final):
         tiles_m = triton.cdiv(m, cfg["BM"])
@@ -565,12 +576,12 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
         if mode == 1:
             part, gpart, counters = statistics_buffers(x.device, tiles_n, tiles_m, c_out)
         conv3x3_kernel[(tiles_m * tiles_n,)](
-            x, wp, bias if bias is not None else y, scale if pro else y, shift if pro else y, y,
-            part, gpart, counters, gamma, beta, rmean, rvar, coef, m, h, w, c_in, c_out,
-            *x.stride(),
+            x, wp, bias if bias is not None else y, scale if prologue else y,
+            shift if prologue else y, y, part, gpart, counters, gamma, beta, rmean, rvar, coef,
+            m, h, w, c_in, c_out, *x.stride(),
             bn.eps if mode else 0.0, (bn.momentum or 0.0) if mode else 0.0,
-            int(final and mode == 1 and track), PRO=int(pro), POOL=pool,
-            HAS_BIAS=bias is not None, RELU_OUT=relu, BN_MODE=mode,
+            int(final and mode == 1 and track), PRO_BN=prologue, RELU_FIRST=relu_first,
+            POOL=pool, HAS_BIAS=bias is not None, BN_MODE=mode,
             K_ALIGNED=c_in % cfg["BK"] == 0, DOT_PREC=_dot_precision(x.dtype), GROUP=GROUP,
             BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"])
@@ -583,8 +594,8 @@ def conv3x3(x, wp, bias=None, *, scale=None, shift=None, pro=PRO_NONE, pool=Fals
     return (y, coef) if mode else y
 
 
-def _grad_operand(dy, bn, relu_first):
-    """(G, y, gcoef) of ``_load_grad`` for a conv-output gradient given as ``dy`` itself
+def _grad_operand(dy, bn):
+    """(GRAD_BN, y, gcoef) of ``_load_grad`` for a conv-output gradient given as ``dy`` itself
     (``bn`` None) or as the BN-output gradient ``dy`` with ``bn`` = (y, gcoef)."""
     if dy.dim() != 4:
         raise ValueError(f"dy must be NHWC [N, H, W, C], got shape {tuple(dy.shape)}")
@@ -593,13 +604,13 @@ def _grad_operand(dy, bn, relu_first):
     _check("dy", dy, contiguous=True)
     _check_pixels("dy", dy.shape[0] * dy.shape[1] * dy.shape[2])
     if bn is None:
-        return int(G_DENSE), dy, dy
+        return False, dy, dy
     y, gcoef = bn
     _check("the block's conv output y", y, dtype=dy.dtype, device=dy.device, shape=dy.shape,
            contiguous=True)
     _check("gradient coefficients", gcoef, dtype=torch.float32, device=dy.device,
            shape=(4, dy.shape[3]), contiguous=True)
-    return int(G_RELU_BN if relu_first else G_BN), y, gcoef
+    return True, y, gcoef
 
 
 def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, training=True):
@@ -619,7 +630,7 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
     which the next data / weight gradient forms its conv-output gradient (BatchNorm backward in
     ``training`` mode, else the fixed affine) — all in one kernel."""
     _refuse_bf16_under_interpreter(dy)
-    g_mode, gy, gcoef = _grad_operand(dy, bn, relu_first)
+    grad_bn, gy, gcoef = _grad_operand(dy, bn)
     nb, h, w, c_dy = dy.shape
     _check_packed_weight(wd, dy)
     c_dx = wd.shape[1]
@@ -645,7 +656,7 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
         out = (torch.zeros if odd else torch.empty)(ey.shape, device=dy.device, dtype=dy.dtype)
         sums = torch.empty((2, c_dx), device=dy.device, dtype=torch.float32)
         pcoef = torch.empty((4, c_dx), device=dy.device, dtype=torch.float32)
-    key = ("dgrad", m, h, w, c_dy, c_dx, dy.dtype, g_mode, epi, relu_first, eh, ew)
+    key = ("dgrad", m, h, w, c_dy, c_dx, dy.dtype, grad_bn, epi, relu_first, eh, ew)
 
     def launch(cfg, final):
         tiles_m = triton.cdiv(m, cfg["BM"])
@@ -656,7 +667,7 @@ def conv3x3_dgrad(dy, wd, *, bn=None, relu_first=False, prev=None, pool=False, t
         conv3x3_dgrad_kernel[(tiles_m * tiles_n,)](
             dy, gy, gcoef, wd, ey, ecoef, out, part, gpart, counters, sums, pcoef,
             m, h, w, c_dy, c_dx, eh, ew, 1.0 / (nb * eh * ew), int(training),
-            G=g_mode, EPI=epi, RELU_FIRST=relu_first, K_ALIGNED=c_dy % cfg["BK"] == 0,
+            GRAD_BN=grad_bn, EPI=epi, RELU_FIRST=relu_first, K_ALIGNED=c_dy % cfg["BK"] == 0,
             DOT_PREC=_dot_precision(dy.dtype), GROUP=GROUP, BM=cfg["BM"], BN=cfg["BN"],
             BK=cfg["BK"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
@@ -674,25 +685,27 @@ def _num_sms(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bias_grad=True,
-                  bn=None, relu_first=False):
-    """Weight (and bias) gradient of ``conv3x3`` with the same input / prologue arguments;
-    ``dy`` [N, H, W, C_out] contiguous NHWC in x's dtype, ``bn``, ``relu_first``: the
-    conv-output gradient as in ``conv3x3_dgrad``.
+def conv3x3_wgrad(x, dy, *, scale=None, shift=None, relu_first=False, pool=False,
+                  bias_grad=True, bn=None):
+    """Weight (and bias) gradient of ``conv3x3`` with the same input / prologue arguments
+    (``relu_first`` the block order, as there); ``dy`` [N, H, W, C_out] contiguous NHWC in x's
+    dtype and ``bn``: the conv-output gradient as in ``conv3x3_dgrad``.
 
     Returns (dw packed [9*C_in, C_out] fp32 — see ``unpack_weight_grad`` — , db [C_out] fp32
     or None). The sum over N*H*W is split so that the grid fills the GPU; fp32 partials."""
     _refuse_bf16_under_interpreter(x)
-    g_mode, gy, gcoef = _grad_operand(dy, bn, relu_first)
+    grad_bn, gy, gcoef = _grad_operand(dy, bn)
     _check("dy", dy, dtype=x.dtype, device=x.device)
-    nb, h, w, c_in = _check_input(x, pro, scale, shift, pool)
+    nb, h, w, c_in = _check_input(x, scale, shift, pool)
+    prologue = scale is not None
     c_out = dy.shape[3]
     if tuple(dy.shape[:3]) != (nb, h, w):
         raise ValueError(f"dy has shape {tuple(dy.shape)}, expected [{nb}, {h}, {w}, C_out] "
                          f"for input {tuple(x.shape)} (pool={pool})")
     m = nb * h * w
     k_total = 9 * c_in
-    key = ("wgrad", m, h, w, c_in, c_out, x.dtype, x.stride(), pro, pool, bias_grad, g_mode)
+    key = ("wgrad", m, h, w, c_in, c_out, x.dtype, x.stride(), prologue, grad_bn, relu_first,
+           pool, bias_grad)
     target = 2 if is_interpreter() else 2 * _num_sms(x.device)
 
     def launch(cfg, final):
@@ -705,11 +718,12 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
         db_p = torch.empty((splits, c_out), device=x.device, dtype=torch.float32)
         grid = (triton.cdiv(k_total, cfg["BK"]), triton.cdiv(c_out, cfg["BN"]), splits)
         conv3x3_wgrad_kernel[grid](
-            x, dy, gy, gcoef, scale if pro else db_p, shift if pro else db_p, dw_p, db_p,
-            m, h, w, c_in, c_out, *x.stride(), per_split,
-            PRO=int(pro), POOL=pool, G=g_mode, HAS_DB=bias_grad, K_ALIGNED=c_in % cfg["BK"] == 0,
-            DOT_PREC=_dot_precision(x.dtype), BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            x, dy, gy, gcoef, scale if prologue else db_p, shift if prologue else db_p, dw_p,
+            db_p, m, h, w, c_in, c_out, *x.stride(), per_split,
+            PRO_BN=prologue, GRAD_BN=grad_bn, RELU_FIRST=relu_first, POOL=pool, HAS_DB=bias_grad,
+            K_ALIGNED=c_in % cfg["BK"] == 0, DOT_PREC=_dot_precision(x.dtype), BM=cfg["BM"],
+            BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
         return dw_p, db_p
 
     table = configs.WGRAD_CONFIGS_FP32 if x.dtype == torch.float32 else configs.WGRAD_CONFIGS
@@ -718,33 +732,42 @@ def conv3x3_wgrad(x, dy, *, scale=None, shift=None, pro=PRO_NONE, pool=False, bi
 
 
 # ----------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs (tests/aot.py): every config, with the heaviest fusion variant.
+# Ahead-of-time compile specs (tests/aot.py): every config, in each recipe's block order.
 
-_FWD_FUSED = dict(PRO=PRO_BN_RELU, POOL=True, HAS_BIAS=True, RELU_OUT=False, BN_MODE=1,
-                  K_ALIGNED=True, DOT_PREC="tf32")
-#: forward variants: released order (BN, ReLU in the prologue) and paper (ReLU in the epilogue)
-_FWD = {"fused_": dict(_FWD_FUSED, POOL=False),
-        "paper_": dict(_FWD_FUSED, PRO=PRO_BN, POOL=False, RELU_OUT=True)}
-_FWD_POOL = {"fused_pool_": _FWD_FUSED,
-             "paper_pool_": dict(_FWD_FUSED, PRO=PRO_BN, RELU_OUT=True)}
-#: data gradient across a boundary, per order: (G, RELU_FIRST) = released (BN; ReLU mask in the
-#: epilogue) and paper (ReLU mask in the prologue)
-_DGRAD = {"": dict(G=G_BN, EPI=1, RELU_FIRST=False, K_ALIGNED=True, DOT_PREC="tf32"),
-          "paper_": dict(G=G_RELU_BN, EPI=1, RELU_FIRST=True, K_ALIGNED=True,
-                         DOT_PREC="tf32")}
-_DGRAD_POOL = {k + "pool_": dict(v, EPI=2) for k, v in _DGRAD.items()}
-_WGRAD_FUSED = dict(PRO=PRO_BN_RELU, POOL=True, G=G_RELU_BN, HAS_DB=True,
-                    K_ALIGNED=True, DOT_PREC="tf32")
-#: the generic (K decoded per element) path as the first layer and odd channel counts use it
-_SMALL = {"fwd": (conv3x3_kernel, dict(_FWD_FUSED, K_ALIGNED=False)),
-          "dgrad": (conv3x3_dgrad_kernel, dict(_DGRAD_POOL["paper_pool_"], K_ALIGNED=False)),
-          "wgrad": (conv3x3_wgrad_kernel, dict(_WGRAD_FUSED, K_ALIGNED=False))}
+#: the compile variants are named after the recipes: recipe -> RELU_FIRST
+_RECIPES = {recipe: order == "relu_bn" for recipe, order in RECIPE_ORDER.items()}
 
 
-def _specs(kind, fn, variants, table, dtype="fp16"):
-    return [configs.aot_spec(f"{kind}_{v}{dtype}_{configs.cfg_name(c)}", fn,
-                             {k: int(v) if isinstance(v, tl.constexpr) else v
-                              for k, v in constexprs.items()}, c, GPU_GROUP, dtype)
+def _per_recipe(suffix="", **constexprs):
+    """``constexprs`` in each recipe's block order, named "<recipe><suffix>"."""
+    return {recipe + suffix: dict(constexprs, RELU_FIRST=relu_first)
+            for recipe, relu_first in _RECIPES.items()}
+
+
+#: the block-boundary fusions the stack launches: the previous block's BN (+ ReLU, + pool) in
+#: the forward's and weight gradient's prologue, the batch statistics in the forward's epilogue,
+#: this block's BN backward forming the gradient operand, the previous block's in the epilogue
+_FWD_FLAGS = dict(PRO_BN=True, HAS_BIAS=True, BN_MODE=1, K_ALIGNED=True, DOT_PREC="tf32")
+_FWD = _per_recipe(**_FWD_FLAGS, POOL=False)
+_FWD_POOL = _per_recipe("_pool", **_FWD_FLAGS, POOL=True)
+_DGRAD_FLAGS = dict(GRAD_BN=True, K_ALIGNED=True, DOT_PREC="tf32")
+_DGRAD = _per_recipe(**_DGRAD_FLAGS, EPI=1)
+_DGRAD_POOL = _per_recipe("_pool", **_DGRAD_FLAGS, EPI=2)
+_WGRAD_FLAGS = dict(PRO_BN=True, GRAD_BN=True, HAS_DB=True, K_ALIGNED=True, DOT_PREC="tf32")
+_WGRAD = _per_recipe(**_WGRAD_FLAGS, POOL=False)
+_WGRAD_POOL = _per_recipe("_pool", **_WGRAD_FLAGS, POOL=True)
+#: the generic (K decoded per element) path as the first layer and odd channel counts use it,
+#: in the heaviest variants: the released forward (BN and ReLU on each pooled tap), the paper
+#: data gradient (ReLU mask on the formed operand, as well as the pool's argmax), and the
+#: weight gradient, which has both a prologue and a formed operand, in both orders
+_SMALL = {"fwd": (conv3x3_kernel, {"released_pool": _FWD_POOL["released_pool"]}),
+          "dgrad": (conv3x3_dgrad_kernel, {"paper_pool": _DGRAD_POOL["paper_pool"]}),
+          "wgrad": (conv3x3_wgrad_kernel, _WGRAD_POOL)}
+
+
+def _specs(kind, fn, variants, table, dtype="fp16", **overrides):
+    return [configs.aot_spec(f"{kind}_{v}_{dtype}_{configs.cfg_name(c)}", fn,
+                             dict(constexprs, **overrides), c, GPU_GROUP, dtype)
             for v, constexprs in variants.items() for c in table
             if c["targets"]]  # a config this Triton release offers on no target is not compiled
 
@@ -756,18 +779,16 @@ AOT_SPECS = (
     + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD, _C.DGRAD_CONFIGS)
     + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD_POOL, _C.DGRAD_POOL_CONFIGS)
     # bf16 compiles to the same code with other HGMMA operand types
-    + _specs("dgrad", conv3x3_dgrad_kernel, {"": _DGRAD[""]}, _C.DGRAD_CONFIGS[:1], "bf16")
-    + _specs("wgrad", conv3x3_wgrad_kernel, {"pool_": _WGRAD_FUSED,
-                                             "": dict(_WGRAD_FUSED, POOL=False)},
-             _C.WGRAD_CONFIGS)
+    + _specs("dgrad", conv3x3_dgrad_kernel, {"released": _DGRAD["released"]},
+             _C.DGRAD_CONFIGS[:1], "bf16")
+    + _specs("wgrad", conv3x3_wgrad_kernel, _WGRAD_POOL | _WGRAD, _C.WGRAD_CONFIGS)
     + _specs("fwd", conv3x3_kernel, _FWD, _C.FWD_CONFIGS_FP32, "fp32")
     + _specs("fwd", conv3x3_kernel, _FWD_POOL, _C.FWD_POOL_CONFIGS_FP32, "fp32")
     + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD, _C.DGRAD_CONFIGS_FP32, "fp32")
     + _specs("dgrad", conv3x3_dgrad_kernel, _DGRAD_POOL, _C.DGRAD_POOL_CONFIGS_FP32, "fp32")
-    + _specs("wgrad", conv3x3_wgrad_kernel, {"pool_": _WGRAD_FUSED}, _C.WGRAD_CONFIGS_FP32,
-             "fp32")
+    + _specs("wgrad", conv3x3_wgrad_kernel, _WGRAD_POOL, _C.WGRAD_CONFIGS_FP32, "fp32")
     + [dict(spec, hgmma=spec["hgmma"] and kind != "wgrad")  # first layer: K = 9 rows < 64
-       for kind, (fn, constexprs) in _SMALL.items()
+       for kind, (fn, variants) in _SMALL.items()
        for table, dtype in ((_C.SMALL_K_CONFIGS, "fp16"), (_C.SMALL_K_CONFIGS_FP32, "fp32"))
-       for spec in _specs(f"{kind}_small_k", fn, {"": constexprs}, table, dtype)]
+       for spec in _specs(f"{kind}_small_k", fn, variants, table, dtype, K_ALIGNED=False)]
 )

@@ -28,15 +28,14 @@ def _nchw(t):
     return t.permute(0, 3, 1, 2).float()
 
 
-def _prologue_ref(x, scale, shift, pro, pool):
-    """Eager composition of what the conv sees: pool2x2(prologue(x)), fp32, NCHW."""
-    s, b = scale[None, :, None, None], shift[None, :, None, None]
-    if pro == K.PRO_BN:
-        x = x * s + b
-    elif pro == K.PRO_BN_RELU:
-        x = F.relu(x * s + b)
-    elif pro == K.PRO_RELU_BN:
-        x = F.relu(x) * s + b
+def _prologue_ref(x, scale, shift, relu_first, pool):
+    """Eager composition of what the conv sees: pool2x2(prologue(x)), fp32, NCHW. With
+    ``scale`` x is the previous block's stored conv output and the prologue its BN, and in the
+    bn_relu order its ReLU (relu_bn: the producing conv stored x ReLU'd); none without."""
+    if scale is not None:
+        x = x * scale[None, :, None, None] + shift[None, :, None, None]
+        if not relu_first:
+            x = F.relu(x)
     return F.max_pool2d(x, 2, 2) if pool else x
 
 
@@ -97,15 +96,18 @@ def _stats_bn(c, device=DEVICE):
     return K.BatchNormArgs(ones, torch.zeros_like(ones), eps=0.0)
 
 
-FUSIONS = [(K.PRO_BN_RELU, False, False), (K.PRO_BN_RELU, True, False),
-           (K.PRO_RELU_BN, True, True), (K.PRO_BN, False, True), (K.PRO_NONE, True, False)]
+#: (relu_first, prologue, pool): either block order, with the previous block's BN (the stack's
+#: blocks after the first) or without (the first block, on the crops)
+FUSIONS = [(False, True, False), (False, True, True), (True, True, True), (True, True, False),
+           (False, False, True), (True, False, False)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pro,pool,relu", FUSIONS)
-def test_fused_forward_matches_eager_composition(pro, pool, relu, dtype):
-    """prologue (affine/ReLU either order, negative scales included) + pool + zero padding in the
-    normalised space; epilogue bias, ReLU and the batch statistics of the stored output."""
+@pytest.mark.parametrize("relu_first,prologue,pool", FUSIONS)
+def test_fused_forward_matches_eager_composition(relu_first, prologue, pool, dtype):
+    """prologue (the previous block's BN, then its ReLU in the bn_relu order; negative scales
+    included) + pool + zero padding in the normalised space; epilogue bias, the ReLU in the
+    relu_bn order and the batch statistics of the stored output."""
     nb, cin, cout, hin, win = 2, 20, 17, 7, 9  # pooled: 3x4; odd sizes drop the last row/col
     g = torch.Generator().manual_seed(3)
     x = torch.randn(nb, cin, hin, win, generator=g).to(dtype).float().to(DEVICE)
@@ -113,12 +115,14 @@ def test_fused_forward_matches_eager_composition(pro, pool, relu, dtype):
     bias = torch.randn(cout, generator=g).to(dtype).float().to(DEVICE)
     scale = (torch.randn(cin, generator=g) * 1.5).to(DEVICE)
     shift = torch.randn(cin, generator=g).to(DEVICE)
+    if not prologue:
+        scale = shift = None
     y, coef = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.to(dtype),
-                        scale=scale, shift=shift, pro=pro, pool=pool, relu=relu,
+                        scale=scale, shift=shift, relu_first=relu_first, pool=pool,
                         bn=_stats_bn(cout))
     mean, var = coef[0], coef[1] ** -2
-    ref = F.conv2d(_prologue_ref(x, scale, shift, pro, pool), weight, bias, padding=1)
-    if relu:
+    ref = F.conv2d(_prologue_ref(x, scale, shift, relu_first, pool), weight, bias, padding=1)
+    if relu_first:
         ref = F.relu(ref)
     tol = tolerance("conv3x3", dtype)
     torch.testing.assert_close(_nchw(y), ref, **tol)
@@ -196,16 +200,16 @@ def test_tuning_runs_leave_running_statistics_and_counters_untouched(training, m
     assert all(not c.any() for c in bn_stats._COUNTERS.values()), "arrival counters must end at 0"
 
 
-@pytest.mark.parametrize("pro,pool", [(K.PRO_BN_RELU, True), (K.PRO_RELU_BN, False)])
-def test_weight_gradient_recomputes_the_normalised_input(pro, pool):
+@pytest.mark.parametrize("relu_first,pool", [(False, True), (True, False)])
+def test_weight_gradient_recomputes_the_normalised_input(relu_first, pool):
     nb, cin, cout, hin, win = 2, 20, 6, 6, 5
     g = torch.Generator().manual_seed(4)
     x = torch.randn(nb, cin, hin, win, generator=g).to(DEVICE)
     scale, shift = torch.randn(cin, generator=g).to(DEVICE), torch.randn(cin, generator=g).to(DEVICE)
-    z = _prologue_ref(x, scale, shift, pro, pool)
+    z = _prologue_ref(x, scale, shift, relu_first, pool)
     dy = torch.randn(nb, cout, *z.shape[2:], generator=g).to(DEVICE)
     dw, db = K.conv3x3_wgrad(_nhwc(x, torch.float32), _nhwc(dy, torch.float32), scale=scale,
-                             shift=shift, pro=pro, pool=pool)
+                             shift=shift, relu_first=relu_first, pool=pool)
     torch.testing.assert_close(K.unpack_weight_grad(dw, cin),
                                torch.nn.grad.conv2d_weight(z, (cout, cin, 3, 3), dy, padding=1),
                                **tolerance("conv3x3", torch.float32))
@@ -318,8 +322,7 @@ def test_repeated_launches_are_identical_and_leave_counters_zero(dtype):
     ones = torch.ones(10, device=DEVICE)
     outs = []
     for _ in range(2):
-        y, coef = K.conv3x3(x, wp, scale=coef_prev[2], shift=coef_prev[3],
-                            pro=K.PRO_BN_RELU, pool=True,
+        y, coef = K.conv3x3(x, wp, scale=coef_prev[2], shift=coef_prev[3], pool=True,
                             bn=K.BatchNormArgs(ones, torch.zeros_like(ones)))
         dz = torch.randn(y.shape, generator=torch.Generator().manual_seed(15)).to(DEVICE, dtype)
         gcoef = torch.stack([coef[2], -coef[1], torch.full_like(ones, 0.1), coef[0]])
@@ -343,7 +346,9 @@ def test_bad_inputs_are_rejected_with_a_clear_error():
         K.conv3x3(x, K.pack_weight(torch.randn(5, 4, 3, 3, device=DEVICE), torch.float32))
     with pytest.raises(ValueError, match="scale has dtype"):
         K.conv3x3(x, wp, scale=torch.ones(3, dtype=torch.float16, device=DEVICE),
-                  shift=torch.zeros(3, device=DEVICE), pro=K.PRO_BN)
+                  shift=torch.zeros(3, device=DEVICE))
+    with pytest.raises(ValueError, match="both scale and shift"):
+        K.conv3x3(x, wp, scale=torch.ones(3, device=DEVICE))
     with pytest.raises(ValueError, match="dy has shape"):
         K.conv3x3_wgrad(x, torch.randn(1, 4, 3, 5, device=DEVICE))
     ones = torch.ones(5, device=DEVICE)
@@ -368,18 +373,17 @@ def test_gpu_configs_are_compiled_ahead_of_time_and_offered_only_when_aligned():
     checked by test_aot), and the K-aligned ones, whose specs assume 16-divisible channels and
     strides, only serve shapes that are."""
     names = {s["name"] for s in K.AOT_SPECS}
-    tables = {"fwd_fused_": (C.FWD_CONFIGS, C.FWD_CONFIGS_FP32),
-              "fwd_paper_": (C.FWD_CONFIGS, C.FWD_CONFIGS_FP32),
-              "fwd_fused_pool_": (C.FWD_POOL_CONFIGS, C.FWD_POOL_CONFIGS_FP32),
-              "fwd_paper_pool_": (C.FWD_POOL_CONFIGS, C.FWD_POOL_CONFIGS_FP32),
-              "dgrad_": (C.DGRAD_CONFIGS, C.DGRAD_CONFIGS_FP32),
-              "dgrad_paper_": (C.DGRAD_CONFIGS, C.DGRAD_CONFIGS_FP32),
-              "dgrad_pool_": (C.DGRAD_POOL_CONFIGS, C.DGRAD_POOL_CONFIGS_FP32),
-              "dgrad_paper_pool_": (C.DGRAD_POOL_CONFIGS, C.DGRAD_POOL_CONFIGS_FP32),
-              "wgrad_pool_": (C.WGRAD_CONFIGS, C.WGRAD_CONFIGS_FP32),
-              "fwd_small_k_": (C.SMALL_K_CONFIGS, C.SMALL_K_CONFIGS_FP32),
-              "dgrad_small_k_": (C.SMALL_K_CONFIGS, C.SMALL_K_CONFIGS_FP32),
-              "wgrad_small_k_": (C.SMALL_K_CONFIGS, C.SMALL_K_CONFIGS_FP32)}
+    tables = {"wgrad_released_": (C.WGRAD_CONFIGS, ()), "wgrad_paper_": (C.WGRAD_CONFIGS, ()),
+              "fwd_small_k_released_pool_": (C.SMALL_K_CONFIGS, C.SMALL_K_CONFIGS_FP32),
+              "dgrad_small_k_paper_pool_": (C.SMALL_K_CONFIGS, C.SMALL_K_CONFIGS_FP32)}
+    for recipe in ("released", "paper"):  # the compile variants are named after the recipes
+        tables.update({
+            f"fwd_{recipe}_": (C.FWD_CONFIGS, C.FWD_CONFIGS_FP32),
+            f"fwd_{recipe}_pool_": (C.FWD_POOL_CONFIGS, C.FWD_POOL_CONFIGS_FP32),
+            f"dgrad_{recipe}_": (C.DGRAD_CONFIGS, C.DGRAD_CONFIGS_FP32),
+            f"dgrad_{recipe}_pool_": (C.DGRAD_POOL_CONFIGS, C.DGRAD_POOL_CONFIGS_FP32),
+            f"wgrad_{recipe}_pool_": (C.WGRAD_CONFIGS, C.WGRAD_CONFIGS_FP32),
+            f"wgrad_small_k_{recipe}_pool_": (C.SMALL_K_CONFIGS, C.SMALL_K_CONFIGS_FP32)})
     for prefix, (fp16, fp32) in tables.items():
         for table, dtype in ((fp16, "fp16"), (fp32, "fp32")):
             for cfg in table:
@@ -541,11 +545,12 @@ def test_vgg_shapes_on_gpu(cin, cout, h, pool):
     weight = (torch.randn(cout, cin, 3, 3, device="cuda") / (3 * cin ** 0.5)).half().float()
     bias = torch.randn(cout, device="cuda").half().float()
     scale, shift = torch.rand(cin, device="cuda") + 0.5, torch.randn(cin, device="cuda")
-    pro = K.PRO_BN_RELU if cin > 1 else K.PRO_NONE
+    if cin == 1:  # the first layer: no prologue
+        scale = shift = None
     y, coef = K.conv3x3(_nhwc(x, dtype), K.pack_weight(weight, dtype), bias.half(),
-                        scale=scale, shift=shift, pro=pro, pool=pool, bn=_stats_bn(cout, "cuda"))
+                        scale=scale, shift=shift, pool=pool, bn=_stats_bn(cout, "cuda"))
     var = coef[1] ** -2
-    z = _prologue_ref(x, scale, shift, pro, pool)
+    z = _prologue_ref(x, scale, shift, False, pool)
     ref = F.conv2d(z, weight, bias, padding=1)
     torch.testing.assert_close(_nchw(y), ref, **tolerance("conv3x3", dtype))
     torch.testing.assert_close(var, _nchw(y).var((0, 2, 3), unbiased=False), rtol=1e-3, atol=1e-3)
@@ -554,7 +559,7 @@ def test_vgg_shapes_on_gpu(cin, cout, h, pool):
     torch.testing.assert_close(_nchw(dx), torch.nn.grad.conv2d_input(z.shape, weight, dy.float(),
                                                                      padding=1),
                                **tolerance("conv3x3", dtype))
-    dw, _ = K.conv3x3_wgrad(_nhwc(x, dtype), _nhwc(dy, dtype), scale=scale, shift=shift, pro=pro,
+    dw, _ = K.conv3x3_wgrad(_nhwc(x, dtype), _nhwc(dy, dtype), scale=scale, shift=shift,
                             pool=pool)
     ref_dw = torch.nn.grad.conv2d_weight(z.half().float(), weight.shape, dy.float(), padding=1)
     torch.testing.assert_close(K.unpack_weight_grad(dw, cin), ref_dw, atol=5e-1, rtol=5e-2)
