@@ -51,7 +51,10 @@ class CascadeConfig:
     passes found it or one pass found it with >= ``strong`` neighbours (0: no such rule).
     ``hog``: dlib's HOG detector is a pass (``hog_vote``, ``hog_alone``: score thresholds);
     ``cnn``: dlib's CNN detector is a pass, run on the picture scaled by ``cnn_upscale``, whose
-    boxes of confidence >= ``cnn_alone`` are kept on their own."""
+    boxes of confidence >= ``cnn_alone`` are kept on their own; ``hog_fuse``: a merged face
+    whose box is a CNN box that a HOG box joined takes this share of the HOG box (coordinates
+    averaged: the two err on a FER2013 crop's framing in different ways); ``contained``: a kept
+    box lying by at least this share of its area inside a bigger kept box is dropped (0: never)."""
 
     cascades: tuple[str, ...] = ("frontalface_default",)
     mirrored: tuple[str, ...] = ()
@@ -69,6 +72,8 @@ class CascadeConfig:
     cnn: bool = False
     cnn_upscale: float = 1.0
     cnn_alone: float = 0.0
+    hog_fuse: float = 0.0
+    contained: float = 0.0
 
     def describe(self) -> str:
         names = "+".join(c.removeprefix("frontalface_") for c in self.cascades)
@@ -86,7 +91,10 @@ class CascadeConfig:
         if self.hog:
             parts.insert(0, f"hog(alone>={self.hog_alone},vote>={self.hog_vote})+")
         if self.cnn:
-            parts.insert(0, f"cnn({self.cnn_upscale:g}x,alone>={self.cnn_alone})+")
+            parts.insert(0, f"cnn({self.cnn_upscale:g}x,alone>={self.cnn_alone}"
+                            + (f",hog share {self.hog_fuse:g}" if self.hog_fuse else "") + ")+")
+        if self.contained:
+            parts.append(f"drop boxes {self.contained:g} inside a bigger one")
         if len(self.cascades) + len(self.mirrored) + self.hog + self.cnn > 1:
             parts.append(f"votes>={self.min_votes}" + (f"|n>={self.strong}" if self.strong
                                                        else ""))
@@ -211,20 +219,27 @@ class CascadeDetector:
                 for name in c.mirrored:
                     found += self._pass(name, flipped, scale, True)
         found.sort(key=lambda f: -f.rank)
-        clusters = []  # [box, passes, most neighbours, alone]
+        clusters = []  # [box, passes, most neighbours, alone, strongest box of each pass]
         for f in found:
             for cluster in clusters:
                 if iou(cluster[0], f.box) >= c.merge_iou:
                     break
             else:
-                cluster = [f.box, set(), 0, False]
+                cluster = [f.box, set(), 0, False, {}]
                 clusters.append(cluster)
             if f.vote:
                 cluster[1].add(f.source)
             cluster[2] = max(cluster[2], f.neighbours)
             cluster[3] = cluster[3] or f.alone
-        return [(tuple(int(round(v)) for v in box), len(passes), n, alone)
-                for box, passes, n, alone in clusters]
+            cluster[4].setdefault(f.source, f)
+        out = []
+        for box, passes, n, alone, strongest in clusters:
+            if c.hog_fuse and "cnn" in strongest and "hog" in strongest \
+                    and strongest["hog"].vote and box is strongest["cnn"].box:
+                box = tuple((1 - c.hog_fuse) * a + c.hog_fuse * b
+                            for a, b in zip(box, strongest["hog"].box))
+            out.append((tuple(int(round(v)) for v in box), len(passes), n, alone))
+        return out
 
     def _hog(self, gray: np.ndarray):
         c = self.config
@@ -260,8 +275,19 @@ class CascadeDetector:
 
     def __call__(self, gray: np.ndarray) -> list[Box]:
         c = self.config
-        return sorted(box for box, votes, n, alone in self.detections(gray)
-                      if votes >= c.min_votes or alone or (c.strong and n >= c.strong))
+        kept = [box for box, votes, n, alone in self.detections(gray)
+                if votes >= c.min_votes or alone or (c.strong and n >= c.strong)]
+        if c.contained:
+            kept = [box for box in kept if not any(
+                other[2] > box[2] and _inside(box, other) >= c.contained for other in kept)]
+        return sorted(kept)
+
+
+def _inside(a, b) -> float:
+    """The share of box a's area that lies inside box b."""
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return iw * ih / (a[2] * a[3]) if iw > 0 and ih > 0 else 0.0
 
 
 @dataclass
@@ -307,11 +333,14 @@ CANDIDATES = {
     "cnn+hog+default+alt votes2": CascadeConfig(_FRONTAL2, scale_factor=1.05, min_neighbors=3,
                                                 min_votes=2, hog=True, hog_alone=0.0,
                                                 hog_vote=-0.5, cnn=True),
+    "cnn+hog+default+alt votes2 fused": CascadeConfig(
+        _FRONTAL2, scale_factor=1.05, min_neighbors=3, min_votes=2, hog=True, hog_alone=0.0,
+        hog_vote=-0.5, cnn=True, hog_fuse=0.25, contained=0.7),
 }
 
 #: The detector of ``predict`` (``--detector auto``) when dlib and the CNN's weights are
 #: installed.
-CNN_DEFAULT = CANDIDATES["cnn+hog+default+alt votes2"]
+CNN_DEFAULT = CANDIDATES["cnn+hog+default+alt votes2 fused"]
 #: ... when dlib is installed without the CNN's weights.
 DEFAULT = CANDIDATES["hog+default+alt votes2"]
 #: ... and without dlib (``--detector haar``): OpenCV's frontal cascade with its own defaults;

@@ -170,6 +170,33 @@ def test_cnn_boxes_are_enlarged_to_the_fer_framing_and_stand_alone():
     assert CascadeDetector(CNN_DEFAULT)(empty) == []
 
 
+@needs_cnn
+def test_cnn_box_takes_its_share_of_the_hog_box():
+    drawn = ((90, 120, 90), (240, 110, 100))
+    gray = cv2.cvtColor(face_photo(1, faces=drawn), cv2.COLOR_BGR2GRAY)
+    alone = {"cnn": CascadeConfig((), cnn=True), "hog": CascadeConfig((), hog=True)}
+    boxes = {k: sorted(CascadeDetector(c)(gray)) for k, c in alone.items()}
+    assert len(boxes["cnn"]) == len(boxes["hog"]) == 2 and boxes["cnn"] != boxes["hog"]
+    for share in (0.0, 0.25, 1.0):
+        fused = sorted(CascadeDetector(CascadeConfig((), cnn=True, hog=True,
+                                                     hog_fuse=share))(gray))
+        for box, cnn, hog in zip(fused, boxes["cnn"], boxes["hog"]):
+            want = [(1 - share) * a + share * b for a, b in zip(cnn, hog)]
+            assert all(abs(v - w) <= 1 for v, w in zip(box, want)), (share, box, want)
+
+
+def test_boxes_inside_a_bigger_one_are_dropped(monkeypatch):
+    face, inner, beside = (100, 100, 120, 120), (130, 120, 50, 50), (215, 100, 60, 60)
+    detector = CascadeDetector(CascadeConfig(contained=0.7))
+    monkeypatch.setattr(detector, "detections", lambda gray: [
+        (face, 1, 3, False), (inner, 1, 3, False), (beside, 1, 3, False)])
+    # inner lies wholly inside the face, beside only by 5/60 of its side: kept
+    assert detector(None) == [face, beside]
+    monkeypatch.setattr(detector, "config", CascadeConfig(contained=0.0))
+    assert detector(None) == [face, inner, beside]
+    assert "drop boxes 0.7 inside" in CascadeConfig(contained=0.7).describe()
+
+
 @pytest.fixture(scope="module")
 def empty_photo(tmp_path_factory):
     root = tmp_path_factory.mktemp("noface")
