@@ -3,7 +3,8 @@
 Left: training images/s per VGG width and CPU path (docs/cpu_measurements.json). Middle: the
 recipe's choices compared in short runs on the real data, validation (PrivateTest) ten-crop
 accuracy per epoch (docs/cpu_recipe_runs/*.csv, the runs' metrics.csv). Right: the bundled
-model's training run (fer_fast/models/metrics.csv). ``python benchmarks/cpu_figure.py``
+model's training run (fer_fast/models/metrics.csv) and the other full-length runs of the recipe
+(docs/cpu_recipe_runs/30-epoch/*.csv). ``python benchmarks/cpu_figure.py``
 rewrites docs/cpu.png.
 """
 import json
@@ -42,11 +43,15 @@ def main() -> None:
     epochs = [r["epoch"] for r in rows]
     curve.plot(epochs, [100 * r["val_acc"] for r in rows], marker=".", label="validation")
     curve.plot(epochs, [100 * r["train_acc"] for r in rows], marker=".", label="train (crops)")
+    for run in sorted((ROOT / "docs" / "cpu_recipe_runs" / "30-epoch").glob("*.csv")):
+        other = read_metrics(run)
+        curve.plot([r["epoch"] for r in other], [100 * r["val_acc"] for r in other], ls="--",
+                   color="gray", label=f"validation, {run.stem} (not bundled)")
     curve.set_xlabel("epoch")
     curve.set_ylabel("ten-crop accuracy (%)")
     curve.set_title("the bundled model's run (--preset cpu)")
     curve.grid(alpha=0.3)
-    curve.legend(loc="lower right")
+    curve.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     with files.temporary_path(ROOT / "docs" / "cpu.png", overwrite=True) as tmp:
         fig.savefig(tmp, dpi=100)

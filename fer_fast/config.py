@@ -78,8 +78,8 @@ PRESETS = {
     # leaves chance; batch 64 at lr 0.01 needs about twice the time on a CPU.
     "quick": dict(width=0.125, epochs=6, batch_size=32, lr=0.02,
                   synthetic_sizes=(1280, 256, 512)),
-    # the bundled model's recipe: about 2 hours of 2 CPU cores on FER2013 (docs/cpu_recipe.md)
-    "cpu": dict(width=0.25, epochs=30, scheduler="cosine", lr=0.02, save_every=5),
+    # the bundled model's recipe: about 2 hours of 2 CPU cores on FER2013 (docs/cpu.md)
+    "cpu": dict(width=0.25, epochs=30, scheduler="cosine", lr=0.08, save_every=5),
 }
 
 

@@ -384,7 +384,7 @@ def test_evaluate_uses_the_runs_data_and_a_test_only_file(tmp_path, capsys):
 
 def test_help_shows_defaults(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # one line per flag
-    for main, expected in ((T.main, ["--lr LR", "(default: 0.01; quick and cpu presets 0.02)",
+    for main, expected in ((T.main, ["--lr LR", "(default: 0.01; quick preset 0.02; cpu preset 0.08)",
                                       "(default: 300; quick preset 6; cpu preset 30)"]),
                            (evaluate.main, ["(default: 256)", "(default: every split the data has)"]),
                            (saliency.main, ["(default: test)", "(default: ten)"])):
