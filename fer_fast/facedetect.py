@@ -133,16 +133,17 @@ HOG_SCALE, HOG_SHIFT = 1.16, 0.065
 CNN_SCALE = 1.2
 
 
+def _intersection(a, b) -> float:
+    """Area shared by two (x, y, w, h) boxes."""
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return iw * ih if iw > 0 and ih > 0 else 0.0
+
+
 def iou(a, b) -> float:
     """Intersection over union of two (x, y, w, h) boxes."""
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = min(ax + aw, bx + bw) - max(ax, bx)
-    ih = min(ay + ah, by + bh) - max(ay, by)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / (aw * ah + bw * bh - inter)
+    inter = _intersection(a, b)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter) if inter else 0.0
 
 
 class CascadeDetector:
@@ -285,9 +286,7 @@ class CascadeDetector:
 
 def _inside(a, b) -> float:
     """The share of box a's area that lies inside box b."""
-    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    return iw * ih / (a[2] * a[3]) if iw > 0 and ih > 0 else 0.0
+    return _intersection(a, b) / (a[2] * a[3])
 
 
 @dataclass
@@ -333,10 +332,9 @@ CANDIDATES = {
     "cnn+hog+default+alt votes2": CascadeConfig(_FRONTAL2, scale_factor=1.05, min_neighbors=3,
                                                 min_votes=2, hog=True, hog_alone=0.0,
                                                 hog_vote=-0.5, cnn=True),
-    "cnn+hog+default+alt votes2 fused": CascadeConfig(
-        _FRONTAL2, scale_factor=1.05, min_neighbors=3, min_votes=2, hog=True, hog_alone=0.0,
-        hog_vote=-0.5, cnn=True, hog_fuse=0.25, contained=0.7),
 }
+CANDIDATES["cnn+hog+default+alt votes2 fused"] = replace(
+    CANDIDATES["cnn+hog+default+alt votes2"], hog_fuse=0.25, contained=0.7)
 
 #: The detector of ``predict`` (``--detector auto``) when dlib and the CNN's weights are
 #: installed.
