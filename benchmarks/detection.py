@@ -48,6 +48,7 @@ class Truth:
     box: tuple[int, int, int, int]
     size: int  # side of the pasted face in pixels
     kind: str  # frontal, rotated, partial
+    face: int = -1  # index of the pasted face in the faces array the set was made from
 
 
 @dataclass
@@ -60,14 +61,18 @@ class Sample:
 # Faces and images
 # ----------------------------------------------------------------------------------------------
 
-def fer_faces(csv: str | Path, held_out: bool, min_std: float = 8.0) -> np.ndarray:
-    """uint8 [N, 48, 48] faces of the FER2013 CSV: Training (dev) or PrivateTest (held-out)
-    rows; near-uniform images (pixel std < ``min_std``: FER2013's blank placeholders) dropped."""
+def fer_faces(csv: str | Path, held_out: bool,
+              min_std: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [N, 48, 48] faces, int64 [N] labels) of the FER2013 CSV: Training (dev) or
+    PrivateTest (held-out) rows; near-uniform images (pixel std < ``min_std``: FER2013's blank
+    placeholders) dropped."""
     from fer_fast.data import read_fer_csv
 
     data = read_fer_csv(csv, required=("val",) if held_out else ("train",))
-    images = (data.val if held_out else data.train).images.numpy()
-    return images[images.reshape(len(images), -1).std(1) >= min_std]
+    split = data.val if held_out else data.train
+    images, labels = split.images.numpy(), split.labels.numpy()
+    keep = images.reshape(len(images), -1).std(1) >= min_std
+    return images[keep], labels[keep]
 
 
 def drawn_faces(count: int, seed: int = 0, side: int = 96) -> np.ndarray:
@@ -144,8 +149,9 @@ def background(rng: np.random.Generator, width: int, height: int, clutter: int) 
     return canvas
 
 
-def _paste_face(rng, canvas, face, side, placed):
-    """Paste ``face`` at a free spot; returns its Truth or None when no spot was found."""
+def _paste_face(rng, canvas, face, side, placed, index):
+    """Paste ``face`` (number ``index`` of its set) at a free spot; returns its Truth or None
+    when no spot was found."""
     height, width = canvas.shape
     partial = rng.uniform() < 0.15
     rotated = not partial and rng.uniform() < 0.25
@@ -176,7 +182,7 @@ def _paste_face(rng, canvas, face, side, placed):
     canvas[y0:y1, x0:x1] = img[y0 - y:y1 - y, x0 - x:x1 - x]
     kind = "partial" if partial else "rotated" if rotated else "frontal"
     placed.append(box)
-    return Truth((x0, y0, x1 - x0, y1 - y0), side, kind)
+    return Truth((x0, y0, x1 - x0, y1 - y0), side, kind, index)
 
 
 def _touch(a, b, gap=4):
@@ -212,7 +218,8 @@ def make_set(faces: np.ndarray, images: int, negatives: int, seed: int,
         truths, placed = [], []
         for _ in range(int(rng.choice([1, 1, 2, 3]))):
             side = int(rng.integers(sizes[0], min(sizes[1], height) + 1))
-            truth = _paste_face(rng, canvas, faces[order[used % len(order)]], side, placed)
+            index = int(order[used % len(order)])
+            truth = _paste_face(rng, canvas, faces[index], side, placed, index)
             used += 1
             if truth is not None:
                 truths.append(truth)
@@ -230,12 +237,13 @@ def simple_set(faces: np.ndarray, images: int, seed: int) -> list[Sample]:
         canvas = 80 + 80 * xx / 480 + 30 * yy / 360 + rng.normal(0, 8, (360, 480))
         side = int(rng.integers(100, 221))
         x, y = int(rng.integers(0, 480 - side)), int(rng.integers(0, 360 - side))
-        canvas[y:y + side, x:x + side] = cv2.resize(faces[rng.integers(len(faces))], (side, side),
+        index = int(rng.integers(len(faces)))
+        canvas[y:y + side, x:x + side] = cv2.resize(faces[index], (side, side),
                                                     interpolation=cv2.INTER_CUBIC)
         gray = np.clip(canvas, 0, 255).astype(np.uint8)
         jpeg = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, 80])[1]
         samples.append(Sample(cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE),
-                              [Truth((x, y, side, side), side, "frontal")]))
+                              [Truth((x, y, side, side), side, "frontal", index)]))
     return samples
 
 
@@ -243,18 +251,23 @@ def simple_set(faces: np.ndarray, images: int, seed: int) -> list[Sample]:
 # Scoring
 # ----------------------------------------------------------------------------------------------
 
-def match(truths, boxes, threshold: float = IOU) -> tuple[list[bool], int]:
-    """(found flag per truth, number of detections matched), greedy by IoU, largest first."""
+def matches(truths, boxes, threshold: float = IOU) -> dict[int, int]:
+    """{truth number: detection number} of the matched pairs, greedy by IoU, largest first."""
     pairs = sorted(((iou(t.box, b), i, j) for i, t in enumerate(truths)
                     for j, b in enumerate(boxes)), reverse=True)
-    found, used = [False] * len(truths), set()
+    matched = {}
     for value, i, j in pairs:
         if value < threshold:
             break
-        if not found[i] and j not in used:
-            found[i] = True
-            used.add(j)
-    return found, len(used)
+        if i not in matched and j not in matched.values():
+            matched[i] = j
+    return matched
+
+
+def match(truths, boxes, threshold: float = IOU) -> tuple[list[bool], int]:
+    """(found flag per truth, number of detections matched), greedy by IoU, largest first."""
+    matched = matches(truths, boxes, threshold)
+    return [i in matched for i in range(len(truths))], len(matched)
 
 
 def _bin(size):
@@ -353,7 +366,7 @@ def main(argv=None) -> int:
     if args.faces == "fer":
         if not args.data:
             p.error("--data is needed for --faces fer (or use --faces drawn)")
-        faces = fer_faces(args.data, args.held_out)
+        faces, _ = fer_faces(args.data, args.held_out)
     else:
         faces = drawn_faces(max(8, args.images), seed=seed)
     samples = simple_set(faces, args.images, seed) if args.simple else \

@@ -73,6 +73,44 @@ def test_matching_and_scores():
     assert "| x | 100.0 |" in text and "2 images (1 face-free), 2 faces" in text
 
 
+
+def test_label_accuracy_cuts_each_found_face_as_asked():
+    """benchmarks/predict_faces.py: a truth's ``face`` is the face pasted there, and each way of
+    cutting it is scored against that face's label (a nearest-face classifier as the model)."""
+    import predict_faces
+
+    rng = np.random.default_rng(0)
+    faces = cv2.GaussianBlur(rng.integers(0, 256, (12, 48, 48)).astype(np.float32), (0, 0),
+                             2).astype(np.uint8)
+    labels = np.arange(12) % 7
+    reference = faces.reshape(12, -1).astype(np.float64)
+    reference = (reference - reference.mean(1, keepdims=True)) / reference.std(1, keepdims=True)
+
+    def nearest_face(crops):  # scores: the correlation of each crop with each face's label
+        x = crops.reshape(len(crops), -1).astype(np.float64)
+        x = (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-9)
+        best = (x @ reference.T).argmax(1)
+        return np.eye(7)[labels[best]]
+
+    samples = bench.make_set(faces, images=12, negatives=0, seed=3, canvases=((320, 240),),
+                             sizes=(80, 200))
+    found = [(k, i, t.box, t.box) for k, s in enumerate(samples) for i, t in enumerate(s.truths)
+             if t.kind == "frontal"]
+    assert len(found) >= 5 and all(samples[k].truths[i].face >= 0 for k, i, _, _ in found)
+    right = predict_faces.label_accuracy(nearest_face, samples, found, faces, labels, (0, 0.5))
+    assert right["48x48 crops"] == 1.0 and right["true box"] == 1.0 and right["margin 0"] == 1.0
+    assert right["margin 0.5"] < 1.0  # a face cut twice as wide no longer matches its own
+    wrong = predict_faces.label_accuracy(nearest_face, samples, found, faces,
+                                         np.roll(labels, 1), (0,))
+    assert wrong["true box"] == 0.0
+    shifted = [(k, i, box, (box[0] + box[2] // 2, box[1], box[2], box[3]))
+               for k, i, box, _ in found]  # the margins cut at the detector's box
+    off = predict_faces.label_accuracy(nearest_face, samples, shifted, faces, labels, (0,))
+    assert off["true box"] == 1.0 and off["margin 0"] < 0.5
+    detected = predict_faces.found_faces(lambda gray: [found[0][2]] if gray is samples[
+        found[0][0]].image else [], samples)
+    assert detected == [found[0]]
+
 needs_dlib = pytest.mark.skipif(not has_dlib(), reason="needs dlib (pip install dlib-bin)")
 needs_cnn = pytest.mark.skipif(not has_dlib() or cnn_model_path() is None,
                                reason="needs dlib and the CNN detector's weights (pip install "
