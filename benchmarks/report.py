@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import functools
+import importlib.util
 import json
 import os
 import re
@@ -386,9 +388,18 @@ def device_slug(result: dict) -> str:
 def _write(path: Path, text: str) -> None:
     """Replace one of the report's own files (a temporary file renamed into place: a full
     disk or a crash never leaves it half-written; see fer_fast.files)."""
-    from fer_fast.files import write_text
+    _files().write_text(path, text, overwrite=True)
 
-    write_text(path, text, overwrite=True)
+
+@functools.cache
+def _files():
+    """fer_fast/files.py, loaded by its path: it needs only the standard library, while
+    importing it through the package imports torch, 3-4 s that the device check would spend
+    after every part (it collects the results so far each time)."""
+    spec = importlib.util.spec_from_file_location("fer_fast_files", ROOT / "fer_fast" / "files.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def save(device_out: Path, results: Path) -> Path:
