@@ -224,8 +224,10 @@ def make(run_dir: Path, data_path: Path, out: Path, command: str) -> dict:
         "recipe_line": (f"width {width}, {config['epochs']} epochs, batch {config['batch_size']} "
                         f"images (x10 crops), SGD-Nesterov lr {config['lr']} momentum "
                         f"{config['momentum']} weight decay {config['weight_decay']}, "
-                        f"{config['scheduler']} schedule, dropout {config['dropout']}, seed "
-                        f"{config['seed']}"),
+                        f"{config['scheduler']} schedule, dropout {config['dropout']}, "
+                        + (f"label smoothing {config['label_smoothing']}, "
+                           if config.get("label_smoothing") else "")
+                        + f"seed {config['seed']}"),
         "wall_time": _human_duration(sum(r["epoch_time_s"] for r in history)),
         "images_per_s": sum(r["images_per_s"] * r["train_time_s"] for r in history)
         / max(train_time, 1e-9),

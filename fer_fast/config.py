@@ -44,6 +44,7 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     dropout: float = 0.2
+    label_smoothing: float = 0.0  # of the training loss (torch's cross_entropy); 0: the paper's
     width: float = 1.0
     # plateau: factor / patience; step: step_size (epochs) / gamma; cosine-wr: restart period
     plateau_factor: float = 0.75
@@ -165,6 +166,9 @@ def _parser() -> argparse.ArgumentParser:
         "weight_decay", "L2 weight decay on every parameter"))
     p.add_argument("--dropout", type=num(low=0, high=1, high_open=True), **default(
         "dropout", "dropout probability"))
+    p.add_argument("--label-smoothing", type=num(low=0, high=1, high_open=True), **default(
+        "label_smoothing", "share of each crop's target spread over all classes in the training "
+                           "loss"))
     p.add_argument("--width", type=num(low=0, low_open=True), **default(
         "width", "channel multiplier (1 = the paper's VGG)"))
     p.add_argument("--plateau-factor", type=num(low=0, high=1, low_open=True, high_open=True),

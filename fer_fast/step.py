@@ -99,8 +99,8 @@ def augment_batch(images: torch.Tensor, params: AugmentParams, labels: torch.Ten
 
 class TrainStep:
     """One optimizer step, the code every training run (and the benchmark) executes:
-    augmentation -> forward -> mean cross-entropy over the crops -> (scaled) backward ->
-    optimizer step (-> per-step scheduler step).
+    augmentation -> forward -> mean cross-entropy over the crops (with torch's
+    ``label_smoothing``) -> (scaled) backward -> optimizer step (-> per-step scheduler step).
 
     ``step(images, params, labels, shard=None)`` (or ``step(*loader_batch)``): uint8 ``images``
     [b, 48, 48] and int64 ``labels`` [b] on the model's device, ``params`` their
@@ -119,8 +119,9 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, *, device_type: str, precision: str = "fp32",
-                 augment_backend: str = "auto", scheduler=None):
+                 augment_backend: str = "auto", scheduler=None, label_smoothing: float = 0.0):
         self.model, self.optimizer, self.scaler, self.scheduler = model, optimizer, scaler, scheduler
+        self.label_smoothing = label_smoothing
         self.device_type, self.dtype = device_type, DTYPES[precision]
         self.autocast = precision != "fp32"
         self.augment_backend = augment_backend
@@ -150,7 +151,7 @@ class TrainStep:
             share = (shard.stop - shard.first) * shard.world / shard.total
         with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.autocast):
             logits = self.model(crops, **kwargs)
-            loss = F.cross_entropy(logits, crop_labels)
+            loss = F.cross_entropy(logits, crop_labels, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss * share if share != 1.0 else loss).backward()
         self.scaler.step(self.optimizer)

@@ -233,7 +233,8 @@ def _setup(config: Config, resume: Path | None, device: torch.device, run_dir: P
     trained = distributed.data_parallel(model, device) if world.size > 1 else model
     run.step = TrainStep(trained, optimizer, scaler, device_type=device.type,
                          precision=precision, augment_backend=augment_backend,
-                         scheduler=scheduler if sched_unit == "step" else None)
+                         scheduler=scheduler if sched_unit == "step" else None,
+                         label_smoothing=config.label_smoothing)
     config.out = str(run_dir)
     if not world.main:
         return run

@@ -260,7 +260,8 @@ def test_saved_paths_are_absolute_and_data_may_move(tmp_path, easy, monkeypatch,
 @pytest.mark.parametrize("argv", [["--width", "nan"], ["--dropout", "2"], ["--momentum", "-1"],
                                   ["--weight-decay", "-1"], ["--plateau-factor", "2"],
                                   ["--restart-period", "0"], ["--step-size", "0"],
-                                  ["--save-every", "-1"], ["--lr", "inf"], ["--epochs", "x"]])
+                                  ["--save-every", "-1"], ["--lr", "inf"], ["--epochs", "x"],
+                                  ["--label-smoothing", "1"]])
 def test_out_of_range_flags_fail_at_start(argv, capsys, no_data):
     with pytest.raises(SystemExit) as exit_info:
         T.main(argv)

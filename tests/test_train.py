@@ -79,12 +79,14 @@ def test_flags_override_presets():
                          "--width", "0.5", "--seed", "4", "--device", "cpu", "--model-backend",
                          "eager", "--augment-backend", "eager", "--precision", "bf16",
                          "--train-on", "train+val", "--save-every", "3", "--no-progress",
-                         "--synthetic-sizes", "10,5,5", "--out", "somewhere"])
+                         "--synthetic-sizes", "10,5,5", "--out", "somewhere",
+                         "--label-smoothing", "0.1"])
     assert (c.recipe, c.optimizer, c.scheduler, c.epochs, c.lr, c.weight_decay, c.momentum,
             c.batch_size, c.width, c.seed, c.device, c.model_backend, c.augment_backend,
-            c.precision, c.train_on, c.save_every, c.progress, c.synthetic_sizes, c.out) == (
+            c.precision, c.train_on, c.save_every, c.progress, c.synthetic_sizes, c.out,
+            c.label_smoothing) == (
         "paper", "adagrad", "cosine-wr", 7, 0.001, 0.0, 0.5, 32, 0.5, 4, "cpu", "eager", "eager",
-        "bf16", "train+val", 3, False, (10, 5, 5), "somewhere")
+        "bf16", "train+val", 3, False, (10, 5, 5), "somewhere", 0.1)
 
 
 @pytest.mark.parametrize("argv", [["--optimizer", "rmsprop"], ["--scheduler", "poly"],
@@ -296,9 +298,11 @@ def test_package_entry_point_dispatches(capsys):
     assert exit_info.value.code == 0 and "--model-backend" in capsys.readouterr().out
 
 
-def test_train_step_is_the_whole_step():
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_train_step_is_the_whole_step(label_smoothing):
     """TrainStep (what train() runs per batch, and what a benchmark times) = augmentation ->
-    forward -> mean cross-entropy over the crops -> backward -> optimizer step."""
+    forward -> mean cross-entropy over the crops (label-smoothed when asked) -> backward ->
+    optimizer step."""
     from fer_fast.loader import DeviceLoader
     from fer_fast.step import augment_batch
     torch.manual_seed(0)
@@ -308,7 +312,7 @@ def test_train_step_is_the_whole_step():
     config = Config(lr=0.05)
     step = TrainStep(model, make_optimizer(config, model.parameters()),
                      torch.amp.GradScaler("cpu", enabled=False), device_type="cpu",
-                     augment_backend="eager")
+                     augment_backend="eager", label_smoothing=label_smoothing)
     opt = make_optimizer(config, twin.parameters())
     images, params, labels, _ = next(iter(DeviceLoader(easy_data().train, batch_size=4,
                                                        device="cpu")))
@@ -317,7 +321,8 @@ def test_train_step_is_the_whole_step():
     assert loss.dim() == 0 and not loss.requires_grad and logits.shape == (40, 7)
     crops, crop_labels = augment_batch(images, params, labels, backend="eager")
     torch.manual_seed(1)
-    expected = torch.nn.functional.cross_entropy(twin(crops), crop_labels)
+    expected = torch.nn.functional.cross_entropy(twin(crops), crop_labels,
+                                                 label_smoothing=label_smoothing)
     expected.backward()
     opt.step()
     torch.testing.assert_close(loss, expected.detach())
