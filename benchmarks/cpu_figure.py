@@ -2,7 +2,8 @@
 
 Left: training images/s per VGG width and CPU path (docs/cpu_measurements.json). Middle: the
 recipe's choices compared in short runs on the real data, validation (PrivateTest) ten-crop
-accuracy per epoch (docs/cpu_recipe_runs/*.csv, the runs' metrics.csv). Right: the bundled
+accuracy per epoch (docs/cpu_recipe_runs/*.csv, the runs' metrics.csv, on the Xeon; dashed:
+docs/cpu_recipe_runs/epyc/*.csv, on the AMD EPYC). Right: the bundled
 model's training run (fer_fast/models/metrics.csv) and the other full-length runs of the recipe
 (docs/cpu_recipe_runs/30-epoch/*.csv). ``python benchmarks/cpu_figure.py``
 rewrites docs/cpu.png.
@@ -35,6 +36,10 @@ def main() -> None:
         compared = read_metrics(run)
         choices.plot([r["epoch"] for r in compared], [100 * r["val_acc"] for r in compared],
                      marker=".", label=run.stem)
+    for run in sorted((ROOT / "docs" / "cpu_recipe_runs" / "epyc").glob("*.csv")):
+        compared = read_metrics(run)
+        choices.plot([r["epoch"] for r in compared], [100 * r["val_acc"] for r in compared],
+                     marker="x", ls="--", label=f"{run.stem} (EPYC)")
     choices.set_xlabel("epoch")
     choices.set_ylabel("validation ten-crop accuracy (%)")
     choices.set_title("choices compared: 6-epoch cosine runs")
