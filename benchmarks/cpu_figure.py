@@ -32,14 +32,13 @@ def main() -> None:
     speed.invert_yaxis()
     speed.set_xlabel("training images/s (x10 crops), 2 cores")
     speed.set_title("one training step, batch 64")
-    for run in sorted((ROOT / "docs" / "cpu_recipe_runs").glob("*.csv")):
-        compared = read_metrics(run)
-        choices.plot([r["epoch"] for r in compared], [100 * r["val_acc"] for r in compared],
-                     marker=".", label=run.stem)
-    for run in sorted((ROOT / "docs" / "cpu_recipe_runs" / "epyc").glob("*.csv")):
-        compared = read_metrics(run)
-        choices.plot([r["epoch"] for r in compared], [100 * r["val_acc"] for r in compared],
-                     marker="x", ls="--", label=f"{run.stem} (EPYC)")
+    runs = ROOT / "docs" / "cpu_recipe_runs"
+    for folder, style, machine in ((runs, dict(marker="."), ""),
+                                   (runs / "epyc", dict(marker="x", ls="--"), " (EPYC)")):
+        for run in sorted(folder.glob("*.csv")):
+            compared = read_metrics(run)
+            choices.plot([r["epoch"] for r in compared], [100 * r["val_acc"] for r in compared],
+                         label=run.stem + machine, **style)
     choices.set_xlabel("epoch")
     choices.set_ylabel("validation ten-crop accuracy (%)")
     choices.set_title("choices compared: 6-epoch cosine runs")
