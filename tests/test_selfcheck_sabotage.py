@@ -211,10 +211,10 @@ def test_a_broken_bf16_cpu_training_path_is_refused(verdict_cache, monkeypatch):
         pytest.skip(reason="this CPU has no native bf16: the path is not checked")
     real = step.F.cross_entropy
 
-    def wrong_class(logits, labels):
+    def wrong_class(logits, labels, **options):
         if torch.is_autocast_enabled("cpu"):
             labels = (labels + 1) % logits.shape[1]
-        return real(logits, labels)
+        return real(logits, labels, **options)
 
     monkeypatch.setattr(step, "F", types.SimpleNamespace(cross_entropy=wrong_class))
     rows = selfcheck.check_cpu_precision(CPU, selfcheck.sizes(CPU, quick=True))
