@@ -25,10 +25,32 @@ import importlib.util
 import numpy as np
 
 __all__ = ["CascadeConfig", "CascadeDetector", "CNN_DEFAULT", "DEFAULT", "HAAR_DEFAULT",
-           "OPENCV_DEFAULT", "CANDIDATES", "has_dlib", "cnn_model_path", "default_config", "iou",
-           "cascade_path"]
+           "OPENCV_DEFAULT", "CANDIDATES", "DETECT_SIDE", "has_dlib", "cnn_model_path",
+           "default_config", "detect_shrunk", "iou", "cascade_path"]
 
 Box = tuple[int, int, int, int]
+
+# Pictures are searched for faces at a long side of at most this many pixels (a 12-megapixel
+# photo took 2.3 minutes and 12 GB with the CNN pass at full size): docs/detection.md.
+DETECT_SIDE = 1280
+
+
+def detect_shrunk(find, gray: np.ndarray, max_side: int, min_face: int) -> list[Box]:
+    """``find(picture, min_face) -> boxes`` run on ``gray`` shrunk (area averaging) to a long
+    side of at most ``max_side`` pixels (0: as it is); the boxes in ``gray``'s pixels, those
+    with a side under ``min_face`` dropped. Faces that end up under the detectors' smallest
+    window (24 px) are not found."""
+    height, width = gray.shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return list(find(gray, min_face))
+    import cv2
+
+    scale = max_side / max(height, width)
+    small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA)
+    boxes = [tuple(int(round(v / scale)) for v in box)
+             for box in find(small, max(1, int(round(min_face * scale))))]
+    return [box for box in boxes if min(box[2], box[3]) >= min_face]
 
 
 def cascade_path(name: str) -> Path:
@@ -147,7 +169,8 @@ def iou(a, b) -> float:
 
 
 class CascadeDetector:
-    """Callable: uint8 2-D gray picture -> face boxes (x, y, w, h), sorted left to right."""
+    """Callable: uint8 2-D gray picture (and optionally the smallest face side, if not
+    ``min_face``) -> face boxes (x, y, w, h), sorted left to right."""
 
     def __init__(self, config: CascadeConfig = None, min_face: int = 24):
         import cv2
@@ -180,9 +203,9 @@ class CascadeDetector:
                 raise ValueError(f"{path}: not an OpenCV cascade classifier")
             self.cascades[name] = cascade
 
-    def _pass(self, name: str, gray: np.ndarray, scale: float, mirror: bool):
+    def _pass(self, name: str, gray: np.ndarray, scale: float, mirror: bool, min_face: int):
         c = self.config
-        min_side = max(1, int(round(self.min_face * scale)))
+        min_side = max(1, int(round(min_face * scale)))
         boxes, counts = self.cascades[name].detectMultiScale2(
             gray, scaleFactor=c.scale_factor,
             minNeighbors=c.neighbors.get(name, c.min_neighbors), minSize=(min_side, min_side))
@@ -195,12 +218,15 @@ class CascadeDetector:
                               (name, mirror)))
         return out
 
-    def detections(self, gray: np.ndarray) -> list[tuple[Box, int, int, bool]]:
+    def detections(self, gray: np.ndarray, min_face: int | None = None
+                   ) -> list[tuple[Box, int, int, bool]]:
         """(box, votes, most cascade neighbours, kept alone) of every merged face, before the
-        keep rule; a merged face takes the box of its strongest pass (CNN, HOG, cascades)."""
+        keep rule; a merged face takes the box of its strongest pass (CNN, HOG, cascades).
+        ``min_face``: the smallest face side, if not the detector's own."""
         import cv2
 
         c = self.config
+        min_face = self.min_face if min_face is None else min_face
         if c.equalize:
             gray = cv2.equalizeHist(gray)
         images = [(gray, 1.0)]
@@ -209,16 +235,16 @@ class CascadeDetector:
                                       interpolation=cv2.INTER_LINEAR), 2.0))
         found = []
         if self.cnn is not None:
-            found += self._cnn(gray)
+            found += self._cnn(gray, min_face)
         if self.hog is not None:
-            found += self._hog(gray)
+            found += self._hog(gray, min_face)
         for image, scale in images:
             for name in c.cascades:
-                found += self._pass(name, image, scale, False)
+                found += self._pass(name, image, scale, False, min_face)
             if c.mirrored:
                 flipped = np.ascontiguousarray(image[:, ::-1])
                 for name in c.mirrored:
-                    found += self._pass(name, flipped, scale, True)
+                    found += self._pass(name, flipped, scale, True, min_face)
         found.sort(key=lambda f: -f.rank)
         clusters = []  # [box, passes, most neighbours, alone, strongest box of each pass]
         for f in found:
@@ -242,7 +268,7 @@ class CascadeDetector:
             out.append((tuple(int(round(v)) for v in box), len(passes), n, alone))
         return out
 
-    def _hog(self, gray: np.ndarray):
+    def _hog(self, gray: np.ndarray, min_face: int):
         c = self.config
         rects, scores, _ = self.hog.run(np.ascontiguousarray(gray), 0, min(c.hog_vote,
                                                                            c.hog_alone))
@@ -251,12 +277,12 @@ class CascadeDetector:
             w = r.width() * HOG_SCALE
             cx = r.left() + r.width() / 2
             cy = r.top() + r.height() / 2 + HOG_SHIFT * r.height()
-            if w >= self.min_face:
+            if w >= min_face:
                 out.append(_Found((cx - w / 2, cy - w / 2, w, w), 0, "hog", 1000 + score,
                                   vote=score >= c.hog_vote, alone=score >= c.hog_alone))
         return out
 
-    def _cnn(self, gray: np.ndarray):
+    def _cnn(self, gray: np.ndarray, min_face: int):
         import cv2
 
         c = self.config
@@ -269,14 +295,14 @@ class CascadeDetector:
             w = r.width() * CNN_SCALE / scale
             cx = (r.left() + r.width() / 2) / scale
             cy = (r.top() + r.height() / 2) / scale
-            if w >= self.min_face:
+            if w >= min_face:
                 out.append(_Found((cx - w / 2, cy - w / 2, w, w), 0, "cnn",
                                   2000 + d.confidence, alone=d.confidence >= c.cnn_alone))
         return out
 
-    def __call__(self, gray: np.ndarray) -> list[Box]:
+    def __call__(self, gray: np.ndarray, min_face: int | None = None) -> list[Box]:
         c = self.config
-        kept = [box for box, votes, n, alone in self.detections(gray)
+        kept = [box for box, votes, n, alone in self.detections(gray, min_face)
                 if votes >= c.min_votes or alone or (c.strong and n >= c.strong)]
         if c.contained:
             kept = [box for box in kept if not any(

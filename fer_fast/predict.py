@@ -26,6 +26,7 @@ import torch
 
 from . import cli
 from .augmentation import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
+from .facedetect import DETECT_SIDE, detect_shrunk
 from .model import CLASS_NAMES, VGG
 from .files import temporary_path
 from .preprocess import MAX_PIXELS, ImageError, load_gray, open_image, to_fer_image
@@ -40,6 +41,7 @@ IF_NO_FACE = ("skip", "whole")
 #: crops, and any margin lowers the share labelled right (benchmarks/predict_faces.py,
 #: docs/detection.md: 72.0 % at 0 against 61.4 % at 0.1 on the held-out set's faces).
 MARGIN = 0.0
+MIN_DETECT_SIDE = 48  # a smaller copy holds hardly a face the detectors' 24 px window finds
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm",
                   ".ppm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -167,8 +169,8 @@ class _OnnxClassifier:
 class _Detector:
     """Face boxes (x, y, w, h) of a grayscale picture."""
 
-    def __init__(self, detector, min_face: int):
-        self.kind, self.min_face = None, min_face
+    def __init__(self, detector, min_face: int, max_side: int):
+        self.kind, self.min_face, self.max_side = None, min_face, max_side
         if detector == "none":
             self.kind = "none"
             return
@@ -202,23 +204,26 @@ class _Detector:
             self.kind = "cascade"
 
     def __call__(self, gray: np.ndarray) -> list[tuple[int, int, int, int] | None]:
-        """Boxes sorted left to right; ``[None]`` (the whole picture) without a detector."""
+        """Boxes sorted left to right, in the picture's pixels (found on a copy shrunk to
+        ``max_side``); ``[None]`` (the whole picture) without a detector."""
         if self.kind == "none":
             return [None]
+        return sorted(detect_shrunk(self._find, gray, self.max_side, self.min_face))
+
+    def _find(self, gray: np.ndarray, min_face: int) -> list[tuple[int, int, int, int]]:
         cv2 = _cv2()
         if self.kind == "yunet":
             h, w = gray.shape
             self.yunet.setInputSize((w, h))
             _, found = self.yunet.detect(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
             boxes = [] if found is None else [tuple(int(round(v)) for v in f[:4]) for f in found]
-            boxes = [b for b in boxes if min(b[2], b[3]) >= self.min_face]
-        elif self.kind == "bundled":
-            boxes = self.cascade(gray)
-        else:  # a user's cascade: detectMultiScale's defaults (docs/detection.md)
-            found = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=3,
-                                                  minSize=(self.min_face, self.min_face))
-            boxes = [tuple(int(v) for v in b) for b in found]
-        return sorted(boxes)
+            return [b for b in boxes if min(b[2], b[3]) >= min_face]
+        if self.kind == "bundled":
+            return self.cascade(gray, min_face)
+        # a user's cascade: detectMultiScale's defaults (docs/detection.md)
+        found = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=3,
+                                              minSize=(min_face, min_face))
+        return [tuple(int(v) for v in b) for b in found]
 
 
 class Predictor:
@@ -235,14 +240,17 @@ class Predictor:
     or YuNet ``.onnx`` model; see ``fer_fast.facedetect`` and docs/detection.md.
     ``tta``: "tencrop" (evaluation's ten-crop average) or "none" (the centre crop). ``margin``:
     fraction of a detected box's side added on each side before the square crop. ``min_face``:
-    smallest face side in pixels the detector reports. ``batch_size``: faces per forward pass.
+    smallest face side in pixels the detector reports. ``detect_side``: faces are searched on a
+    copy of the picture shrunk to this long side in pixels (0: the picture as it is; the faces
+    are cut from the picture itself), so faces under about ``24 / detect_side`` of the long side
+    are not found. ``batch_size``: faces per forward pass.
     ``if_no_face``: "skip" (a picture without a face gives no Face) or "whole" (its centred
     square is classified instead, as one Face with ``no_face_found=True``).
     """
 
     def __init__(self, model=None, *, device: str = "auto", detector="auto", tta: str = "tencrop",
-                 margin: float = MARGIN, min_face: int = 24, batch_size: int = 256,
-                 if_no_face: str = "skip"):
+                 margin: float = MARGIN, min_face: int = 24, detect_side: int = DETECT_SIDE,
+                 batch_size: int = 256, if_no_face: str = "skip"):
         if tta not in TTA:
             raise PredictError(f"tta must be one of {TTA}, got {tta!r}")
         if if_no_face not in IF_NO_FACE:
@@ -253,11 +261,15 @@ class Predictor:
         for name, value in (("batch_size", batch_size), ("min_face", min_face)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise PredictError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(detect_side, bool) or not isinstance(detect_side, (int, np.integer)) \
+                or not (detect_side == 0 or detect_side >= MIN_DETECT_SIDE):
+            raise PredictError(f"detect_side must be 0 (full size) or an integer >= "
+                               f"{MIN_DETECT_SIDE}, got {detect_side!r}")
         device = str(cli.resolve_device(str(device), flag="device"))
         self.device, self.tta, self.margin, self.batch_size = device, tta, margin, batch_size
         self.classifier = self._classifier(model, device)
         self.class_names = self.classifier.class_names
-        self.detector = _Detector(detector, min_face)
+        self.detector = _Detector(detector, min_face, int(detect_side))
 
     @staticmethod
     def _classifier(model, device: str):
@@ -621,6 +633,16 @@ def say_bundled(model) -> None:
         print(f"using {bundled.describe()}", file=sys.stderr)
 
 
+def _detect_side(text: str) -> int:
+    side = cli.number(int, low=0)(text)
+    if 0 < side < MIN_DETECT_SIDE:
+        raise argparse.ArgumentTypeError(f"0 (full size) or at least {MIN_DETECT_SIDE}, got {side}")
+    return side
+
+
+_detect_side.__name__ = "int"  # argparse names the type in its messages
+
+
 def _parser() -> argparse.ArgumentParser:
     p = cli.Parser(prog="python -m fer_fast predict", description=__doc__.split("\n")[0])
     p.add_argument("inputs", nargs="*", metavar="INPUT",
@@ -650,6 +672,10 @@ def _parser() -> argparse.ArgumentParser:
                         "detector's box already has FER2013's framing)")
     p.add_argument("--min-face", type=cli.number(int, low=1), default=24,
                    help="smallest face side in pixels")
+    p.add_argument("--detect-side", type=_detect_side, default=DETECT_SIDE,
+                   metavar="PIXELS", help="search for faces on a copy shrunk to this long side "
+                   "(0: full size, slow and memory-hungry on large photos; faces under about "
+                   "24/PIXELS of the long side are missed) (default: %(default)s)")
     cli.add_device_arg(p)
     p.add_argument("--max-frames", type=cli.number(int, low=1), default=None,
                    help="stop each video / the camera after this many frames (default: no limit)")
@@ -677,7 +703,7 @@ def main(argv=None) -> int:
                                f"copies go only into a new or empty folder)")
     predictor = Predictor(args.model, device=args.device, detector=args.detector, tta=args.tta,
                           margin=args.margin, min_face=args.min_face,
-                          if_no_face=args.if_no_face)
+                          detect_side=args.detect_side, if_no_face=args.if_no_face)
     say_bundled(args.model)
     if args.detector == "auto" and predictor.detector.kind == "bundled":
         config = predictor.detector.cascade.config

@@ -130,6 +130,32 @@ def test_default_detectors_on_the_small_benchmark(small_set, config):
     assert default["false_positives_on_negatives"] == 0
 
 
+def test_photo_sized_benchmark_images_searched_shrunk(small_set, capsys):
+    """``--upscale 3 --detect-side 320``: the images enlarged 3x with their boxes, searched at
+    their first size as predict searches a large photo, find the same faces."""
+    up = bench.upscaled(small_set, 3)
+    for a, b in zip(small_set, up):
+        assert b.image.shape == (720, 960)
+        assert [t.box for t in b.truths] == [tuple(3 * v for v in t.box) for t in a.truths]
+        assert [(t.size, t.kind) for t in b.truths] == [(t.size, t.kind) for t in a.truths]
+    haar = CascadeDetector(OPENCV_DEFAULT)
+    seen = []
+
+    def find(gray, min_face):
+        seen.append((gray.shape, min_face))
+        return haar(gray, min_face)
+
+    at_first_size = bench.evaluate(haar, small_set)
+    shrunk = bench.evaluate(lambda g: facedetect.detect_shrunk(find, g, 320, 24), up)
+    assert set(seen) == {((240, 320), 8)}
+    assert shrunk["faces"] == at_first_size["faces"]
+    assert shrunk["recall"]["frontal"] >= at_first_size["recall"]["frontal"] >= 0.9
+    assert shrunk["false_positives_on_negatives"] == 0
+    assert bench.main(["--faces", "drawn", "--images", "2", "--negatives", "1", "--upscale", "2",
+                       "--detect-side", "320", "--detectors", "opencv-default"]) == 0
+    assert "upscale=2 detect-side=320" in capsys.readouterr().out
+
+
 def test_combined_cascades_merge_overlapping_boxes():
     gray = cv2.cvtColor(face_photo(0), cv2.COLOR_BGR2GRAY)
     combined = CascadeConfig(("frontalface_default", "frontalface_alt2"),
@@ -226,7 +252,7 @@ def test_cnn_box_takes_its_share_of_the_hog_box():
 def test_boxes_inside_a_bigger_one_are_dropped(monkeypatch):
     face, inner, beside = (100, 100, 120, 120), (130, 120, 50, 50), (215, 100, 60, 60)
     detector = CascadeDetector(CascadeConfig(contained=0.7))
-    monkeypatch.setattr(detector, "detections", lambda gray: [
+    monkeypatch.setattr(detector, "detections", lambda gray, min_face: [
         (face, 1, 3, False), (inner, 1, 3, False), (beside, 1, 3, False)])
     # inner lies wholly inside the face, beside only by 5/60 of its side: kept
     assert detector(None) == [face, beside]

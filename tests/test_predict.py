@@ -82,6 +82,47 @@ def test_haar_detects_drawn_faces(files):
     assert predictor.predict(files["photos"] / "more" / "empty.png") == []
 
 
+class _Spy:
+    """Records the picture size and smallest face each detection call gets."""
+
+    def __init__(self, detector):
+        self.detector, self.calls = detector, []
+
+    def __call__(self, gray, min_face):
+        self.calls.append((gray.shape, min_face))
+        return self.detector(gray, min_face)
+
+
+def test_large_pictures_are_searched_shrunk_and_cut_at_full_size(files):
+    model = files["model"]
+    photo = face_photo(4, height=1500, width=2000, faces=((1100, 700, 640),))
+    rgb = np.ascontiguousarray(photo[..., ::-1])
+    predictor = Predictor(model, device="cpu", detector="haar", detect_side=640)
+    spy = predictor.detector.cascade = _Spy(predictor.detector.cascade)
+    faces = predictor.predict(rgb)
+    assert spy.calls == [((480, 640), 8)]  # 2000x1500 shrunk by 0.32; min_face 24 with it
+    assert len(faces) == 1
+    x, y, w, h = faces[0].box  # in the picture's own pixels
+    assert x < 1100 < x + w and y < 700 < y + h and 480 <= w <= 900
+    want = _expected_probabilities(model, to_fer_image(rgb, box=faces[0].box)[None])[0]
+    np.testing.assert_allclose(list(faces[0].probabilities.values()), want, rtol=1e-6)
+    # at full size the detector sees the picture itself and finds the same face
+    full = Predictor(model, device="cpu", detector="haar", detect_side=0)
+    spy = full.detector.cascade = _Spy(full.detector.cascade)
+    [face] = full.predict(rgb)
+    assert spy.calls == [((1500, 2000), 24)]
+    assert face.box[0] < 1100 < face.box[0] + face.box[2] and 480 <= face.box[2] <= 900
+    # min_face stays in the picture's pixels: scaled with it for the search
+    big = Predictor(model, device="cpu", detector="haar", detect_side=640, min_face=1000)
+    spy = big.detector.cascade = _Spy(big.detector.cascade)
+    assert big.predict(rgb) == [] and spy.calls == [((480, 640), 320)]
+    # a picture within the side is searched as it is
+    small = face_photo(5)
+    spy = predictor.detector.cascade = _Spy(predictor.detector.cascade.detector)
+    assert len(predictor.predict(small, channel_order="BGR")) == 1
+    assert spy.calls == [((240, 320), 24)]
+
+
 def test_faces_are_converted_and_classified_like_evaluation(files):
     model = files["model"]
     predictor = Predictor(model, device="cpu")
@@ -137,6 +178,9 @@ def test_predictor_refuses_bad_arguments(files, tmp_path):
     not_cascade.write_text("<opencv_storage></opencv_storage>")
     with pytest.raises(PredictError, match="not an OpenCV cascade classifier"):
         Predictor(files["model"], detector=str(not_cascade))
+    for side in (10, -1, True, 640.0):
+        with pytest.raises(PredictError, match="detect_side must be 0 .full size. or an integer"):
+            Predictor(files["model"], detect_side=side)
     with pytest.raises(PredictError, match=r"image 0: floating-point image"):
         Predictor(files["model"], detector="none").predict(np.zeros((48, 48), np.float32))
 
@@ -243,11 +287,14 @@ def test_cli_bad_inputs(files, tmp_path, capsys):
         assert predict_main(argv + ["--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
-    with pytest.raises(SystemExit) as info:  # a bad flag value: the parser's one line
-        predict_main([ckpt, one, "--max-frames", "0", "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and "--max-frames: must be >= 1" in err, err
-    assert len(err.strip().splitlines()) == 1, err
+    for flag, value, message in (("--max-frames", "0", "--max-frames: must be >= 1"),
+                                 ("--detect-side", "20", "--detect-side: 0 (full size) or at "
+                                                         "least 48, got 20")):
+        with pytest.raises(SystemExit) as info:  # a bad flag value: the parser's one line
+            predict_main([ckpt, one, flag, value, "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("recipe", ["released", "paper"])
