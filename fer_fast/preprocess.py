@@ -5,6 +5,8 @@ The image-folder reader (:func:`fer_fast.data.read_image_folder`) and the predic
 prediction time is converted exactly as the training images were. Steps:
 
 1. :func:`load_gray`: a path, PIL image or numpy array -> 2-D uint8 grayscale at its own size.
+   A file or PIL image is first turned the way its EXIF Orientation tag says it is shown (phone
+   cameras store portrait photos sideways with that tag), as OpenCV's ``imread`` does.
    Colour (RGB; RGBA and palette images through RGB) becomes the ITU-R 601 luma
    ``(19595 R + 38470 G + 7471 B + 32768) >> 16``, which is Pillow's ``convert("L")``; 16-bit
    values ``v`` become ``round(v / 257)`` (so 8-bit data stored as ``v * 257`` round-trips);
@@ -33,6 +35,7 @@ SIDE = 48
 #: the largest picture decoded, in pixels (Pillow's own decompression-bomb limit, 89.5 M: a
 #: 12000x7400 photo): a file that claims more is refused from its header, before decoding
 MAX_PIXELS = 89_478_485
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 class ImageError(ValueError):
@@ -98,11 +101,26 @@ def _pil_to_gray(img, strict: bool) -> np.ndarray:
     return _array_to_gray(np.asarray(img), strict, "RGB")
 
 
+def _upright(img):
+    """``img`` turned and mirrored as its EXIF Orientation tag says a viewer shows it; ``img``
+    itself when it has no such tag."""
+    try:
+        orientation = img.getexif().get(_ORIENTATION, 1)
+    except Exception:  # unreadable metadata: the pixels as stored, as picture viewers show them
+        return img
+    if orientation == 1:
+        return img
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
+
+
 @contextlib.contextmanager
 def open_image(path):
     """``PIL.Image.open(path)``, refused (:class:`ImageError`) when the file cannot be read or
     its header claims more than :data:`MAX_PIXELS` pixels (a decompression bomb: a few KB that
-    decode to gigabytes), checked before any pixel is decoded."""
+    decode to gigabytes), checked before any pixel is decoded; turned upright as its EXIF
+    Orientation tag says."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -119,14 +137,15 @@ def open_image(path):
         if w * h > MAX_PIXELS:
             raise ImageError(f"too large to decode: {w}x{h} pixels, more than the "
                              f"{MAX_PIXELS} read (a decompression bomb?)")
-        yield img
+        yield _upright(img)
 
 
 def load_gray(image, *, strict: bool = False, channel_order: str = "RGB") -> np.ndarray:
     """2-D uint8 grayscale of ``image`` at its own size.
 
-    ``image``: a path (any format Pillow reads), a PIL image, or a numpy array HxW / HxWx1 /
-    HxWx3 / HxWx4 of uint8 or uint16 (``channel_order`` "RGB", or "BGR" for OpenCV frames).
+    ``image``: a path (any format Pillow reads), a PIL image (both turned upright as their EXIF
+    Orientation tag says), or a numpy array HxW / HxWx1 / HxWx3 / HxWx4 of uint8 or uint16
+    (``channel_order`` "RGB", or "BGR" for OpenCV frames).
     Raises :class:`ImageError` (or ``OSError`` for an unreadable file)."""
     if channel_order not in ("RGB", "BGR"):
         raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
@@ -143,7 +162,7 @@ def load_gray(image, *, strict: bool = False, channel_order: str = "RGB") -> np.
     if isinstance(image, np.ndarray):
         return _check_size(_array_to_gray(image, strict, channel_order))
     if hasattr(image, "mode") and hasattr(image, "getchannel"):  # a PIL image
-        return _check_size(_pil_to_gray(image, strict))
+        return _check_size(_pil_to_gray(_upright(image), strict))
     raise ImageError(f"expected a path, a numpy array or a PIL image, got "
                      f"{type(image).__name__}")
 

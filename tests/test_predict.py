@@ -226,6 +226,25 @@ def test_cli_json_on_images_folder_and_video(files, tmp_path, capsys):
     capture.release()
 
 
+def test_a_portrait_phone_photo_stored_sideways_is_read_upright(files, tmp_path, capsys):
+    """A phone stores a portrait photo as landscape pixels and an EXIF Orientation tag (6: turn
+    90 degrees clockwise to show): the face is found upright, its box and the annotated copy
+    are in the picture as shown."""
+    upright = face_photo(6, height=320, width=240, faces=((120, 150, 120),))[..., ::-1]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "IMG_0001.jpg"
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(path, exif=exif, quality=95)
+    want = Predictor(files["ckpt"], device="cpu").predict(np.ascontiguousarray(upright))
+    assert len(want) == 1
+    out = tmp_path / "annotated"
+    assert predict_main([str(files["ckpt"]), str(path), "--json", "--device", "cpu", "--out",
+                         str(out), "--no-progress"]) == 0
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(abs(a - b) <= 4 for a, b in zip(row["box"], want[0].box)), (row["box"], want)
+    assert np.asarray(Image.open(out / "IMG_0001.annotated.png")).shape == (320, 240, 3)
+
+
 def test_table_columns_fit_every_class_name(capsys):
     """The table never cuts a class name (a model's own names can be long): columns widen."""
     from types import SimpleNamespace

@@ -72,3 +72,26 @@ def test_face_box_with_margin_repeats_the_edge():
     np.testing.assert_array_equal(edge[:10, 10:], np.repeat(gray[:1, :30], 10, axis=0))
     np.testing.assert_array_equal(edge[10:, 10:], gray[:30, :30])
     np.testing.assert_array_equal(to_fer_image(gray, box=(36, 26, 48, 48)), gray[26:74, 36:84])
+
+
+# what a viewer does to show the stored pixels, per EXIF Orientation value (stored -> shown)
+SHOWN = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+         5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T,
+         8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("orientation", sorted(SHOWN))
+def test_files_are_turned_as_their_exif_orientation_says(tmp_path, orientation):
+    """Phone cameras store portrait photos sideways with an EXIF Orientation tag: a file and
+    its PIL image are read as a viewer shows them (the face upright), arrays as they are."""
+    stored = np.random.default_rng(orientation).integers(0, 256, (30, 52), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    shown = SHOWN[orientation](stored)
+    np.testing.assert_array_equal(load_gray(path), shown)
+    with Image.open(path) as img:
+        np.testing.assert_array_equal(load_gray(img), shown)
+    np.testing.assert_array_equal(load_gray(stored), stored)
+    np.testing.assert_array_equal(to_fer_image(path), to_fer_image(shown))
