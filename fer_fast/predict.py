@@ -29,7 +29,8 @@ from .augmentation import CROP_CORNERS, CROP_SIZE, NUM_CROPS, ten_crop
 from .facedetect import DETECT_SIDE, detect_shrunk
 from .model import CLASS_NAMES, VGG
 from .files import temporary_path
-from .preprocess import MAX_PIXELS, ImageError, load_gray, open_image, to_fer_image
+from .preprocess import (HEIF_SUFFIXES, MAX_PIXELS, ImageError, load_gray, open_image,
+                         to_fer_image)
 
 __all__ = ["Face", "Predictor", "PredictError", "DETECTORS", "TTA", "IF_NO_FACE",
            "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "annotate", "main"]
@@ -43,7 +44,7 @@ IF_NO_FACE = ("skip", "whole")
 MARGIN = 0.0
 MIN_DETECT_SIDE = 48  # a smaller copy holds hardly a face the detectors' 24 px window finds
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm",
-                  ".ppm")
+                  ".ppm", ".avif") + HEIF_SUFFIXES
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 

@@ -22,6 +22,7 @@ picture that would need a lossy step (another size, real colour, 16 bits) instea
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -36,6 +37,8 @@ SIDE = 48
 #: 12000x7400 photo): a file that claims more is refused from its header, before decoding
 MAX_PIXELS = 89_478_485
 _ORIENTATION = 0x0112  # the EXIF tag
+#: phones' photo format, which Pillow reads through the pillow-heif package
+HEIF_SUFFIXES = (".heic", ".heif")
 
 
 class ImageError(ValueError):
@@ -115,6 +118,16 @@ def _upright(img):
     return ImageOps.exif_transpose(img)
 
 
+@functools.cache
+def _read_heif() -> None:
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageError("a HEIC/HEIF photo: reading it needs pillow-heif (pip install "
+                         "pillow-heif, or fer_fast[predict])") from None
+    pillow_heif.register_heif_opener()
+
+
 @contextlib.contextmanager
 def open_image(path):
     """``PIL.Image.open(path)``, refused (:class:`ImageError`) when the file cannot be read or
@@ -123,6 +136,8 @@ def open_image(path):
     Orientation tag says."""
     from PIL import Image, UnidentifiedImageError
 
+    if Path(path).suffix.lower() in HEIF_SUFFIXES:
+        _read_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

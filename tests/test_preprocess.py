@@ -1,5 +1,7 @@
 """The one conversion of pictures to 48x48 uint8 gray faces (shared by image folders and the
 predictor): colour, bit depth, channel order, sizes, face boxes, strict mode."""
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -95,3 +97,26 @@ def test_files_are_turned_as_their_exif_orientation_says(tmp_path, orientation):
         np.testing.assert_array_equal(load_gray(img), shown)
     np.testing.assert_array_equal(load_gray(stored), stored)
     np.testing.assert_array_equal(to_fer_image(path), to_fer_image(shown))
+
+
+def test_heic_photos_are_read_with_pillow_heif(tmp_path, monkeypatch):
+    """iPhones' HEIC photos: read through pillow-heif (the predict and test extras); without it,
+    one clear error."""
+    from fer_fast import preprocess
+
+    path = tmp_path / "IMG_0002.HEIC"
+    yy, xx = np.mgrid[0:64, 0:96]
+    rgb = np.stack([xx * 2, yy * 3, 255 - xx * 2], axis=-1).astype(np.uint8)
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if not installed
+    preprocess._read_heif.cache_clear()
+    path.write_bytes(b"not read")
+    with pytest.raises(ImageError, match=r"HEIC/HEIF photo: reading it needs pillow-heif"):
+        load_gray(path)
+    monkeypatch.delitem(sys.modules, "pillow_heif")
+    preprocess._read_heif.cache_clear()
+    pillow_heif = pytest.importorskip(
+        "pillow_heif", reason="pillow-heif is not installed (pip install fer_fast[test])")
+    pillow_heif.from_bytes(mode="RGB", size=(96, 64), data=rgb.tobytes()).save(path, quality=95)
+    gray = load_gray(path)
+    assert gray.shape == (64, 96) and gray.dtype == np.uint8
+    assert np.abs(gray.astype(int) - load_gray(rgb).astype(int)).mean() < 3
