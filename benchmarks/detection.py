@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
 
 from fer_fast.facedetect import (CANDIDATES, CascadeDetector, cnn_model_path,  # noqa: E402
                                  default_config, detect_shrunk, has_dlib, iou)
+from fer_fast.mtcnn import weights_dir as mtcnn_weights_dir  # noqa: E402
 
 CANVASES = ((320, 240), (480, 360), (640, 480), (800, 600))
 SIZE_BINS = ((60, 80), (80, 150), (150, 301))
@@ -398,7 +399,8 @@ def main(argv=None) -> int:
     names = list(CANDIDATES) if args.detectors == "all" else args.detectors.split(",")
     for missing, needs, install in ((not has_dlib(), lambda c: c.hog or c.cnn, "dlib-bin"),
                                     (cnn_model_path() is None, lambda c: c.cnn,
-                                     "face-recognition-models")):
+                                     "face-recognition-models"),
+                                    (mtcnn_weights_dir() is None, lambda c: c.mtcnn, "mtcnn")):
         skipped = [n for n in names if missing and needs(CANDIDATES[n])]
         names = [n for n in names if n not in skipped]
         if skipped:

@@ -13,9 +13,11 @@ from PIL import Image
 from face_assets import face_photo
 from fer_fast import VGG, Predictor
 import fer_fast.facedetect as facedetect
-from fer_fast.facedetect import (CANDIDATES, CNN_DEFAULT, DEFAULT, HAAR_DEFAULT, OPENCV_DEFAULT,
-                                 CascadeConfig, CascadeDetector, cnn_model_path, default_config,
-                                 has_dlib, iou)
+import fer_fast.mtcnn
+from fer_fast.facedetect import (CANDIDATES, CNN_DEFAULT, DEFAULT, HAAR_DEFAULT, MTCNN_DEFAULT,
+                                 OPENCV_DEFAULT, CascadeConfig, CascadeDetector, cnn_model_path,
+                                 default_config, has_dlib, iou)
+from fer_fast.mtcnn import weights_dir as mtcnn_weights_dir
 from fer_fast.predict import PredictError
 from fer_fast.predict import main as predict_main
 
@@ -117,8 +119,14 @@ needs_cnn = pytest.mark.skipif(not has_dlib() or cnn_model_path() is None,
                                       "dlib-bin face-recognition-models)")
 
 
+needs_mtcnn = pytest.mark.skipif(mtcnn_weights_dir() is None,
+                                 reason="needs the MTCNN weights (pip install mtcnn)")
+
+
 @pytest.mark.parametrize("config", [pytest.param(CNN_DEFAULT, marks=needs_cnn, id="cnn"),
                                     pytest.param(DEFAULT, marks=needs_dlib, id="hog"),
+                                    pytest.param(CANDIDATES["mtcnn"], marks=needs_mtcnn,
+                                                 id="mtcnn"),
                                     pytest.param(HAAR_DEFAULT, id="haar")])
 def test_default_detectors_on_the_small_benchmark(small_set, config):
     default = bench.evaluate(CascadeDetector(config), small_set)
@@ -197,6 +205,9 @@ def test_default_detector_is_the_best_installed(monkeypatch, tmp_path):
     monkeypatch.setattr(facedetect, "cnn_model_path", lambda: None)
     assert default_config() == DEFAULT
     monkeypatch.setattr(facedetect, "has_dlib", lambda: False)
+    monkeypatch.setattr(fer_fast.mtcnn, "weights_dir", lambda: tmp_path)
+    assert default_config() == MTCNN_DEFAULT
+    monkeypatch.setattr(fer_fast.mtcnn, "weights_dir", lambda: None)
     assert default_config() == HAAR_DEFAULT
     with pytest.raises(ValueError, match="pip install face-recognition-models"):
         CascadeDetector(CascadeConfig((), cnn=True)) if has_dlib() else \
@@ -334,7 +345,32 @@ def test_predict_says_when_dlib_or_the_cnn_weights_are_missing(empty_photo, tmp_
         assert "the weights of dlib's CNN face detector are not installed" in \
             capsys.readouterr().err
     monkeypatch.setattr(facedetect, "has_dlib", lambda: False)
+    if mtcnn_weights_dir() is not None:
+        assert predict_main(args) == 0
+        assert "note: dlib is not installed, so faces are found by MTCNN alone" in \
+            capsys.readouterr().err
+    monkeypatch.setattr(fer_fast.mtcnn, "weights_dir", lambda: None)
     assert predict_main(args) == 0
-    assert "note: dlib is not installed" in capsys.readouterr().err
+    assert "note: dlib is not installed, so faces are found by OpenCV's cascade alone" in \
+        capsys.readouterr().err
     assert predict_main(args + ["--detector", "haar"]) == 0  # asked for: no note
     assert "dlib" not in capsys.readouterr().err
+
+
+@needs_mtcnn
+def test_predict_with_mtcnn_finds_the_face(empty_photo, capsys):
+    root, model = empty_photo
+    faces = Predictor(model, device="cpu", detector="mtcnn").predict(root / "one.png")
+    assert len(faces) == 1
+    x, y, w, h = faces[0].box
+    assert abs(x + w / 2 - 160) < 15 and abs(y + h / 2 - 120) < 20 and 80 < w < 160
+
+
+def test_predict_mtcnn_without_its_package_is_a_clear_error(empty_photo, monkeypatch, capsys):
+    root, model = empty_photo
+    monkeypatch.setattr(fer_fast.mtcnn, "weights_dir", lambda: None)
+    with pytest.raises(PredictError, match="pip install mtcnn"):
+        Predictor(model, device="cpu", detector="mtcnn")
+    assert predict_main([str(root / "one.png"), "--detector", "mtcnn", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install mtcnn" in err and "Traceback" not in err
