@@ -1,7 +1,9 @@
 """fer_fast.mtcnn: the weights reader (arrays only), the networks against a numpy forward of
 the Keras layers they were trained as, the crops and the detector on drawn faces."""
+import importlib.util
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from fer_fast import mtcnn
 from fer_fast.mtcnn import _crops, _load, _nms, _onet, _pnet, _rnet, read_weights, weights_dir
 
 needs_joblib = pytest.mark.skipif(
-    not all(__import__("importlib").util.find_spec(m) for m in ("joblib", "lz4")),
+    not all(importlib.util.find_spec(m) for m in ("joblib", "lz4")),
     reason="needs joblib and lz4 (pip install mtcnn)")
 needs_weights = pytest.mark.skipif(weights_dir() is None, reason="needs the mtcnn package's "
                                                                  "weights (pip install mtcnn)")
@@ -202,7 +204,7 @@ def test_weights_are_found_without_importing_their_package(monkeypatch, tmp_path
     (package / "assets" / "weights").mkdir(parents=True)
     (package / "__init__.py").write_text("raise ImportError('tensorflow')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(__import__("sys").modules, "mtcnn", raising=False)
+    monkeypatch.delitem(sys.modules, "mtcnn", raising=False)
     for name in ("pnet", "rnet"):
         (package / "assets" / "weights" / f"{name}.lz4").write_bytes(b"x")
     assert weights_dir() is None  # onet missing
