@@ -177,10 +177,10 @@ class _Detector:
             return
         cv2 = _cv2()
         if detector in ("auto", "haar", "mtcnn"):  # measured in docs/detection.md
-            from .facedetect import CANDIDATES, HAAR_DEFAULT, CascadeDetector, default_config
+            from .facedetect import HAAR_DEFAULT, MTCNN_DEFAULT, CascadeDetector, default_config
 
             config = {"auto": default_config, "haar": lambda: HAAR_DEFAULT,
-                      "mtcnn": lambda: CANDIDATES["mtcnn"]}[detector]()
+                      "mtcnn": lambda: MTCNN_DEFAULT}[detector]()
             try:
                 self.cascade, self.kind = CascadeDetector(config, min_face), "bundled"
             except ValueError as exc:  # a detector's package is missing
@@ -240,9 +240,9 @@ class Predictor:
     ``device``: "auto" (cuda when available), "cpu", "cuda", ... ``detector``: "auto" (dlib's CNN
     and HOG detectors with OpenCV's frontal cascades where dlib and the CNN's weights are
     installed, without the CNN where only dlib is, else "mtcnn" where its weights are, else
-    "haar"), "haar"
-    (OpenCV's bundled frontal cascade with its default settings), "mtcnn" (MTCNN: about 40x
-    faster than "auto" on a CPU, finds more faces than "haar" and fewer than "auto"), "none"
+    "haar"), "haar" (OpenCV's bundled frontal cascade with its default settings), "mtcnn"
+    (MTCNN: about 40x faster than "auto" on a CPU, finds more faces than "haar" and fewer
+    than "auto"), "none"
     (each picture is one face: its centred square, e.g. a 48x48 FER image), or the path of an
     OpenCV cascade ``.xml`` or YuNet ``.onnx`` model; see ``fer_fast.facedetect`` and
     docs/detection.md.
@@ -671,8 +671,7 @@ def _parser() -> argparse.ArgumentParser:
                         "weights the last two; without dlib mtcnn, or haar without mtcnn), "
                         "haar (OpenCV's frontal cascade), mtcnn (MTCNN: ~40x faster than auto "
                         "on a CPU, finds fewer), none (each image is one face), or an OpenCV "
-                        ".xml/.onnx model; "
-                        "measured in docs/detection.md")
+                        ".xml/.onnx model; measured in docs/detection.md")
     p.add_argument("--if-no-face", choices=IF_NO_FACE, default="skip",
                    help="when no face is found: skip the image (reported as 'no face found') or "
                         "classify the whole image (its centred square; marked no_face_found)")
