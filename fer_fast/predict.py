@@ -242,10 +242,9 @@ class Predictor:
     installed, without the CNN where only dlib is, else "mtcnn" where its weights are, else
     "haar"), "haar" (OpenCV's bundled frontal cascade with its default settings), "mtcnn"
     (MTCNN: about 40x faster than "auto" on a CPU, finds more faces than "haar" and fewer
-    than "auto"), "none"
-    (each picture is one face: its centred square, e.g. a 48x48 FER image), or the path of an
-    OpenCV cascade ``.xml`` or YuNet ``.onnx`` model; see ``fer_fast.facedetect`` and
-    docs/detection.md.
+    than "auto"), "none" (each picture is one face: its centred square, e.g. a 48x48 FER
+    image), or the path of an OpenCV cascade ``.xml`` or YuNet ``.onnx`` model; see
+    ``fer_fast.facedetect`` and docs/detection.md.
     ``tta``: "tencrop" (evaluation's ten-crop average) or "none" (the centre crop). ``margin``:
     fraction of a detected box's side added on each side before the square crop. ``min_face``:
     smallest face side in pixels the detector reports. ``detect_side``: faces are searched on a
