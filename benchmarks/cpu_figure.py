@@ -41,7 +41,7 @@ def main() -> None:
                          label=run.stem + machine, **style)
     choices.set_xlabel("epoch")
     choices.set_ylabel("validation ten-crop accuracy (%)")
-    choices.set_title("choices compared: 6-epoch cosine runs")
+    choices.set_title("choices compared: 6-epoch runs")
     choices.grid(alpha=0.3)
     choices.legend(loc="lower right", fontsize=8)
     epochs = [r["epoch"] for r in rows]
