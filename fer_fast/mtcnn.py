@@ -200,6 +200,12 @@ def _crops(image: torch.Tensor, boxes: torch.Tensor, side: int) -> torch.Tensor:
     return F.grid_sample(image.expand(len(boxes), -1, -1, -1), grid, align_corners=False)
 
 
+def _normalized(gray: np.ndarray) -> torch.Tensor:
+    """[1, 3, H, W] network input of a uint8 gray picture: (v - 127.5) / 128 in each channel."""
+    h, w = gray.shape
+    return torch.from_numpy((gray.astype(np.float32) - 127.5) / 128).expand(1, 3, h, w)
+
+
 class MTCNN:
     """Callable: uint8 2-D gray picture, smallest face side -> [((x, y, w, h), probability)] of
     the output net's faces (boxes from brow to chin, taller than wide, as the networks were
@@ -221,15 +227,14 @@ class MTCNN:
 
         pnet, rnet, onet = self.nets
         h, w = gray.shape
-        image = torch.from_numpy((gray.astype(np.float32) - 127.5) / 128).expand(1, 3, h, w)
+        image = _normalized(gray)
         found = []
         scale = WINDOW / min_face
         while min(h, w) * scale >= WINDOW:
             sh, sw = int(np.ceil(h * scale)), int(np.ceil(w * scale))
             small = cv2.resize(gray, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1
                                else cv2.INTER_LINEAR)
-            x = torch.from_numpy((small.astype(np.float32) - 127.5) / 128).expand(1, 3, sh, sw)
-            offsets, prob = pnet(x)
+            offsets, prob = pnet(_normalized(small))
             ys, xs = torch.nonzero(prob[0] > self.thresholds[0], as_tuple=True)
             if len(ys):
                 cells = torch.stack([xs, ys, xs, ys], 1).float() * 2
