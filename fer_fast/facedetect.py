@@ -12,9 +12,11 @@ boxes are tighter than a FER2013 crop and are enlarged to it, then merges the bo
 by overlap (non-maximum suppression). A merged box is kept when enough different passes found it
 (``min_votes``; a HOG box counts as a pass when its score is >= ``hog_vote``), when the HOG score
 alone is >= ``hog_alone`` or a CNN confidence >= ``cnn_alone``, or when one cascade found it with
-many neighbours (``strong``). :func:`default_config` (the best of what is installed) was chosen
-on the project's detection benchmark (``benchmarks/detection.py``; numbers in
-``docs/detection.md``); :data:`CANDIDATES` are the alternatives it measures.
+many neighbours (``strong``); CenterFace's and MTCNN's boxes are passes too, CenterFace's kept on
+their own. :func:`default_config` (the best of what is installed: CenterFace, a learned detector
+run on OpenCV's DNN module, where its weights are) was chosen on the project's detection
+benchmark (``benchmarks/detection.py``; numbers in ``docs/detection.md``); :data:`CANDIDATES`
+are the alternatives it measures.
 """
 from __future__ import annotations
 
