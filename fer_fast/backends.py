@@ -88,7 +88,16 @@ def auto_choice(op: str, device: torch.device | str) -> str | None:
     return best[0] if best else None
 
 
-@torch.compiler.assume_constant_result
+def constant_result(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result``: torch.compile takes ``fn``'s result while tracing
+    as a constant. The same mark on ``fn`` as torch's decorator (a test compares them), without
+    the import of torch._dynamo that it makes: over a second of the start of every fer_fast
+    process, most of which never compile."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_result
 def choose(op: str, backend: str, device: torch.device) -> str:
     """The name of the backend :func:`resolve` returns. torch.compile calls it once while
     tracing and takes its result as a constant: the policy reads the verdict file, which a

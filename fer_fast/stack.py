@@ -349,7 +349,7 @@ def model_backend_choices() -> list[str]:
     return ["auto"] + sorted(set(backends.names("stack")) | set(backends.names("block")))
 
 
-@torch.compiler.assume_constant_result
+@backends.constant_result
 def resolve_model_backend(backend: str, device: torch.device | str) -> str:
     """The backend a block chain with ``backend`` runs on ``device``: "auto" takes a
     whole-stack (op "stack") backend when "auto" may choose one there, else the best block

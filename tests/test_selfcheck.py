@@ -173,6 +173,23 @@ def test_auto_under_torch_compile_fullgraph_as_the_first_call(cache):
     torch.testing.assert_close(got, twin(x), rtol=0, atol=0)
 
 
+def test_backend_choices_are_constants_to_torch_compile_as_torchs_decorator_marks_them():
+    """backends.constant_result marks a function as torch.compiler.assume_constant_result does
+    (without importing torch._dynamo), and marks the two functions that resolve "auto"."""
+    def marked_by_torch():
+        pass
+
+    def marked_here():
+        pass
+
+    torch.compiler.assume_constant_result(marked_by_torch)
+    backends.constant_result(marked_here)
+    assert vars(marked_here) == vars(marked_by_torch) != {}
+    for fn in (backends.choose, resolve_model_backend):
+        assert {k: v for k, v in vars(fn).items() if k in vars(marked_by_torch)} == \
+            vars(marked_by_torch)
+
+
 def test_cpu_without_a_verdict_keeps_the_registry_choices(cache):
     assert backends.auto_choice("augment", "cpu") == "native"
     assert resolve_model_backend("auto", "cpu") == "eager"
