@@ -430,7 +430,7 @@ CANDIDATES = {
                                             hog_vote=-0.5),
     "cnn": CascadeConfig((), cnn=True),
     "mtcnn": CascadeConfig((), mtcnn=True),
-    "centerface": CascadeConfig((), centerface=True),
+    "centerface": CascadeConfig((), centerface=True, contained=0.7),
     "cnn+hog+default+alt votes2": CascadeConfig(_FRONTAL2, scale_factor=1.05, min_neighbors=3,
                                                 min_votes=2, hog=True, hog_alone=0.0,
                                                 hog_vote=-0.5, cnn=True),
