@@ -90,6 +90,12 @@ def _result(out):
     return result, md
 
 
+def _log_of(out, parts):
+    """The sections of device_check.log that belong to ``parts`` (for a failure's message)."""
+    sections = (out / "device_check.log").read_text().split("=== ")
+    return "=== ".join(s for s in sections if s.split(" ", 1)[0].rstrip(":") in parts)[-6000:]
+
+
 def test_cpu_smoke_run_produces_json_and_table(tmp_path):
     proc, out = _run(tmp_path, "--quick", "--parts",
                      "env,selfcheck,tests,bench,train,scaling,bench_compile",
@@ -106,7 +112,8 @@ def test_cpu_smoke_run_produces_json_and_table(tmp_path):
     assert set(status) >= {"env", "selfcheck", "tests", "bench_step", "bench_augment", "bench_block",
                            "bench_conv", "train-configs", "train-reference", "scaling",
                            "bench_compile"}
-    assert all(s == "ok" for s in status.values()), result["parts"]
+    failed = {name: s for name, s in status.items() if s != "ok"}
+    assert not failed, f"{failed}\n{_log_of(out, failed)}"
     # the selfcheck: asked for the CPU at quick sizes, its JSON and printed table kept in $OUT
     check = result["selfcheck"]
     assert check["env"]["argv"] == ["--device", "cpu", "--quick", "--json", str(out / "selfcheck.json")]
