@@ -39,7 +39,8 @@ def run(procs: int, device: str, epochs: int, train_args: list[str], work: Path)
     if device == "cpu":
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // procs))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={procs}", "-m", "fer_fast", "train", *train_args,
+               f"--nproc-per-node={procs}", f"--log-dir={work / f'torchrun{procs}'}",
+               "-m", "fer_fast", "train", *train_args,
                "--device", device, "--epochs", str(epochs), "--no-progress", "--out", str(out)]
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)

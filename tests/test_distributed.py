@@ -30,11 +30,13 @@ def _tol(name: str) -> dict:
     return TOL[name.split("/")[0]]
 
 
-def torchrun(*args, nproc: int = 2, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+def torchrun(*args, log_dir: Path, nproc: int = 2, timeout: float = 300,
+             env=None) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --standalone --nproc-per-node N ARGS`` from the
-    repository root."""
+    repository root; torchrun's own logs go to ``log_dir`` (else it leaves a directory in /tmp)."""
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc-per-node={nproc}", *map(str, args)], cwd=ROOT,
+                           f"--nproc-per-node={nproc}", f"--log-dir={log_dir}",
+                           *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
                               [str(ROOT), str(ROOT / "tests")]), **(env or {})})
@@ -71,7 +73,7 @@ def test_single_process_is_not_a_job(monkeypatch):
 def step_results(tmp_path_factory):
     """Each process's results of ``distributed_worker``, one 2-process launch for all cases."""
     out = tmp_path_factory.mktemp("data_parallel")
-    run = torchrun("tests/distributed_worker.py", out)
+    run = torchrun("tests/distributed_worker.py", out, log_dir=out / "torchrun")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
@@ -158,14 +160,15 @@ def test_a_failing_process_ends_the_job_and_the_run_resumes_like_one_process(tmp
     two = tmp_path / "two"
     start = time.monotonic()
     failed = torchrun("tests/distributed_worker.py", "fail", 2, 2, *TRAIN, "--epochs", "2",
-                      "--out", two, timeout=240)
+                      "--out", two, log_dir=tmp_path / "torchrun", timeout=240)
     assert failed.returncode != 0
     assert time.monotonic() - start < 180
     assert "rank 1 fails at step 2 of epoch 2" in failed.stdout + failed.stderr
     assert failed.stdout.count("epoch   1/2") == 1  # printed by rank 0 only
     assert "2 processes (data-parallel, BatchNorm statistics global)" in failed.stdout
     assert [r["epoch"] for r in _metrics(two)] == ["1"]
-    resumed = torchrun("-m", "fer_fast", "train", "--resume", two, "--epochs", "2")
+    resumed = torchrun("-m", "fer_fast", "train", "--resume", two, "--epochs", "2",
+                       log_dir=tmp_path / "torchrun")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     a, b = _metrics(one), _metrics(two)
     assert [r["epoch"] for r in b] == ["1", "2"]
@@ -178,6 +181,6 @@ def test_a_failing_process_ends_the_job_and_the_run_resumes_like_one_process(tmp
 def test_user_error_is_reported_once(tmp_path):
     """A mistake every process meets (an unknown data path) is one line from rank 0."""
     bad = torchrun("-m", "fer_fast", "train", *TRAIN, "--data", tmp_path / "missing.csv",
-                   "--out", tmp_path / "run")
+                   "--out", tmp_path / "run", log_dir=tmp_path / "torchrun")
     assert bad.returncode != 0
     assert bad.stderr.count("error: ") == 1, bad.stderr[-3000:]
