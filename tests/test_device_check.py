@@ -70,8 +70,9 @@ def _python_with_selfcheck(tmp_path, behaviour):
 
 def _env(tmp_path, behaviour="pass", **extra):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # TMPDIR: the script's work folder too stays in tmp_path (a killed run cannot remove it)
     env.update(PYTHON=str(_python_with_selfcheck(tmp_path, behaviour)[0]),
-               OUT=str(tmp_path / "out"), **extra)
+               OUT=str(tmp_path / "out"), TMPDIR=str(tmp_path), **extra)
     return env
 
 
