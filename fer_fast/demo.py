@@ -4,7 +4,9 @@ Upload a photo (or take one with the webcam): every face is boxed with its expre
 probability bar per class, the probabilities of each face are listed, and (for checkpoints and
 safetensors, which run in PyTorch) the saliency map of each face's predicted class can be shown.
 Built with Gradio (``pip install fer_fast[demo]``); the page is served on this machine only
-(127.0.0.1), with Gradio's analytics off and no share link.
+(127.0.0.1), with Gradio's analytics off and no share link. The photos it is given and the
+pictures it shows are files in Gradio's cache: they are deleted once they are older than
+CACHE_SECONDS (checked as often) and all of them when the page stops.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import numpy as np
 from . import cli
 
 __all__ = ["build_demo", "describe_model", "main"]
+
+#: the longest an uploaded photo or a shown picture stays in Gradio's cache (plus one check period)
+CACHE_SECONDS = 600
 
 
 def describe_model(model, predictor) -> str:
@@ -117,7 +122,8 @@ def build_demo(predictor, served: str):
             if show_saliency else None
         return annotate(rgb, faces), largest.probabilities, "\n".join(lines), saliency
 
-    with gr.Blocks(title="fer_fast: facial expressions", analytics_enabled=False) as page:
+    with gr.Blocks(title="fer_fast: facial expressions", analytics_enabled=False,
+                   delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as page:
         gr.Markdown("## Facial expressions\nUpload a photo or use the webcam: each face is boxed "
                     "with its expression and one probability bar per class.")
         gr.Markdown(f"Model: {served}", elem_id="model")

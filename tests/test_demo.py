@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import cv2
 import pytest
@@ -120,5 +121,8 @@ def test_demo_page_labels_an_uploaded_photo(browser, tmp_path):
                                                 f"ws://127.0.0.1:{port}/"))})
         assert any(u.startswith(f"http://127.0.0.1:{port}/") for u in urls)  # log captured
         assert not outside, f"the page reached outside 127.0.0.1: {outside}"
+        cached = set().union(*page.temp_file_sets)  # Gradio's copies of the photo and results
+        assert any(Path(f).name == photo.name for f in cached) and all(map(os.path.exists, cached))
     finally:
         page.close()
+    assert not [f for f in cached if os.path.exists(f)], "the page's cached photos outlived it"
