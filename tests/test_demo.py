@@ -4,7 +4,11 @@ it loads, takes an uploaded photo and shows each face's expression; nothing leav
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -61,6 +65,39 @@ def test_a_busy_port_says_to_choose_another_with_port(capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: port {port} on 127.0.0.1 is in use") and "--port" in err
     assert len(err.splitlines()) == 1 and "GRADIO" not in err
+
+
+def test_ctrl_c_deletes_the_photos_the_page_was_given(tmp_path):
+    """The command stopped as a user stops it (Ctrl-C) leaves none of the uploaded photos in
+    Gradio's cache."""
+    httpx = pytest.importorskip("httpx", reason="the demo page needs gradio (which brings httpx): "
+                                "pip install fer_fast[demo]")
+    pytest.importorskip("gradio", reason="the demo page needs gradio: pip install fer_fast[demo]")
+    port, cache = _free_port(), tmp_path / "gradio"
+    proc = subprocess.Popen([sys.executable, "-m", "fer_fast", "demo", "--port", str(port)],
+                            env={**os.environ, "GRADIO_TEMP_DIR": str(cache)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/")
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        photo = tmp_path / "photo.png"
+        cv2.imwrite(str(photo), face_photo(0, faces=((90, 120, 90),)))
+        with photo.open("rb") as f:
+            uploaded = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload",
+                                  files={"files": f}).json()
+        assert [Path(u).parent.parent for u in uploaded] == [cache] and all(
+            map(os.path.exists, uploaded))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out[-2000:]
+    assert not [f for f in cache.rglob("*") if f.is_file()], "uploaded photos outlived the page"
 
 
 @pytest.fixture
